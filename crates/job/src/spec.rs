@@ -1,0 +1,249 @@
+//! The sections of a job file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// `[model]`: a named preset or an explicit list of layers (exactly one of the two).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// A named architecture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<Preset>,
+    /// Keras-like layers, input shape inferred from the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<LayerSpec>>,
+}
+
+impl ModelSpec {
+    /// The layer list this spec describes (presets expanded) for `classes` outputs.
+    pub fn resolved_layers(&self, classes: usize) -> Vec<LayerSpec> {
+        match (&self.preset, &self.layers) {
+            (_, Some(layers)) => layers.clone(),
+            (Some(p), None) => p.layers(classes),
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+/// Named architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// flatten → dense 256 → relu → dense 128 → relu → dense classes.
+    Mlp,
+    /// LeNet-style CNN: conv 32@5×5 → relu → pool 2 → conv 64@5×5 → relu → pool 2 →
+    /// flatten → dense 128 → relu → dense classes.
+    Lenet,
+}
+
+impl Preset {
+    /// The preset's layers ending in `classes` outputs.
+    pub fn layers(self, classes: usize) -> Vec<LayerSpec> {
+        use LayerSpec::*;
+        match self {
+            Preset::Mlp => vec![
+                Flatten,
+                Dense { units: 256 },
+                Relu,
+                Dense { units: 128 },
+                Relu,
+                Dense { units: classes },
+            ],
+            Preset::Lenet => vec![
+                Conv2d {
+                    filters: 32,
+                    kernel: 5,
+                    stride: 1,
+                    padding: Padding::Valid,
+                },
+                Relu,
+                Maxpool2d {
+                    size: 2,
+                    stride: None,
+                },
+                Conv2d {
+                    filters: 64,
+                    kernel: 5,
+                    stride: 1,
+                    padding: Padding::Valid,
+                },
+                Relu,
+                Maxpool2d {
+                    size: 2,
+                    stride: None,
+                },
+                Flatten,
+                Dense { units: 128 },
+                Relu,
+                Dense { units: classes },
+            ],
+        }
+    }
+}
+
+/// Convolution padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Padding {
+    /// No padding: output shrinks by `kernel - 1`.
+    #[default]
+    Valid,
+    /// Pad so that (with stride 1) the output keeps the input's size.
+    Same,
+}
+
+fn one() -> usize {
+    1
+}
+fn two() -> usize {
+    2
+}
+
+/// One layer of a `layers` list; `type` selects the kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum LayerSpec {
+    /// Fully connected layer (input must be flat: put `flatten` before it).
+    Dense {
+        /// Output features.
+        units: usize,
+    },
+    /// 2-D convolution over `[channels, height, width]`.
+    Conv2d {
+        /// Output channels.
+        filters: usize,
+        /// Square kernel size.
+        kernel: usize,
+        /// Stride (default 1).
+        #[serde(default = "one")]
+        stride: usize,
+        /// `valid` (default) or `same`.
+        #[serde(default)]
+        padding: Padding,
+    },
+    /// 2-D max pooling.
+    Maxpool2d {
+        /// Square window (default 2).
+        #[serde(default = "two")]
+        size: usize,
+        /// Stride (default: the window size).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stride: Option<usize>,
+    },
+    /// Flattens `[channels, height, width]` into features.
+    Flatten,
+    /// Rectified linear unit.
+    Relu,
+    /// Dropout with the given drop probability.
+    Dropout {
+        /// Probability of zeroing an element, in `[0, 1)`.
+        rate: f64,
+    },
+    /// Batch normalisation over channels (after conv) or features (after dense).
+    Batchnorm,
+}
+
+/// `[data]`: a named dataset or explicit IDX paths.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// A named dataset; `fashion-mnist` is the one known today.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// Directory holding the named dataset (default: where its Debian package puts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Training images (IDX, raw or gzip).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_images: Option<PathBuf>,
+    /// Training labels (IDX).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_labels: Option<PathBuf>,
+    /// Test images (IDX).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_images: Option<PathBuf>,
+    /// Test labels (IDX).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_labels: Option<PathBuf>,
+    /// Use at most this many training samples (quick runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Use at most this many test samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_limit: Option<usize>,
+}
+
+impl DataSpec {
+    /// Makes relative paths relative to `base` (the job file's directory).
+    pub fn resolve_relative(&mut self, base: &Path) {
+        for p in [
+            &mut self.dir,
+            &mut self.train_images,
+            &mut self.train_labels,
+            &mut self.test_images,
+            &mut self.test_labels,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+}
+
+/// Optimizers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Stochastic gradient descent with momentum (`momentum`, default 0.9).
+    Sgd,
+    /// Adam.
+    #[default]
+    Adam,
+    /// Adam with decoupled weight decay.
+    Adamw,
+}
+
+/// `[train]`: the optimisation loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSpec {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Samples per optimizer step, summed over all workers.
+    pub batch_size: usize,
+    /// `sgd`, `adam` or `adamw`.
+    pub optimizer: OptimizerKind,
+    /// Step size.
+    pub learning_rate: f64,
+    /// Momentum for `sgd`.
+    pub momentum: f64,
+    /// L2 penalty (`sgd`, `adam`) or decoupled decay (`adamw`).
+    pub weight_decay: f64,
+    /// Seed for initial weights, shuffling and dropout.
+    pub seed: u64,
+    /// Write a step line to `metrics.jsonl` every this many steps.
+    pub log_every: usize,
+    /// Skip the final short batch of each epoch instead of training on it.
+    pub drop_last: bool,
+}
+
+impl Default for TrainSpec {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            batch_size: 128,
+            optimizer: OptimizerKind::Adam,
+            learning_rate: 1e-3,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            seed: 42,
+            log_every: 50,
+            drop_last: false,
+        }
+    }
+}

@@ -1,0 +1,169 @@
+use super::*;
+
+const GOOD: &str = r#"
+name = "t"
+[model]
+preset = "mlp"
+[data]
+dataset = "fashion-mnist"
+limit = 1000
+[train]
+epochs = 2
+optimizer = "sgd"
+learning_rate = 0.05
+"#;
+
+fn err(text: &str) -> String {
+    JobSpec::from_toml_str(text, "job.toml")
+        .expect_err("must be rejected")
+        .to_string()
+}
+
+#[test]
+fn parses_good_job_with_defaults() {
+    let job = JobSpec::from_toml_str(GOOD, "job.toml").unwrap();
+    assert_eq!(job.model.preset, Some(Preset::Mlp));
+    assert_eq!(job.train.epochs, 2);
+    assert_eq!(job.train.batch_size, 128);
+    assert_eq!(job.train.optimizer, OptimizerKind::Sgd);
+    assert_eq!(job.data.limit, Some(1000));
+    // Round trip through the serialised form.
+    let again = JobSpec::from_toml_str(&job.to_toml(), "again").unwrap();
+    assert_eq!(again, job);
+}
+
+#[test]
+fn parses_layer_lists() {
+    let job = JobSpec::from_toml_str(
+        r#"
+[model]
+layers = [
+  { type = "conv2d", filters = 8, kernel = 3, padding = "same" },
+  { type = "batchnorm" },
+  { type = "relu" },
+  { type = "maxpool2d" },
+  { type = "flatten" },
+  { type = "dropout", rate = 0.25 },
+  { type = "dense", units = 10 },
+]
+[data]
+dataset = "fashion-mnist"
+"#,
+        "j",
+    )
+    .unwrap();
+    let layers = job.model.layers.unwrap();
+    assert_eq!(layers.len(), 7);
+    assert_eq!(
+        layers[0],
+        LayerSpec::Conv2d {
+            filters: 8,
+            kernel: 3,
+            stride: 1,
+            padding: Padding::Same
+        }
+    );
+    assert_eq!(
+        layers[3],
+        LayerSpec::Maxpool2d {
+            size: 2,
+            stride: None
+        }
+    );
+}
+
+#[test]
+fn unknown_key_names_key_line_and_allowed() {
+    let e = err(&GOOD.replace("epochs = 2", "epochs = 2\nepoch = 3"));
+    assert!(e.contains("epoch"), "{e}");
+    assert!(e.contains("line 10"), "{e}");
+    assert!(e.contains("learning_rate"), "lists allowed keys: {e}");
+}
+
+#[test]
+fn unknown_section_is_rejected() {
+    let e = err(&format!("{GOOD}\n[trian]\nx = 1\n"));
+    assert!(e.contains("trian"), "{e}");
+}
+
+#[test]
+fn bad_enum_value_lists_choices() {
+    let e = err(&GOOD.replace("\"sgd\"", "\"rmsprop\""));
+    assert!(e.contains("rmsprop") && e.contains("adamw"), "{e}");
+    assert!(e.contains("line 10"), "{e}");
+}
+
+#[test]
+fn wrong_type_is_rejected() {
+    let e = err(&GOOD.replace("epochs = 2", "epochs = \"two\""));
+    assert!(e.contains("line 9"), "{e}");
+}
+
+#[test]
+fn out_of_range_values_give_key_and_line() {
+    let e = err(&GOOD.replace("learning_rate = 0.05", "learning_rate = -1.0"));
+    assert!(e.contains("train.learning_rate") && e.contains("line 11"), "{e}");
+    assert!(e.contains("> 0"), "{e}");
+    let e = err(&GOOD.replace("epochs = 2", "epochs = 0"));
+    assert!(e.contains("train.epochs") && e.contains("line 9"), "{e}");
+}
+
+#[test]
+fn bad_layer_and_model_choices() {
+    let e = err(&GOOD.replace(
+        "preset = \"mlp\"",
+        "layers = [{ type = \"dense\", units = 10 },\n  { type = \"dropout\", rate = 1.5 }]",
+    ));
+    assert!(e.contains("model.layers[1]") && e.contains("line 5"), "{e}");
+    let e = err(&GOOD.replace(
+        "preset = \"mlp\"",
+        "layers = [{ type = \"dense\", unitz = 10 }]",
+    ));
+    assert!(e.contains("unitz"), "{e}");
+    let e = err(&GOOD.replace(
+        "preset = \"mlp\"",
+        "layers = [{ type = \"lstm\" }]",
+    ));
+    assert!(e.contains("lstm") && e.contains("conv2d"), "{e}");
+    let e = err(&GOOD.replace("preset = \"mlp\"", ""));
+    assert!(e.contains("preset"), "{e}");
+}
+
+#[test]
+fn data_section_must_be_consistent() {
+    let e = err(&GOOD.replace("fashion-mnist", "cifar"));
+    assert!(e.contains("cifar") && e.contains("fashion-mnist"), "{e}");
+    let e = err(&GOOD.replace("dataset = \"fashion-mnist\"", "train_images = \"x\""));
+    assert!(e.contains("all four"), "{e}");
+}
+
+#[test]
+fn malformed_toml_is_rejected() {
+    let e = err("[model\npreset=");
+    assert!(e.contains("job.toml"), "{e}");
+}
+
+#[test]
+fn from_file_resolves_paths_and_name() {
+    let dir = std::env::temp_dir().join(format!("dlc-job-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("my-job.toml");
+    std::fs::write(
+        &path,
+        "[model]\npreset = \"lenet\"\n[data]\ntrain_images = \"a\"\ntrain_labels = \"b\"\n\
+         test_images = \"/abs/c\"\ntest_labels = \"d\"\n",
+    )
+    .unwrap();
+    let job = JobSpec::from_file(&path).unwrap();
+    assert_eq!(job.display_name(), "my-job");
+    assert_eq!(job.data.train_images.as_deref(), Some(dir.join("a").as_path()));
+    assert_eq!(
+        job.data.test_images.as_deref(),
+        Some(std::path::Path::new("/abs/c"))
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(matches!(
+        JobSpec::from_file(dir.join("missing.toml")),
+        Err(JobError::Io { .. })
+    ));
+}

@@ -1,0 +1,135 @@
+//! Range and consistency checks that the TOML types cannot express.
+
+use crate::spec::LayerSpec;
+use crate::JobSpec;
+
+type Problem = (String, String);
+
+fn bad(key: &str, message: impl Into<String>) -> Result<(), Problem> {
+    Err((key.to_string(), message.into()))
+}
+
+/// Checks a parsed job; on failure returns the dotted key and what is allowed.
+pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
+    let m = &job.model;
+    match (&m.preset, &m.layers) {
+        (Some(_), Some(_)) => bad("model", "has both `preset` and `layers`; give one")?,
+        (None, None) => bad(
+            "model",
+            "needs `preset = \"mlp\"` or `\"lenet\"`, or a `layers` list",
+        )?,
+        (None, Some(layers)) if layers.is_empty() => {
+            bad("model.layers", "is empty; give at least one layer")?
+        }
+        _ => {}
+    }
+    for (i, layer) in m.layers.iter().flatten().enumerate() {
+        let key = format!("model.layers[{i}]");
+        match *layer {
+            LayerSpec::Dense { units: 0 } => bad(&key, "dense `units` must be at least 1")?,
+            LayerSpec::Conv2d {
+                filters,
+                kernel,
+                stride,
+                ..
+            } if filters == 0 || kernel == 0 || stride == 0 => bad(
+                &key,
+                "conv2d `filters`, `kernel` and `stride` must be at least 1",
+            )?,
+            LayerSpec::Maxpool2d { size, stride } if size == 0 || stride == Some(0) => {
+                bad(&key, "maxpool2d `size` and `stride` must be at least 1")?
+            }
+            LayerSpec::Dropout { rate } if !(0.0..1.0).contains(&rate) => {
+                bad(&key, format!("dropout `rate` is {rate}; allowed: 0 <= rate < 1"))?
+            }
+            _ => {}
+        }
+    }
+
+    let d = &job.data;
+    let paths = [
+        &d.train_images,
+        &d.train_labels,
+        &d.test_images,
+        &d.test_labels,
+    ];
+    let given = paths.iter().filter(|p| p.is_some()).count();
+    match (&d.dataset, given) {
+        (Some(name), 0) if name == "fashion-mnist" => {}
+        (Some(name), 0) => bad(
+            "data.dataset",
+            format!("is `{name}`; known datasets: `fashion-mnist` (or give explicit IDX paths)"),
+        )?,
+        (Some(_), _) => bad(
+            "data",
+            "has both `dataset` and explicit paths; give one or the other",
+        )?,
+        (None, 4) => {}
+        (None, 0) => bad(
+            "data",
+            "needs `dataset = \"fashion-mnist\"` or the four paths train_images, \
+             train_labels, test_images, test_labels",
+        )?,
+        (None, _) => bad(
+            "data",
+            "explicit paths need all four of train_images, train_labels, test_images, test_labels",
+        )?,
+    }
+    if d.limit == Some(0) {
+        bad("data.limit", "must be at least 1")?;
+    }
+    if d.test_limit == Some(0) {
+        bad("data.test_limit", "must be at least 1")?;
+    }
+
+    let t = &job.train;
+    if t.epochs == 0 {
+        bad("train.epochs", "must be at least 1")?;
+    }
+    if t.batch_size == 0 {
+        bad("train.batch_size", "must be at least 1")?;
+    }
+    if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
+        bad(
+            "train.learning_rate",
+            format!("is {}; allowed: a finite number > 0", t.learning_rate),
+        )?;
+    }
+    if !(0.0..1.0).contains(&t.momentum) {
+        bad(
+            "train.momentum",
+            format!("is {}; allowed: 0 <= momentum < 1", t.momentum),
+        )?;
+    }
+    if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+        bad(
+            "train.weight_decay",
+            format!("is {}; allowed: a finite number >= 0", t.weight_decay),
+        )?;
+    }
+    if t.log_every == 0 {
+        bad("train.log_every", "must be at least 1")?;
+    }
+    Ok(())
+}
+
+/// The 1-based line on which dotted `key` (e.g. `model.layers[2]`) appears in `text`.
+pub(crate) fn line_of(text: &str, key: &str) -> Option<usize> {
+    let doc = text.parse::<toml_edit::ImDocument<String>>().ok()?;
+    let mut item = doc.as_item();
+    let mut span = None;
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        item = item.get(name)?;
+        span = item.span().or(span);
+        if let Some(i) = index {
+            item = item.get(i)?;
+            span = item.span().or(span);
+        }
+    }
+    let offset = span?.start;
+    Some(text[..offset.min(text.len())].matches('\n').count() + 1)
+}
