@@ -182,7 +182,11 @@ impl ImageDataset {
 
     /// Number of classes: one more than the largest label.
     pub fn num_classes(&self) -> usize {
-        self.labels.iter().copied().max().map_or(0, |m| m as usize + 1)
+        self.labels
+            .iter()
+            .copied()
+            .max()
+            .map_or(0, |m| m as usize + 1)
     }
 
     /// Label of sample `i`.
@@ -260,6 +264,8 @@ mod tests {
     #[test]
     fn missing_named_dataset_says_how_to_install() {
         let err = IdxFiles::fashion_mnist(Some(Path::new("/nonexistent"))).unwrap_err();
-        assert!(err.to_string().contains("apt-get install dataset-fashion-mnist"));
+        assert!(err
+            .to_string()
+            .contains("apt-get install dataset-fashion-mnist"));
     }
 }

@@ -233,7 +233,10 @@ mod tests {
         for cut in [0, 3, 7, bytes.len() - 1] {
             let path = write(dir.path(), "cut.idx", &bytes[..cut]);
             let err = IdxArray::read(&path).unwrap_err();
-            assert!(matches!(err, IdxError::Truncated { .. }), "cut {cut}: {err}");
+            assert!(
+                matches!(err, IdxError::Truncated { .. }),
+                "cut {cut}: {err}"
+            );
             assert!(err.to_string().contains("cut.idx"));
         }
     }
@@ -285,7 +288,9 @@ mod tests {
             IdxArray::read(&path).unwrap_err(),
             IdxError::TrailingData { .. }
         ));
-        let huge = [0, 0, 8, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 9];
+        let huge = [
+            0, 0, 8, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 9,
+        ];
         let path = write(dir.path(), "h.idx", &huge);
         assert!(matches!(
             IdxArray::read(&path).unwrap_err(),

@@ -127,7 +127,9 @@ mod tests {
         for step in 0..s.steps_per_epoch() {
             let mut joined = Vec::new();
             for rank in 0..world {
-                joined.extend_from_slice(sampler(100, 10, rank, world, true).local_batch(&order, step));
+                joined.extend_from_slice(
+                    sampler(100, 10, rank, world, true).local_batch(&order, step),
+                );
             }
             assert_eq!(joined, s.global_batch_of(&order, step));
         }

@@ -9,9 +9,7 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use spec::{
-    DataSpec, LayerSpec, ModelSpec, OptimizerKind, Padding, Preset, TrainSpec,
-};
+pub use spec::{DataSpec, LayerSpec, ModelSpec, OptimizerKind, Padding, Preset, TrainSpec};
 
 /// Why a job file was rejected.
 #[derive(Debug, thiserror::Error)]

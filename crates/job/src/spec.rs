@@ -102,7 +102,7 @@ fn two() -> usize {
 }
 
 /// One layer of a `layers` list; `type` selects the kind.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum LayerSpec {
     /// Fully connected layer (input must be flat: put `flatten` before it).

@@ -102,7 +102,10 @@ fn wrong_type_is_rejected() {
 #[test]
 fn out_of_range_values_give_key_and_line() {
     let e = err(&GOOD.replace("learning_rate = 0.05", "learning_rate = -1.0"));
-    assert!(e.contains("train.learning_rate") && e.contains("line 11"), "{e}");
+    assert!(
+        e.contains("train.learning_rate") && e.contains("line 11"),
+        "{e}"
+    );
     assert!(e.contains("> 0"), "{e}");
     let e = err(&GOOD.replace("epochs = 2", "epochs = 0"));
     assert!(e.contains("train.epochs") && e.contains("line 9"), "{e}");
@@ -120,10 +123,7 @@ fn bad_layer_and_model_choices() {
         "layers = [{ type = \"dense\", unitz = 10 }]",
     ));
     assert!(e.contains("unitz"), "{e}");
-    let e = err(&GOOD.replace(
-        "preset = \"mlp\"",
-        "layers = [{ type = \"lstm\" }]",
-    ));
+    let e = err(&GOOD.replace("preset = \"mlp\"", "layers = [{ type = \"lstm\" }]"));
     assert!(e.contains("lstm") && e.contains("conv2d"), "{e}");
     let e = err(&GOOD.replace("preset = \"mlp\"", ""));
     assert!(e.contains("preset"), "{e}");
@@ -156,7 +156,10 @@ fn from_file_resolves_paths_and_name() {
     .unwrap();
     let job = JobSpec::from_file(&path).unwrap();
     assert_eq!(job.display_name(), "my-job");
-    assert_eq!(job.data.train_images.as_deref(), Some(dir.join("a").as_path()));
+    assert_eq!(
+        job.data.train_images.as_deref(),
+        Some(dir.join("a").as_path())
+    );
     assert_eq!(
         job.data.test_images.as_deref(),
         Some(std::path::Path::new("/abs/c"))

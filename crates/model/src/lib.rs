@@ -1,1 +1,14 @@
-pub use burn;
+//! Models for dlcluster: a layer list from the job file, with shapes inferred from the
+//! data, built into a burn module ([`Net`]).
+//!
+//! Parameter names (in `model.safetensors` and checkpoints) are stable:
+//! `layers.<i>.weight` and `layers.<i>.bias` for dense and conv2d layers,
+//! `layers.<i>.gamma`, `layers.<i>.beta`, `layers.<i>.running_mean`,
+//! `layers.<i>.running_var` for batchnorm, where `<i>` is the layer's index in the
+//! resolved layer list (presets expanded; see [`dlc_job::Preset`]).
+
+mod net;
+mod shape;
+
+pub use net::{Layer, Net};
+pub use shape::{plan, LayerPlan, ModelError, Shape};

@@ -1,0 +1,86 @@
+//! Helpers shared by the CLI tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `dlc` binary under test.
+pub fn dlc() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dlc"))
+}
+
+/// Runs `dlc` with `args`, returning its output.
+pub fn run(args: &[&str]) -> Output {
+    dlc().args(args).output().expect("dlc runs")
+}
+
+/// Runs `dlc` and asserts success, returning stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "dlc {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `dlc`, asserts failure without a panic, and returns stderr.
+pub fn fails(args: &[&str]) -> String {
+    let out = run(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "dlc {args:?} should fail");
+    assert!(!err.contains("panicked"), "dlc {args:?} panicked:\n{err}");
+    err
+}
+
+/// Writes a job file into `dir` and returns its path.
+pub fn job(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A quick MLP job on the first `limit` Fashion-MNIST samples.
+pub fn quick_mlp(limit: usize, epochs: usize, batch: usize) -> String {
+    format!(
+        "[model]\npreset = \"mlp\"\n[data]\ndataset = \"fashion-mnist\"\nlimit = {limit}\n\
+         test_limit = 2000\n[train]\nepochs = {epochs}\nbatch_size = {batch}\n\
+         optimizer = \"adam\"\nlearning_rate = 0.002\nlog_every = 5\nseed = 3\n"
+    )
+}
+
+/// Reads every tensor of a safetensors file as f32 values, by name.
+pub fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let vals = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (name, vals)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Largest absolute difference between two weight sets with the same names.
+pub fn max_abs_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
+    assert_eq!(
+        a.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        b.iter().map(|t| &t.0).collect::<Vec<_>>()
+    );
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.1.len(), y.1.len(), "{}", x.0);
+            x.1.iter().zip(&y.1).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f32::max)
+}

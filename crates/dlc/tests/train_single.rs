@@ -1,0 +1,189 @@
+//! End-to-end tests of single-worker training through the `dlc` binary.
+
+mod common;
+use common::*;
+
+#[test]
+fn trains_mlp_on_a_few_thousand_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "quick.toml", &quick_mlp(4000, 2, 64));
+    let out = dir.path().join("run");
+    let summary = ok(&[
+        "train",
+        job.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    let s: serde_json::Value = serde_json::from_str(summary.trim()).unwrap();
+    let acc = s["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.75, "test accuracy {acc}");
+    assert_eq!(s["global_step"], 2 * 63);
+
+    // metrics.jsonl: step lines then epoch lines, with the documented fields.
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<_> = lines.iter().filter(|l| l["kind"] == "step").collect();
+    let epochs: Vec<_> = lines.iter().filter(|l| l["kind"] == "epoch").collect();
+    assert_eq!(epochs.len(), 2);
+    assert_eq!(steps.len(), 2 * 63 / 5);
+    for k in ["epoch", "step", "loss", "samples_per_sec"] {
+        assert!(steps[0][k].is_number(), "step line lacks {k}: {}", steps[0]);
+    }
+    for k in [
+        "epoch",
+        "train_loss",
+        "test_loss",
+        "test_accuracy",
+        "seconds",
+    ] {
+        assert!(
+            epochs[1][k].is_number(),
+            "epoch line lacks {k}: {}",
+            epochs[1]
+        );
+    }
+    assert_eq!(epochs[1]["test_accuracy"].as_f64().unwrap(), acc);
+
+    // Stable, documented tensor names.
+    let w = weights(&out.join("model.safetensors"));
+    let names: Vec<&str> = w.iter().map(|t| t.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "layers.1.bias",
+            "layers.1.weight",
+            "layers.3.bias",
+            "layers.3.weight",
+            "layers.5.bias",
+            "layers.5.weight"
+        ]
+    );
+
+    // `dlc eval` reproduces the final test accuracy from the saved weights.
+    let e = ok(&[
+        "eval",
+        job.to_str().unwrap(),
+        "--model",
+        out.join("model.safetensors").to_str().unwrap(),
+        "--json",
+    ]);
+    let e: serde_json::Value = serde_json::from_str(e.trim()).unwrap();
+    assert!((e["accuracy"].as_f64().unwrap() - acc).abs() < 1e-9, "{e}");
+
+    // A finished run directory is not overwritten.
+    let err = fails(&[
+        "train",
+        job.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(err.contains("already holds a run"), "{err}");
+}
+
+#[test]
+fn same_seed_same_weights_and_resume_matches_uninterrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "r.toml", &quick_mlp(1000, 3, 100));
+    let j = job.to_str().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    let c = dir.path().join("c");
+    ok(&[
+        "train",
+        j,
+        "--out",
+        a.to_str().unwrap(),
+        "--threads",
+        "1",
+        "-q",
+    ]);
+    ok(&[
+        "train",
+        j,
+        "--out",
+        b.to_str().unwrap(),
+        "--threads",
+        "1",
+        "-q",
+    ]);
+    let wa = weights(&a.join("model.safetensors"));
+    assert_eq!(
+        max_abs_diff(&wa, &weights(&b.join("model.safetensors"))),
+        0.0
+    );
+
+    // Interrupt mid-epoch (step 14 of 30; epoch 2 of 3), then resume.
+    ok(&[
+        "train",
+        j,
+        "--out",
+        c.to_str().unwrap(),
+        "--threads",
+        "1",
+        "-q",
+        "--steps",
+        "14",
+    ]);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.join("checkpoint/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["global_step"], 14);
+    assert_eq!(state["epoch"], 1);
+    assert_eq!(state["step_in_epoch"], 4);
+    let partial = weights(&c.join("model.safetensors"));
+    assert!(
+        max_abs_diff(&wa, &partial) > 0.0,
+        "a partial run must differ"
+    );
+    let out = ok(&[
+        "train",
+        j,
+        "--resume",
+        c.to_str().unwrap(),
+        "--threads",
+        "1",
+        "-q",
+        "--json",
+    ]);
+    let s: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(s["global_step"], 30);
+    let diff = max_abs_diff(&wa, &weights(&c.join("model.safetensors")));
+    assert_eq!(
+        diff, 0.0,
+        "resumed run must end with the uninterrupted run's weights"
+    );
+
+    // A different seed gives different weights.
+    let d = dir.path().join("d");
+    ok(&[
+        "train",
+        j,
+        "--out",
+        d.to_str().unwrap(),
+        "--threads",
+        "1",
+        "-q",
+        "--seed",
+        "4",
+    ]);
+    assert!(max_abs_diff(&wa, &weights(&d.join("model.safetensors"))) > 1e-4);
+}
+
+#[test]
+fn resume_without_checkpoint_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "r.toml", &quick_mlp(100, 1, 50));
+    let err = fails(&[
+        "train",
+        job.to_str().unwrap(),
+        "--resume",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(err.contains("no checkpoint"), "{err}");
+}

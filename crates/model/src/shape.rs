@@ -1,0 +1,256 @@
+//! Shape inference: checks a layer list against the input and computes every layer's
+//! output shape, parameter count and forward FLOPs.
+
+use dlc_job::{LayerSpec, Padding};
+
+/// Shape of one sample between layers (batch dimension excluded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `[channels, height, width]`.
+    Spatial {
+        /// Channels.
+        c: usize,
+        /// Height.
+        h: usize,
+        /// Width.
+        w: usize,
+    },
+    /// `[features]`.
+    Flat(usize),
+}
+
+impl Shape {
+    /// Number of scalars.
+    pub fn numel(&self) -> usize {
+        match *self {
+            Shape::Spatial { c, h, w } => c * h * w,
+            Shape::Flat(f) => f,
+        }
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Shape::Spatial { c, h, w } => write!(f, "[{c}, {h}, {w}]"),
+            Shape::Flat(n) => write!(f, "[{n}]"),
+        }
+    }
+}
+
+/// Why a layer list does not fit the data.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A layer cannot take the shape its predecessor produces.
+    #[error("layer {index} ({layer}): {message}")]
+    Layer {
+        /// Index in the resolved layer list.
+        index: usize,
+        /// Layer kind.
+        layer: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The last layer does not produce one score per class.
+    #[error(
+        "the model outputs {found} but the data has {classes} classes: end the layer list \
+         with `{{ type = \"dense\", units = {classes} }}`"
+    )]
+    Output {
+        /// Output shape found.
+        found: Shape,
+        /// Number of classes.
+        classes: usize,
+    },
+}
+
+/// One layer with its inferred shapes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerPlan {
+    /// The layer.
+    pub spec: LayerSpec,
+    /// Input shape.
+    pub input: Shape,
+    /// Output shape.
+    pub output: Shape,
+    /// Trainable parameters.
+    pub params: usize,
+    /// Forward floating-point operations per sample (multiply-add = 2).
+    pub flops: u64,
+}
+
+/// Name of a layer kind, as written in job files.
+pub fn kind(spec: &LayerSpec) -> &'static str {
+    match spec {
+        LayerSpec::Dense { .. } => "dense",
+        LayerSpec::Conv2d { .. } => "conv2d",
+        LayerSpec::Maxpool2d { .. } => "maxpool2d",
+        LayerSpec::Flatten => "flatten",
+        LayerSpec::Relu => "relu",
+        LayerSpec::Dropout { .. } => "dropout",
+        LayerSpec::Batchnorm => "batchnorm",
+    }
+}
+
+/// Infers every layer's shapes for `input`, checking that the list ends in `classes` outputs.
+pub fn plan(
+    layers: &[LayerSpec],
+    input: Shape,
+    classes: usize,
+) -> Result<Vec<LayerPlan>, ModelError> {
+    let mut out = Vec::with_capacity(layers.len());
+    let mut shape = input;
+    for (index, spec) in layers.iter().enumerate() {
+        let err = |message: String| ModelError::Layer {
+            index,
+            layer: kind(spec),
+            message,
+        };
+        let (output, params, flops) = match (*spec, shape) {
+            (LayerSpec::Dense { units }, Shape::Flat(f)) => (
+                Shape::Flat(units),
+                f * units + units,
+                2 * (f * units) as u64,
+            ),
+            (LayerSpec::Dense { .. }, s) => {
+                return Err(err(format!(
+                    "needs flat input but gets {s}; put `{{ type = \"flatten\" }}` before it"
+                )))
+            }
+            (
+                LayerSpec::Conv2d {
+                    filters,
+                    kernel,
+                    stride,
+                    padding,
+                },
+                Shape::Spatial { c, h, w },
+            ) => {
+                let pad = match padding {
+                    Padding::Valid => 0,
+                    Padding::Same => (kernel - 1) / 2,
+                };
+                if h + 2 * pad < kernel || w + 2 * pad < kernel {
+                    return Err(err(format!(
+                        "kernel {kernel}×{kernel} is larger than its input {shape}"
+                    )));
+                }
+                let oh = (h + 2 * pad - kernel) / stride + 1;
+                let ow = (w + 2 * pad - kernel) / stride + 1;
+                let per_out = c * kernel * kernel;
+                (
+                    Shape::Spatial {
+                        c: filters,
+                        h: oh,
+                        w: ow,
+                    },
+                    per_out * filters + filters,
+                    2 * (per_out * filters * oh * ow) as u64,
+                )
+            }
+            (LayerSpec::Maxpool2d { size, stride }, Shape::Spatial { c, h, w }) => {
+                let stride = stride.unwrap_or(size);
+                if h < size || w < size {
+                    return Err(err(format!(
+                        "window {size}×{size} is larger than its input {shape}"
+                    )));
+                }
+                let (oh, ow) = ((h - size) / stride + 1, (w - size) / stride + 1);
+                (
+                    Shape::Spatial { c, h: oh, w: ow },
+                    0,
+                    (c * oh * ow * size * size) as u64,
+                )
+            }
+            (LayerSpec::Conv2d { .. } | LayerSpec::Maxpool2d { .. }, s) => {
+                return Err(err(format!(
+                    "needs [channels, height, width] input but gets {s}"
+                )))
+            }
+            (LayerSpec::Flatten, s) => (Shape::Flat(s.numel()), 0, 0),
+            (LayerSpec::Relu | LayerSpec::Dropout { .. }, s) => (s, 0, s.numel() as u64),
+            (LayerSpec::Batchnorm, s) => {
+                let ch = match s {
+                    Shape::Spatial { c, .. } => c,
+                    Shape::Flat(f) => f,
+                };
+                (s, 2 * ch, 4 * s.numel() as u64)
+            }
+        };
+        if output.numel() == 0 {
+            return Err(err(format!("produces an empty output {output}")));
+        }
+        out.push(LayerPlan {
+            spec: *spec,
+            input: shape,
+            output,
+            params,
+            flops,
+        });
+        shape = output;
+    }
+    if shape != Shape::Flat(classes) {
+        return Err(ModelError::Output {
+            found: shape,
+            classes,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dlc_job::Preset;
+
+    const MNIST: Shape = Shape::Spatial { c: 1, h: 28, w: 28 };
+
+    #[test]
+    fn lenet_shapes_and_params() {
+        let p = plan(&Preset::Lenet.layers(10), MNIST, 10).unwrap();
+        assert_eq!(
+            p[2].output,
+            Shape::Spatial {
+                c: 32,
+                h: 12,
+                w: 12
+            }
+        );
+        assert_eq!(p[6].output, Shape::Flat(1024));
+        let params: usize = p.iter().map(|l| l.params).sum();
+        // conv1 832 + conv2 51264 + fc1 131200 + fc2 1290
+        assert_eq!(params, 832 + 51_264 + 131_200 + 1_290);
+    }
+
+    #[test]
+    fn mlp_params() {
+        let p = plan(&Preset::Mlp.layers(10), MNIST, 10).unwrap();
+        let params: usize = p.iter().map(|l| l.params).sum();
+        assert_eq!(params, 784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10);
+    }
+
+    #[test]
+    fn misfit_layers_are_explained() {
+        let e = plan(&[LayerSpec::Dense { units: 10 }], MNIST, 10).unwrap_err();
+        assert!(e.to_string().contains("flatten"), "{e}");
+        let e = plan(
+            &[LayerSpec::Flatten, LayerSpec::Dense { units: 5 }],
+            MNIST,
+            10,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("units = 10"), "{e}");
+        let e = plan(
+            &[LayerSpec::Conv2d {
+                filters: 1,
+                kernel: 40,
+                stride: 1,
+                padding: Padding::Valid,
+            }],
+            MNIST,
+            10,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("larger"), "{e}");
+    }
+}

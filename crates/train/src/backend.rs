@@ -1,0 +1,21 @@
+//! Concrete burn backends.
+//!
+//! The CPU backend is burn's `flex` (im2col + gemm convolutions; 26× faster than
+//! `ndarray` on our CNN, see DESIGN.md). It parallelises with rayon's global pool.
+
+use burn::backend::Autodiff;
+
+/// Inference backend on CPU.
+pub type Cpu = burn::backend::Flex;
+/// Training backend on CPU.
+pub type CpuTrain = Autodiff<Cpu>;
+
+/// Sets the number of CPU threads used by the CPU backend. Call once, before any
+/// tensor work; later calls (or calls after the pool started) have no effect and
+/// return the number of threads actually in use.
+pub fn set_cpu_threads(threads: usize) -> usize {
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build_global();
+    rayon::current_num_threads()
+}

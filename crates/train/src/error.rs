@@ -1,0 +1,41 @@
+//! Errors of the worker.
+
+use std::path::PathBuf;
+
+/// Why training or evaluation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The data could not be loaded.
+    #[error(transparent)]
+    Data(#[from] dlc_data::DataError),
+    /// The model does not fit the data.
+    #[error("model does not fit the data: {0}")]
+    Model(#[from] dlc_model::ModelError),
+    /// A file in the run directory could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// File concerned.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// A checkpoint or weights file is missing, corrupt or does not match the job.
+    #[error("{path}: {message}")]
+    BadState {
+        /// File concerned.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Options contradict each other.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl TrainError {
+    /// Wraps an I/O error with its path.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| TrainError::Io { path, source }
+    }
+}

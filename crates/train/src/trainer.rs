@@ -1,0 +1,294 @@
+//! The single-worker training loop.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ElementConversion;
+use dlc_data::ShardSampler;
+use dlc_job::JobSpec;
+use dlc_model::Net;
+
+use crate::backend::CpuTrain;
+use crate::checkpoint::{self, LoopState};
+use crate::data::{Batcher, JobData};
+use crate::eval::{evaluate, save_safetensors, EvalResult};
+use crate::metrics::{MetricsSink, Record};
+use crate::optim::AnyOptim;
+use crate::progress::Progress;
+use crate::TrainError;
+
+/// Command-line overrides and output choices for a training run.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Override `[train] epochs`.
+    pub epochs: Option<usize>,
+    /// Stop after this many optimizer steps in total (checkpointing where it stops).
+    pub max_steps: Option<usize>,
+    /// Run directory (default `runs/<job>-<timestamp>`).
+    pub out: Option<PathBuf>,
+    /// Override `[train] seed`.
+    pub seed: Option<u64>,
+    /// Continue the run in this directory from its checkpoint.
+    pub resume: Option<PathBuf>,
+    /// No progress output.
+    pub quiet: bool,
+}
+
+/// What a training run did.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Where its files are.
+    pub run_dir: PathBuf,
+    /// Optimizer steps done since the start of training (resumed runs included).
+    pub global_step: usize,
+    /// Epochs completed.
+    pub epochs_completed: usize,
+    /// Test metrics of the final model.
+    pub test: EvalResult,
+    /// Training throughput of this invocation (samples/s, excluding evaluation).
+    pub samples_per_sec: f64,
+    /// Wall time of this invocation.
+    pub seconds: f64,
+    /// Number of trainable parameters.
+    pub params: usize,
+}
+
+/// Trains `job` on the CPU backend.
+pub fn train(job: &JobSpec, opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
+    train_on::<CpuTrain>(job, opts, &Default::default())
+}
+
+/// A default run directory name: `runs/<job>-<UTC timestamp>`.
+pub fn default_run_dir(job: &JobSpec) -> PathBuf {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(['-', ':'], "")
+        .replace('T', "-")
+        .trim_end_matches('Z')
+        .to_string();
+    PathBuf::from("runs").join(format!("{}-{stamp}", job.display_name()))
+}
+
+/// Mixes the job seed with a counter into a per-step RNG seed.
+fn step_seed(seed: u64, step: usize) -> u64 {
+    let mut z = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z ^ (z >> 31)
+}
+
+/// Trains `job` on backend `B` (generic so that GPU backends can follow).
+pub fn train_on<B: AutodiffBackend>(
+    job: &JobSpec,
+    opts: &TrainOptions,
+    device: &B::Device,
+) -> Result<TrainSummary, TrainError> {
+    let started = Instant::now();
+    let mut spec = job.train.clone();
+    if let Some(e) = opts.epochs {
+        spec.epochs = e;
+    }
+    if let Some(s) = opts.seed {
+        spec.seed = s;
+    }
+    if spec.epochs == 0 {
+        return Err(TrainError::Usage("--epochs must be at least 1".into()));
+    }
+    let progress = Progress::new(opts.quiet);
+
+    let data = JobData::load(&job.data)?;
+    let plan = dlc_model::plan(
+        &job.model.resolved_layers(data.classes),
+        data.input_shape(),
+        data.classes,
+    )?;
+    let params: usize = plan.iter().map(|l| l.params).sum();
+
+    let run_dir = prepare_run_dir(job, opts)?;
+    B::seed(device, spec.seed);
+    let mut model = Net::<B>::new(&plan, device);
+    let mut optim = AnyOptim::<B>::new(&spec);
+    let mut state = LoopState::default();
+    if opts.resume.is_some() {
+        let (m, o, s) = checkpoint::load(&run_dir, model, optim, device)?;
+        (model, optim, state) = (m, o, s);
+        progress.println(&format!(
+            "resuming {} at epoch {}, step {} (global step {})",
+            run_dir.display(),
+            state.epoch + 1,
+            state.step_in_epoch,
+            state.global_step
+        ));
+    }
+    let mut metrics = MetricsSink::open(&run_dir.join("metrics.jsonl"))?;
+
+    let sampler = ShardSampler {
+        num_samples: data.train.len(),
+        global_batch: spec.batch_size,
+        rank: 0,
+        world: 1,
+        seed: spec.seed,
+        drop_last: spec.drop_last,
+    };
+    let steps_per_epoch = sampler.steps_per_epoch();
+    if steps_per_epoch == 0 {
+        return Err(TrainError::Usage(format!(
+            "{} training samples make no full batch of {} (drop_last is on)",
+            data.train.len(),
+            spec.batch_size
+        )));
+    }
+    progress.println(&format!(
+        "training {} ({params} parameters) on {} samples, {} test; {} steps/epoch × {} epochs; run dir {}",
+        job.display_name(),
+        data.train.len(),
+        data.test.len(),
+        steps_per_epoch,
+        spec.epochs,
+        run_dir.display()
+    ));
+
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let mut batcher = Batcher::default();
+    let mut trained_samples = 0usize;
+    let mut train_seconds = 0.0f64;
+    let mut stopped_early = false;
+    let mut last_eval = None;
+
+    while state.epoch < spec.epochs {
+        let epoch_start = Instant::now();
+        let order = sampler.epoch_order(state.epoch);
+        progress.start_epoch(
+            state.epoch + 1,
+            spec.epochs,
+            steps_per_epoch,
+            state.step_in_epoch,
+        );
+        let (mut loss_sum, mut loss_steps) = (0.0f64, 0usize);
+        let (mut window_start, mut window_samples) = (Instant::now(), 0usize);
+        while state.step_in_epoch < steps_per_epoch {
+            if opts.max_steps.is_some_and(|m| state.global_step >= m) {
+                stopped_early = true;
+                break;
+            }
+            let idx = sampler.local_batch(&order, state.step_in_epoch);
+            B::seed(device, step_seed(spec.seed, state.global_step));
+            let (x, y) = batcher.batch::<B>(&data.train, idx, device);
+            let loss = loss_fn.forward(model.forward(x), y);
+            let loss_value: f64 = loss.clone().into_scalar().elem();
+            if !loss_value.is_finite() {
+                return Err(TrainError::Usage(format!(
+                    "training diverged at step {} (loss {loss_value}); lower train.learning_rate",
+                    state.global_step
+                )));
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(spec.learning_rate, model, grads);
+            state.step_in_epoch += 1;
+            state.global_step += 1;
+            loss_sum += loss_value;
+            loss_steps += 1;
+            window_samples += idx.len();
+            trained_samples += idx.len();
+            if state.global_step % spec.log_every == 0 {
+                let secs = window_start.elapsed().as_secs_f64();
+                let sps = window_samples as f64 / secs.max(1e-9);
+                train_seconds += secs;
+                metrics.write(&Record::Step {
+                    epoch: state.epoch + 1,
+                    step: state.global_step,
+                    loss: loss_value,
+                    samples_per_sec: sps,
+                })?;
+                progress.step(
+                    state.step_in_epoch,
+                    &format!("loss {loss_value:.4} · {sps:.0} samples/s"),
+                    true,
+                );
+                (window_start, window_samples) = (Instant::now(), 0);
+            } else {
+                progress.step(state.step_in_epoch, "", false);
+            }
+        }
+        train_seconds += window_start.elapsed().as_secs_f64();
+        if stopped_early {
+            break;
+        }
+        let test = evaluate(&model.valid(), &data.test, device);
+        state.epoch += 1;
+        state.step_in_epoch = 0;
+        let train_loss = loss_sum / loss_steps.max(1) as f64;
+        metrics.write(&Record::Epoch {
+            epoch: state.epoch,
+            train_loss,
+            test_loss: test.loss,
+            test_accuracy: test.accuracy,
+            seconds: epoch_start.elapsed().as_secs_f64(),
+        })?;
+        progress.println(&format!(
+            "epoch {}/{}: train loss {train_loss:.4}, test loss {:.4}, test accuracy {:.2}% ({:.1}s)",
+            state.epoch,
+            spec.epochs,
+            test.loss,
+            100.0 * test.accuracy,
+            epoch_start.elapsed().as_secs_f64()
+        ));
+        checkpoint::save(&run_dir, &model, &optim, state)?;
+        last_eval = Some(test);
+    }
+    progress.finish();
+    if stopped_early {
+        checkpoint::save(&run_dir, &model, &optim, state)?;
+    }
+    let test = match last_eval {
+        Some(t) => t,
+        None => evaluate(&model.valid(), &data.test, device),
+    };
+    save_safetensors(&model.valid(), &run_dir.join("model.safetensors"))?;
+    Ok(TrainSummary {
+        run_dir,
+        global_step: state.global_step,
+        epochs_completed: state.epoch,
+        test,
+        samples_per_sec: trained_samples as f64 / train_seconds.max(1e-9),
+        seconds: started.elapsed().as_secs_f64(),
+        params,
+    })
+}
+
+/// Creates (or, when resuming, checks) the run directory and records the job in it.
+fn prepare_run_dir(job: &JobSpec, opts: &TrainOptions) -> Result<PathBuf, TrainError> {
+    if let Some(dir) = &opts.resume {
+        if opts.out.as_ref().is_some_and(|o| o != dir) {
+            return Err(TrainError::Usage(
+                "--resume continues in its own directory; drop --out".into(),
+            ));
+        }
+        if !checkpoint::dir(dir).join("state.json").exists() {
+            return Err(TrainError::BadState {
+                path: checkpoint::dir(dir),
+                message: "no checkpoint to resume from".into(),
+            });
+        }
+        return Ok(dir.clone());
+    }
+    let dir = opts.out.clone().unwrap_or_else(|| default_run_dir(job));
+    if dir.join("metrics.jsonl").exists() {
+        return Err(TrainError::Usage(format!(
+            "{} already holds a run; choose another --out, or continue it with --resume {}",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(&dir).map_err(TrainError::io(&dir))?;
+    write_job(&dir, job)?;
+    Ok(dir)
+}
+
+fn write_job(dir: &Path, job: &JobSpec) -> Result<(), TrainError> {
+    let path = dir.join("job.toml");
+    std::fs::write(&path, job.to_toml()).map_err(TrainError::io(&path))
+}

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets up what is missing, builds dlc and trains the example job.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release --bin dlc
+exec target/release/dlc train examples/fashion-mnist-mlp.toml "$@"
