@@ -1,0 +1,553 @@
+//! The collective algorithms.
+//!
+//! * Ring (all-reduce, reduce-scatter, all-gather): the buffer is cut into `n` chunks;
+//!   at step `k` rank `r` sends chunk `(r + shift − k) mod n` to rank `r+1` and receives
+//!   chunk `(r + shift − k − 1) mod n` from rank `r−1`, reducing it into its buffer
+//!   during the reduce-scatter steps and copying it during the all-gather steps. What
+//!   rank `r` sends at step `k` is exactly what it received at step `k−1`, so the send
+//!   of a step streams out as the previous step's bytes arrive and are reduced: send,
+//!   receive and reduction overlap at whatever granularity the kernel delivers.
+//! * Direct exchange (small all-reduce, barrier): every rank sends its whole buffer
+//!   to every other rank in one round and sums all contributions in rank order.
+//! * Broadcast: a pipelined chain from the root.
+//!
+//! Every rank's result is bit-identical: each chunk is reduced in one place (ring) or
+//! in the same order everywhere (direct). Every operation first exchanges a 24-byte
+//! header (operation, type, root, sequence number, length), so ranks that call
+//! different collectives fail with [`CommError::Mismatch`] instead of corrupting data.
+
+use std::ops::Range;
+
+use crate::communicator::{Communicator, ReduceOp};
+use crate::element::Element;
+use crate::transport::{read_some, wait, write_some, Io, Want, Woke};
+use crate::CommError;
+
+const HEADER: usize = 24;
+const MAGIC: &[u8; 4] = b"DLCC";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Op {
+    AllReduce = 1,
+    Broadcast = 2,
+    AllGather = 3,
+    ReduceScatter = 4,
+    Barrier = 5,
+}
+
+fn op_name(code: u8) -> &'static str {
+    match code {
+        1 => "all_reduce",
+        2 => "broadcast",
+        3 => "all_gather",
+        4 => "reduce_scatter",
+        5 => "barrier",
+        _ => "an unknown operation",
+    }
+}
+
+fn header(op: Op, dtype: u8, root: usize, seq: u64, count: usize) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..4].copy_from_slice(MAGIC);
+    h[4] = op as u8;
+    h[5] = dtype;
+    h[6..8].copy_from_slice(&(root as u16).to_le_bytes());
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h[16..24].copy_from_slice(&(count as u64).to_le_bytes());
+    h
+}
+
+fn describe(h: &[u8; HEADER]) -> String {
+    if &h[..4] != MAGIC {
+        return "something that is not a dlcluster collective".into();
+    }
+    let seq = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+    let count = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+    let dtype = match h[5] {
+        1 => "f32",
+        2 => "f64",
+        _ => "?",
+    };
+    let root = u16::from_le_bytes([h[6], h[7]]);
+    format!("{} #{seq} of {count} {dtype} (root {root})", op_name(h[4]))
+}
+
+fn check_header(ours: &[u8; HEADER], theirs: &[u8; HEADER], peer: usize) -> Result<(), CommError> {
+    if ours == theirs {
+        Ok(())
+    } else {
+        Err(CommError::Mismatch {
+            rank: peer,
+            ours: describe(ours),
+            theirs: describe(theirs),
+        })
+    }
+}
+
+/// Element range of chunk `i` when `len` elements are cut into `n` near-equal chunks.
+pub(crate) fn chunk(len: usize, i: usize, n: usize) -> Range<usize> {
+    let base = len / n;
+    let rem = len % n;
+    let start = i * base + i.min(rem);
+    start..start + base + usize::from(i < rem)
+}
+
+/// One direction of a ring pass: header then one chunk per step.
+struct Stream {
+    hdr: [u8; HEADER],
+    hdr_done: usize,
+    step: usize,
+    /// Bytes done in the current step.
+    done: usize,
+}
+
+impl Stream {
+    fn new(hdr: [u8; HEADER]) -> Self {
+        Self {
+            hdr,
+            hdr_done: 0,
+            step: 0,
+            done: 0,
+        }
+    }
+}
+
+impl Communicator {
+    fn next_header(&mut self, op: Op, dtype: u8, root: usize, count: usize) -> [u8; HEADER] {
+        self.seq += 1;
+        header(op, dtype, root, self.seq, count)
+    }
+
+    /// Sums (or averages) `buf` element-wise over all ranks, in place. Every rank
+    /// ends with bit-identical values. Any length works, including zero.
+    pub fn all_reduce<T: Element>(&mut self, buf: &mut [T], op: ReduceOp) -> Result<(), CommError> {
+        let n = self.world();
+        let hdr = self.next_header(Op::AllReduce, T::CODE, 0, buf.len());
+        if n > 1 {
+            if std::mem::size_of_val(buf) <= self.cfg.small_message_bytes {
+                let r = self.direct_sum(buf, hdr);
+                self.check(r)?;
+            } else {
+                let r = self.ring(buf, hdr, 2 * (n - 1), 0, n - 1);
+                self.check(r)?;
+            }
+        }
+        if op == ReduceOp::Mean && n > 1 {
+            T::scale(buf, 1.0 / n as f64);
+        }
+        Ok(())
+    }
+
+    /// Sums `buf` over all ranks, leaving each rank with the sum of its own chunk
+    /// only; returns that chunk's element range (chunk `r` of `n` near-equal chunks).
+    /// The rest of `buf` holds partial sums.
+    pub fn reduce_scatter<T: Element>(&mut self, buf: &mut [T]) -> Result<Range<usize>, CommError> {
+        let n = self.world();
+        let hdr = self.next_header(Op::ReduceScatter, T::CODE, 0, buf.len());
+        if n > 1 {
+            let r = self.ring(buf, hdr, n - 1, n - 1, n - 1);
+            self.check(r)?;
+        }
+        Ok(chunk(buf.len(), self.rank(), n))
+    }
+
+    /// Concatenates every rank's `input` in rank order into `output`
+    /// (`output.len() == world × input.len()`).
+    pub fn all_gather<T: Element>(
+        &mut self,
+        input: &[T],
+        output: &mut [T],
+    ) -> Result<(), CommError> {
+        let n = self.world();
+        if output.len() != n * input.len() {
+            return Err(CommError::Usage(format!(
+                "all_gather output holds {} elements, needs {} × {}",
+                output.len(),
+                n,
+                input.len()
+            )));
+        }
+        let m = input.len();
+        let r = self.rank();
+        output[r * m..(r + 1) * m].copy_from_slice(input);
+        let hdr = self.next_header(Op::AllGather, T::CODE, 0, output.len());
+        if n > 1 {
+            let r = self.ring(output, hdr, n - 1, 0, 0);
+            self.check(r)?;
+        }
+        Ok(())
+    }
+
+    /// Copies `buf` of rank `root` into `buf` of every rank (pipelined chain).
+    pub fn broadcast<T: Element>(&mut self, buf: &mut [T], root: usize) -> Result<(), CommError> {
+        let n = self.world();
+        if root >= n {
+            return Err(CommError::Usage(format!(
+                "broadcast root {root} is out of range for world size {n}"
+            )));
+        }
+        let hdr = self.next_header(Op::Broadcast, T::CODE, root, buf.len());
+        if n > 1 {
+            let r = self.chain(buf, hdr, root);
+            self.check(r)?;
+        }
+        Ok(())
+    }
+
+    /// Returns once every rank has called `barrier`.
+    pub fn barrier(&mut self) -> Result<(), CommError> {
+        let hdr = self.next_header(Op::Barrier, 0, 0, 0);
+        if self.world() > 1 {
+            let r = self.direct_sum::<f32>(&mut [], hdr);
+            self.check(r)?;
+        }
+        Ok(())
+    }
+
+    fn check(&mut self, r: Result<(), CommError>) -> Result<(), CommError> {
+        r.map_err(|e| self.root_cause(e))
+    }
+
+    /// Blocks in poll until a link is ready; turns coordinator notices into errors.
+    fn block(&mut self, wants: &[(usize, bool, bool)], during: &str) -> Result<(), CommError> {
+        let timeout = self.cfg.timeout;
+        let w: Vec<Want<'_>> = wants
+            .iter()
+            .map(|&(peer, write, read)| Want {
+                stream: self.link(peer),
+                peer,
+                write,
+                read,
+            })
+            .collect();
+        match wait(&w, Some(&self.control.stream), timeout, during)? {
+            Woke::Ready => Ok(()),
+            Woke::Control => Err(self.control_event()),
+        }
+    }
+
+    /// The ring engine. `steps` steps; chunk shift `shift`; the first `reduce_steps`
+    /// steps reduce, the rest copy.
+    fn ring<T: Element>(
+        &mut self,
+        buf: &mut [T],
+        hdr: [u8; HEADER],
+        steps: usize,
+        shift: usize,
+        reduce_steps: usize,
+    ) -> Result<(), CommError> {
+        let (n, r) = (self.world(), self.rank());
+        let right = (r + 1) % n;
+        let left = (r + n - 1) % n;
+        let size = std::mem::size_of::<T>();
+        let len = buf.len();
+        let send_chunk = |k: usize| chunk(len, (r + shift + n * steps - k) % n, n);
+        let recv_chunk = |k: usize| chunk(len, (r + shift + n * steps - k - 1) % n, n);
+        let mut tx = Stream::new(hdr);
+        let mut rx = Stream::new([0u8; HEADER]);
+        let mut partial = 0usize; // bytes of an incomplete element at the front of scratch
+        let scratch_cap = self.scratch.len() * 8 / size * size;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = (|| {
+            loop {
+                let mut moved = false;
+                let mut tx_blocked = false;
+                // Send: header, then chunks; step k may only send what step k-1 received.
+                loop {
+                    if tx.hdr_done < HEADER {
+                        match write_some(self.link(right), &tx.hdr[tx.hdr_done..], right)? {
+                            Io::Moved(m) => {
+                                tx.hdr_done += m;
+                                moved = true;
+                                continue;
+                            }
+                            Io::Blocked => {
+                                tx_blocked = true;
+                                break;
+                            }
+                        }
+                    }
+                    if tx.step >= steps {
+                        break;
+                    }
+                    let range = send_chunk(tx.step);
+                    let total = range.len() * size;
+                    // Step k sends the chunk received in step k-1: only what has arrived.
+                    let avail = if tx.step == 0 || rx.step > tx.step - 1 {
+                        total
+                    } else if rx.step == tx.step - 1 && rx.hdr_done == HEADER {
+                        (rx.done / size) * size
+                    } else {
+                        0
+                    };
+                    if tx.done < avail {
+                        let bytes: &[u8] = bytemuck::cast_slice(&buf[range]);
+                        match write_some(self.link(right), &bytes[tx.done..avail], right)? {
+                            Io::Moved(m) => {
+                                tx.done += m;
+                                moved = true;
+                            }
+                            Io::Blocked => {
+                                tx_blocked = true;
+                                break;
+                            }
+                        }
+                    }
+                    if tx.done == total {
+                        tx.step += 1;
+                        tx.done = 0;
+                        continue;
+                    }
+                    if tx.done >= avail {
+                        break; // waiting for data to arrive
+                    }
+                }
+                // Receive: header, then chunks (reduced via scratch, or copied in place).
+                loop {
+                    if rx.hdr_done < HEADER {
+                        let h = &mut rx.hdr[rx.hdr_done..];
+                        match read_some(self.link(left), h, left)? {
+                            Io::Moved(m) => {
+                                rx.hdr_done += m;
+                                moved = true;
+                                if rx.hdr_done == HEADER {
+                                    check_header(&hdr, &rx.hdr, left)?;
+                                }
+                                continue;
+                            }
+                            Io::Blocked => break,
+                        }
+                    }
+                    if rx.step >= steps {
+                        break;
+                    }
+                    let range = recv_chunk(rx.step);
+                    let total = range.len() * size;
+                    if rx.done == total {
+                        rx.step += 1;
+                        rx.done = 0;
+                        continue;
+                    }
+                    if rx.step < reduce_steps {
+                        let want = (total - rx.done).min(scratch_cap - partial);
+                        let sbytes: &mut [u8] = bytemuck::cast_slice_mut(&mut scratch[..]);
+                        match read_some(
+                            self.link(left),
+                            &mut sbytes[partial..partial + want],
+                            left,
+                        )? {
+                            Io::Moved(m) => {
+                                moved = true;
+                                let have = partial + m;
+                                let whole = have / size;
+                                let first = range.start + rx.done / size;
+                                let src: &[T] = bytemuck::cast_slice(&sbytes[..whole * size]);
+                                T::add_assign_slice(&mut buf[first..first + whole], src);
+                                partial = have - whole * size;
+                                sbytes.copy_within(whole * size..have, 0);
+                                rx.done += m;
+                            }
+                            Io::Blocked => break,
+                        }
+                    } else {
+                        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf[range]);
+                        match read_some(self.link(left), &mut bytes[rx.done..], left)? {
+                            Io::Moved(m) => {
+                                moved = true;
+                                rx.done += m;
+                            }
+                            Io::Blocked => break,
+                        }
+                    }
+                }
+                let tx_done = tx.hdr_done == HEADER && tx.step >= steps;
+                let rx_done = rx.hdr_done == HEADER && rx.step >= steps;
+                if tx_done && rx_done {
+                    return Ok(());
+                }
+                if !moved {
+                    let mut wants = Vec::with_capacity(2);
+                    if !rx_done {
+                        wants.push((left, false, true));
+                    }
+                    if tx_blocked && !tx_done {
+                        if left == right && !rx_done {
+                            wants[0].1 = true;
+                        } else {
+                            wants.push((right, true, false));
+                        }
+                    }
+                    self.block(&wants, &describe(&hdr))?;
+                }
+            }
+        })();
+        self.scratch = scratch;
+        result
+    }
+
+    /// Direct exchange: every rank sends `buf` to every other and sums all
+    /// contributions in rank order.
+    fn direct_sum<T: Element>(
+        &mut self,
+        buf: &mut [T],
+        hdr: [u8; HEADER],
+    ) -> Result<(), CommError> {
+        let (n, r) = (self.world(), self.rank());
+        let bytes_len = std::mem::size_of_val(buf);
+        let mut msg = Vec::with_capacity(HEADER + bytes_len);
+        msg.extend_from_slice(&hdr);
+        msg.extend_from_slice(bytemuck::cast_slice(buf));
+        let mut incoming: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; HEADER + bytes_len]).collect();
+        let mut sent = vec![0usize; n];
+        let mut got = vec![0usize; n];
+        let total = HEADER + bytes_len;
+        sent[r] = total;
+        got[r] = total;
+        loop {
+            let mut moved = false;
+            let mut wants = Vec::new();
+            for p in (0..n).filter(|&p| p != r) {
+                let mut want_w = false;
+                while sent[p] < total {
+                    match write_some(self.link(p), &msg[sent[p]..], p)? {
+                        Io::Moved(m) => {
+                            sent[p] += m;
+                            moved = true;
+                        }
+                        Io::Blocked => {
+                            want_w = true;
+                            break;
+                        }
+                    }
+                }
+                let mut want_r = false;
+                while got[p] < total {
+                    match read_some(self.link(p), &mut incoming[p][got[p]..], p)? {
+                        Io::Moved(m) => {
+                            got[p] += m;
+                            moved = true;
+                            if got[p] >= HEADER && got[p] - m < HEADER {
+                                let theirs: [u8; HEADER] =
+                                    incoming[p][..HEADER].try_into().expect("header");
+                                check_header(&hdr, &theirs, p)?;
+                            }
+                        }
+                        Io::Blocked => {
+                            want_r = true;
+                            break;
+                        }
+                    }
+                }
+                if want_w || want_r {
+                    wants.push((p, want_w, want_r));
+                }
+            }
+            if wants.is_empty() {
+                break;
+            }
+            if !moved {
+                self.block(&wants, &describe(&hdr))?;
+            }
+        }
+        // Sum in rank order so every rank computes the same float operations.
+        let own = std::mem::take(&mut msg);
+        incoming[r] = own;
+        let mut acc: Vec<T> = bytemuck::pod_collect_to_vec(&incoming[0][HEADER..]);
+        for contribution in incoming.iter().skip(1) {
+            let src: Vec<T> = bytemuck::pod_collect_to_vec(&contribution[HEADER..]);
+            T::add_assign_slice(&mut acc, &src);
+        }
+        buf.copy_from_slice(&acc);
+        Ok(())
+    }
+
+    /// Broadcast along the chain root → root+1 → … → root−1, forwarding bytes as
+    /// they arrive.
+    fn chain<T: Element>(
+        &mut self,
+        buf: &mut [T],
+        hdr: [u8; HEADER],
+        root: usize,
+    ) -> Result<(), CommError> {
+        let (n, r) = (self.world(), self.rank());
+        let pos = (r + n - root) % n;
+        let right = (pos + 1 < n).then_some((r + 1) % n);
+        let left = (pos > 0).then_some((r + n - 1) % n);
+        let total = std::mem::size_of_val(buf);
+        let mut tx = Stream::new(hdr);
+        let mut rx = Stream::new([0u8; HEADER]);
+        loop {
+            let mut moved = false;
+            let mut wants: Vec<(usize, bool, bool)> = Vec::new();
+            if let Some(p) = left {
+                let mut blocked = false;
+                while rx.hdr_done < HEADER {
+                    match read_some(self.link(p), &mut rx.hdr[rx.hdr_done..], p)? {
+                        Io::Moved(m) => {
+                            rx.hdr_done += m;
+                            moved = true;
+                        }
+                        Io::Blocked => {
+                            blocked = true;
+                            break;
+                        }
+                    }
+                    if rx.hdr_done == HEADER {
+                        check_header(&hdr, &rx.hdr, p)?;
+                    }
+                }
+                while !blocked && rx.done < total {
+                    let bytes: &mut [u8] = bytemuck::cast_slice_mut(buf);
+                    match read_some(self.link(p), &mut bytes[rx.done..], p)? {
+                        Io::Moved(m) => {
+                            rx.done += m;
+                            moved = true;
+                        }
+                        Io::Blocked => blocked = true,
+                    }
+                }
+                if blocked {
+                    wants.push((p, false, true));
+                }
+            }
+            if let Some(p) = right {
+                let avail = if left.is_some() { rx.done } else { total };
+                let mut blocked = false;
+                while tx.hdr_done < HEADER && !blocked {
+                    match write_some(self.link(p), &tx.hdr[tx.hdr_done..], p)? {
+                        Io::Moved(m) => {
+                            tx.hdr_done += m;
+                            moved = true;
+                        }
+                        Io::Blocked => blocked = true,
+                    }
+                }
+                while !blocked && tx.hdr_done == HEADER && tx.done < avail {
+                    let bytes: &[u8] = bytemuck::cast_slice(buf);
+                    match write_some(self.link(p), &bytes[tx.done..avail], p)? {
+                        Io::Moved(m) => {
+                            tx.done += m;
+                            moved = true;
+                        }
+                        Io::Blocked => blocked = true,
+                    }
+                }
+                if blocked {
+                    match wants.iter_mut().find(|w| w.0 == p) {
+                        Some(w) => w.1 = true,
+                        None => wants.push((p, true, false)),
+                    }
+                }
+            }
+            let rx_done = left.is_none() || (rx.hdr_done == HEADER && rx.done == total);
+            let tx_done = right.is_none() || (tx.hdr_done == HEADER && tx.done == total);
+            if rx_done && tx_done {
+                return Ok(());
+            }
+            if !moved {
+                self.block(&wants, &describe(&hdr))?;
+            }
+        }
+    }
+}

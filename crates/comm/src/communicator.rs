@@ -1,0 +1,241 @@
+//! A rank's handle on the job: its links to every peer and the control connection.
+
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::auth::JobKey;
+use crate::frame::read_frame;
+use crate::rendezvous::{CoordClient, Reply};
+use crate::transport::{self, Acceptor};
+use crate::CommError;
+
+/// How to reach the job and how long to wait.
+#[derive(Debug, Clone)]
+pub struct CommConfig {
+    /// Coordinator address, `host:port`.
+    pub coordinator: String,
+    /// Job id and token.
+    pub key: JobKey,
+    /// This rank.
+    pub rank: usize,
+    /// Number of ranks.
+    pub world: usize,
+    /// Deadline for every wait: rendezvous, link set-up, and any collective making no
+    /// progress for this long.
+    pub timeout: Duration,
+    /// Messages up to this many bytes use the direct exchange (one round, latency
+    /// optimal); larger ones use the pipelined ring (bandwidth optimal).
+    pub small_message_bytes: usize,
+}
+
+impl CommConfig {
+    /// Defaults: 30 s timeout, 32 KiB small-message threshold.
+    pub fn new(coordinator: impl Into<String>, key: JobKey, rank: usize, world: usize) -> Self {
+        Self {
+            coordinator: coordinator.into(),
+            key,
+            rank,
+            world,
+            timeout: Duration::from_secs(30),
+            small_message_bytes: 32 << 10,
+        }
+    }
+}
+
+/// How [`Communicator::all_reduce`] combines values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    /// Sum over ranks.
+    Sum,
+    /// Sum over ranks divided by the number of ranks.
+    Mean,
+}
+
+/// A rank's connections to its job. Dropping it announces a clean exit to the
+/// coordinator and closes every link and thread.
+pub struct Communicator {
+    pub(crate) cfg: CommConfig,
+    pub(crate) links: Vec<Option<TcpStream>>,
+    pub(crate) control: CoordClient,
+    pub(crate) seq: u64,
+    pub(crate) scratch: Vec<u64>,
+    listen_addr: std::net::SocketAddr,
+    crashed: bool,
+    _acceptor: Acceptor,
+}
+
+impl Communicator {
+    /// Joins the job: authenticates to the coordinator, publishes this rank's
+    /// listening address, waits for all ranks, then links to every peer.
+    pub fn connect(cfg: CommConfig) -> Result<Self, CommError> {
+        if cfg.world == 0 || cfg.rank >= cfg.world {
+            return Err(CommError::Usage(format!(
+                "rank {} is out of range for world size {}",
+                cfg.rank, cfg.world
+            )));
+        }
+        let deadline = Instant::now() + cfg.timeout;
+        let mut control = CoordClient::connect(&cfg.coordinator, &cfg.key, cfg.rank, cfg.timeout)?;
+        // Listen on the interface that reaches the coordinator: peers can reach it too.
+        let ip = control
+            .stream
+            .local_addr()
+            .map_err(CommError::io("local address"))?
+            .ip();
+        let listener =
+            TcpListener::bind((ip, 0)).map_err(CommError::io(format!("listening on {ip}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(CommError::io("listener address"))?;
+        let acceptor = Acceptor::start(
+            listener,
+            cfg.key.clone(),
+            cfg.timeout.min(Duration::from_secs(10)),
+        )?;
+        let peers = control.join(&cfg.key, cfg.world, &addr.to_string(), cfg.timeout)?;
+
+        let mut links: Vec<Option<TcpStream>> = (0..cfg.world).map(|_| None).collect();
+        for (peer, peer_addr) in peers.iter().enumerate().take(cfg.rank) {
+            let s = transport::connect_peer(peer_addr, &cfg.key, cfg.rank, peer, deadline)?;
+            links[peer] = Some(s);
+        }
+        let mut missing: Vec<usize> = (cfg.rank + 1..cfg.world).collect();
+        while !missing.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match acceptor.incoming.recv_timeout(left) {
+                Ok((peer, s)) if missing.contains(&peer) => {
+                    missing.retain(|&m| m != peer);
+                    links[peer] = Some(s);
+                }
+                Ok((peer, _)) => tracing::warn!(
+                    "rank {}: ignoring unexpected link from rank {peer}",
+                    cfg.rank
+                ),
+                Err(_) => {
+                    return Err(CommError::Timeout {
+                        rank: missing[0],
+                        timeout: cfg.timeout,
+                        during: format!("waiting for rank(s) {missing:?} to connect"),
+                    })
+                }
+            }
+        }
+        for s in links.iter().flatten() {
+            transport::tune(s)?;
+        }
+        control
+            .stream
+            .set_nonblocking(true)
+            .map_err(CommError::io("control connection"))?;
+        Ok(Self {
+            cfg,
+            links,
+            control,
+            seq: 0,
+            scratch: vec![0u64; (1 << 20) / 8],
+            listen_addr: addr,
+            crashed: false,
+            _acceptor: acceptor,
+        })
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.cfg.rank
+    }
+
+    /// Number of ranks.
+    pub fn world(&self) -> usize {
+        self.cfg.world
+    }
+
+    /// The address this rank listens on for peer links.
+    pub fn listen_addr(&self) -> std::net::SocketAddr {
+        self.listen_addr
+    }
+
+    /// Closes every connection without telling the coordinator, as a crash would
+    /// (the kernel closes a dead process's sockets). For fault-injection tests.
+    pub fn simulate_crash(mut self) {
+        for s in self.links.iter().flatten() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        let _ = self.control.stream.shutdown(std::net::Shutdown::Both);
+        self.crashed = true;
+    }
+
+    /// The configuration this communicator was built with.
+    pub fn config(&self) -> &CommConfig {
+        &self.cfg
+    }
+
+    /// The link to `peer`.
+    pub(crate) fn link(&self, peer: usize) -> &TcpStream {
+        self.links[peer].as_ref().expect("every peer has a link")
+    }
+
+    /// Reads what the coordinator sent while a collective was blocked.
+    pub(crate) fn control_event(&mut self) -> CommError {
+        let s = &mut self.control.stream;
+        let _ = s.set_nonblocking(false);
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let err = match read_frame::<_, Reply>(s, "coordinator") {
+            Ok(Some(Reply::Abort { rank, reason })) => CommError::Aborted { rank, reason },
+            Ok(Some(other)) => CommError::Protocol {
+                peer: "coordinator".into(),
+                message: format!("unexpected notice {other:?}"),
+            },
+            Ok(None) => CommError::PeerLost {
+                rank: 0,
+                reason: "the coordinator (run by rank 0) closed its connection".into(),
+            },
+            Err(e) => e,
+        };
+        let _ = s.set_nonblocking(true);
+        err
+    }
+
+    /// Turns a lost or silent peer into the root cause when the coordinator knows it:
+    /// when rank 2 dies, rank 3 fails first and rank 0 then loses rank 3, but the
+    /// coordinator's notice names rank 2.
+    pub(crate) fn root_cause(&mut self, err: CommError) -> CommError {
+        if !matches!(err, CommError::PeerLost { .. } | CommError::Timeout { .. }) {
+            return err;
+        }
+        let grace = self.cfg.timeout.min(Duration::from_secs(1));
+        match transport::wait(&[], Some(&self.control.stream), grace, "") {
+            Ok(transport::Woke::Control) => match self.control_event() {
+                abort @ CommError::Aborted { .. } => abort,
+                _ => err,
+            },
+            _ => err,
+        }
+    }
+
+    /// Stores `value` under `key` in the coordinator's key-value store.
+    pub fn kv_set(&mut self, key: &str, value: &str) -> Result<(), CommError> {
+        let t = self.cfg.timeout;
+        let r = self.control.set(key, value, t);
+        let _ = self.control.stream.set_nonblocking(true);
+        r
+    }
+
+    /// Reads `key` from the coordinator's store, waiting up to the timeout for it.
+    pub fn kv_get(&mut self, key: &str) -> Result<Option<String>, CommError> {
+        let t = self.cfg.timeout;
+        let r = self.control.get(key, t);
+        let _ = self.control.stream.set_nonblocking(true);
+        r
+    }
+}
+
+impl Drop for Communicator {
+    fn drop(&mut self) {
+        if !self.crashed {
+            self.control.leave();
+        }
+        for s in self.links.iter().flatten() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}

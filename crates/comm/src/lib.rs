@@ -1,0 +1,28 @@
+//! dlcluster's network graph: how workers find each other and combine gradients.
+//!
+//! * [`rendezvous`]: a small coordinator with a key-value store; workers join with
+//!   `(job id, rank, world size, job token)`, publish their listening address and get
+//!   the peer table once every rank has joined.
+//! * [`transport`]: TCP links between peers. Every connection starts with an HMAC
+//!   challenge–response proving both ends know the job token; links are non-blocking
+//!   and driven by one poll loop per collective.
+//! * [`Communicator`]: the collectives on flat buffers — `all_reduce` (ring, pipelined;
+//!   direct exchange for small messages), `broadcast`, `all_gather`, `reduce_scatter`,
+//!   `barrier`. Knows nothing of models or tensors.
+//!
+//! Every blocking wait has a deadline ([`CommConfig::timeout`]); a peer that dies or
+//! stalls becomes a [`CommError`] naming it.
+
+pub mod auth;
+mod collectives;
+mod communicator;
+mod element;
+mod error;
+pub mod frame;
+pub mod rendezvous;
+pub mod transport;
+
+pub use communicator::{CommConfig, Communicator, ReduceOp};
+pub use element::Element;
+pub use error::CommError;
+pub use rendezvous::Coordinator;

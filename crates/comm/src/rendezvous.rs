@@ -1,0 +1,606 @@
+//! Rendezvous: a small coordinator holding a key-value store and the peer table.
+//!
+//! Rank 0 (or a standalone process) runs a [`Coordinator`]. Each worker connects,
+//! authenticates with the job token ([`crate::auth`]), sends `Join{job, rank, world,
+//! addr}` and waits (with a deadline) until every rank has joined; it then receives
+//! the listening address of every rank. Out-of-range, duplicate and late ranks, and
+//! joins for another job or world size, get an error reply.
+//!
+//! The control connection stays open for the job's lifetime: the coordinator serves
+//! `Set`/`Get` on its key-value store, and when a rank's connection drops without a
+//! `Leave`, it sends `Abort{rank}` to every other rank, so that all of them fail fast
+//! with an error naming the rank that died.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{accept_handshake, connect_handshake, JobKey};
+use crate::frame::{read_frame, write_frame};
+use crate::CommError;
+
+/// A request on the control connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Register this rank's listening address and wait for all ranks.
+    Join {
+        /// Job id.
+        job_id: String,
+        /// This rank.
+        rank: usize,
+        /// World size this rank expects.
+        world: usize,
+        /// Listening address (`host:port`) for peer links.
+        addr: String,
+    },
+    /// Store a value.
+    Set {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// Read a value, waiting up to `wait_ms` for it to appear.
+    Get {
+        /// Key.
+        key: String,
+        /// How long to wait for the key.
+        wait_ms: u64,
+    },
+    /// This rank is done; its disconnection is not a failure.
+    Leave,
+}
+
+/// A reply (or notice) on the control connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Reply {
+    /// Every rank's listening address, indexed by rank.
+    Peers {
+        /// Addresses.
+        addrs: Vec<String>,
+    },
+    /// Value of a `Get` (`None` if it did not appear in time).
+    Value {
+        /// The value.
+        value: Option<String>,
+    },
+    /// Request done.
+    Ok,
+    /// The request was refused.
+    Error {
+        /// Why.
+        message: String,
+    },
+    /// Another rank failed; the job cannot continue.
+    Abort {
+        /// The failed rank.
+        rank: usize,
+        /// What the coordinator observed.
+        reason: String,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    addrs: Vec<Option<String>>,
+    writers: Vec<Option<Arc<Mutex<TcpStream>>>>,
+    left: Vec<bool>,
+    started: bool,
+    failed: Option<(usize, String)>,
+    kv: HashMap<String, String>,
+}
+
+struct Shared {
+    key: JobKey,
+    world: usize,
+    timeout: Duration,
+    state: Mutex<State>,
+    changed: Condvar,
+    stop: AtomicBool,
+}
+
+/// The rendezvous server of one job. Stops when dropped.
+pub struct Coordinator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Coordinator {
+    /// Listens on `bind` (e.g. `127.0.0.1:0`) for the `world` ranks of the job `key`.
+    /// Joins that do not complete within `timeout` fail with the missing ranks named.
+    pub fn start(
+        bind: &str,
+        key: JobKey,
+        world: usize,
+        timeout: Duration,
+    ) -> Result<Self, CommError> {
+        if world == 0 {
+            return Err(CommError::Usage("world size must be at least 1".into()));
+        }
+        let listener = TcpListener::bind(bind).map_err(CommError::io(format!(
+            "coordinator cannot listen on {bind}"
+        )))?;
+        let addr = listener
+            .local_addr()
+            .map_err(CommError::io("coordinator address"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(CommError::io("coordinator listener"))?;
+        let shared = Arc::new(Shared {
+            key,
+            world,
+            timeout,
+            state: Mutex::new(State {
+                addrs: vec![None; world],
+                writers: vec![None; world],
+                left: vec![false; world],
+                ..Default::default()
+            }),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let sh = shared.clone();
+        let acceptor = std::thread::Builder::new()
+            .name("dlc-coordinator".into())
+            .spawn(move || accept_loop(listener, sh))
+            .map_err(CommError::io("spawning coordinator"))?;
+        Ok(Self {
+            addr,
+            shared,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    /// The address workers connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits until every rank has left (or one failed, or `grace` passed), then stops.
+    pub fn shutdown(self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        let mut st = lock(&self.shared.state);
+        while !(st.left.iter().all(|&l| l) || st.failed.is_some()) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, deadline - now)
+                .map(|r| r.0)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        drop(st);
+    }
+
+    /// The first failure the coordinator saw, if any.
+    pub fn failure(&self) -> Option<(usize, String)> {
+        lock(&self.shared.state).failed.clone()
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+        if let Some(t) = self.acceptor.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
+    let mut handlers = Vec::new();
+    while !sh.stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let sh = sh.clone();
+                if let Ok(h) = std::thread::Builder::new()
+                    .name("dlc-coord-conn".into())
+                    .spawn(move || handle(stream, peer, sh))
+                {
+                    handlers.push(h);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => {
+                tracing::warn!("coordinator accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        handlers.retain(|h| !h.is_finished());
+    }
+    for h in handlers {
+        let _ = h.join();
+    }
+}
+
+fn send(w: &Arc<Mutex<TcpStream>>, reply: &Reply) -> Result<(), CommError> {
+    let mut s = lock(w);
+    write_frame(&mut *s, reply)
+}
+
+/// Serves one control connection.
+fn handle(mut stream: TcpStream, peer: SocketAddr, sh: Arc<Shared>) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_nodelay(true);
+    let hs_timeout = sh.timeout.min(Duration::from_secs(10));
+    let claimed = match accept_handshake(&mut stream, &sh.key, hs_timeout) {
+        Ok(r) => r as usize,
+        Err(e) => {
+            tracing::warn!("coordinator refused {peer}: {e}");
+            return;
+        }
+    };
+    let Ok(w) = stream.try_clone().map(|s| Arc::new(Mutex::new(s))) else {
+        return;
+    };
+    let rank = match join(&mut stream, &peer.to_string(), claimed, &w, &sh) {
+        Ok(rank) => rank,
+        Err(message) => {
+            tracing::warn!("coordinator: join from {peer} refused: {message}");
+            let _ = send(&w, &Reply::Error { message });
+            return;
+        }
+    };
+    serve(&mut stream, rank, &w, &sh);
+}
+
+/// Registers a joining rank and waits for the others; returns its rank.
+fn join(
+    stream: &mut TcpStream,
+    peer: &str,
+    claimed: usize,
+    w: &Arc<Mutex<TcpStream>>,
+    sh: &Shared,
+) -> Result<usize, String> {
+    let _ = stream.set_read_timeout(Some(sh.timeout));
+    let req: Request = match read_frame(stream, peer) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err("closed before joining".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let Request::Join {
+        job_id,
+        rank,
+        world,
+        addr,
+    } = req
+    else {
+        return Err("the first request must be a join".into());
+    };
+    if job_id != sh.key.job_id {
+        return Err(format!(
+            "job id `{job_id}` does not match this coordinator's job `{}`",
+            sh.key.job_id
+        ));
+    }
+    if world != sh.world {
+        return Err(format!(
+            "rank {rank} expects world size {world}, the job has {}",
+            sh.world
+        ));
+    }
+    if rank >= sh.world {
+        return Err(format!(
+            "rank {rank} is out of range for world size {}",
+            sh.world
+        ));
+    }
+    if rank != claimed {
+        return Err(format!(
+            "rank {rank} does not match the authenticated rank {claimed}"
+        ));
+    }
+    let deadline = Instant::now() + sh.timeout;
+    let mut st = lock(&sh.state);
+    if st.started {
+        return Err(format!(
+            "rank {rank} joined late: the job already started with all {} ranks",
+            sh.world
+        ));
+    }
+    if st.addrs[rank].is_some() {
+        return Err(format!("rank {rank} joined twice"));
+    }
+    st.addrs[rank] = Some(addr);
+    st.writers[rank] = Some(w.clone());
+    if st.addrs.iter().all(|a| a.is_some()) {
+        st.started = true;
+        sh.changed.notify_all();
+    }
+    while !st.started && st.failed.is_none() && !sh.stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now >= deadline {
+            let missing: Vec<usize> = (0..sh.world).filter(|&r| st.addrs[r].is_none()).collect();
+            return Err(format!(
+                "timed out after {:?} waiting for rank(s) {missing:?} to join",
+                sh.timeout
+            ));
+        }
+        st = sh
+            .changed
+            .wait_timeout(st, (deadline - now).min(Duration::from_millis(200)))
+            .map(|r| r.0)
+            .unwrap_or_else(|e| e.into_inner().0);
+    }
+    if let Some((r, why)) = &st.failed {
+        return Err(format!("rank {r} failed before the job started: {why}"));
+    }
+    if !st.started {
+        return Err("coordinator stopped".into());
+    }
+    let addrs = st
+        .addrs
+        .iter()
+        .map(|a| a.clone().unwrap_or_default())
+        .collect();
+    drop(st);
+    send(w, &Reply::Peers { addrs }).map_err(|e| e.to_string())?;
+    Ok(rank)
+}
+
+/// Serves key-value requests until the rank leaves or its connection drops.
+fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Shared) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let peer = format!("rank {rank}");
+    loop {
+        if sh.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let req = match read_frame::<_, Request>(stream, &peer) {
+            Ok(Some(r)) => r,
+            Err(CommError::Io { source, .. })
+                if matches!(source.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                continue
+            }
+            Ok(None) => {
+                return fail(
+                    sh,
+                    rank,
+                    "its process exited or closed the connection without leaving",
+                )
+            }
+            Err(e) => return fail(sh, rank, &format!("control connection broke: {e}")),
+        };
+        let reply = match req {
+            Request::Leave => {
+                let mut st = lock(&sh.state);
+                st.left[rank] = true;
+                sh.changed.notify_all();
+                drop(st);
+                let _ = send(w, &Reply::Ok);
+                return;
+            }
+            Request::Set { key, value } => {
+                lock(&sh.state).kv.insert(key, value);
+                sh.changed.notify_all();
+                Reply::Ok
+            }
+            Request::Get { key, wait_ms } => {
+                let deadline = Instant::now() + Duration::from_millis(wait_ms);
+                let mut st = lock(&sh.state);
+                loop {
+                    if let Some(v) = st.kv.get(&key) {
+                        break Reply::Value {
+                            value: Some(v.clone()),
+                        };
+                    }
+                    let now = Instant::now();
+                    if now >= deadline || sh.stop.load(Ordering::SeqCst) {
+                        break Reply::Value { value: None };
+                    }
+                    st = sh
+                        .changed
+                        .wait_timeout(st, (deadline - now).min(Duration::from_millis(200)))
+                        .map(|r| r.0)
+                        .unwrap_or_else(|e| e.into_inner().0);
+                }
+            }
+            Request::Join { .. } => Reply::Error {
+                message: "already joined".into(),
+            },
+        };
+        if send(w, &reply).is_err() {
+            return fail(sh, rank, "control connection broke");
+        }
+    }
+}
+
+/// Records that `rank` failed and tells every other rank.
+fn fail(sh: &Shared, rank: usize, reason: &str) {
+    let mut st = lock(&sh.state);
+    if st.left[rank] {
+        return;
+    }
+    tracing::warn!("coordinator: rank {rank} failed: {reason}");
+    if st.failed.is_none() {
+        st.failed = Some((rank, reason.to_string()));
+    }
+    let notice = Reply::Abort {
+        rank,
+        reason: reason.to_string(),
+    };
+    let writers: Vec<_> = st
+        .writers
+        .iter()
+        .enumerate()
+        .filter(|(r, _)| *r != rank)
+        .filter_map(|(_, w)| w.clone())
+        .collect();
+    sh.changed.notify_all();
+    drop(st);
+    for w in writers {
+        let _ = lock(&w).set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = send(&w, &notice);
+    }
+}
+
+/// A worker's control connection to the coordinator.
+pub struct CoordClient {
+    pub(crate) stream: TcpStream,
+    rank: usize,
+}
+
+impl CoordClient {
+    /// Connects (retrying until `timeout` while the coordinator is not up yet) and
+    /// authenticates as `rank`.
+    pub fn connect(
+        addr: &str,
+        key: &JobKey,
+        rank: usize,
+        timeout: Duration,
+    ) -> Result<Self, CommError> {
+        let deadline = Instant::now() + timeout;
+        let mut stream = loop {
+            let err = match resolve(addr).and_then(|a| {
+                TcpStream::connect_timeout(&a, Duration::from_secs(2))
+                    .map_err(CommError::io(format!("connecting to coordinator {addr}")))
+            }) {
+                Ok(s) => break s,
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                return Err(CommError::Rendezvous(format!(
+                    "cannot reach the coordinator at {addr} within {timeout:?}: {err}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let _ = stream.set_nodelay(true);
+        connect_handshake(
+            &mut stream,
+            key,
+            rank as u32,
+            timeout.min(Duration::from_secs(10)),
+        )
+        .map_err(|e| CommError::Rendezvous(format!("coordinator at {addr}: {e}")))?;
+        Ok(Self { stream, rank })
+    }
+
+    /// Joins the job and waits (up to `timeout`) for the peer table.
+    pub fn join(
+        &mut self,
+        key: &JobKey,
+        world: usize,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Vec<String>, CommError> {
+        write_frame(
+            &mut self.stream,
+            &Request::Join {
+                job_id: key.job_id.clone(),
+                rank: self.rank,
+                world,
+                addr: addr.to_string(),
+            },
+        )?;
+        // The coordinator answers within its own deadline; allow a little more.
+        match self.call_reply(timeout + Duration::from_secs(5))? {
+            Reply::Peers { addrs } if addrs.len() == world => Ok(addrs),
+            Reply::Peers { addrs } => Err(CommError::Rendezvous(format!(
+                "coordinator returned {} peers for world size {world}",
+                addrs.len()
+            ))),
+            other => Err(reply_error(other)),
+        }
+    }
+
+    /// Stores `value` under `key`.
+    pub fn set(&mut self, key: &str, value: &str, timeout: Duration) -> Result<(), CommError> {
+        write_frame(
+            &mut self.stream,
+            &Request::Set {
+                key: key.into(),
+                value: value.into(),
+            },
+        )?;
+        match self.call_reply(timeout)? {
+            Reply::Ok => Ok(()),
+            other => Err(reply_error(other)),
+        }
+    }
+
+    /// Reads `key`, waiting up to `wait` for it to be set.
+    pub fn get(&mut self, key: &str, wait: Duration) -> Result<Option<String>, CommError> {
+        write_frame(
+            &mut self.stream,
+            &Request::Get {
+                key: key.into(),
+                wait_ms: wait.as_millis() as u64,
+            },
+        )?;
+        match self.call_reply(wait + Duration::from_secs(5))? {
+            Reply::Value { value } => Ok(value),
+            other => Err(reply_error(other)),
+        }
+    }
+
+    /// Announces a clean exit (best effort, short deadline).
+    pub fn leave(&mut self) {
+        let _ = self.stream.set_nonblocking(false);
+        let _ = self.stream.set_write_timeout(Some(Duration::from_secs(2)));
+        if write_frame(&mut self.stream, &Request::Leave).is_ok() {
+            let _ = self.call_reply(Duration::from_secs(2));
+        }
+    }
+
+    fn call_reply(&mut self, timeout: Duration) -> Result<Reply, CommError> {
+        self.stream
+            .set_nonblocking(false)
+            .map_err(CommError::io("coordinator connection"))?;
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .map_err(CommError::io("coordinator connection"))?;
+        match read_frame::<_, Reply>(&mut self.stream, "coordinator") {
+            Ok(Some(Reply::Abort { rank, reason })) => Err(CommError::Aborted { rank, reason }),
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(CommError::Rendezvous(
+                "the coordinator closed the connection".into(),
+            )),
+            Err(CommError::Io { source, .. })
+                if matches!(source.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                Err(CommError::Rendezvous(format!(
+                    "the coordinator did not answer within {timeout:?}"
+                )))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn reply_error(r: Reply) -> CommError {
+    match r {
+        Reply::Error { message } => CommError::Rendezvous(message),
+        Reply::Abort { rank, reason } => CommError::Aborted { rank, reason },
+        other => CommError::Rendezvous(format!("unexpected reply {other:?}")),
+    }
+}
+
+/// Resolves `host:port` to its first address.
+pub fn resolve(addr: &str) -> Result<SocketAddr, CommError> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .map_err(CommError::io(format!("resolving {addr}")))?
+        .next()
+        .ok_or_else(|| CommError::Rendezvous(format!("{addr} resolves to no address")))
+}

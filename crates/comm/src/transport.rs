@@ -1,0 +1,271 @@
+//! TCP links between peers.
+//!
+//! Each rank listens on one port. An acceptor thread authenticates every incoming
+//! connection ([`crate::auth`]) and hands authenticated ones to the mesh set-up;
+//! strangers and failed handshakes are logged and closed, and the acceptor keeps
+//! refusing them for the communicator's lifetime. Rank `r` connects to every rank
+//! below it and accepts from every rank above it, so each pair shares one link.
+//!
+//! Links are non-blocking, with `TCP_NODELAY` and large socket buffers; the
+//! collectives drive them with one `poll(2)` loop ([`wait`]). A shared-memory
+//! transport for ranks on one host can slot in behind the same link operations.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::auth::{accept_handshake, connect_handshake, JobKey};
+use crate::CommError;
+
+/// Socket buffer size requested for peer links.
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Accepts and authenticates peer connections in the background.
+pub struct Acceptor {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// Authenticated connections with the rank they proved.
+    pub incoming: mpsc::Receiver<(usize, TcpStream)>,
+}
+
+impl Acceptor {
+    /// Starts accepting on `listener`.
+    pub fn start(
+        listener: TcpListener,
+        key: JobKey,
+        handshake_timeout: Duration,
+    ) -> Result<Self, CommError> {
+        listener
+            .set_nonblocking(true)
+            .map_err(CommError::io("peer listener"))?;
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("dlc-acceptor".into())
+            .spawn(move || {
+                while !st.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((mut s, peer)) => {
+                            let (tx, key) = (tx.clone(), key.clone());
+                            let _ = std::thread::Builder::new()
+                                .name("dlc-handshake".into())
+                                .spawn(move || {
+                                    let _ = s.set_nonblocking(false);
+                                    match accept_handshake(&mut s, &key, handshake_timeout) {
+                                        Ok(rank) => {
+                                            let _ = tx.send((rank as usize, s));
+                                        }
+                                        Err(e) => {
+                                            tracing::warn!("refused connection from {peer}: {e}")
+                                        }
+                                    }
+                                });
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(5))
+                        }
+                        Err(e) => {
+                            tracing::warn!("peer accept failed: {e}");
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                }
+            })
+            .map_err(CommError::io("spawning acceptor"))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            incoming: rx,
+        })
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Prepares an established link for the data path.
+pub fn tune(s: &TcpStream) -> Result<(), CommError> {
+    s.set_nodelay(true).map_err(CommError::io("TCP_NODELAY"))?;
+    let sock = socket2::SockRef::from(s);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    s.set_read_timeout(None)
+        .map_err(CommError::io("link timeout"))?;
+    s.set_write_timeout(None)
+        .map_err(CommError::io("link timeout"))?;
+    s.set_nonblocking(true)
+        .map_err(CommError::io("non-blocking link"))
+}
+
+/// Connects to a lower rank's listener and authenticates as `rank`.
+pub fn connect_peer(
+    addr: &str,
+    key: &JobKey,
+    rank: usize,
+    peer: usize,
+    deadline: Instant,
+) -> Result<TcpStream, CommError> {
+    let target = crate::rendezvous::resolve(addr)?;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let attempt = TcpStream::connect_timeout(
+            &target,
+            left.clamp(Duration::from_millis(10), Duration::from_secs(5)),
+        )
+        .map_err(|e| CommError::PeerLost {
+            rank: peer,
+            reason: format!("cannot connect to {addr}: {e}"),
+        })
+        .and_then(|mut s| {
+            connect_handshake(
+                &mut s,
+                key,
+                rank as u32,
+                left.max(Duration::from_millis(10)),
+            )
+            .map(|_| s)
+        });
+        match attempt {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(CommError::Auth(m)) => return Err(CommError::Auth(m)),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Outcome of a non-blocking transfer attempt.
+pub enum Io {
+    /// Bytes moved.
+    Moved(usize),
+    /// The socket is not ready.
+    Blocked,
+}
+
+/// Writes what the socket takes now.
+pub fn write_some(s: &TcpStream, bytes: &[u8], peer: usize) -> Result<Io, CommError> {
+    loop {
+        match (&*s).write(bytes) {
+            Ok(n) => return Ok(Io::Moved(n)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Io::Blocked),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(CommError::PeerLost {
+                    rank: peer,
+                    reason: format!("send failed: {e}"),
+                })
+            }
+        }
+    }
+}
+
+/// Reads what the socket has now; end of stream is an error naming the peer.
+pub fn read_some(s: &TcpStream, buf: &mut [u8], peer: usize) -> Result<Io, CommError> {
+    loop {
+        match (&*s).read(buf) {
+            Ok(0) if !buf.is_empty() => {
+                return Err(CommError::PeerLost {
+                    rank: peer,
+                    reason: "connection closed".into(),
+                })
+            }
+            Ok(n) => return Ok(Io::Moved(n)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Io::Blocked),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(CommError::PeerLost {
+                    rank: peer,
+                    reason: format!("receive failed: {e}"),
+                })
+            }
+        }
+    }
+}
+
+/// What a blocked collective waits for.
+pub struct Want<'a> {
+    /// The link.
+    pub stream: &'a TcpStream,
+    /// Peer rank (for errors).
+    pub peer: usize,
+    /// Wait until writable.
+    pub write: bool,
+    /// Wait until readable.
+    pub read: bool,
+}
+
+/// Outcome of [`wait`].
+pub enum Woke {
+    /// A link became ready.
+    Ready,
+    /// The control connection has something to say (an abort notice or EOF).
+    Control,
+}
+
+/// Waits until one of `wants` is ready, the control stream is readable, or `timeout`.
+/// On timeout, names the first peer waited on for reading (else for writing).
+pub fn wait(
+    wants: &[Want<'_>],
+    control: Option<&TcpStream>,
+    timeout: Duration,
+    during: &str,
+) -> Result<Woke, CommError> {
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(wants.len() + 1);
+    for w in wants {
+        let mut events = 0;
+        if w.write {
+            events |= libc::POLLOUT;
+        }
+        if w.read {
+            events |= libc::POLLIN;
+        }
+        fds.push(libc::pollfd {
+            fd: w.stream.as_raw_fd(),
+            events,
+            revents: 0,
+        });
+    }
+    if let Some(c) = control {
+        fds.push(libc::pollfd {
+            fd: c.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let n = loop {
+        // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 && std::io::Error::last_os_error().kind() == ErrorKind::Interrupted {
+            continue;
+        }
+        break n;
+    };
+    if n < 0 {
+        return Err(CommError::io("poll")(std::io::Error::last_os_error()));
+    }
+    if n == 0 {
+        let culprit = wants.iter().find(|w| w.read).or(wants.first());
+        return Err(CommError::Timeout {
+            rank: culprit.map_or(0, |w| w.peer),
+            timeout,
+            during: during.to_string(),
+        });
+    }
+    if control.is_some() && fds.last().is_some_and(|f| f.revents != 0) {
+        return Ok(Woke::Control);
+    }
+    Ok(Woke::Ready)
+}

@@ -1,0 +1,257 @@
+//! Collectives across threads of one process (each thread a rank with real TCP links).
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use dlc_comm::auth::JobKey;
+use dlc_comm::{CommConfig, CommError, Communicator, Coordinator, ReduceOp};
+
+fn key() -> JobKey {
+    JobKey::new("test-job", "secret-token")
+}
+
+/// Runs `f` on `n` ranks (threads) and returns their results in rank order.
+fn ranks<R: Send + 'static>(
+    n: usize,
+    timeout: Duration,
+    f: impl Fn(Communicator) -> R + Send + Sync + 'static,
+) -> Vec<R> {
+    let coord = Coordinator::start("127.0.0.1:0", key(), n, timeout).unwrap();
+    let addr = coord.addr().to_string();
+    let f = Arc::new(f);
+    let handles: Vec<_> = (0..n)
+        .map(|r| {
+            let (f, addr) = (f.clone(), addr.clone());
+            std::thread::spawn(move || {
+                let mut cfg = CommConfig::new(addr, key(), r, n);
+                cfg.timeout = timeout;
+                f(Communicator::connect(cfg).unwrap())
+            })
+        })
+        .collect();
+    let out = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    coord.shutdown(Duration::from_secs(5));
+    out
+}
+
+fn input(rank: usize, len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 31 + rank * 17) % 97) as f32 / 7.0 - 3.0)
+        .collect()
+}
+
+fn expected(n: usize, len: usize) -> Vec<f64> {
+    let mut e = vec![0f64; len];
+    for r in 0..n {
+        for (x, v) in e.iter_mut().zip(input(r, len)) {
+            *x += v as f64;
+        }
+    }
+    e
+}
+
+fn assert_close(got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (*g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+            "element {i}: got {g}, want {w}"
+        );
+    }
+}
+
+#[test]
+fn all_reduce_sums_exactly_and_identically_for_1_to_5_ranks() {
+    // Lengths cover zero, tiny, not divisible by the rank count, and both paths.
+    let lens = [0usize, 1, 7, 4096, 8191, 100_003, 1 << 20];
+    for n in 1..=5 {
+        let out = ranks(n, Duration::from_secs(20), move |mut c| {
+            lens.iter()
+                .map(|&len| {
+                    let mut buf = input(c.rank(), len);
+                    c.all_reduce(&mut buf, ReduceOp::Sum).unwrap();
+                    buf
+                })
+                .collect::<Vec<_>>()
+        });
+        for (li, &len) in lens.iter().enumerate() {
+            let want = expected(n, len);
+            assert_close(&out[0][li], &want);
+            for r in 1..n {
+                assert!(
+                    out[r][li]
+                        .iter()
+                        .zip(&out[0][li])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "rank {r} differs from rank 0 (n {n}, len {len})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn all_reduce_64_mib() {
+    let len = 16 << 20; // 64 MiB of f32
+    for n in [2, 3] {
+        let out = ranks(n, Duration::from_secs(60), move |mut c| {
+            let mut buf = input(c.rank(), len);
+            c.all_reduce(&mut buf, ReduceOp::Mean).unwrap();
+            buf
+        });
+        let want: Vec<f64> = expected(n, len).into_iter().map(|x| x / n as f64).collect();
+        assert_close(&out[0], &want);
+        for r in 1..n {
+            assert!(out[r] == out[0], "rank {r} differs (n {n})");
+        }
+    }
+}
+
+#[test]
+fn broadcast_gather_scatter_barrier() {
+    for n in [1, 2, 3, 4] {
+        let out = ranks(n, Duration::from_secs(20), move |mut c| {
+            let r = c.rank();
+            let mut results = Vec::new();
+            for root in 0..n {
+                for len in [0usize, 5, 300_001] {
+                    let mut buf = if r == root {
+                        input(root, len)
+                    } else {
+                        vec![0.0; len]
+                    };
+                    c.broadcast(&mut buf, root).unwrap();
+                    assert_eq!(buf, input(root, len), "broadcast root {root} len {len}");
+                }
+            }
+            for m in [0usize, 3, 70_001] {
+                let mine = input(r, m);
+                let mut all = vec![0.0f32; n * m];
+                c.all_gather(&mine, &mut all).unwrap();
+                for p in 0..n {
+                    assert_eq!(
+                        &all[p * m..(p + 1) * m],
+                        &input(p, m)[..],
+                        "all_gather block {p}"
+                    );
+                }
+            }
+            for len in [0usize, 10, 100_003] {
+                let mut buf = input(r, len);
+                let range = c.reduce_scatter(&mut buf).unwrap();
+                results.push((range.clone(), buf[range].to_vec()));
+            }
+            c.barrier().unwrap();
+            results
+        });
+        for (li, len) in [0usize, 10, 100_003].into_iter().enumerate() {
+            let want = expected(n, len);
+            let mut covered = 0;
+            for rank_out in &out {
+                let (range, vals) = &rank_out[li];
+                covered += range.len();
+                assert_close(vals, &want[range.clone()]);
+            }
+            assert_eq!(covered, len, "reduce_scatter chunks cover the buffer");
+        }
+    }
+}
+
+#[test]
+fn mismatched_calls_fail_on_every_rank() {
+    let out = ranks(2, Duration::from_secs(5), |mut c| {
+        let mut buf = vec![1.0f32; 10 + c.rank()];
+        c.all_reduce(&mut buf, ReduceOp::Sum)
+            .map_err(|e| e.to_string())
+    });
+    for r in out {
+        let e = r.unwrap_err();
+        assert!(
+            e.contains("all_reduce") && e.contains("of 10") && e.contains("of 11"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn crashed_rank_makes_every_other_rank_fail_naming_it() {
+    let n = 4;
+    let timeout = Duration::from_secs(10);
+    let gate = Arc::new(Barrier::new(n));
+    let out = ranks(n, timeout, move |mut c| {
+        let mut buf = vec![1.0f32; 1 << 20];
+        c.all_reduce(&mut buf, ReduceOp::Sum).unwrap();
+        gate.wait();
+        if c.rank() == 2 {
+            c.simulate_crash();
+            return None;
+        }
+        let start = Instant::now();
+        let mut err = None;
+        for _ in 0..50 {
+            if let Err(e) = c.all_reduce(&mut buf, ReduceOp::Sum) {
+                err = Some(e);
+                break;
+            }
+        }
+        Some((err.map(|e| e.to_string()), start.elapsed()))
+    });
+    for (r, o) in out.into_iter().enumerate() {
+        let Some((err, took)) = o else { continue };
+        let err = err.unwrap_or_else(|| panic!("rank {r} saw no error"));
+        assert!(took < Duration::from_secs(5), "rank {r} took {took:?}");
+        assert!(err.contains("rank 2"), "rank {r}: {err}");
+    }
+}
+
+#[test]
+fn stalled_rank_times_out_within_the_deadline() {
+    let timeout = Duration::from_millis(800);
+    let out = ranks(3, timeout, move |mut c| {
+        if c.rank() == 1 {
+            std::thread::sleep(Duration::from_secs(3));
+            return None;
+        }
+        let start = Instant::now();
+        let mut buf = vec![1.0f32; 100_000];
+        let e = c.all_reduce(&mut buf, ReduceOp::Sum).unwrap_err();
+        Some((e, start.elapsed()))
+    });
+    for o in out.into_iter().flatten() {
+        let (e, took) = o;
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+        assert!(
+            matches!(e, CommError::Timeout { .. } | CommError::PeerLost { .. }),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn strangers_are_refused_and_the_job_continues() {
+    use std::io::{Read, Write};
+    let out = ranks(2, Duration::from_secs(10), |mut c| {
+        let mut buf = input(c.rank(), 50_000);
+        c.all_reduce(&mut buf, ReduceOp::Sum).unwrap();
+        if c.rank() == 0 {
+            let addr = c.listen_addr();
+            // Random bytes.
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            let _ = s.write_all(&[0x5a; 4096]);
+            let mut sink = Vec::new();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.read_to_end(&mut sink);
+            // A client with the wrong token.
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            let bad = JobKey::new("test-job", "wrong");
+            assert!(
+                dlc_comm::auth::connect_handshake(&mut s, &bad, 1, Duration::from_secs(5)).is_err()
+            );
+        }
+        c.barrier().unwrap();
+        let mut buf = input(c.rank(), 50_000);
+        c.all_reduce(&mut buf, ReduceOp::Sum).unwrap();
+        buf
+    });
+    assert_close(&out[0], &expected(2, 50_000));
+}

@@ -1,0 +1,101 @@
+//! Rendezvous errors: bad, duplicate, late and missing ranks; the key-value store.
+
+use std::time::Duration;
+
+use dlc_comm::auth::JobKey;
+use dlc_comm::rendezvous::CoordClient;
+use dlc_comm::{CommConfig, Communicator, Coordinator};
+
+fn key() -> JobKey {
+    JobKey::new("rv-job", "tok")
+}
+
+fn join(addr: &str, rank: usize, world: usize, timeout: Duration) -> Result<Vec<String>, String> {
+    let mut c = CoordClient::connect(addr, &key(), rank, timeout).map_err(|e| e.to_string())?;
+    c.join(&key(), world, "127.0.0.1:1", timeout)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn out_of_range_wrong_world_and_wrong_job_are_refused() {
+    let coord = Coordinator::start("127.0.0.1:0", key(), 2, Duration::from_secs(5)).unwrap();
+    let addr = coord.addr().to_string();
+    let e = join(&addr, 5, 2, Duration::from_secs(5)).unwrap_err();
+    assert!(e.contains("rank 5 is out of range"), "{e}");
+    let e = join(&addr, 1, 3, Duration::from_secs(5)).unwrap_err();
+    assert!(e.contains("world size 3"), "{e}");
+    let mut c = CoordClient::connect(&addr, &key(), 0, Duration::from_secs(5)).unwrap();
+    let other = JobKey::new("other-job", "tok");
+    assert!(c
+        .join(&other, 2, "127.0.0.1:1", Duration::from_secs(5))
+        .is_err());
+    let bad = JobKey::new("rv-job", "wrong-token");
+    let e = CoordClient::connect(&addr, &bad, 0, Duration::from_secs(5))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("coordinator"), "{e}");
+}
+
+#[test]
+fn missing_ranks_time_out_with_names() {
+    let coord = Coordinator::start("127.0.0.1:0", key(), 3, Duration::from_millis(500)).unwrap();
+    let e = join(&coord.addr().to_string(), 0, 3, Duration::from_millis(500)).unwrap_err();
+    assert!(e.contains("[1, 2]"), "{e}");
+}
+
+#[test]
+fn duplicate_and_late_ranks_are_refused() {
+    let coord = Coordinator::start("127.0.0.1:0", key(), 2, Duration::from_secs(5)).unwrap();
+    let addr = coord.addr().to_string();
+    let a = addr.clone();
+    let first = std::thread::spawn(move || {
+        let mut c = CoordClient::connect(&a, &key(), 0, Duration::from_secs(5)).unwrap();
+        let peers = c.join(&key(), 2, "127.0.0.1:1", Duration::from_secs(5));
+        (c, peers)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let e = join(&addr, 0, 2, Duration::from_secs(5)).unwrap_err();
+    assert!(e.contains("joined twice"), "{e}");
+    let a = addr.clone();
+    let second = std::thread::spawn(move || {
+        let mut c = CoordClient::connect(&a, &key(), 1, Duration::from_secs(5)).unwrap();
+        let peers = c.join(&key(), 2, "127.0.0.1:2", Duration::from_secs(5));
+        (c, peers)
+    });
+    let (_c0, p0) = first.join().unwrap();
+    let (_c1, p1) = second.join().unwrap();
+    assert_eq!(p0.unwrap(), vec!["127.0.0.1:1", "127.0.0.1:2"]);
+    assert_eq!(p1.unwrap(), vec!["127.0.0.1:1", "127.0.0.1:2"]);
+    let e = join(&addr, 1, 2, Duration::from_secs(5)).unwrap_err();
+    assert!(e.contains("late"), "{e}");
+}
+
+#[test]
+fn key_value_store_and_unreachable_coordinator() {
+    let coord = Coordinator::start("127.0.0.1:0", key(), 2, Duration::from_secs(5)).unwrap();
+    let addr = coord.addr().to_string();
+    let a = addr.clone();
+    let t = std::thread::spawn(move || {
+        let mut c = Communicator::connect(CommConfig::new(a, key(), 1, 2)).unwrap();
+        c.kv_get("model-hash").unwrap()
+    });
+    let mut c = Communicator::connect(CommConfig::new(addr, key(), 0, 2)).unwrap();
+    c.kv_set("model-hash", "abc").unwrap();
+    assert_eq!(t.join().unwrap().as_deref(), Some("abc"));
+    drop(c);
+    coord.shutdown(Duration::from_secs(2));
+
+    // Nothing listens there: a clear error within the deadline.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = l.local_addr().unwrap().to_string();
+    drop(l);
+    let mut cfg = CommConfig::new(dead, key(), 0, 2);
+    cfg.timeout = Duration::from_millis(500);
+    let start = std::time::Instant::now();
+    let e = Communicator::connect(cfg).err().unwrap();
+    assert!(
+        e.to_string().contains("cannot reach the coordinator"),
+        "{e}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
