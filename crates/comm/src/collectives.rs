@@ -125,7 +125,7 @@ impl Communicator {
         let n = self.world();
         let hdr = self.next_header(Op::AllReduce, T::CODE, 0, buf.len());
         if n > 1 {
-            if std::mem::size_of_val(buf) <= self.cfg.small_message_bytes {
+            if n > 2 && std::mem::size_of_val(buf) <= self.cfg.small_message_bytes {
                 let r = self.direct_sum(buf, hdr);
                 self.check(r)?;
             } else {

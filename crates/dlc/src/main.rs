@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use dlc_job::JobSpec;
 use dlc_train::TrainOptions;
 
+mod bench;
+
 /// dlcluster: train deep-learning jobs described in a TOML file, on one core, one GPU
 /// or many workers.
 #[derive(Parser, Debug)]
@@ -25,6 +27,9 @@ enum Command {
     Train(TrainArgs),
     /// Evaluate saved weights on the job's test set.
     Eval(EvalArgs),
+    /// Benchmarks of the hot paths, against ceilings measured in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(Args, Debug)]
@@ -142,6 +147,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(a) => train(a),
         Command::Eval(a) => eval(a),
+        Command::Bench(b) => bench::run(b),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,320 @@
+//! `dlc bench allreduce`: all-reduce over N local processes of the same binary.
+//!
+//! The parent starts a coordinator and N worker processes; each worker times every
+//! size (warm-up, then one barrier and one timed all-reduce per iteration) and rank 0
+//! reports the median. In the same run the parent measures two ceilings per size: a
+//! single-thread memcpy, and single-stream TCP loopback throughput between two
+//! processes (the physical limit of the TCP transport).
+//! Bus bandwidth follows NCCL: `busbw = algbw × 2(n−1)/n`, `algbw = bytes / time`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dlc_comm::auth::JobKey;
+use dlc_comm::{CommConfig, Communicator, Coordinator, ReduceOp};
+use serde::{Deserialize, Serialize};
+
+/// One line of results.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Row {
+    /// Number of ranks.
+    pub ranks: usize,
+    /// Buffer size in bytes (f32 elements × 4).
+    pub bytes: usize,
+    /// Median time of one all-reduce.
+    pub median_s: f64,
+    /// Algorithm bandwidth, GB/s (10⁹ bytes/s).
+    pub algbw_gbps: f64,
+    /// Bus bandwidth, GB/s.
+    pub busbw_gbps: f64,
+    /// Single-thread memcpy of the same size, GB/s.
+    pub memcpy_gbps: f64,
+    /// Single-stream TCP loopback between two processes, GB/s.
+    pub tcp_gbps: f64,
+}
+
+/// Why a benchmark failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Communication failed.
+    #[error(transparent)]
+    Comm(#[from] dlc_comm::CommError),
+    /// A process or socket failed.
+    #[error("{0}")]
+    Other(String),
+}
+
+fn other(context: &str) -> impl FnOnce(std::io::Error) -> BenchError + '_ {
+    move |e| BenchError::Other(format!("{context}: {e}"))
+}
+
+/// Iterations for a size: at least `iters`, more for small messages (cheap, noisy).
+fn iterations(bytes: usize, iters: usize) -> usize {
+    if bytes <= 1 << 20 {
+        iters.max(50)
+    } else {
+        iters
+    }
+}
+
+/// Median of durations in seconds.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Runs the whole benchmark; `exe` is the `dlc` binary, invoked as
+/// `exe bench allreduce --worker-rank R --coordinator ADDR …` for each rank.
+pub fn run(
+    exe: &Path,
+    ranks: usize,
+    sizes: &[usize],
+    iters: usize,
+    timeout: Duration,
+) -> Result<Vec<Row>, BenchError> {
+    let token = JobKey::random_token();
+    let job_id = format!("bench-{}", std::process::id());
+    let key = JobKey::new(job_id.clone(), &token);
+    let coord = Coordinator::start("127.0.0.1:0", key, ranks, timeout)?;
+    let size_arg = sizes
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children: Vec<Child> = Vec::new();
+    let spawned = (0..ranks).try_for_each(|r| {
+        let child = Command::new(exe)
+            .args([
+                "bench",
+                "allreduce",
+                "--ranks",
+                &ranks.to_string(),
+                "--sizes",
+                &size_arg,
+            ])
+            .args([
+                "--iters",
+                &iters.to_string(),
+                "--worker-rank",
+                &r.to_string(),
+            ])
+            .args(["--coordinator", &coord.addr().to_string()])
+            .env("DLC_JOB_ID", &job_id)
+            .env("DLC_JOB_TOKEN", &token)
+            .stdout(if r == 0 {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(other("spawning a benchmark worker"))?;
+        children.push(child);
+        Ok::<_, BenchError>(())
+    });
+    let result = spawned.and_then(|_| {
+        let out = children[0].stdout.take().expect("rank 0 stdout is piped");
+        let mut medians = Vec::new();
+        for line in BufReader::new(out).lines() {
+            let line = line.map_err(other("reading rank 0"))?;
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .map_err(|e| BenchError::Other(format!("rank 0 printed `{line}`: {e}")))?;
+            medians.push((
+                v["bytes"].as_u64().unwrap_or(0) as usize,
+                v["median_s"].as_f64().unwrap_or(f64::NAN),
+            ));
+        }
+        for (r, c) in children.iter_mut().enumerate() {
+            let status = c.wait().map_err(other("waiting for a worker"))?;
+            if !status.success() {
+                return Err(BenchError::Other(format!(
+                    "benchmark rank {r} failed ({status})"
+                )));
+            }
+        }
+        if medians.len() != sizes.len() {
+            return Err(BenchError::Other(
+                "rank 0 reported fewer sizes than asked".into(),
+            ));
+        }
+        Ok(medians)
+    });
+    for c in children.iter_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    coord.shutdown(Duration::from_secs(2));
+    let medians = result?;
+
+    let mut rows = Vec::new();
+    for (bytes, t) in medians {
+        let n = ranks as f64;
+        let algbw = bytes as f64 / t / 1e9;
+        let memcpy = memcpy_gbps(bytes, iterations(bytes, iters));
+        let tcp = tcp_gbps(exe, bytes, iterations(bytes, iters))?;
+        rows.push(Row {
+            ranks,
+            bytes,
+            median_s: t,
+            algbw_gbps: algbw,
+            busbw_gbps: if ranks > 1 {
+                algbw * 2.0 * (n - 1.0) / n
+            } else {
+                0.0
+            },
+            memcpy_gbps: memcpy,
+            tcp_gbps: tcp,
+        });
+    }
+    Ok(rows)
+}
+
+/// A worker process: joins, times every size, and (rank 0) prints one JSON line per size.
+pub fn worker(
+    rank: usize,
+    ranks: usize,
+    coordinator: &str,
+    sizes: &[usize],
+    iters: usize,
+) -> Result<(), BenchError> {
+    let job_id = std::env::var("DLC_JOB_ID")
+        .map_err(|_| BenchError::Other("DLC_JOB_ID is not set".into()))?;
+    let token = std::env::var("DLC_JOB_TOKEN")
+        .map_err(|_| BenchError::Other("DLC_JOB_TOKEN is not set".into()))?;
+    let cfg = CommConfig::new(coordinator, JobKey::new(job_id, token), rank, ranks);
+    let mut comm = Communicator::connect(cfg)?;
+    for &bytes in sizes {
+        let mut buf = vec![1.0f32; bytes / 4];
+        let n = iterations(bytes, iters);
+        for _ in 0..3.min(n) {
+            comm.all_reduce(&mut buf, ReduceOp::Sum)?;
+        }
+        let mut times = Vec::with_capacity(n);
+        // Each rank contributes rank+1 everywhere: the sum n(n+1)/2 is exact in f32.
+        let fill = (rank + 1) as f32;
+        for _ in 0..n {
+            buf.iter_mut().for_each(|x| *x = fill);
+            comm.barrier()?;
+            let t0 = Instant::now();
+            comm.all_reduce(&mut buf, ReduceOp::Sum)?;
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        let want = (ranks * (ranks + 1) / 2) as f32;
+        if let Some(i) = buf.iter().position(|&x| x != want) {
+            return Err(BenchError::Other(format!(
+                "rank {rank}: wrong all-reduce result at element {i} of {bytes} bytes: {} (want {want})",
+                buf[i]
+            )));
+        }
+        if rank == 0 {
+            let line = serde_json::json!({"bytes": bytes, "median_s": median(times)});
+            println!("{line}");
+            let _ = std::io::stdout().flush();
+        }
+    }
+    comm.barrier()?;
+    Ok(())
+}
+
+/// Median single-thread memcpy throughput for `bytes`, GB/s.
+pub fn memcpy_gbps(bytes: usize, iters: usize) -> f64 {
+    let src = vec![1u8; bytes.max(1)];
+    let mut dst = vec![0u8; bytes.max(1)];
+    dst.copy_from_slice(&src);
+    let times: Vec<f64> = (0..iters)
+        .map(|_| {
+            let t0 = Instant::now();
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&dst);
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    bytes as f64 / median(times) / 1e9
+}
+
+fn tune(s: &TcpStream) {
+    let _ = s.set_nodelay(true);
+    let sock = socket2::SockRef::from(s);
+    let _ = sock.set_send_buffer_size(dlc_comm::transport::SOCKET_BUFFER);
+    let _ = sock.set_recv_buffer_size(dlc_comm::transport::SOCKET_BUFFER);
+}
+
+/// Median single-stream TCP loopback throughput between this process and a child
+/// (`exe bench allreduce --tcp-source ADDR --tcp-bytes B --iters K`), GB/s.
+pub fn tcp_gbps(exe: &Path, bytes: usize, iters: usize) -> Result<f64, BenchError> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(other("tcp ceiling listener"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(other("tcp ceiling listener"))?;
+    let mut child = Command::new(exe)
+        .args(["bench", "allreduce", "--tcp-source", &addr.to_string()])
+        .args([
+            "--tcp-bytes",
+            &bytes.to_string(),
+            "--iters",
+            &iters.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(other("spawning the tcp ceiling source"))?;
+    let result = (|| {
+        listener.set_nonblocking(true).map_err(other("listener"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => {
+                    return Err(BenchError::Other(format!(
+                        "tcp ceiling source never connected: {e}"
+                    )))
+                }
+            }
+        };
+        s.set_nonblocking(false).map_err(other("socket"))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(other("socket"))?;
+        tune(&s);
+        let mut buf = vec![0u8; bytes];
+        let mut times = Vec::with_capacity(iters);
+        for i in 0..iters + 3 {
+            let t0 = Instant::now();
+            s.write_all(&[1]).map_err(other("tcp ceiling"))?;
+            s.read_exact(&mut buf).map_err(other("tcp ceiling"))?;
+            if i >= 3 {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        Ok(bytes as f64 / median(times) / 1e9)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// The child side of [`tcp_gbps`]: sends `bytes` after each 1-byte request.
+pub fn tcp_source(addr: &str, bytes: usize, iters: usize) -> Result<(), BenchError> {
+    let mut s = TcpStream::connect(addr).map_err(other("tcp ceiling source"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(other("socket"))?;
+    tune(&s);
+    let data = vec![7u8; bytes];
+    let mut req = [0u8; 1];
+    for _ in 0..iters + 3 {
+        s.read_exact(&mut req)
+            .map_err(other("tcp ceiling source"))?;
+        s.write_all(&data).map_err(other("tcp ceiling source"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! `dlc bench allreduce` end to end: worker processes, checked sums, ceilings.
+
+mod common;
+use common::*;
+
+#[test]
+fn bench_allreduce_runs_processes_and_reports_json() {
+    let out = ok(&[
+        "bench",
+        "allreduce",
+        "--ranks",
+        "3",
+        "--sizes",
+        "4KiB,1MiB",
+        "--iters",
+        "2",
+        "--json",
+    ]);
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for (row, bytes) in rows.iter().zip([4096, 1 << 20]) {
+        assert_eq!(row["ranks"], 3);
+        assert_eq!(row["bytes"], bytes);
+        for k in [
+            "median_s",
+            "algbw_gbps",
+            "busbw_gbps",
+            "memcpy_gbps",
+            "tcp_gbps",
+        ] {
+            let v = row[k].as_f64().unwrap_or(-1.0);
+            assert!(v > 0.0 && v.is_finite(), "{k} = {v}");
+        }
+        let ratio = row["busbw_gbps"].as_f64().unwrap() / row["algbw_gbps"].as_f64().unwrap();
+        assert!((ratio - 4.0 / 3.0).abs() < 1e-9, "busbw = algbw x 2(n-1)/n");
+    }
+    let table = ok(&[
+        "bench",
+        "allreduce",
+        "--ranks",
+        "2",
+        "--sizes",
+        "64KiB",
+        "--iters",
+        "2",
+    ]);
+    assert!(
+        table.contains("busbw") && table.contains("64KiB"),
+        "{table}"
+    );
+    let err = fails(&["bench", "allreduce", "--sizes", "3B"]);
+    assert!(err.contains("multiples of 4"), "{err}");
+    let err = fails(&["bench", "allreduce", "--sizes", "4XB"]);
+    assert!(err.contains("unknown unit"), "{err}");
+}
