@@ -60,7 +60,7 @@ fn allreduce_cmd(a: AllreduceArgs) -> Result<()> {
     if a.ranks == 0 {
         bail!("--ranks must be at least 1");
     }
-    if a.sizes.iter().any(|&s| s % 4 != 0) {
+    if a.sizes.iter().any(|&s| !s.is_multiple_of(4)) {
         bail!("sizes must be multiples of 4 bytes (f32 elements)");
     }
     if let Some(rank) = a.worker_rank {
