@@ -20,20 +20,21 @@ use std::ops::Range;
 
 use crate::communicator::{Communicator, ReduceOp};
 use crate::element::Element;
-use crate::transport::{read_some, wait, write_some, Io, Want, Woke};
+use crate::transport::{read_some, write_some, Io};
 use crate::CommError;
 
-const HEADER: usize = 24;
+pub(crate) const HEADER: usize = 24;
 const MAGIC: &[u8; 4] = b"DLCC";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-enum Op {
+pub(crate) enum Op {
     AllReduce = 1,
     Broadcast = 2,
     AllGather = 3,
     ReduceScatter = 4,
     Barrier = 5,
+    PointToPoint = 6,
 }
 
 fn op_name(code: u8) -> &'static str {
@@ -43,11 +44,12 @@ fn op_name(code: u8) -> &'static str {
         3 => "all_gather",
         4 => "reduce_scatter",
         5 => "barrier",
+        6 => "a point-to-point message",
         _ => "an unknown operation",
     }
 }
 
-fn header(op: Op, dtype: u8, root: usize, seq: u64, count: usize) -> [u8; HEADER] {
+pub(crate) fn header(op: Op, dtype: u8, root: usize, seq: u64, count: usize) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[..4].copy_from_slice(MAGIC);
     h[4] = op as u8;
@@ -73,7 +75,11 @@ fn describe(h: &[u8; HEADER]) -> String {
     format!("{} #{seq} of {count} {dtype} (root {root})", op_name(h[4]))
 }
 
-fn check_header(ours: &[u8; HEADER], theirs: &[u8; HEADER], peer: usize) -> Result<(), CommError> {
+pub(crate) fn check_header(
+    ours: &[u8; HEADER],
+    theirs: &[u8; HEADER],
+    peer: usize,
+) -> Result<(), CommError> {
     if ours == theirs {
         Ok(())
     } else {
@@ -207,24 +213,6 @@ impl Communicator {
 
     fn check(&mut self, r: Result<(), CommError>) -> Result<(), CommError> {
         r.map_err(|e| self.root_cause(e))
-    }
-
-    /// Blocks in poll until a link is ready; turns coordinator notices into errors.
-    fn block(&mut self, wants: &[(usize, bool, bool)], during: &str) -> Result<(), CommError> {
-        let timeout = self.cfg.timeout;
-        let w: Vec<Want<'_>> = wants
-            .iter()
-            .map(|&(peer, write, read)| Want {
-                stream: self.link(peer),
-                peer,
-                write,
-                read,
-            })
-            .collect();
-        match wait(&w, Some(&self.control.stream), timeout, during)? {
-            Woke::Ready => Ok(()),
-            Woke::Control => Err(self.control_event()),
-        }
     }
 
     /// The ring engine. `steps` steps; chunk shift `shift`; the first `reduce_steps`
@@ -378,7 +366,7 @@ impl Communicator {
                             wants.push((right, true, false));
                         }
                     }
-                    self.block(&wants, &describe(&hdr))?;
+                    self.block_on(&wants, &describe(&hdr))?;
                 }
             }
         })();
@@ -447,7 +435,7 @@ impl Communicator {
                 break;
             }
             if !moved {
-                self.block(&wants, &describe(&hdr))?;
+                self.block_on(&wants, &describe(&hdr))?;
             }
         }
         // Sum in rank order so every rank computes the same float operations.
@@ -546,7 +534,7 @@ impl Communicator {
                 return Ok(());
             }
             if !moved {
-                self.block(&wants, &describe(&hdr))?;
+                self.block_on(&wants, &describe(&hdr))?;
             }
         }
     }

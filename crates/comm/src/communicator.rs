@@ -59,6 +59,8 @@ pub struct Communicator {
     pub(crate) links: Vec<Option<TcpStream>>,
     pub(crate) control: CoordClient,
     pub(crate) seq: u64,
+    pub(crate) p2p_send_seq: Vec<u64>,
+    pub(crate) p2p_recv_seq: Vec<u64>,
     pub(crate) scratch: Vec<u64>,
     listen_addr: std::net::SocketAddr,
     crashed: bool,
@@ -128,11 +130,14 @@ impl Communicator {
             .stream
             .set_nonblocking(true)
             .map_err(CommError::io("control connection"))?;
+        let world = cfg.world;
         Ok(Self {
             cfg,
             links,
             control,
             seq: 0,
+            p2p_send_seq: vec![0; world],
+            p2p_recv_seq: vec![0; world],
             scratch: vec![0u64; (1 << 20) / 8],
             listen_addr: addr,
             crashed: false,

@@ -19,6 +19,7 @@ mod communicator;
 mod element;
 mod error;
 pub mod frame;
+mod p2p;
 pub mod rendezvous;
 pub mod transport;
 

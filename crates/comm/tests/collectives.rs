@@ -255,3 +255,46 @@ fn strangers_are_refused_and_the_job_continues() {
     });
     assert_close(&out[0], &expected(2, 50_000));
 }
+
+#[test]
+fn point_to_point_exchange_in_any_order() {
+    // Rank 0 plays a server: receives from 1 and 2 and answers both, all at once.
+    let out = ranks(3, Duration::from_secs(10), |mut c| {
+        let r = c.rank();
+        let big = 300_000;
+        if r == 0 {
+            let mut a = vec![0.0f32; big];
+            let mut b = vec![0.0f32; big];
+            c.exchange::<f32>(&[], &mut [(1, &mut a[..]), (2, &mut b[..])])
+                .unwrap();
+            let reply: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+            c.exchange::<f32>(&[(1, &reply[..]), (2, &reply[..])], &mut [])
+                .unwrap();
+            // A receiver expecting the wrong length is told so.
+            let mut wrong = [0.0f32; 5];
+            let e = c
+                .exchange::<f32>(&[], &mut [(1, &mut wrong[..])])
+                .unwrap_err();
+            assert!(e.to_string().contains("of 4"), "{e}");
+            reply
+        } else {
+            let mine = input(r, big);
+            let mut back = vec![0.0f32; big];
+            c.exchange(&[(0, &mine[..])], &mut [(0, &mut back[..])])
+                .unwrap();
+            if r == 1 {
+                c.exchange::<f32>(&[(0, &[1.0, 2.0, 3.0, 4.0][..])], &mut [])
+                    .unwrap();
+            }
+            back
+        }
+    });
+    let want: Vec<f32> = input(1, 300_000)
+        .iter()
+        .zip(input(2, 300_000))
+        .map(|(a, b)| a + b)
+        .collect();
+    assert_eq!(out[0], want);
+    assert_eq!(out[1], want);
+    assert_eq!(out[2], want);
+}

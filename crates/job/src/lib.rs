@@ -9,7 +9,10 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use spec::{DataSpec, LayerSpec, ModelSpec, OptimizerKind, Padding, Preset, TrainSpec};
+pub use spec::{
+    DataSpec, DistributedSpec, LayerSpec, LrSchedule, ModelSpec, OptimizerKind, Padding, Preset,
+    PsMode, Strategy, TrainSpec,
+};
 
 /// Why a job file was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,9 @@ pub struct JobSpec {
     /// How.
     #[serde(default)]
     pub train: TrainSpec,
+    /// Over how many workers.
+    #[serde(default)]
+    pub distributed: DistributedSpec,
 }
 
 impl JobSpec {
@@ -97,6 +103,18 @@ impl JobSpec {
     /// The job's name, or `job` when it has none.
     pub fn display_name(&self) -> &str {
         self.name.as_deref().unwrap_or("job")
+    }
+
+    /// Re-checks `[distributed]` after command-line overrides.
+    pub fn check_distributed(&self) -> Result<(), JobError> {
+        validate::check_distributed(&self.distributed, self.train.batch_size).map_err(
+            |(key, message)| JobError::Invalid {
+                origin: "command line".into(),
+                key,
+                line: None,
+                message,
+            },
+        )
     }
 
     /// Serialises the job back to TOML (written into run directories).

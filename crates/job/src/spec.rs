@@ -208,6 +208,34 @@ pub enum OptimizerKind {
     Adamw,
 }
 
+/// How the learning rate changes over training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// `learning_rate` throughout.
+    #[default]
+    Constant,
+    /// Cosine decay from `learning_rate` to 0 over all training steps.
+    Cosine,
+}
+
+impl LrSchedule {
+    /// Learning rate at `step` of `total`, after `warmup` linear warm-up steps.
+    pub fn rate(self, base: f64, step: usize, total: usize, warmup: usize) -> f64 {
+        if step < warmup {
+            return base * (step + 1) as f64 / warmup as f64;
+        }
+        match self {
+            LrSchedule::Constant => base,
+            LrSchedule::Cosine => {
+                let span = total.saturating_sub(warmup).max(1) as f64;
+                let t = ((step - warmup) as f64 / span).min(1.0);
+                0.5 * base * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
+}
+
 /// `[train]`: the optimisation loop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -218,8 +246,12 @@ pub struct TrainSpec {
     pub batch_size: usize,
     /// `sgd`, `adam` or `adamw`.
     pub optimizer: OptimizerKind,
-    /// Step size.
+    /// Step size (peak, when a schedule is set).
     pub learning_rate: f64,
+    /// `constant` or `cosine`.
+    pub lr_schedule: LrSchedule,
+    /// Steps of linear learning-rate warm-up.
+    pub warmup_steps: usize,
     /// Momentum for `sgd`.
     pub momentum: f64,
     /// L2 penalty (`sgd`, `adam`) or decoupled decay (`adamw`).
@@ -239,11 +271,77 @@ impl Default for TrainSpec {
             batch_size: 128,
             optimizer: OptimizerKind::Adam,
             learning_rate: 1e-3,
+            lr_schedule: LrSchedule::Constant,
+            warmup_steps: 0,
             momentum: 0.9,
             weight_decay: 0.0,
             seed: 42,
             log_every: 50,
             drop_last: false,
+        }
+    }
+}
+
+/// How workers combine gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Ring all-reduce of gradients; every worker applies the same optimizer step.
+    #[default]
+    Ring,
+    /// Parameter servers own shards of the parameters and run the optimizer.
+    Ps,
+}
+
+/// Parameter-server consistency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PsMode {
+    /// Every step waits for every worker's gradient (same result as one worker).
+    #[default]
+    Sync,
+    /// Servers apply each worker's gradient as it arrives; workers run ahead by at
+    /// most `max_staleness` steps.
+    Async,
+}
+
+/// `[distributed]`: the network graph of a multi-worker job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedSpec {
+    /// Number of worker processes.
+    pub workers: usize,
+    /// `ring` or `ps`.
+    pub strategy: Strategy,
+    /// Parameter-server processes (`ps` only).
+    pub ps_servers: usize,
+    /// `sync` or `async` (`ps` only).
+    pub ps_mode: PsMode,
+    /// Most steps a worker may run ahead of the slowest (`ps` async only).
+    pub max_staleness: usize,
+    /// Seconds any rank waits on another before failing.
+    pub timeout_s: u64,
+}
+
+impl Default for DistributedSpec {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            strategy: Strategy::Ring,
+            ps_servers: 1,
+            ps_mode: PsMode::Sync,
+            max_staleness: 4,
+            timeout_s: 30,
+        }
+    }
+}
+
+impl DistributedSpec {
+    /// Number of processes the job needs: workers plus servers.
+    pub fn world(&self) -> usize {
+        match self.strategy {
+            Strategy::Ring => self.workers,
+            Strategy::Ps => self.workers + self.ps_servers,
         }
     }
 }

@@ -170,3 +170,13 @@ fn from_file_resolves_paths_and_name() {
         Err(JobError::Io { .. })
     ));
 }
+
+#[test]
+fn learning_rate_schedules() {
+    assert_eq!(LrSchedule::Constant.rate(0.1, 50, 100, 0), 0.1);
+    assert!((LrSchedule::Cosine.rate(0.1, 0, 100, 0) - 0.1).abs() < 1e-12);
+    assert!((LrSchedule::Cosine.rate(0.1, 50, 100, 0) - 0.05).abs() < 1e-12);
+    assert!(LrSchedule::Cosine.rate(0.1, 100, 100, 0).abs() < 1e-12);
+    assert!((LrSchedule::Cosine.rate(0.1, 0, 100, 10) - 0.01).abs() < 1e-12);
+    assert!((LrSchedule::Cosine.rate(0.1, 10, 100, 10) - 0.1).abs() < 1e-12);
+}

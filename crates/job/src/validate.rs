@@ -111,6 +111,26 @@ pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
     if t.log_every == 0 {
         bad("train.log_every", "must be at least 1")?;
     }
+    check_distributed(&job.distributed, t.batch_size)
+}
+
+/// Checks `[distributed]` (also after command-line overrides).
+pub(crate) fn check_distributed(d: &crate::DistributedSpec, batch: usize) -> Result<(), Problem> {
+    if d.workers == 0 {
+        bad("distributed.workers", "must be at least 1")?;
+    }
+    if d.workers > batch {
+        bad(
+            "distributed.workers",
+            format!("is {} but train.batch_size is {batch}: each worker needs at least one sample per step", d.workers),
+        )?;
+    }
+    if d.ps_servers == 0 {
+        bad("distributed.ps_servers", "must be at least 1")?;
+    }
+    if d.timeout_s == 0 {
+        bad("distributed.timeout_s", "must be at least 1")?;
+    }
     Ok(())
 }
 

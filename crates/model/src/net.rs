@@ -1,6 +1,6 @@
 //! The burn module built from a layer plan.
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{
@@ -42,6 +42,14 @@ pub enum Layer<B: Backend> {
 pub struct Net<B: Backend> {
     /// The layers, in order.
     pub layers: Vec<Layer<B>>,
+}
+
+struct Materialize;
+
+impl<B: Backend> ModuleVisitor<B> for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
+    }
 }
 
 /// Activation between layers: images or feature vectors.
@@ -102,7 +110,12 @@ impl<B: Backend> Net<B> {
                 (spec, input) => unreachable!("plan() rejects {spec:?} on {input}"),
             })
             .collect();
-        Self { layers }
+        let net = Self { layers };
+        // burn initialises parameters lazily, on first use, from whatever the RNG holds
+        // then. Touch them now so that the weights depend on the seed set before
+        // `new`, not on what ran in between.
+        net.visit(&mut Materialize);
+        net
     }
 
     /// Forward pass: `[batch, c, h, w]` → `[batch, classes]` logits.

@@ -35,7 +35,7 @@ pub fn dir(run: &Path) -> PathBuf {
 pub fn save<B: AutodiffBackend>(
     run: &Path,
     model: &Net<B>,
-    optim: &AnyOptim<B>,
+    optim: &AnyOptim<B, Net<B>>,
     state: LoopState,
 ) -> Result<(), TrainError> {
     let final_dir = dir(run);
@@ -63,13 +63,16 @@ pub fn save<B: AutodiffBackend>(
     Ok(())
 }
 
+/// A model, its optimizer and the loop position, as restored from a checkpoint.
+pub type Restored<B> = (Net<B>, AnyOptim<B, Net<B>>, LoopState);
+
 /// Loads the checkpoint of `run` into a freshly built model and optimizer.
 pub fn load<B: AutodiffBackend>(
     run: &Path,
     model: Net<B>,
-    optim: AnyOptim<B>,
+    optim: AnyOptim<B, Net<B>>,
     device: &B::Device,
-) -> Result<(Net<B>, AnyOptim<B>, LoopState), TrainError> {
+) -> Result<Restored<B>, TrainError> {
     let d = dir(run);
     let state_path = d.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::BadState {

@@ -27,6 +27,9 @@ pub enum TrainError {
         /// What is wrong.
         message: String,
     },
+    /// Communication with the other ranks failed.
+    #[error(transparent)]
+    Comm(#[from] dlc_comm::CommError),
     /// Options contradict each other.
     #[error("{0}")]
     Usage(String),

@@ -7,13 +7,15 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod metrics;
 pub mod optim;
 pub mod progress;
 pub mod trainer;
+pub mod worker;
 
 pub use error::TrainError;
 pub use eval::{evaluate_file, EvalResult};
-pub use trainer::{train, TrainOptions, TrainSummary};
+pub use trainer::{train, train_distributed, TrainOptions, TrainSummary};

@@ -1,7 +1,8 @@
 //! `metrics.jsonl`: one JSON object per line, appended as training goes.
 //!
-//! Step lines: `{"kind":"step","epoch","step","loss","samples_per_sec"}` (every
-//! `log_every` steps; `step` counts from the start of training).
+//! Step lines: `{"kind":"step","epoch","step","loss","samples_per_sec","compute_s","comm_s"}`
+//! (every `log_every` steps; `step` counts from the start of training; the times are
+//! per-step means over the window).
 //! Epoch lines: `{"kind":"epoch","epoch","train_loss","test_loss","test_accuracy","seconds"}`
 //! (`epoch` is 1-based: the number of epochs completed).
 
@@ -25,8 +26,12 @@ pub enum Record {
         step: usize,
         /// Training loss of this step.
         loss: f64,
-        /// Training throughput since the previous step line.
+        /// Job-wide training throughput since the previous step line.
         samples_per_sec: f64,
+        /// Mean seconds per step spent computing (forward, backward, optimizer).
+        compute_s: f64,
+        /// Mean seconds per step spent exchanging gradients/parameters (0 for one worker).
+        comm_s: f64,
     },
     /// End of an epoch.
     Epoch {

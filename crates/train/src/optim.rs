@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -11,23 +12,23 @@ use burn::optim::{
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use dlc_job::{OptimizerKind, TrainSpec};
-use dlc_model::Net;
 
 use crate::TrainError;
 
 type Rec = BinFileRecorder<FullPrecisionSettings>;
 
-/// One of the supported optimizers for a [`Net`].
-pub enum AnyOptim<B: AutodiffBackend> {
+/// One of the supported optimizers for a module `M` (a `Net`, or a parameter
+/// server's shard).
+pub enum AnyOptim<B: AutodiffBackend, M: AutodiffModule<B>> {
     /// SGD with momentum.
-    Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, Net<B>, B>),
+    Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, M, B>),
     /// Adam.
-    Adam(OptimizerAdaptor<Adam, Net<B>, B>),
+    Adam(OptimizerAdaptor<Adam, M, B>),
     /// AdamW.
-    AdamW(OptimizerAdaptor<AdamW, Net<B>, B>),
+    AdamW(OptimizerAdaptor<AdamW, M, B>),
 }
 
-impl<B: AutodiffBackend> AnyOptim<B> {
+impl<B: AutodiffBackend, M: AutodiffModule<B>> AnyOptim<B, M> {
     /// The optimizer `[train]` describes, with fresh state.
     pub fn new(spec: &TrainSpec) -> Self {
         let decay =
@@ -58,7 +59,7 @@ impl<B: AutodiffBackend> AnyOptim<B> {
     }
 
     /// One optimizer step.
-    pub fn step(&mut self, lr: f64, model: Net<B>, grads: GradientsParams) -> Net<B> {
+    pub fn step(&mut self, lr: f64, model: M, grads: GradientsParams) -> M {
         match self {
             AnyOptim::Sgd(o) => o.step(lr, model, grads),
             AnyOptim::Adam(o) => o.step(lr, model, grads),

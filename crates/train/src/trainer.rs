@@ -15,6 +15,7 @@ use dlc_model::Net;
 use crate::backend::CpuTrain;
 use crate::checkpoint::{self, LoopState};
 use crate::data::{Batcher, JobData};
+use crate::dist::GradSync;
 use crate::eval::{evaluate, save_safetensors, EvalResult};
 use crate::metrics::{MetricsSink, Record};
 use crate::optim::AnyOptim;
@@ -57,9 +58,18 @@ pub struct TrainSummary {
     pub params: usize,
 }
 
-/// Trains `job` on the CPU backend.
+/// Trains `job` on the CPU backend as a single worker.
 pub fn train(job: &JobSpec, opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
-    train_on::<CpuTrain>(job, opts, &Default::default())
+    train_on::<CpuTrain>(job, opts, &Default::default(), GradSync::Local)
+}
+
+/// Trains `job` on the CPU backend as one worker of a distributed job.
+pub fn train_distributed(
+    job: &JobSpec,
+    opts: &TrainOptions,
+    sync: GradSync,
+) -> Result<TrainSummary, TrainError> {
+    train_on::<CpuTrain>(job, opts, &Default::default(), sync)
 }
 
 /// A default run directory name: `runs/<job>-<UTC timestamp>`.
@@ -80,12 +90,17 @@ fn step_seed(seed: u64, step: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Trains `job` on backend `B` (generic so that GPU backends can follow).
+/// Trains `job` on backend `B` (generic so that GPU backends can follow), combining
+/// gradients through `sync`. Only rank 0 writes the run directory and reports.
 pub fn train_on<B: AutodiffBackend>(
     job: &JobSpec,
     opts: &TrainOptions,
     device: &B::Device,
+    mut sync: GradSync,
 ) -> Result<TrainSummary, TrainError> {
+    let rank = sync.rank();
+    let workers = sync.workers();
+    let lead = rank == 0;
     let started = Instant::now();
     let mut spec = job.train.clone();
     if let Some(e) = opts.epochs {
@@ -97,7 +112,7 @@ pub fn train_on<B: AutodiffBackend>(
     if spec.epochs == 0 {
         return Err(TrainError::Usage("--epochs must be at least 1".into()));
     }
-    let progress = Progress::new(opts.quiet);
+    let progress = Progress::new(opts.quiet || !lead);
 
     let data = JobData::load(&job.data)?;
     let plan = dlc_model::plan(
@@ -107,10 +122,22 @@ pub fn train_on<B: AutodiffBackend>(
     )?;
     let params: usize = plan.iter().map(|l| l.params).sum();
 
-    let run_dir = prepare_run_dir(job, opts)?;
+    let run_dir = if lead {
+        prepare_run_dir(job, opts)?
+    } else {
+        opts.resume
+            .clone()
+            .or_else(|| opts.out.clone())
+            .unwrap_or_default()
+    };
+    if matches!(sync, GradSync::Ps { .. }) && opts.resume.is_some() {
+        return Err(TrainError::Usage(
+            "--resume is not supported with the ps strategy yet (the optimizer state lives on the servers)".into(),
+        ));
+    }
     B::seed(device, spec.seed);
     let mut model = Net::<B>::new(&plan, device);
-    let mut optim = AnyOptim::<B>::new(&spec);
+    let mut optim = AnyOptim::<B, Net<B>>::new(&spec);
     let mut state = LoopState::default();
     if opts.resume.is_some() {
         let (m, o, s) = checkpoint::load(&run_dir, model, optim, device)?;
@@ -123,13 +150,17 @@ pub fn train_on<B: AutodiffBackend>(
             state.global_step
         ));
     }
-    let mut metrics = MetricsSink::open(&run_dir.join("metrics.jsonl"))?;
+    let mut metrics = if lead {
+        Some(MetricsSink::open(&run_dir.join("metrics.jsonl"))?)
+    } else {
+        None
+    };
 
     let sampler = ShardSampler {
         num_samples: data.train.len(),
         global_batch: spec.batch_size,
-        rank: 0,
-        world: 1,
+        rank,
+        world: workers,
         seed: spec.seed,
         drop_last: spec.drop_last,
     };
@@ -142,14 +173,21 @@ pub fn train_on<B: AutodiffBackend>(
         )));
     }
     progress.println(&format!(
-        "training {} ({params} parameters) on {} samples, {} test; {} steps/epoch × {} epochs; run dir {}",
+        "training {} ({params} parameters) on {} samples, {} test; {} steps/epoch × {} epochs; {}; run dir {}",
         job.display_name(),
         data.train.len(),
         data.test.len(),
         steps_per_epoch,
         spec.epochs,
+        describe(&sync),
         run_dir.display()
     ));
+    let total_steps = opts
+        .max_steps
+        .unwrap_or(usize::MAX)
+        .min(spec.epochs * steps_per_epoch)
+        .saturating_sub(state.global_step);
+    model = sync.init(model, total_steps)?;
 
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let mut batcher = Batcher::default();
@@ -169,46 +207,85 @@ pub fn train_on<B: AutodiffBackend>(
         );
         let (mut loss_sum, mut loss_steps) = (0.0f64, 0usize);
         let (mut window_start, mut window_samples) = (Instant::now(), 0usize);
+        let mut window_comm = 0.0f64;
         while state.step_in_epoch < steps_per_epoch {
             if opts.max_steps.is_some_and(|m| state.global_step >= m) {
                 stopped_early = true;
                 break;
             }
             let idx = sampler.local_batch(&order, state.step_in_epoch);
-            B::seed(device, step_seed(spec.seed, state.global_step));
-            let (x, y) = batcher.batch::<B>(&data.train, idx, device);
-            let loss = loss_fn.forward(model.forward(x), y);
-            let loss_value: f64 = loss.clone().into_scalar().elem();
-            if !loss_value.is_finite() {
-                return Err(TrainError::Usage(format!(
-                    "training diverged at step {} (loss {loss_value}); lower train.learning_rate",
-                    state.global_step
-                )));
+            let global_n = sampler.global_batch_of(&order, state.step_in_epoch).len();
+            B::seed(
+                device,
+                step_seed(spec.seed, state.global_step * workers + rank),
+            );
+            let (grads, local_loss) = if idx.is_empty() {
+                (None, 0.0)
+            } else {
+                let (x, y) = batcher.batch::<B>(&data.train, idx, device);
+                let loss = loss_fn.forward(model.forward(x), y);
+                let loss_value: f64 = loss.clone().into_scalar().elem();
+                if !loss_value.is_finite() {
+                    return Err(TrainError::Usage(format!(
+                        "training diverged at step {} (loss {loss_value}); lower train.learning_rate",
+                        state.global_step
+                    )));
+                }
+                (
+                    Some(GradientsParams::from_grads(loss.backward(), &model)),
+                    loss_value,
+                )
+            };
+            let lr = spec.lr_schedule.rate(
+                spec.learning_rate,
+                state.global_step,
+                spec.epochs * steps_per_epoch,
+                spec.warmup_steps,
+            );
+            let comm_start = Instant::now();
+            let stepped = sync.step(
+                model,
+                grads,
+                local_loss,
+                idx.len(),
+                global_n,
+                lr,
+                &mut optim,
+                device,
+            )?;
+            if !matches!(sync, GradSync::Local) {
+                window_comm += comm_start.elapsed().as_secs_f64();
             }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(spec.learning_rate, model, grads);
+            model = stepped.model;
+            let loss_value = stepped.loss;
             state.step_in_epoch += 1;
             state.global_step += 1;
             loss_sum += loss_value;
             loss_steps += 1;
-            window_samples += idx.len();
-            trained_samples += idx.len();
+            // Job-wide samples: every worker trains its share of the global batch.
+            window_samples += global_n;
+            trained_samples += global_n;
             if state.global_step % spec.log_every == 0 {
                 let secs = window_start.elapsed().as_secs_f64();
                 let sps = window_samples as f64 / secs.max(1e-9);
                 train_seconds += secs;
-                metrics.write(&Record::Step {
-                    epoch: state.epoch + 1,
-                    step: state.global_step,
-                    loss: loss_value,
-                    samples_per_sec: sps,
-                })?;
+                let steps = spec.log_every as f64;
+                if let Some(m) = metrics.as_mut() {
+                    m.write(&Record::Step {
+                        epoch: state.epoch + 1,
+                        step: state.global_step,
+                        loss: loss_value,
+                        samples_per_sec: sps,
+                        compute_s: (secs - window_comm).max(0.0) / steps,
+                        comm_s: window_comm / steps,
+                    })?;
+                }
                 progress.step(
                     state.step_in_epoch,
                     &format!("loss {loss_value:.4} · {sps:.0} samples/s"),
                     true,
                 );
-                (window_start, window_samples) = (Instant::now(), 0);
+                (window_start, window_samples, window_comm) = (Instant::now(), 0, 0.0);
             } else {
                 progress.step(state.step_in_epoch, "", false);
             }
@@ -217,17 +294,25 @@ pub fn train_on<B: AutodiffBackend>(
         if stopped_early {
             break;
         }
+        model = sync.sync_buffers(model)?;
+        if !lead {
+            state.epoch += 1;
+            state.step_in_epoch = 0;
+            continue;
+        }
         let test = evaluate(&model.valid(), &data.test, device);
         state.epoch += 1;
         state.step_in_epoch = 0;
         let train_loss = loss_sum / loss_steps.max(1) as f64;
-        metrics.write(&Record::Epoch {
-            epoch: state.epoch,
-            train_loss,
-            test_loss: test.loss,
-            test_accuracy: test.accuracy,
-            seconds: epoch_start.elapsed().as_secs_f64(),
-        })?;
+        if let Some(m) = metrics.as_mut() {
+            m.write(&Record::Epoch {
+                epoch: state.epoch,
+                train_loss,
+                test_loss: test.loss,
+                test_accuracy: test.accuracy,
+                seconds: epoch_start.elapsed().as_secs_f64(),
+            })?;
+        }
         progress.println(&format!(
             "epoch {}/{}: train loss {train_loss:.4}, test loss {:.4}, test accuracy {:.2}% ({:.1}s)",
             state.epoch,
@@ -236,18 +321,33 @@ pub fn train_on<B: AutodiffBackend>(
             100.0 * test.accuracy,
             epoch_start.elapsed().as_secs_f64()
         ));
-        checkpoint::save(&run_dir, &model, &optim, state)?;
+        if !matches!(sync, GradSync::Ps { .. }) {
+            checkpoint::save(&run_dir, &model, &optim, state)?;
+        }
         last_eval = Some(test);
     }
     progress.finish();
     if stopped_early {
-        checkpoint::save(&run_dir, &model, &optim, state)?;
+        model = sync.sync_buffers(model)?;
     }
-    let test = match last_eval {
-        Some(t) => t,
-        None => evaluate(&model.valid(), &data.test, device),
+    sync.finish()?;
+    let test = if lead {
+        if stopped_early && !matches!(sync, GradSync::Ps { .. }) {
+            checkpoint::save(&run_dir, &model, &optim, state)?;
+        }
+        let test = match last_eval {
+            Some(t) => t,
+            None => evaluate(&model.valid(), &data.test, device),
+        };
+        save_safetensors(&model.valid(), &run_dir.join("model.safetensors"))?;
+        test
+    } else {
+        EvalResult {
+            loss: f64::NAN,
+            accuracy: f64::NAN,
+            samples: 0,
+        }
     };
-    save_safetensors(&model.valid(), &run_dir.join("model.safetensors"))?;
     Ok(TrainSummary {
         run_dir,
         global_step: state.global_step,
@@ -257,6 +357,19 @@ pub fn train_on<B: AutodiffBackend>(
         seconds: started.elapsed().as_secs_f64(),
         params,
     })
+}
+
+fn describe(sync: &GradSync) -> String {
+    match sync {
+        GradSync::Local => "1 worker".into(),
+        GradSync::Ring(c) => format!("{} workers, ring all-reduce", c.world()),
+        GradSync::Ps {
+            workers,
+            servers,
+            mode,
+            ..
+        } => format!("{workers} workers, {servers} parameter server(s), {mode:?} mode"),
+    }
 }
 
 /// Creates (or, when resuming, checks) the run directory and records the job in it.

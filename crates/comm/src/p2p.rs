@@ -1,0 +1,193 @@
+//! Point-to-point transfers between pairs of ranks (used by parameter servers).
+//!
+//! Every message carries the same 24-byte header as the collectives, with a
+//! per-pair sequence number, so a receiver that expects another length or message
+//! fails with [`CommError::Mismatch`] instead of misreading bytes.
+
+use std::time::Duration;
+
+use crate::collectives::{check_header, header, Op, HEADER};
+use crate::communicator::Communicator;
+use crate::element::Element;
+use crate::transport::{read_some, wait, write_some, Io, Want, Woke};
+use crate::CommError;
+
+impl Communicator {
+    fn p2p_header<T: Element>(&self, seq: u64, count: usize) -> [u8; HEADER] {
+        header(Op::PointToPoint, T::CODE, 0, seq, count)
+    }
+
+    /// Sends each `(peer, data)` and receives each `(peer, buffer)` (filling the
+    /// buffer exactly), all at once: no ordering between peers can deadlock.
+    pub fn exchange<T: Element>(
+        &mut self,
+        sends: &[(usize, &[T])],
+        recvs: &mut [(usize, &mut [T])],
+    ) -> Result<(), CommError> {
+        let r = self.exchange_inner(sends, recvs);
+        r.map_err(|e| self.root_cause(e))
+    }
+
+    fn exchange_inner<T: Element>(
+        &mut self,
+        sends: &[(usize, &[T])],
+        recvs: &mut [(usize, &mut [T])],
+    ) -> Result<(), CommError> {
+        for &(p, _) in sends.iter() {
+            self.check_peer(p)?;
+        }
+        for (p, _) in recvs.iter() {
+            self.check_peer(*p)?;
+        }
+        let send_hdrs: Vec<[u8; HEADER]> = sends
+            .iter()
+            .map(|(p, d)| {
+                self.p2p_send_seq[*p] += 1;
+                self.p2p_header::<T>(self.p2p_send_seq[*p], d.len())
+            })
+            .collect();
+        let recv_hdrs: Vec<[u8; HEADER]> = recvs
+            .iter()
+            .map(|(p, b)| {
+                self.p2p_recv_seq[*p] += 1;
+                self.p2p_header::<T>(self.p2p_recv_seq[*p], b.len())
+            })
+            .collect();
+        let mut sent = vec![0usize; sends.len()];
+        let mut got = vec![0usize; recvs.len()];
+        let mut got_hdr = vec![[0u8; HEADER]; recvs.len()];
+        loop {
+            let mut moved = false;
+            let mut wants: Vec<(usize, bool, bool)> = Vec::new();
+            for (i, (p, data)) in sends.iter().enumerate() {
+                let bytes: &[u8] = bytemuck::cast_slice(data);
+                let total = HEADER + bytes.len();
+                while sent[i] < total {
+                    let chunk = if sent[i] < HEADER {
+                        &send_hdrs[i][sent[i]..]
+                    } else {
+                        &bytes[sent[i] - HEADER..]
+                    };
+                    match write_some(self.link(*p), chunk, *p)? {
+                        Io::Moved(m) => {
+                            sent[i] += m;
+                            moved = true;
+                        }
+                        Io::Blocked => {
+                            wants.push((*p, true, false));
+                            break;
+                        }
+                    }
+                }
+            }
+            for (i, (p, buf)) in recvs.iter_mut().enumerate() {
+                let total = HEADER + std::mem::size_of_val(*buf);
+                while got[i] < total {
+                    let res = if got[i] < HEADER {
+                        read_some(self.link(*p), &mut got_hdr[i][got[i]..], *p)?
+                    } else {
+                        let bytes: &mut [u8] = bytemuck::cast_slice_mut(buf);
+                        read_some(self.link(*p), &mut bytes[got[i] - HEADER..], *p)?
+                    };
+                    match res {
+                        Io::Moved(m) => {
+                            let before = got[i];
+                            got[i] += m;
+                            moved = true;
+                            if before < HEADER && got[i] >= HEADER {
+                                check_header(&recv_hdrs[i], &got_hdr[i], *p)?;
+                            }
+                        }
+                        Io::Blocked => {
+                            match wants.iter_mut().find(|w| w.0 == *p) {
+                                Some(w) => w.2 = true,
+                                None => wants.push((*p, false, true)),
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+            if wants.is_empty() {
+                return Ok(());
+            }
+            if !moved {
+                self.block_on(&wants, "point-to-point exchange")?;
+            }
+        }
+    }
+
+    /// Waits until at least one of `peers` has data to read (or `timeout`, which is
+    /// not an error: returns an empty list). Used by servers that serve whichever
+    /// worker is ready first.
+    pub fn readable(
+        &mut self,
+        peers: &[usize],
+        timeout: Duration,
+    ) -> Result<Vec<usize>, CommError> {
+        let mut fds: Vec<libc::pollfd> = peers
+            .iter()
+            .map(|&p| libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(self.link(p)),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        fds.push(libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&self.control.stream),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a valid, exclusively borrowed pollfd array of that length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(Vec::new());
+            }
+            return Err(CommError::io("poll")(e));
+        }
+        if fds.last().is_some_and(|f| f.revents != 0) {
+            return Err(self.control_event());
+        }
+        Ok(peers
+            .iter()
+            .zip(&fds)
+            .filter(|(_, f)| f.revents != 0)
+            .map(|(&p, _)| p)
+            .collect())
+    }
+
+    fn check_peer(&self, p: usize) -> Result<(), CommError> {
+        if p >= self.world() || p == self.rank() {
+            return Err(CommError::Usage(format!(
+                "rank {} cannot exchange with rank {p} (world size {})",
+                self.rank(),
+                self.world()
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn block_on(
+        &mut self,
+        wants: &[(usize, bool, bool)],
+        during: &str,
+    ) -> Result<(), CommError> {
+        let timeout = self.cfg.timeout;
+        let w: Vec<Want<'_>> = wants
+            .iter()
+            .map(|&(peer, write, read)| Want {
+                stream: self.link(peer),
+                peer,
+                write,
+                read,
+            })
+            .collect();
+        match wait(&w, Some(&self.control.stream), timeout, during)? {
+            Woke::Ready => Ok(()),
+            Woke::Control => Err(self.control_event()),
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! `dlc train`, `dlc worker`, `dlc eval`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use dlc_job::{JobSpec, PsMode, Strategy};
+use dlc_train::worker::{Identity, Outcome};
+use dlc_train::{TrainOptions, TrainSummary};
+
+/// Options shared by `train` and `worker`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Job file (TOML).
+    job: PathBuf,
+    /// Override [train] epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Stop after this many optimizer steps in total (a checkpoint is written there).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Run directory [default: runs/<job>-<timestamp>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Override [train] seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Continue the run in DIR from its checkpoint.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Number of worker processes [default: [distributed] workers, else 1].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Network graph: `ring` (all-reduce) or `ps` (parameter servers).
+    #[arg(long, value_parser = parse_strategy)]
+    strategy: Option<Strategy>,
+    /// Parameter-server processes (ps).
+    #[arg(long)]
+    ps_servers: Option<usize>,
+    /// Parameter-server consistency: `sync` or `async`.
+    #[arg(long, value_parser = parse_ps_mode)]
+    ps_mode: Option<PsMode>,
+    /// Most steps an async worker may run ahead of the slowest.
+    #[arg(long)]
+    max_staleness: Option<usize>,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn parse_strategy(s: &str) -> Result<Strategy, String> {
+    match s {
+        "ring" => Ok(Strategy::Ring),
+        "ps" => Ok(Strategy::Ps),
+        _ => Err(format!("unknown strategy `{s}` (use ring or ps)")),
+    }
+}
+
+fn parse_ps_mode(s: &str) -> Result<PsMode, String> {
+    match s {
+        "sync" => Ok(PsMode::Sync),
+        "async" => Ok(PsMode::Async),
+        _ => Err(format!("unknown ps mode `{s}` (use sync or async)")),
+    }
+}
+
+impl RunArgs {
+    /// Loads the job and applies the distributed overrides.
+    fn job(&self) -> Result<JobSpec> {
+        let mut job = JobSpec::from_file(&self.job)?;
+        let d = &mut job.distributed;
+        if let Some(w) = self.workers {
+            d.workers = w;
+        }
+        if let Some(s) = self.strategy {
+            d.strategy = s;
+        }
+        if let Some(k) = self.ps_servers {
+            d.ps_servers = k;
+        }
+        if let Some(m) = self.ps_mode {
+            d.ps_mode = m;
+        }
+        if let Some(s) = self.max_staleness {
+            d.max_staleness = s;
+        }
+        job.check_distributed()?;
+        Ok(job)
+    }
+
+    fn options(&self) -> TrainOptions {
+        TrainOptions {
+            epochs: self.epochs,
+            max_steps: self.steps,
+            out: self.out.clone(),
+            seed: self.seed,
+            resume: self.resume.clone(),
+            quiet: self.quiet,
+        }
+    }
+
+    /// The arguments that make a worker process see the same job.
+    fn worker_args(&self, job: &JobSpec, out: &std::path::Path, threads: usize) -> Vec<String> {
+        let d = &job.distributed;
+        let mut a: Vec<String> = vec![
+            "worker".into(),
+            self.job.display().to_string(),
+            "--workers".into(),
+            d.workers.to_string(),
+            "--strategy".into(),
+            match d.strategy {
+                Strategy::Ring => "ring",
+                Strategy::Ps => "ps",
+            }
+            .into(),
+            "--ps-servers".into(),
+            d.ps_servers.to_string(),
+            "--ps-mode".into(),
+            match d.ps_mode {
+                PsMode::Sync => "sync",
+                PsMode::Async => "async",
+            }
+            .into(),
+            "--max-staleness".into(),
+            d.max_staleness.to_string(),
+            "--threads".into(),
+            threads.to_string(),
+        ];
+        match &self.resume {
+            Some(r) => a.extend(["--resume".into(), r.display().to_string()]),
+            None => a.extend(["--out".into(), out.display().to_string()]),
+        }
+        for (flag, v) in [
+            ("--epochs", self.epochs.map(|v| v.to_string())),
+            ("--steps", self.steps.map(|v| v.to_string())),
+            ("--seed", self.seed.map(|v| v.to_string())),
+        ] {
+            if let Some(v) = v {
+                a.extend([flag.to_string(), v]);
+            }
+        }
+        a
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// CPU threads for tensor operations (one worker) [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// CPU threads per process with --workers [default: cores / processes, at least 1].
+    #[arg(long)]
+    threads_per_worker: Option<usize>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// CPU threads for tensor operations [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Job file (TOML) whose model and test set to use.
+    job: PathBuf,
+    /// Weights written by `dlc train` (RUN_DIR/model.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// CPU threads for tensor operations [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn set_threads(threads: Option<usize>) {
+    if let Some(t) = threads {
+        dlc_train::backend::set_cpu_threads(t);
+    }
+}
+
+fn summary_json(s: &TrainSummary) -> serde_json::Value {
+    serde_json::json!({
+        "run_dir": s.run_dir, "global_step": s.global_step,
+        "epochs_completed": s.epochs_completed, "test_loss": s.test.loss,
+        "test_accuracy": s.test.accuracy, "samples_per_sec": s.samples_per_sec,
+        "seconds": s.seconds, "params": s.params,
+    })
+}
+
+fn print_summary(v: &serde_json::Value, json: bool) {
+    if json {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("event");
+        }
+        println!("{v}");
+    } else {
+        println!(
+            "done: {} steps, test accuracy {:.2}% (loss {:.4}), {:.0} samples/s, {:.1}s; run dir {}",
+            v["global_step"],
+            100.0 * v["test_accuracy"].as_f64().unwrap_or(f64::NAN),
+            v["test_loss"].as_f64().unwrap_or(f64::NAN),
+            v["samples_per_sec"].as_f64().unwrap_or(f64::NAN),
+            v["seconds"].as_f64().unwrap_or(f64::NAN),
+            v["run_dir"].as_str().unwrap_or("")
+        );
+    }
+}
+
+/// `dlc train`.
+pub fn train(args: TrainArgs) -> Result<()> {
+    let job = args.run.job()?;
+    let d = &job.distributed;
+    if d.workers == 1 && d.strategy == Strategy::Ring {
+        set_threads(args.threads);
+        let s = dlc_train::train(&job, &args.run.options())
+            .with_context(|| format!("training {} failed", args.run.job.display()))?;
+        print_summary(&summary_json(&s), args.json);
+        return Ok(());
+    }
+    let world = d.world();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = args.threads_per_worker.unwrap_or((cores / world).max(1));
+    let out = args
+        .run
+        .out
+        .clone()
+        .unwrap_or_else(|| dlc_train::trainer::default_run_dir(&job));
+    let local = dlc_launch::local::LocalJob {
+        exe: std::env::current_exe().context("locating the dlc binary")?,
+        args: args.run.worker_args(&job, &out, threads),
+        world,
+        workers: d.workers,
+        name: job.display_name().to_string(),
+        timeout: Duration::from_secs(d.timeout_s),
+        quiet: args.run.quiet,
+    };
+    let outcome = dlc_launch::local::run(&local)
+        .with_context(|| format!("distributed training of {} failed", args.run.job.display()))?;
+    match outcome.summary {
+        Some(v) => print_summary(&v, args.json),
+        None => anyhow::bail!("rank 0 finished without reporting a summary"),
+    }
+    Ok(())
+}
+
+/// `dlc worker`.
+pub fn worker(args: WorkerArgs) -> Result<()> {
+    if std::env::var("DLC_DIE_WITH_PARENT").is_ok_and(|v| v == "1") {
+        dlc_launch::die_with_parent();
+    }
+    let job = args.run.job()?;
+    set_threads(args.threads);
+    let id = Identity::from_env()?;
+    let outcome = dlc_train::worker::run(&job, &args.run.options(), &id)
+        .with_context(|| format!("rank {} failed", id.rank))?;
+    if let Outcome::Worker(s) = outcome {
+        if s.run_dir.as_os_str().is_empty() || id.rank != 0 {
+            return Ok(());
+        }
+        let mut v = summary_json(&s);
+        v["event"] = "summary".into();
+        dlc_train::progress::emit(&v);
+    }
+    Ok(())
+}
+
+/// `dlc eval`.
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let job = JobSpec::from_file(&args.job)?;
+    set_threads(args.threads);
+    let r = dlc_train::evaluate_file(&job, &args.model)
+        .with_context(|| format!("evaluating {} failed", args.model.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "test loss {:.4}, test accuracy {:.2}% ({} samples)",
+            r.loss,
+            100.0 * r.accuracy,
+            r.samples
+        );
+    }
+    Ok(())
+}

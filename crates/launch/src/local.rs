@@ -1,0 +1,263 @@
+//! The local resource manager: a coordinator in this process and one child process
+//! per rank, with their log lines prefixed by rank and one progress bar for the job.
+//! If any process fails, the others are stopped and the failure is reported with the
+//! failing rank's last lines.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, IsTerminal};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use dlc_comm::auth::JobKey;
+use dlc_comm::Coordinator;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Why a launch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// A process could not be started.
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        /// What.
+        what: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The coordinator could not start.
+    #[error(transparent)]
+    Comm(#[from] dlc_comm::CommError),
+    /// A rank failed; the others were stopped.
+    #[error("{role} failed ({status}){}", if tail.is_empty() { String::new() } else { format!(":\n{tail}") })]
+    RankFailed {
+        /// Rank that failed.
+        rank: usize,
+        /// `rank N` or `server N (rank M)`.
+        role: String,
+        /// Exit status.
+        status: String,
+        /// Its last stderr lines.
+        tail: String,
+    },
+}
+
+/// A job to start on this machine.
+#[derive(Debug, Clone)]
+pub struct LocalJob {
+    /// The `dlc` binary.
+    pub exe: PathBuf,
+    /// Arguments after `dlc` for every process (`worker JOB …`).
+    pub args: Vec<String>,
+    /// Number of processes.
+    pub world: usize,
+    /// Ranks `0..workers` are workers; the rest are parameter servers.
+    pub workers: usize,
+    /// Job name, for the job id.
+    pub name: String,
+    /// Seconds a rank may wait on another.
+    pub timeout: Duration,
+    /// No progress output.
+    pub quiet: bool,
+}
+
+/// What rank 0 reported at the end.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Rank 0's final summary event, if it sent one.
+    pub summary: Option<serde_json::Value>,
+}
+
+enum Event {
+    Stderr(usize, String),
+    Stdout(usize, String),
+}
+
+fn role(rank: usize, workers: usize) -> String {
+    if rank < workers {
+        format!("rank {rank}")
+    } else {
+        format!("server {} (rank {rank})", rank - workers)
+    }
+}
+
+/// Starts the coordinator and every process, relays their output, and waits.
+pub fn run(job: &LocalJob) -> Result<Outcome, LaunchError> {
+    let token = JobKey::random_token();
+    let job_id = format!("{}-{}", job.name, std::process::id());
+    let coord = Coordinator::start(
+        "127.0.0.1:0",
+        JobKey::new(job_id.clone(), &token),
+        job.world,
+        job.timeout,
+    )?;
+    let (tx, rx) = mpsc::channel::<Event>();
+    let mut children: Vec<Child> = Vec::with_capacity(job.world);
+    for rank in 0..job.world {
+        let spawned = Command::new(&job.exe)
+            .args(&job.args)
+            .env("DLC_RANK", rank.to_string())
+            .env("DLC_WORLD_SIZE", job.world.to_string())
+            .env("DLC_COORDINATOR", coord.addr().to_string())
+            .env("DLC_JOB_ID", &job_id)
+            .env("DLC_JOB_TOKEN", &token)
+            .env("DLC_PROGRESS", "json")
+            .env("DLC_DIE_WITH_PARENT", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(source) => {
+                stop_all(&mut children);
+                return Err(LaunchError::Spawn {
+                    what: format!("{} for rank {rank}", job.exe.display()),
+                    source,
+                });
+            }
+        };
+        if let Some(out) = child.stdout.take() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(Event::Stdout(rank, line));
+                }
+            });
+        }
+        if let Some(err) = child.stderr.take() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    let _ = tx.send(Event::Stderr(rank, line));
+                }
+            });
+        }
+        children.push(child);
+    }
+    drop(tx);
+
+    let bar = (!job.quiet && std::io::stderr().is_terminal()).then(|| {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>12} [{bar:30}] {pos}/{len} steps {msg} ({elapsed}<{eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b
+    });
+    let say = |line: &str| match &bar {
+        Some(b) => b.println(line),
+        None if !job.quiet => eprintln!("{line}"),
+        None => {}
+    };
+
+    let mut tails: Vec<VecDeque<String>> = vec![VecDeque::new(); job.world];
+    let mut outcome = Outcome::default();
+    let mut exited: Vec<Option<std::process::ExitStatus>> = vec![None; job.world];
+    let mut failure: Option<(usize, String, Instant)> = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(Event::Stderr(rank, line)) => {
+                say(&format!("[{}] {line}", role(rank, job.workers)));
+                let t = &mut tails[rank];
+                t.push_back(line);
+                if t.len() > 8 {
+                    t.pop_front();
+                }
+            }
+            Ok(Event::Stdout(rank, line)) => match serde_json::from_str::<serde_json::Value>(&line)
+            {
+                Ok(v) if rank == 0 && v["event"] == "progress" => {
+                    if let Some(b) = &bar {
+                        b.set_prefix(format!("epoch {}/{}", v["epoch"], v["epochs"]));
+                        b.set_length(v["steps"].as_u64().unwrap_or(0));
+                        b.set_position(v["step"].as_u64().unwrap_or(0));
+                        b.set_message(v["msg"].as_str().unwrap_or("").to_string());
+                    } else if !job.quiet && !v["msg"].as_str().unwrap_or("").is_empty() {
+                        eprintln!(
+                            "  epoch {} step {}: {}",
+                            v["epoch"],
+                            v["step"],
+                            v["msg"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+                Ok(v) if v["event"] == "log" => say(v["msg"].as_str().unwrap_or("")),
+                Ok(v) if rank == 0 && v["event"] == "summary" => outcome.summary = Some(v),
+                _ => say(&format!("[{}] {line}", role(rank, job.workers))),
+            },
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        for (rank, c) in children.iter_mut().enumerate() {
+            if exited[rank].is_none() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    exited[rank] = Some(status);
+                    if !status.success() && failure.is_none() {
+                        failure = Some((rank, describe(status), Instant::now()));
+                    }
+                }
+            }
+        }
+        if let Some((_, _, when)) = &failure {
+            // Give the failing rank's last lines a moment to arrive, then stop the rest.
+            if when.elapsed() > Duration::from_millis(300) {
+                break;
+            }
+        } else if exited.iter().all(|e| e.is_some()) {
+            // Drain what is left of the output.
+            while let Ok(ev) = rx.recv_timeout(Duration::from_millis(100)) {
+                if let Event::Stdout(0, line) = ev {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        if v["event"] == "summary" {
+                            outcome.summary = Some(v);
+                        }
+                    }
+                } else if let Event::Stderr(rank, line) = ev {
+                    say(&format!("[{}] {line}", role(rank, job.workers)));
+                }
+            }
+            break;
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    if let Some((rank, status, _)) = failure {
+        stop_all(&mut children);
+        // The coordinator knows which rank died first (its connection dropped).
+        let (rank, status) = match coord.failure() {
+            Some((r, why)) if r != rank && exited[r].is_some_and(|s| !s.success()) => (r, why),
+            _ => (rank, status),
+        };
+        return Err(LaunchError::RankFailed {
+            rank,
+            role: role(rank, job.workers),
+            status,
+            tail: tails[rank].iter().cloned().collect::<Vec<_>>().join("\n"),
+        });
+    }
+    coord.shutdown(Duration::from_secs(2));
+    Ok(outcome)
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+fn stop_all(children: &mut [Child]) {
+    for c in children.iter_mut() {
+        let _ = c.kill();
+    }
+    for c in children.iter_mut() {
+        let _ = c.wait();
+    }
+}

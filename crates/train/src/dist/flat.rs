@@ -1,0 +1,236 @@
+//! Moving parameters and gradients between burn modules and flat `f32` buffers.
+//!
+//! Order is the module's visiting order, identical on every rank. "Trainable"
+//! parameters are those that require a gradient; the others (batch-norm running
+//! statistics) are "buffers".
+
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+
+/// Which float parameters to move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// Parameters that require gradients.
+    Trainable,
+    /// Parameters that do not (batch-norm running statistics).
+    Buffers,
+    /// Every float parameter.
+    All,
+}
+
+impl Which {
+    fn wants(self, requires_grad: bool) -> bool {
+        match self {
+            Which::Trainable => requires_grad,
+            Which::Buffers => !requires_grad,
+            Which::All => true,
+        }
+    }
+}
+
+fn concat<B: Backend>(parts: Vec<Tensor<B, 1>>) -> Vec<f32> {
+    if parts.is_empty() {
+        return Vec::new();
+    }
+    Tensor::cat(parts, 0)
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("converted to f32")
+}
+
+struct ParamFlattener<B: Backend> {
+    which: Which,
+    parts: Vec<Tensor<B, 1>>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for ParamFlattener<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let t = param.val();
+        if self.which.wants(t.is_require_grad()) {
+            let n = t.shape().num_elements();
+            self.parts.push(t.reshape([n]));
+        }
+    }
+}
+
+/// The module's parameters, flattened.
+pub fn params_to_flat<B: Backend, M: Module<B>>(model: &M, which: Which) -> Vec<f32> {
+    let mut v = ParamFlattener {
+        which,
+        parts: Vec::new(),
+    };
+    model.visit(&mut v);
+    concat(v.parts)
+}
+
+struct ParamWriter<'a> {
+    which: Which,
+    flat: &'a [f32],
+    offset: usize,
+}
+
+impl<B: Backend> ModuleMapper<B> for ParamWriter<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.map(|t| {
+            let requires_grad = t.is_require_grad();
+            if !self.which.wants(requires_grad) {
+                return t;
+            }
+            let shape = t.shape();
+            let n = shape.num_elements();
+            let values = self.flat[self.offset..self.offset + n].to_vec();
+            self.offset += n;
+            let fresh = Tensor::<B, D>::from_data(TensorData::new(values, shape), &t.device());
+            if requires_grad {
+                fresh.require_grad()
+            } else {
+                fresh
+            }
+        })
+    }
+}
+
+/// Replaces the module's parameters with values from `flat` (as produced by
+/// [`params_to_flat`] with the same `which`).
+///
+/// # Panics
+/// When `flat` is shorter than the selected parameters.
+pub fn params_from_flat<B: Backend, M: Module<B>>(model: M, flat: &[f32], which: Which) -> M {
+    let mut w = ParamWriter {
+        which,
+        flat,
+        offset: 0,
+    };
+    let model = model.map(&mut w);
+    assert_eq!(
+        w.offset,
+        flat.len(),
+        "flat parameter buffer does not match the model"
+    );
+    model
+}
+
+struct GradFlattener<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    parts: Vec<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for GradFlattener<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let t = param.val();
+        if !t.is_require_grad() {
+            return;
+        }
+        let n = t.shape().num_elements();
+        let g = self
+            .grads
+            .get::<B::InnerBackend, D>(param.id)
+            .map(|g| g.reshape([n]))
+            .unwrap_or_else(|| Tensor::zeros([n], &t.device()));
+        self.parts.push(g);
+    }
+}
+
+/// The gradients of the module's trainable parameters, flattened (zeros for a
+/// parameter without a gradient).
+pub fn grads_to_flat<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &GradientsParams,
+) -> Vec<f32> {
+    let mut v = GradFlattener::<B> {
+        grads,
+        parts: Vec::new(),
+    };
+    model.visit(&mut v);
+    concat(v.parts)
+}
+
+struct GradWriter<'a, B: AutodiffBackend> {
+    flat: Tensor<B::InnerBackend, 1>,
+    offset: usize,
+    out: &'a mut GradientsParams,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for GradWriter<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let t = param.val();
+        if !t.is_require_grad() {
+            return;
+        }
+        let shape = t.shape();
+        let n = shape.num_elements();
+        let g = self
+            .flat
+            .clone()
+            .slice(self.offset..self.offset + n)
+            .reshape(shape);
+        self.offset += n;
+        self.out.register::<B::InnerBackend, D>(param.id, g);
+    }
+}
+
+/// Gradients for the module's trainable parameters from a flat buffer (as produced
+/// by [`grads_to_flat`]).
+pub fn grads_from_flat<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    flat: Vec<f32>,
+    device: &B::Device,
+) -> GradientsParams {
+    let n = flat.len();
+    let flat = Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(flat, [n]), device);
+    let mut out = GradientsParams::new();
+    let mut w = GradWriter::<B> {
+        flat,
+        offset: 0,
+        out: &mut out,
+    };
+    model.visit(&mut w);
+    assert_eq!(w.offset, n, "flat gradient buffer does not match the model");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CpuTrain;
+    use dlc_job::Preset;
+    use dlc_model::{plan, Net, Shape};
+
+    fn net() -> Net<CpuTrain> {
+        let p = plan(
+            &Preset::Lenet.layers(10),
+            Shape::Spatial { c: 1, h: 28, w: 28 },
+            10,
+        )
+        .unwrap();
+        Net::new(&p, &Default::default())
+    }
+
+    #[test]
+    fn params_round_trip_keeps_every_tensor_in_place() {
+        let a = net();
+        let flat = params_to_flat(&a, Which::All);
+        let b = params_from_flat(net(), &flat, Which::All);
+        let mut va = ParamFlattener::<CpuTrain> {
+            which: Which::All,
+            parts: Vec::new(),
+        };
+        a.visit(&mut va);
+        let mut vb = ParamFlattener::<CpuTrain> {
+            which: Which::All,
+            parts: Vec::new(),
+        };
+        b.visit(&mut vb);
+        assert_eq!(va.parts.len(), vb.parts.len());
+        for (x, y) in va.parts.into_iter().zip(vb.parts) {
+            let (x, y) = (
+                x.into_data().to_vec::<f32>().unwrap(),
+                y.into_data().to_vec::<f32>().unwrap(),
+            );
+            assert_eq!(x, y);
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! A process's part in a distributed job: worker or parameter server.
+//!
+//! Identity comes from the environment a launcher sets: `DLC_RANK`,
+//! `DLC_WORLD_SIZE`, `DLC_COORDINATOR` (`host:port`), `DLC_JOB_ID`, `DLC_JOB_TOKEN`.
+//! With the `ps` strategy, ranks `0..workers` are workers and the rest servers.
+
+use std::time::Duration;
+
+use dlc_comm::auth::JobKey;
+use dlc_comm::{CommConfig, Communicator};
+use dlc_job::{JobSpec, Strategy};
+
+use crate::backend::CpuTrain;
+use crate::dist::{ps, GradSync};
+use crate::trainer::{train_distributed, TrainOptions, TrainSummary};
+use crate::TrainError;
+
+/// Who this process is in the job.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Rank.
+    pub rank: usize,
+    /// Number of processes (workers and servers).
+    pub world: usize,
+    /// Coordinator address.
+    pub coordinator: String,
+    /// Job id.
+    pub job_id: String,
+    /// Job token (secret).
+    pub token: String,
+}
+
+fn var(name: &str) -> Result<String, TrainError> {
+    std::env::var(name).map_err(|_| {
+        TrainError::Usage(format!(
+            "{name} is not set: `dlc worker` is started by a launcher (e.g. `dlc train --workers N`), \
+             which sets DLC_RANK, DLC_WORLD_SIZE, DLC_COORDINATOR, DLC_JOB_ID and DLC_JOB_TOKEN"
+        ))
+    })
+}
+
+fn number(name: &str) -> Result<usize, TrainError> {
+    let v = var(name)?;
+    v.parse()
+        .map_err(|_| TrainError::Usage(format!("{name}={v} is not a non-negative integer")))
+}
+
+impl Identity {
+    /// Reads the `DLC_*` variables.
+    pub fn from_env() -> Result<Self, TrainError> {
+        Ok(Self {
+            rank: number("DLC_RANK")?,
+            world: number("DLC_WORLD_SIZE")?,
+            coordinator: var("DLC_COORDINATOR")?,
+            job_id: var("DLC_JOB_ID")?,
+            token: var("DLC_JOB_TOKEN")?,
+        })
+    }
+}
+
+/// What a process did.
+pub enum Outcome {
+    /// A worker trained (rank 0's summary has the test metrics).
+    Worker(Box<TrainSummary>),
+    /// A parameter server served until the last step.
+    Server,
+}
+
+/// Joins the job and plays this process's role until training ends.
+pub fn run(job: &JobSpec, opts: &TrainOptions, id: &Identity) -> Result<Outcome, TrainError> {
+    let d = &job.distributed;
+    if id.world != d.world() {
+        return Err(TrainError::Usage(format!(
+            "DLC_WORLD_SIZE is {} but the job needs {} process(es) ({} worker(s){})",
+            id.world,
+            d.world(),
+            d.workers,
+            if d.strategy == Strategy::Ps {
+                format!(" + {} server(s)", d.ps_servers)
+            } else {
+                String::new()
+            }
+        )));
+    }
+    if id.rank >= id.world {
+        return Err(TrainError::Usage(format!(
+            "DLC_RANK {} is out of range for world size {}",
+            id.rank, id.world
+        )));
+    }
+    let mut cfg = CommConfig::new(
+        id.coordinator.clone(),
+        JobKey::new(id.job_id.clone(), &id.token),
+        id.rank,
+        id.world,
+    );
+    cfg.timeout = Duration::from_secs(d.timeout_s);
+    let mut comm = Communicator::connect(cfg)?;
+    match d.strategy {
+        Strategy::Ring => Ok(Outcome::Worker(Box::new(train_distributed(
+            job,
+            opts,
+            GradSync::Ring(comm),
+        )?))),
+        Strategy::Ps if id.rank < d.workers => {
+            let sync = GradSync::Ps {
+                comm,
+                workers: d.workers,
+                servers: d.ps_servers,
+                mode: d.ps_mode,
+            };
+            Ok(Outcome::Worker(Box::new(train_distributed(
+                job, opts, sync,
+            )?)))
+        }
+        Strategy::Ps => {
+            ps::serve::<CpuTrain>(
+                job,
+                &mut comm,
+                id.rank - d.workers,
+                d.workers,
+                d.ps_servers,
+                &Default::default(),
+            )?;
+            comm.barrier()?;
+            Ok(Outcome::Server)
+        }
+    }
+}
