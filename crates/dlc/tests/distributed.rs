@@ -1,0 +1,168 @@
+//! Distributed training end to end through `dlc train --workers N`.
+
+mod common;
+use common::*;
+
+use std::time::{Duration, Instant};
+
+/// 1800 samples, global batch 60, drop_last: 30 steps in one epoch.
+fn equivalence_job(model: &str, optimizer: &str) -> String {
+    format!(
+        "[model]\n{model}\n[data]\ndataset = \"fashion-mnist\"\nlimit = 1800\ntest_limit = 500\n\
+         [train]\nepochs = 1\nbatch_size = 60\noptimizer = \"{optimizer}\"\nlearning_rate = 0.002\n\
+         log_every = 10\nseed = 11\ndrop_last = true\n"
+    )
+}
+
+fn train_to(job: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["train", job.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q", "--json"];
+    args.extend_from_slice(extra);
+    serde_json::from_str(ok(&args).trim()).unwrap()
+}
+
+#[test]
+fn n_workers_match_one_worker_with_the_same_global_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, model, optimizer) in [
+        ("mlp", "preset = \"mlp\"", "adam"),
+        ("lenet", "preset = \"lenet\"", "sgd"),
+    ] {
+        let job = job(dir.path(), &format!("{name}.toml"), &equivalence_job(model, optimizer));
+        let one = dir.path().join(format!("{name}-1"));
+        let s = train_to(&job, &one, &["--threads", "1"]);
+        assert_eq!(s["global_step"], 30);
+        let reference = weights(&one.join("model.safetensors"));
+        for (label, extra) in [
+            ("ring x2", vec!["--workers", "2"]),
+            ("ring x3", vec!["--workers", "3"]),
+            ("ps sync x2", vec!["--workers", "2", "--strategy", "ps"]),
+            ("ps sync x2, 2 servers", vec!["--workers", "2", "--strategy", "ps", "--ps-servers", "2"]),
+        ] {
+            let out = dir.path().join(format!("{name}-{}", label.replace([' ', ','], "_")));
+            let s = train_to(&job, &out, &extra);
+            assert_eq!(s["global_step"], 30, "{name} {label}");
+            let diff = max_abs_diff(&reference, &weights(&out.join("model.safetensors")));
+            assert!(diff < 1e-4, "{name} {label}: max abs difference {diff}");
+            // metrics.jsonl reports compute and communication time per step.
+            let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+            let step: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+            assert!(step["comm_s"].as_f64().unwrap() > 0.0, "{label}: {step}");
+            assert!(step["compute_s"].as_f64().unwrap() > 0.0, "{label}: {step}");
+        }
+    }
+}
+
+#[test]
+fn ring_resume_matches_uninterrupted_ring_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "r.toml", &equivalence_job("preset = \"mlp\"", "adam"));
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    train_to(&job, &a, &["--workers", "2"]);
+    let s = train_to(&job, &b, &["--workers", "2", "--steps", "12"]);
+    assert_eq!(s["global_step"], 12);
+    let j = job.to_str().unwrap();
+    let out = ok(&["train", j, "--workers", "2", "--resume", b.to_str().unwrap(), "-q", "--json"]);
+    let s: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(s["global_step"], 30);
+    let diff = max_abs_diff(&weights(&a.join("model.safetensors")), &weights(&b.join("model.safetensors")));
+    assert!(diff < 1e-6, "resumed ring run differs by {diff}");
+}
+
+#[test]
+fn async_parameter_server_trains_fashion_mnist() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(
+        dir.path(),
+        "async.toml",
+        "[model]\npreset = \"mlp\"\n[data]\ndataset = \"fashion-mnist\"\n[train]\nepochs = 2\n\
+         batch_size = 128\noptimizer = \"adam\"\nlearning_rate = 0.001\nlog_every = 100\n\
+         [distributed]\nworkers = 2\nstrategy = \"ps\"\nps_mode = \"async\"\nmax_staleness = 2\n",
+    );
+    let s = train_to(&job, &dir.path().join("o"), &[]);
+    let acc = s["test_accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.85, "async PS test accuracy {acc}");
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn rank_of(pid: u32) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|&b| b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .find_map(|kv| kv.strip_prefix("DLC_RANK=").map(str::to_string))
+}
+
+#[test]
+fn a_killed_worker_fails_the_job_fast_naming_it_and_leaves_no_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(
+        dir.path(),
+        "long.toml",
+        "[model]\npreset = \"mlp\"\n[data]\ndataset = \"fashion-mnist\"\n[train]\nepochs = 50\n\
+         batch_size = 64\nlog_every = 10\n[distributed]\ntimeout_s = 20\n",
+    );
+    let out = dir.path().join("o");
+    let mut launcher = dlc()
+        .args(["train", job.to_str().unwrap(), "--workers", "3", "--out", out.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training runs.
+    let start = Instant::now();
+    while !std::fs::read_to_string(out.join("metrics.jsonl")).is_ok_and(|t| t.contains("\"step\"")) {
+        assert!(start.elapsed() < Duration::from_secs(60), "training never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kids = children(launcher.id());
+    assert_eq!(kids.len(), 3, "one process per worker: {kids:?}");
+    let victim = *kids.iter().find(|&&p| rank_of(p).as_deref() == Some("1")).unwrap();
+    let killed = Instant::now();
+    unsafe_kill(victim);
+    let status = loop {
+        if let Some(s) = launcher.try_wait().unwrap() {
+            break s;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(20), "launcher did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = killed.elapsed();
+    assert!(!status.success());
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut launcher.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("rank 1 failed") && err.contains("signal 9"), "{err}");
+    for p in kids {
+        assert!(!std::path::Path::new(&format!("/proc/{p}")).exists(), "process {p} outlived the job");
+    }
+}
+
+fn unsafe_kill(pid: u32) {
+    let ok = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn worker_without_a_launcher_explains_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "w.toml", &quick_mlp(100, 1, 50));
+    let out = dlc()
+        .args(["worker", job.to_str().unwrap()])
+        .env_remove("DLC_RANK")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("DLC_RANK is not set") && err.contains("--workers"), "{err}");
+    let e = fails(&["train", job.to_str().unwrap(), "--workers", "0"]);
+    assert!(e.contains("distributed.workers"), "{e}");
+    let e = fails(&["train", job.to_str().unwrap(), "--strategy", "allgather"]);
+    assert!(e.contains("ring or ps"), "{e}");
+}
