@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs what dlcluster needs beyond Rust: Debian packages (the Fashion-MNIST dataset).
+# Installs what dlcluster needs beyond Rust: Debian packages (the Fashion-MNIST dataset,
+# a TrueType font for PNG plots).
 # Uses sudo only when not root. Safe to run again: installs only what is missing.
 set -euo pipefail
 
-packages=(dataset-fashion-mnist)
+packages=(dataset-fashion-mnist fonts-dejavu-core)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -5,7 +5,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use dlc_bench::allreduce::{self, Row};
+use dlc_bench::matmul::{self, Budget, Dtype};
 use dlc_bench::size::{format_size, parse_size};
+use dlc_train::backend::{Cpu, Gpu, GpuDevice};
+use dlc_train::device::probe_cuda;
 
 /// Benchmarks.
 #[derive(Subcommand, Debug)]
@@ -13,6 +16,38 @@ pub enum BenchCommand {
     /// Time all-reduce over N local processes; report bus bandwidth against a memcpy
     /// and a TCP-loopback ceiling measured in the same run.
     Allreduce(AllreduceArgs),
+    /// Time square matrix products on CPU and GPU over sizes and dtypes; print time,
+    /// GFLOP/s and GPU/CPU speedup; write matmul.csv, matmul.json and plots.
+    Matmul(MatmulArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MatmulArgs {
+    /// Devices, comma-separated: cpu, cuda (cuda:N). Default: cpu, plus cuda when usable.
+    #[arg(long, value_delimiter = ',')]
+    device: Vec<String>,
+    /// Element types, comma-separated: f32, f16, bf16, f64.
+    #[arg(long, value_delimiter = ',', default_value = "f32", value_parser = Dtype::parse)]
+    dtype: Vec<Dtype>,
+    /// Matrix sizes n (n x n), comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "128,256,512,1024,2048,4096,8192"
+    )]
+    sizes: Vec<usize>,
+    /// Timed products per cell (at most; fewer once a cell has used --budget seconds).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Seconds per cell; larger sizes whose single product would exceed it are skipped.
+    #[arg(long, default_value_t = 3.0)]
+    budget: f64,
+    /// Output directory for matmul.csv, matmul.json and the plots.
+    #[arg(long, default_value = "bench-matmul")]
+    out: std::path::PathBuf,
+    /// Print rows as JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -46,6 +81,7 @@ pub struct AllreduceArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Allreduce(a) => allreduce_cmd(a),
+        BenchCommand::Matmul(a) => matmul_cmd(a),
     }
 }
 
@@ -115,5 +151,147 @@ fn print_table(rows: &[Row]) {
             100.0 * r.busbw_gbps / r.tcp_gbps,
             100.0 * r.busbw_gbps / r.memcpy_gbps
         );
+    }
+}
+
+fn matmul_cmd(a: MatmulArgs) -> Result<()> {
+    if a.sizes.is_empty() || a.sizes.contains(&0) {
+        bail!("--sizes must be positive");
+    }
+    let mut devices: Vec<String> = a.device.clone();
+    if devices.is_empty() {
+        devices.push("cpu".into());
+        match probe_cuda() {
+            Ok(_) => devices.push("cuda".into()),
+            Err(why) => eprintln!("note: no usable GPU ({why}); benchmarking the CPU only"),
+        }
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let budget = Budget {
+        iters: a.iters.max(1),
+        per_cell: Duration::from_secs_f64(a.budget.max(0.01)),
+    };
+    let json = a.json;
+    let print = |r: &matmul::Row| {
+        if json {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        } else {
+            println!(
+                "{:>8} {:>5} {:>6} {:>12} {:>10.1}",
+                r.device,
+                r.dtype,
+                r.n,
+                format!("{:.3} ms", r.median_s * 1e3),
+                r.gflops
+            );
+        }
+    };
+    if !json {
+        println!(
+            "{:>8} {:>5} {:>6} {:>12} {:>10}",
+            "device", "dtype", "n", "median", "GFLOP/s"
+        );
+    }
+    let mut rows = Vec::new();
+    for dev in &devices {
+        let gpu = match dev.as_str() {
+            "cpu" => None,
+            "cuda" | "gpu" => Some(0),
+            d => match d.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+                Some(i) => Some(i),
+                None => bail!("unknown device `{d}` (use cpu, cuda or cuda:N)"),
+            },
+        };
+        if let Some(i) = gpu {
+            let report =
+                probe_cuda().map_err(|why| anyhow::anyhow!("device {dev} requested but {why}"))?;
+            if i >= report.gpus.len() {
+                bail!(
+                    "device cuda:{i} requested but only {} GPU(s) are visible",
+                    report.gpus.len()
+                );
+            }
+        }
+        for &dtype in &a.dtype {
+            let (mut r, skipped) = match gpu {
+                None => matmul::framework::<Cpu>(
+                    &Default::default(),
+                    "cpu",
+                    dtype,
+                    &a.sizes,
+                    budget,
+                    print,
+                ),
+                Some(i) => matmul::framework::<Gpu>(
+                    &GpuDevice::new(i),
+                    &format!("cuda:{i}"),
+                    dtype,
+                    &a.sizes,
+                    budget,
+                    print,
+                ),
+            }
+            .map_err(|e| anyhow::anyhow!(e))?;
+            if !skipped.is_empty() {
+                eprintln!(
+                    "note: {dev} {}: skipped n = {skipped:?} (a product would exceed the {}s budget; raise --budget)",
+                    dtype.name(),
+                    a.budget
+                );
+            }
+            rows.append(&mut r);
+            if let Some(i) = gpu {
+                let mut r = matmul::cublas(i, dtype, &a.sizes, budget, print)
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                rows.append(&mut r);
+            }
+        }
+    }
+    print_speedups(&rows, json);
+    matmul::write_tables(&a.out, &rows)
+        .with_context(|| format!("writing tables into {}", a.out.display()))?;
+    let files = match dlc_bench::plot::write_plots(&a.out, &rows) {
+        Ok(f) => f,
+        Err(why) => {
+            eprintln!("note: plots skipped: {why}");
+            Vec::new()
+        }
+    };
+    if !json {
+        println!(
+            "wrote {} and {}",
+            a.out.join("matmul.csv").display(),
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn print_speedups(rows: &[matmul::Row], json: bool) {
+    if json {
+        return;
+    }
+    let gpu: Vec<&matmul::Row> = rows.iter().filter(|r| r.device != "cpu").collect();
+    if gpu.is_empty() {
+        return;
+    }
+    println!("speedup over cpu (same dtype and n):");
+    for g in gpu {
+        if let Some(c) = rows
+            .iter()
+            .find(|c| c.device == "cpu" && c.dtype == g.dtype && c.n == g.n)
+        {
+            println!(
+                "{:>8} {:>5} {:>6} {:>9.1}x",
+                g.device,
+                g.dtype,
+                g.n,
+                g.gflops / c.gflops
+            );
+        }
     }
 }

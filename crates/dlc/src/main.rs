@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod devices;
 mod train;
 
 /// dlcluster: train deep-learning jobs described in a TOML file, on one core or
@@ -31,6 +32,8 @@ enum Command {
     /// Benchmarks of the hot paths, against ceilings measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Show the CPU and every usable NVIDIA GPU (or why none is usable).
+    Devices(devices::DevicesArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Worker(a) => train::worker(a),
         Command::Eval(a) => train::eval(a),
         Command::Bench(b) => bench::run(b),
+        Command::Devices(a) => devices::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

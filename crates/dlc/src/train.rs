@@ -44,6 +44,9 @@ pub struct RunArgs {
     /// Most steps an async worker may run ahead of the slowest.
     #[arg(long)]
     max_staleness: Option<usize>,
+    /// Device: auto, cpu, cuda or cuda:N [default: [train] device, else auto].
+    #[arg(long)]
+    device: Option<dlc_job::DeviceSpec>,
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
@@ -84,6 +87,9 @@ impl RunArgs {
         }
         if let Some(s) = self.max_staleness {
             d.max_staleness = s;
+        }
+        if let Some(dev) = self.device {
+            job.train.device = dev;
         }
         job.check_distributed()?;
         Ok(job)
@@ -126,6 +132,8 @@ impl RunArgs {
             d.max_staleness.to_string(),
             "--threads".into(),
             threads.to_string(),
+            "--device".into(),
+            job.train.device.to_string(),
         ];
         match &self.resume {
             Some(r) => a.extend(["--resume".into(), r.display().to_string()]),
@@ -194,7 +202,7 @@ fn summary_json(s: &TrainSummary) -> serde_json::Value {
         "run_dir": s.run_dir, "global_step": s.global_step,
         "epochs_completed": s.epochs_completed, "test_loss": s.test.loss,
         "test_accuracy": s.test.accuracy, "samples_per_sec": s.samples_per_sec,
-        "seconds": s.seconds, "params": s.params,
+        "seconds": s.seconds, "params": s.params, "device": s.device,
     })
 }
 
@@ -207,8 +215,9 @@ fn print_summary(v: &serde_json::Value, json: bool) {
         println!("{v}");
     } else {
         println!(
-            "done: {} steps, test accuracy {:.2}% (loss {:.4}), {:.0} samples/s, {:.1}s; run dir {}",
+            "done: {} steps on {}, test accuracy {:.2}% (loss {:.4}), {:.0} samples/s, {:.1}s; run dir {}",
             v["global_step"],
+            v["device"].as_str().unwrap_or("?"),
             100.0 * v["test_accuracy"].as_f64().unwrap_or(f64::NAN),
             v["test_loss"].as_f64().unwrap_or(f64::NAN),
             v["samples_per_sec"].as_f64().unwrap_or(f64::NAN),

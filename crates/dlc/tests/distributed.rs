@@ -15,7 +15,14 @@ fn equivalence_job(model: &str, optimizer: &str) -> String {
 }
 
 fn train_to(job: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec!["train", job.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q", "--json"];
+    let mut args = vec![
+        "train",
+        job.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+        "--json",
+    ];
     args.extend_from_slice(extra);
     serde_json::from_str(ok(&args).trim()).unwrap()
 }
@@ -27,7 +34,11 @@ fn n_workers_match_one_worker_with_the_same_global_batch() {
         ("mlp", "preset = \"mlp\"", "adam"),
         ("lenet", "preset = \"lenet\"", "sgd"),
     ] {
-        let job = job(dir.path(), &format!("{name}.toml"), &equivalence_job(model, optimizer));
+        let job = job(
+            dir.path(),
+            &format!("{name}.toml"),
+            &equivalence_job(model, optimizer),
+        );
         let one = dir.path().join(format!("{name}-1"));
         let s = train_to(&job, &one, &["--threads", "1"]);
         assert_eq!(s["global_step"], 30);
@@ -36,16 +47,22 @@ fn n_workers_match_one_worker_with_the_same_global_batch() {
             ("ring x2", vec!["--workers", "2"]),
             ("ring x3", vec!["--workers", "3"]),
             ("ps sync x2", vec!["--workers", "2", "--strategy", "ps"]),
-            ("ps sync x2, 2 servers", vec!["--workers", "2", "--strategy", "ps", "--ps-servers", "2"]),
+            (
+                "ps sync x2, 2 servers",
+                vec!["--workers", "2", "--strategy", "ps", "--ps-servers", "2"],
+            ),
         ] {
-            let out = dir.path().join(format!("{name}-{}", label.replace([' ', ','], "_")));
+            let out = dir
+                .path()
+                .join(format!("{name}-{}", label.replace([' ', ','], "_")));
             let s = train_to(&job, &out, &extra);
             assert_eq!(s["global_step"], 30, "{name} {label}");
             let diff = max_abs_diff(&reference, &weights(&out.join("model.safetensors")));
             assert!(diff < 1e-4, "{name} {label}: max abs difference {diff}");
             // metrics.jsonl reports compute and communication time per step.
             let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-            let step: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+            let step: serde_json::Value =
+                serde_json::from_str(text.lines().next().unwrap()).unwrap();
             assert!(step["comm_s"].as_f64().unwrap() > 0.0, "{label}: {step}");
             assert!(step["compute_s"].as_f64().unwrap() > 0.0, "{label}: {step}");
         }
@@ -55,17 +72,33 @@ fn n_workers_match_one_worker_with_the_same_global_batch() {
 #[test]
 fn ring_resume_matches_uninterrupted_ring_run() {
     let dir = tempfile::tempdir().unwrap();
-    let job = job(dir.path(), "r.toml", &equivalence_job("preset = \"mlp\"", "adam"));
+    let job = job(
+        dir.path(),
+        "r.toml",
+        &equivalence_job("preset = \"mlp\"", "adam"),
+    );
     let a = dir.path().join("a");
     let b = dir.path().join("b");
     train_to(&job, &a, &["--workers", "2"]);
     let s = train_to(&job, &b, &["--workers", "2", "--steps", "12"]);
     assert_eq!(s["global_step"], 12);
     let j = job.to_str().unwrap();
-    let out = ok(&["train", j, "--workers", "2", "--resume", b.to_str().unwrap(), "-q", "--json"]);
+    let out = ok(&[
+        "train",
+        j,
+        "--workers",
+        "2",
+        "--resume",
+        b.to_str().unwrap(),
+        "-q",
+        "--json",
+    ]);
     let s: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(s["global_step"], 30);
-    let diff = max_abs_diff(&weights(&a.join("model.safetensors")), &weights(&b.join("model.safetensors")));
+    let diff = max_abs_diff(
+        &weights(&a.join("model.safetensors")),
+        &weights(&b.join("model.safetensors")),
+    );
     assert!(diff < 1e-6, "resumed ring run differs by {diff}");
 }
 
@@ -110,27 +143,44 @@ fn a_killed_worker_fails_the_job_fast_naming_it_and_leaves_no_orphans() {
     );
     let out = dir.path().join("o");
     let mut launcher = dlc()
-        .args(["train", job.to_str().unwrap(), "--workers", "3", "--out", out.to_str().unwrap()])
+        .args([
+            "train",
+            job.to_str().unwrap(),
+            "--workers",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // Wait until training runs.
     let start = Instant::now();
-    while !std::fs::read_to_string(out.join("metrics.jsonl")).is_ok_and(|t| t.contains("\"step\"")) {
-        assert!(start.elapsed() < Duration::from_secs(60), "training never started");
+    while !std::fs::read_to_string(out.join("metrics.jsonl")).is_ok_and(|t| t.contains("\"step\""))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "training never started"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let kids = children(launcher.id());
     assert_eq!(kids.len(), 3, "one process per worker: {kids:?}");
-    let victim = *kids.iter().find(|&&p| rank_of(p).as_deref() == Some("1")).unwrap();
+    let victim = *kids
+        .iter()
+        .find(|&&p| rank_of(p).as_deref() == Some("1"))
+        .unwrap();
     let killed = Instant::now();
     unsafe_kill(victim);
     let status = loop {
         if let Some(s) = launcher.try_wait().unwrap() {
             break s;
         }
-        assert!(killed.elapsed() < Duration::from_secs(20), "launcher did not exit");
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "launcher did not exit"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let took = killed.elapsed();
@@ -138,14 +188,23 @@ fn a_killed_worker_fails_the_job_fast_naming_it_and_leaves_no_orphans() {
     assert!(took < Duration::from_secs(10), "took {took:?}");
     let mut err = String::new();
     std::io::Read::read_to_string(&mut launcher.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(err.contains("rank 1 failed") && err.contains("signal 9"), "{err}");
+    assert!(
+        err.contains("rank 1 failed") && err.contains("signal 9"),
+        "{err}"
+    );
     for p in kids {
-        assert!(!std::path::Path::new(&format!("/proc/{p}")).exists(), "process {p} outlived the job");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{p}")).exists(),
+            "process {p} outlived the job"
+        );
     }
 }
 
 fn unsafe_kill(pid: u32) {
-    let ok = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let ok = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(ok.success());
 }
 
@@ -160,7 +219,10 @@ fn worker_without_a_launcher_explains_itself() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("DLC_RANK is not set") && err.contains("--workers"), "{err}");
+    assert!(
+        err.contains("DLC_RANK is not set") && err.contains("--workers"),
+        "{err}"
+    );
     let e = fails(&["train", job.to_str().unwrap(), "--workers", "0"]);
     assert!(e.contains("distributed.workers"), "{e}");
     let e = fails(&["train", job.to_str().unwrap(), "--strategy", "allgather"]);

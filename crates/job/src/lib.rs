@@ -10,8 +10,8 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use spec::{
-    DataSpec, DistributedSpec, LayerSpec, LrSchedule, ModelSpec, OptimizerKind, Padding, Preset,
-    PsMode, Strategy, TrainSpec,
+    DataSpec, DeviceSpec, DistributedSpec, LayerSpec, LrSchedule, ModelSpec, OptimizerKind,
+    Padding, Preset, PsMode, Strategy, TrainSpec,
 };
 
 /// Why a job file was rejected.

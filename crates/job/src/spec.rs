@@ -236,6 +236,59 @@ impl LrSchedule {
     }
 }
 
+/// Where tensors live: `auto`, `cpu`, `cuda` or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    /// A GPU when one works, else the CPU (with a one-line notice).
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// An NVIDIA GPU: a given index, or (None) spread workers over the visible GPUs.
+    Cuda(Option<usize>),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceSpec::Auto),
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(None)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(|n| DeviceSpec::Cuda(Some(n)))
+                .ok_or_else(|| format!("unknown device `{s}`; allowed: auto, cpu, cuda, cuda:N")),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        d.to_string()
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Auto => write!(f, "auto"),
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(None) => write!(f, "cuda"),
+            DeviceSpec::Cuda(Some(n)) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 /// `[train]`: the optimisation loop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -262,6 +315,8 @@ pub struct TrainSpec {
     pub log_every: usize,
     /// Skip the final short batch of each epoch instead of training on it.
     pub drop_last: bool,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: DeviceSpec,
 }
 
 impl Default for TrainSpec {
@@ -278,6 +333,7 @@ impl Default for TrainSpec {
             seed: 42,
             log_every: 50,
             drop_last: false,
+            device: DeviceSpec::Auto,
         }
     }
 }

@@ -180,3 +180,27 @@ fn learning_rate_schedules() {
     assert!((LrSchedule::Cosine.rate(0.1, 0, 100, 10) - 0.01).abs() < 1e-12);
     assert!((LrSchedule::Cosine.rate(0.1, 10, 100, 10) - 0.1).abs() < 1e-12);
 }
+
+#[test]
+fn device_choices() {
+    let job = JobSpec::from_toml_str(
+        &GOOD.replace("epochs = 2", "epochs = 2\ndevice = \"cuda:1\""),
+        "j",
+    )
+    .unwrap();
+    assert_eq!(job.train.device, DeviceSpec::Cuda(Some(1)));
+    assert_eq!(
+        JobSpec::from_toml_str(GOOD, "j").unwrap().train.device,
+        DeviceSpec::Auto
+    );
+    let e = err(&GOOD.replace("epochs = 2", "epochs = 2\ndevice = \"tpu\""));
+    assert!(
+        e.contains("tpu") && e.contains("cuda:N") && e.contains("line 10"),
+        "{e}"
+    );
+    assert_eq!("cpu".parse::<DeviceSpec>().unwrap().to_string(), "cpu");
+    assert_eq!(
+        "cuda".parse::<DeviceSpec>().unwrap(),
+        DeviceSpec::Cuda(None)
+    );
+}

@@ -10,6 +10,13 @@ pub type Cpu = burn::backend::Flex;
 /// Training backend on CPU.
 pub type CpuTrain = Autodiff<Cpu>;
 
+/// Inference backend on an NVIDIA GPU (CUDA loaded at run time).
+pub type Gpu = burn::backend::Cuda;
+/// Training backend on an NVIDIA GPU.
+pub type GpuTrain = Autodiff<Gpu>;
+/// A GPU device by ordinal.
+pub type GpuDevice = burn::backend::cuda::CudaDevice;
+
 /// Sets the number of CPU threads used by the CPU backend. Call once, before any
 /// tensor work; later calls (or calls after the pool started) have no effect and
 /// return the number of threads actually in use.

@@ -12,9 +12,10 @@ use dlc_data::ShardSampler;
 use dlc_job::JobSpec;
 use dlc_model::Net;
 
-use crate::backend::CpuTrain;
+use crate::backend::{CpuTrain, GpuDevice, GpuTrain};
 use crate::checkpoint::{self, LoopState};
 use crate::data::{Batcher, JobData};
+use crate::device::Device;
 use crate::dist::GradSync;
 use crate::eval::{evaluate, save_safetensors, EvalResult};
 use crate::metrics::{MetricsSink, Record};
@@ -56,20 +57,34 @@ pub struct TrainSummary {
     pub seconds: f64,
     /// Number of trainable parameters.
     pub params: usize,
+    /// Device trained on (`cpu`, `cuda:N`).
+    pub device: String,
 }
 
-/// Trains `job` on the CPU backend as a single worker.
+/// Trains `job` as a single worker on the device `[train] device` names.
 pub fn train(job: &JobSpec, opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
-    train_on::<CpuTrain>(job, opts, &Default::default(), GradSync::Local)
+    train_distributed(job, opts, GradSync::Local)
 }
 
-/// Trains `job` on the CPU backend as one worker of a distributed job.
+/// Trains `job` as one worker of a distributed job, on the device `[train] device`
+/// names (workers on one host are spread over the visible GPUs by rank).
 pub fn train_distributed(
     job: &JobSpec,
     opts: &TrainOptions,
     sync: GradSync,
 ) -> Result<TrainSummary, TrainError> {
-    train_on::<CpuTrain>(job, opts, &Default::default(), sync)
+    let (device, notice) = crate::device::resolve(job.train.device, sync.rank())?;
+    if let Some(n) = notice {
+        if !opts.quiet && sync.rank() == 0 {
+            eprintln!("{n}");
+        }
+    }
+    let mut summary = match device {
+        Device::Cpu => train_on::<CpuTrain>(job, opts, &Default::default(), sync),
+        Device::Cuda(i) => train_on::<GpuTrain>(job, opts, &GpuDevice::new(i), sync),
+    }?;
+    summary.device = device.to_string();
+    Ok(summary)
 }
 
 /// A default run directory name: `runs/<job>-<UTC timestamp>`.
@@ -356,6 +371,7 @@ pub fn train_on<B: AutodiffBackend>(
         samples_per_sec: trained_samples as f64 / train_seconds.max(1e-9),
         seconds: started.elapsed().as_secs_f64(),
         params,
+        device: String::new(),
     })
 }
 

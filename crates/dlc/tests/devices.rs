@@ -1,0 +1,174 @@
+//! Device choice and the matmul benchmark. CI has no GPU: these tests check the CPU
+//! fallback and the clear failure of `cuda`; on a machine with a usable GPU they
+//! train on it instead.
+
+mod common;
+use common::*;
+
+fn gpu_usable() -> bool {
+    let v: serde_json::Value = serde_json::from_str(ok(&["devices", "--json"]).trim()).unwrap();
+    assert!(v["cpu"]["cores"].as_u64().unwrap() >= 1, "{v}");
+    !v["cuda"].is_null()
+}
+
+#[test]
+fn devices_reports_cpu_and_gpu_state() {
+    let v: serde_json::Value = serde_json::from_str(ok(&["devices", "--json"]).trim()).unwrap();
+    assert!(
+        v["cpu"]["model"].is_string() && v["cpu"]["simd"].is_string(),
+        "{v}"
+    );
+    if v["cuda"].is_null() {
+        let why = v["cuda_unusable"].as_str().unwrap();
+        assert!(!why.is_empty());
+    } else {
+        assert!(!v["cuda"]["gpus"].as_array().unwrap().is_empty(), "{v}");
+    }
+    let text = ok(&["devices"]);
+    assert!(text.contains("cpu") && text.contains("cuda"), "{text}");
+}
+
+#[test]
+fn auto_falls_back_to_cpu_and_cuda_fails_fast_without_a_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "d.toml", &quick_mlp(500, 1, 50));
+    let j = job.to_str().unwrap();
+    let out = dlc()
+        .args([
+            "train",
+            j,
+            "--device",
+            "auto",
+            "--json",
+            "--out",
+            dir.path().join("a").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if gpu_usable() {
+        assert!(s["device"].as_str().unwrap().starts_with("cuda:"), "{s}");
+        assert!(err.contains("using GPU"), "{err}");
+        let s: serde_json::Value = serde_json::from_str(
+            ok(&[
+                "train",
+                j,
+                "--device",
+                "cuda",
+                "--json",
+                "--out",
+                dir.path().join("c").to_str().unwrap(),
+            ])
+            .trim(),
+        )
+        .unwrap();
+        assert!(s["test_accuracy"].as_f64().unwrap() > 0.6, "{s}");
+        return;
+    }
+    assert_eq!(s["device"], "cpu");
+    let notices: Vec<&str> = err.lines().filter(|l| l.contains("device auto")).collect();
+    assert_eq!(notices.len(), 1, "{err}");
+    assert!(
+        notices[0].contains("no usable GPU") && notices[0].contains("training on CPU"),
+        "{err}"
+    );
+
+    let start = std::time::Instant::now();
+    let err = fails(&[
+        "train",
+        j,
+        "--device",
+        "cuda",
+        "--out",
+        dir.path().join("b").to_str().unwrap(),
+    ]);
+    assert!(err.contains("device cuda requested but"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    let err = fails(&["train", j, "--device", "tpu"]);
+    assert!(err.contains("cuda:N"), "{err}");
+    let err = fails(&[
+        "train",
+        j,
+        "--device",
+        "cuda",
+        "--workers",
+        "2",
+        "--out",
+        dir.path().join("w").to_str().unwrap(),
+    ]);
+    assert!(err.contains("device cuda requested but"), "{err}");
+}
+
+#[test]
+fn bench_matmul_on_cpu_writes_tables_and_valid_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mm");
+    let text = ok(&[
+        "bench",
+        "matmul",
+        "--device",
+        "cpu",
+        "--dtype",
+        "f32,bf16",
+        "--sizes",
+        "64,128,256",
+        "--iters",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 6);
+    for r in &rows {
+        assert_eq!(r["device"], "cpu");
+        let (n, t, g) = (
+            r["n"].as_f64().unwrap(),
+            r["median_s"].as_f64().unwrap(),
+            r["gflops"].as_f64().unwrap(),
+        );
+        assert!(
+            t > 0.0 && ((2.0 * n * n * n / t / 1e9) - g).abs() < 1e-6 * g,
+            "{r}"
+        );
+    }
+    let json = std::fs::read_to_string(out.join("matmul.json")).unwrap();
+    assert_eq!(json.lines().count(), 6);
+    let csv = std::fs::read_to_string(out.join("matmul.csv")).unwrap();
+    assert!(
+        csv.starts_with("device,dtype,n,median_s,gflops\n") && csv.lines().count() == 7,
+        "{csv}"
+    );
+    for name in ["matmul_time", "matmul_speedup"] {
+        let png = std::fs::read(out.join(format!("{name}.png"))).unwrap();
+        assert!(
+            png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5000,
+            "{name}.png"
+        );
+        let svg = std::fs::read_to_string(out.join(format!("{name}.svg"))).unwrap();
+        assert!(
+            svg.contains("<svg") && svg.trim_end().ends_with("</svg>") && svg.contains("cpu f32"),
+            "{name}.svg"
+        );
+    }
+    let err = fails(&[
+        "bench",
+        "matmul",
+        "--device",
+        "npu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(err.contains("unknown device"), "{err}");
+    let err = fails(&["bench", "matmul", "--dtype", "f8"]);
+    assert!(err.contains("unknown dtype"), "{err}");
+}
