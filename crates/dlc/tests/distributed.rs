@@ -108,13 +108,14 @@ fn async_parameter_server_trains_fashion_mnist() {
     let job = job(
         dir.path(),
         "async.toml",
-        "[model]\npreset = \"mlp\"\n[data]\ndataset = \"fashion-mnist\"\n[train]\nepochs = 2\n\
+        "[model]\npreset = \"mlp\"\n[data]\ndataset = \"fashion-mnist\"\n[train]\nepochs = 3\nlr_schedule = \"cosine\"\n\
          batch_size = 128\noptimizer = \"adam\"\nlearning_rate = 0.001\nlog_every = 100\n\
          [distributed]\nworkers = 2\nstrategy = \"ps\"\nps_mode = \"async\"\nmax_staleness = 2\n",
     );
     let s = train_to(&job, &dir.path().join("o"), &[]);
     let acc = s["test_accuracy"].as_f64().unwrap();
     assert!(acc >= 0.85, "async PS test accuracy {acc}");
+    eprintln!("async PS test accuracy {acc}");
 }
 
 fn children(pid: u32) -> Vec<u32> {
