@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Installs what dlcluster needs beyond Rust: Debian packages (the Fashion-MNIST dataset,
-# a TrueType font for PNG plots).
+# a TrueType font for PNG plots). With --launchers also Open MPI and Slurm (for
+# `mpirun … dlc worker` and a local test cluster: scripts/slurm-local.sh start).
 # Uses sudo only when not root. Safe to run again: installs only what is missing.
 set -euo pipefail
 
 packages=(dataset-fashion-mnist fonts-dejavu-core)
+if [ "${1:-}" = "--launchers" ]; then
+  packages+=(openmpi-bin slurm-wlm munge)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

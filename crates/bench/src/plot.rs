@@ -111,7 +111,8 @@ where
     root.present().map_err(|x| e(&x))
 }
 
-fn register_font() -> Result<(), String> {
+/// Registers the TrueType font plotters lays text out with (once per process).
+pub fn register_font() -> Result<(), String> {
     static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     DONE.get_or_init(|| {
         let path = std::env::var("DLC_FONT").unwrap_or_else(|_| DEFAULT_FONT.into());

@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod devices;
+mod launch;
+mod plan;
 mod train;
 
 /// dlcluster: train deep-learning jobs described in a TOML file, on one core or
@@ -24,9 +26,18 @@ enum Command {
     /// Train the job's model (one worker, or `--workers N` local processes); writes
     /// metrics.jsonl, model.safetensors and a checkpoint into the run directory.
     Train(train::TrainArgs),
-    /// Run one process of a distributed job (started by a resource manager, which
-    /// sets DLC_RANK, DLC_WORLD_SIZE, DLC_COORDINATOR, DLC_JOB_ID, DLC_JOB_TOKEN).
+    /// Run one process of a distributed job. Started by a resource manager or launcher:
+    /// reads its rank from DLC_*, Slurm (srun), Open MPI/PMI (mpirun) or torchrun variables.
     Worker(train::WorkerArgs),
+    /// Start a distributed job on a resource manager: local processes, Slurm
+    /// (sbatch + srun) or Kubernetes (Indexed Jobs); --dry-run prints what it would submit.
+    Launch(launch::LaunchArgs),
+    /// State of a Slurm or Kubernetes job started by `dlc launch`.
+    Status(launch::StatusArgs),
+    /// Output of a Slurm or Kubernetes job (--follow until it ends).
+    Logs(launch::LogsArgs),
+    /// Stop a Slurm or Kubernetes job.
+    Cancel(launch::CancelArgs),
     /// Evaluate saved weights on the job's test set.
     Eval(train::EvalArgs),
     /// Benchmarks of the hot paths, against ceilings measured in the same run.
@@ -34,6 +45,13 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Show the CPU and every usable NVIDIA GPU (or why none is usable).
     Devices(devices::DevicesArgs),
+    /// List the instance catalog (cloud machines, GPUs, prices).
+    Instances(plan::InstancesArgs),
+    /// Measure what a job needs on this device (FLOPs, bytes, samples/s) → profile.json.
+    Profile(plan::ProfileArgs),
+    /// Estimate time and cost of a job on every catalog instance, node count and
+    /// strategy; mark the Pareto-optimal choices; write plan.csv and a plot.
+    Plan(plan::PlanArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,8 +60,15 @@ fn main() -> ExitCode {
         Command::Train(a) => train::train(a),
         Command::Worker(a) => train::worker(a),
         Command::Eval(a) => train::eval(a),
+        Command::Launch(a) => launch::launch(a),
+        Command::Status(a) => launch::status(a),
+        Command::Logs(a) => launch::logs(a),
+        Command::Cancel(a) => launch::cancel(a),
         Command::Bench(b) => bench::run(b),
         Command::Devices(a) => devices::run(a),
+        Command::Instances(a) => plan::instances(a),
+        Command::Profile(a) => plan::profile_cmd(a),
+        Command::Plan(a) => plan::plan_cmd(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

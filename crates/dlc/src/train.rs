@@ -13,7 +13,7 @@ use dlc_train::{TrainOptions, TrainSummary};
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Job file (TOML).
-    job: PathBuf,
+    pub job: PathBuf,
     /// Override [train] epochs.
     #[arg(long)]
     epochs: Option<usize>,
@@ -22,16 +22,16 @@ pub struct RunArgs {
     steps: Option<usize>,
     /// Run directory [default: runs/<job>-<timestamp>].
     #[arg(long)]
-    out: Option<PathBuf>,
+    pub out: Option<PathBuf>,
     /// Override [train] seed.
     #[arg(long)]
     seed: Option<u64>,
     /// Continue the run in DIR from its checkpoint.
     #[arg(long, value_name = "DIR")]
-    resume: Option<PathBuf>,
+    pub resume: Option<PathBuf>,
     /// Number of worker processes [default: [distributed] workers, else 1].
     #[arg(long)]
-    workers: Option<usize>,
+    pub workers: Option<usize>,
     /// Network graph: `ring` (all-reduce) or `ps` (parameter servers).
     #[arg(long, value_parser = parse_strategy)]
     strategy: Option<Strategy>,
@@ -49,7 +49,7 @@ pub struct RunArgs {
     device: Option<dlc_job::DeviceSpec>,
     /// No progress output.
     #[arg(long, short)]
-    quiet: bool,
+    pub quiet: bool,
 }
 
 fn parse_strategy(s: &str) -> Result<Strategy, String> {
@@ -70,7 +70,7 @@ fn parse_ps_mode(s: &str) -> Result<PsMode, String> {
 
 impl RunArgs {
     /// Loads the job and applies the distributed overrides.
-    fn job(&self) -> Result<JobSpec> {
+    pub fn job(&self) -> Result<JobSpec> {
         let mut job = JobSpec::from_file(&self.job)?;
         let d = &mut job.distributed;
         if let Some(w) = self.workers {
@@ -95,7 +95,8 @@ impl RunArgs {
         Ok(job)
     }
 
-    fn options(&self) -> TrainOptions {
+    /// The training options these flags ask for.
+    pub fn options(&self) -> TrainOptions {
         TrainOptions {
             epochs: self.epochs,
             max_steps: self.steps,
@@ -103,15 +104,15 @@ impl RunArgs {
             seed: self.seed,
             resume: self.resume.clone(),
             quiet: self.quiet,
+            local_rank: None,
         }
     }
 
-    /// The arguments that make a worker process see the same job.
-    fn worker_args(&self, job: &JobSpec, out: &std::path::Path, threads: usize) -> Vec<String> {
+    /// The flags that make every process of a distributed job see the same job
+    /// (what follows `dlc worker JOB`; no run directory).
+    pub fn process_flags(&self, job: &JobSpec, threads: Option<usize>) -> Vec<String> {
         let d = &job.distributed;
         let mut a: Vec<String> = vec![
-            "worker".into(),
-            self.job.display().to_string(),
             "--workers".into(),
             d.workers.to_string(),
             "--strategy".into(),
@@ -130,14 +131,11 @@ impl RunArgs {
             .into(),
             "--max-staleness".into(),
             d.max_staleness.to_string(),
-            "--threads".into(),
-            threads.to_string(),
             "--device".into(),
             job.train.device.to_string(),
         ];
-        match &self.resume {
-            Some(r) => a.extend(["--resume".into(), r.display().to_string()]),
-            None => a.extend(["--out".into(), out.display().to_string()]),
+        if let Some(t) = threads {
+            a.extend(["--threads".into(), t.to_string()]);
         }
         for (flag, v) in [
             ("--epochs", self.epochs.map(|v| v.to_string())),
@@ -147,6 +145,17 @@ impl RunArgs {
             if let Some(v) = v {
                 a.extend([flag.to_string(), v]);
             }
+        }
+        a
+    }
+
+    /// The arguments after `dlc` that make a local worker process see the same job.
+    fn worker_args(&self, job: &JobSpec, out: &std::path::Path, threads: usize) -> Vec<String> {
+        let mut a = vec!["worker".to_string(), self.job.display().to_string()];
+        a.extend(self.process_flags(job, Some(threads)));
+        match &self.resume {
+            Some(r) => a.extend(["--resume".into(), r.display().to_string()]),
+            None => a.extend(["--out".into(), out.display().to_string()]),
         }
         a
     }
@@ -264,23 +273,67 @@ pub fn train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// `dlc worker`.
+/// `dlc worker`: one process of a distributed job, started by any launcher.
 pub fn worker(args: WorkerArgs) -> Result<()> {
     if std::env::var("DLC_DIE_WITH_PARENT").is_ok_and(|v| v == "1") {
         dlc_launch::die_with_parent();
     }
-    let job = args.run.job()?;
-    set_threads(args.threads);
-    let id = Identity::from_env()?;
-    let outcome = dlc_train::worker::run(&job, &args.run.options(), &id)
-        .with_context(|| format!("rank {} failed", id.rank))?;
+    let text = std::fs::read_to_string(&args.run.job)
+        .with_context(|| format!("reading {}", args.run.job.display()))?;
+    let id = dlc_launch::env::from_process_env(&text)?;
+    for n in &id.notes {
+        eprintln!("note: {n}");
+    }
+    let mut job = args.run.job()?;
+    if args.run.workers.is_none() {
+        // The launcher decided how many processes there are: all but the servers train.
+        let d = &mut job.distributed;
+        let servers = if d.strategy == Strategy::Ps {
+            d.ps_servers
+        } else {
+            0
+        };
+        if id.world <= servers {
+            anyhow::bail!(
+                "the {} launcher started {} process(es), but the ps strategy needs {servers} server(s) plus at least one worker",
+                id.source,
+                id.world
+            );
+        }
+        d.workers = id.world - servers;
+        job.check_distributed()?;
+    }
+    set_threads(args.threads.or(id.cpus));
+    let timeout = Duration::from_secs(job.distributed.timeout_s);
+    // Under a foreign launcher rank 0 hosts the rendezvous; it lives until every rank left.
+    let coordinator = id
+        .host_coordinator(timeout)
+        .with_context(|| format!("rank 0 cannot host the coordinator at {}", id.bind_addr()))?;
+    let tid = Identity {
+        rank: id.rank,
+        world: id.world,
+        coordinator: id.coordinator.clone(),
+        job_id: id.job_id.clone(),
+        token: id.token.clone(),
+    };
+    let mut opts = args.run.options();
+    opts.local_rank = Some(id.local_rank);
+    let outcome = dlc_train::worker::run(&job, &opts, &tid)
+        .with_context(|| format!("rank {} ({} launcher) failed", id.rank, id.source))?;
+    if let Some(c) = coordinator {
+        c.shutdown(timeout);
+    }
     if let Outcome::Worker(s) = outcome {
         if s.run_dir.as_os_str().is_empty() || id.rank != 0 {
             return Ok(());
         }
         let mut v = summary_json(&s);
-        v["event"] = "summary".into();
-        dlc_train::progress::emit(&v);
+        if std::env::var(dlc_train::progress::PROGRESS_ENV).is_ok_and(|v| v == "json") {
+            v["event"] = "summary".into();
+            dlc_train::progress::emit(&v);
+        } else {
+            print_summary(&v, false);
+        }
     }
     Ok(())
 }

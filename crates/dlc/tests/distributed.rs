@@ -221,7 +221,9 @@ fn worker_without_a_launcher_explains_itself() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("DLC_RANK is not set") && err.contains("--workers"),
+        err.contains("no launcher environment found")
+            && err.contains("--workers")
+            && err.contains("DLC_RANK"),
         "{err}"
     );
     let e = fails(&["train", job.to_str().unwrap(), "--workers", "0"]);

@@ -1,7 +1,7 @@
 //! The dlcluster job file.
 //!
-//! A job file is TOML with three sections — `[model]`, `[data]`, `[train]` — plus an
-//! optional top-level `name`. Unknown keys and bad values are rejected with the key,
+//! A job file is TOML with the sections `[model]`, `[data]`, `[train]` and the
+//! optional `[distributed]` and `[resources]`, plus an optional top-level `name`. Unknown keys and bad values are rejected with the key,
 //! the line and what is allowed. See the README's job-file reference.
 
 mod spec;
@@ -10,8 +10,8 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use spec::{
-    DataSpec, DeviceSpec, DistributedSpec, LayerSpec, LrSchedule, ModelSpec, OptimizerKind,
-    Padding, Preset, PsMode, Strategy, TrainSpec,
+    parse_duration, DataSpec, DeviceSpec, DistributedSpec, LayerSpec, LrSchedule, Manager,
+    ModelSpec, OptimizerKind, Padding, Preset, PsMode, ResourcesSpec, Strategy, TrainSpec,
 };
 
 /// Why a job file was rejected.
@@ -64,6 +64,9 @@ pub struct JobSpec {
     /// Over how many workers.
     #[serde(default)]
     pub distributed: DistributedSpec,
+    /// Where the processes run.
+    #[serde(default)]
+    pub resources: ResourcesSpec,
 }
 
 impl JobSpec {

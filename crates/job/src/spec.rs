@@ -401,3 +401,106 @@ impl DistributedSpec {
         }
     }
 }
+
+/// Which resource manager starts the processes of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Manager {
+    /// Child processes on this machine (the embedded default).
+    #[default]
+    Local,
+    /// A Slurm batch job (`sbatch` + `srun`).
+    Slurm,
+    /// Kubernetes Indexed Jobs.
+    Kubernetes,
+}
+
+impl std::fmt::Display for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Manager::Local => "local",
+            Manager::Slurm => "slurm",
+            Manager::Kubernetes => "kubernetes",
+        })
+    }
+}
+
+impl std::str::FromStr for Manager {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(Manager::Local),
+            "slurm" => Ok(Manager::Slurm),
+            "kubernetes" | "k8s" => Ok(Manager::Kubernetes),
+            _ => Err(format!(
+                "unknown resource manager `{s}` (use local, slurm or kubernetes)"
+            )),
+        }
+    }
+}
+
+/// `[resources]`: where and with what the processes of a job run (`dlc launch`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourcesSpec {
+    /// `local`, `slurm` or `kubernetes`.
+    pub manager: Manager,
+    /// Machines.
+    pub nodes: usize,
+    /// Workers per machine; when set, `[distributed] workers` = nodes × this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers_per_node: Option<usize>,
+    /// GPUs per worker (0: CPU only).
+    pub gpus_per_worker: usize,
+    /// CPU cores per process (also its tensor threads).
+    pub cpus_per_worker: usize,
+    /// Wall-clock limit, e.g. `90m`, `2h`, `1d`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<String>,
+    /// Slurm partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Container image with `dlc` and the data (Kubernetes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Port of the coordinator rank 0 hosts [default: derived from the scheduler's job id].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+impl Default for ResourcesSpec {
+    fn default() -> Self {
+        Self {
+            manager: Manager::Local,
+            nodes: 1,
+            workers_per_node: None,
+            gpus_per_worker: 0,
+            cpus_per_worker: 1,
+            time_limit: None,
+            partition: None,
+            namespace: "default".into(),
+            image: None,
+            port: None,
+        }
+    }
+}
+
+/// Parses durations such as `90s`, `45m`, `2h`, `1.5h`, `1d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('s') => (&t[..t.len() - 1], 1.0),
+        Some('m') => (&t[..t.len() - 1], 60.0),
+        Some('h') => (&t[..t.len() - 1], 3600.0),
+        Some('d') => (&t[..t.len() - 1], 86400.0),
+        _ => (t, 1.0),
+    };
+    num.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0 && v * mult < 1e10)
+        .map(|v| std::time::Duration::from_secs_f64(v * mult))
+        .ok_or_else(|| format!("`{s}` is not a duration (e.g. 90s, 45m, 2h, 1d)"))
+}

@@ -204,3 +204,51 @@ fn device_choices() {
         DeviceSpec::Cuda(None)
     );
 }
+
+#[test]
+fn durations() {
+    use crate::parse_duration;
+    assert_eq!(parse_duration("2h").unwrap().as_secs(), 7200);
+    assert_eq!(parse_duration("45m").unwrap().as_secs(), 2700);
+    assert_eq!(parse_duration("1.5h").unwrap().as_secs(), 5400);
+    assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
+    assert!(parse_duration("soon").is_err());
+    assert!(parse_duration("-1h").is_err());
+    assert!(parse_duration("0s").is_err());
+}
+
+#[test]
+fn resources_section() {
+    let base = "[model]\npreset = \"mlp\"\n[data]\ndataset = \"fashion-mnist\"\n";
+    let job = JobSpec::from_toml_str(
+        &format!("{base}[resources]\nmanager = \"slurm\"\nnodes = 2\nworkers_per_node = 4\ntime_limit = \"2h\"\npartition = \"gpu\"\n"),
+        "j.toml",
+    )
+    .unwrap();
+    assert_eq!(job.resources.manager, crate::Manager::Slurm);
+    assert_eq!(
+        (job.resources.nodes, job.resources.workers_per_node),
+        (2, Some(4))
+    );
+    let e = JobSpec::from_toml_str(
+        &format!("{base}[resources]\nmanager = \"yarn\"\n"),
+        "j.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("yarn") && e.contains("slurm"), "{e}");
+    let e = JobSpec::from_toml_str(
+        &format!("{base}[resources]\ntime_limit = \"soon\"\n"),
+        "j.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("resources.time_limit") && e.contains("line 6"),
+        "{e}"
+    );
+    let e = JobSpec::from_toml_str(&format!("{base}[resources]\nnodes = 0\n"), "j.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("resources.nodes"), "{e}");
+}

@@ -111,7 +111,30 @@ pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
     if t.log_every == 0 {
         bad("train.log_every", "must be at least 1")?;
     }
-    check_distributed(&job.distributed, t.batch_size)
+    check_distributed(&job.distributed, t.batch_size)?;
+    check_resources(&job.resources)
+}
+
+/// Checks `[resources]`.
+pub(crate) fn check_resources(r: &crate::ResourcesSpec) -> Result<(), Problem> {
+    if r.nodes == 0 {
+        bad("resources.nodes", "must be at least 1")?;
+    }
+    if r.workers_per_node == Some(0) {
+        bad("resources.workers_per_node", "must be at least 1")?;
+    }
+    if r.cpus_per_worker == 0 {
+        bad("resources.cpus_per_worker", "must be at least 1")?;
+    }
+    if let Some(t) = &r.time_limit {
+        if let Err(e) = crate::spec::parse_duration(t) {
+            bad("resources.time_limit", e)?;
+        }
+    }
+    if r.port == Some(0) {
+        bad("resources.port", "must be a port number (1-65535)")?;
+    }
+    Ok(())
 }
 
 /// Checks `[distributed]` (also after command-line overrides).

@@ -1,11 +1,27 @@
 //! Resource managers: how the processes of a job are scheduled and come up.
 //!
-//! [`local`] runs every process on this machine (the embedded default). Each
-//! process is `dlc worker JOB …` with its identity in `DLC_RANK`, `DLC_WORLD_SIZE`,
-//! `DLC_COORDINATOR`, `DLC_JOB_ID` and `DLC_JOB_TOKEN`; other resource managers
-//! (Slurm, Kubernetes, foreign launchers) start the same command.
+//! Every process of a job runs `dlc worker JOB …`; what differs between resource
+//! managers is who starts it and how it learns its place:
+//!
+//! * [`local`]: child processes on this machine (the embedded default), identity in
+//!   `DLC_*` variables, a coordinator in the launcher;
+//! * [`slurm`]: an sbatch script whose `srun` step starts every process;
+//! * [`kubernetes`]: Indexed Jobs, a headless Service, a Secret and a ConfigMap;
+//! * foreign launchers (`srun`, `mpirun`, `torchrun`): [`env`] reads their variables.
+//!
+//! [`ResourceManager`] is the seam `dlc launch`, `dlc status`, `dlc logs` and
+//! `dlc cancel` go through; [`LaunchSpec`] is what they launch.
 
+pub mod env;
+pub mod hostlist;
+pub mod kubernetes;
 pub mod local;
+mod manager;
+pub mod slurm;
+pub mod spec;
+
+pub use manager::{JobStatus, ManagerError, ResourceManager};
+pub use spec::LaunchSpec;
 
 /// Asks the kernel to kill this process when its parent dies, so that workers of a
 /// launcher that was itself killed do not linger. Linux only; a no-op elsewhere.
@@ -14,5 +30,18 @@ pub fn die_with_parent() {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and has no memory effects.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+    }
+}
+
+/// The resource manager called `name` (`local`, `slurm`, `kubernetes`).
+pub fn manager(
+    kind: dlc_job::Manager,
+    namespace: Option<String>,
+    quiet: bool,
+) -> Box<dyn ResourceManager> {
+    match kind {
+        dlc_job::Manager::Local => Box::new(local::Local { quiet }),
+        dlc_job::Manager::Slurm => Box::new(slurm::Slurm),
+        dlc_job::Manager::Kubernetes => Box::new(kubernetes::Kubernetes { namespace }),
     }
 }

@@ -14,6 +14,9 @@ use dlc_comm::auth::JobKey;
 use dlc_comm::Coordinator;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::manager::{JobStatus, ManagerError, ResourceManager};
+use crate::spec::LaunchSpec;
+
 /// Why a launch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -259,5 +262,80 @@ fn stop_all(children: &mut [Child]) {
     }
     for c in children.iter_mut() {
         let _ = c.wait();
+    }
+}
+
+/// The local resource manager behind the [`ResourceManager`] seam: `submit` runs the
+/// job in the foreground and returns when it ends.
+#[derive(Debug, Clone, Default)]
+pub struct Local {
+    /// No progress output.
+    pub quiet: bool,
+}
+
+impl Local {
+    fn job(&self, spec: &LaunchSpec) -> LocalJob {
+        let mut args = vec!["worker".to_string(), spec.job_file.display().to_string()];
+        args.extend(spec.worker_args.iter().cloned());
+        args.extend(["--out".into(), spec.out.display().to_string()]);
+        LocalJob {
+            exe: spec.exe.clone(),
+            args,
+            world: spec.world(),
+            workers: spec.workers,
+            name: spec.name.clone(),
+            timeout: Duration::from_secs(spec.timeout_s),
+            quiet: self.quiet,
+        }
+    }
+}
+
+const FOREGROUND: &str =
+    "local jobs run in the foreground of `dlc launch`/`dlc train`; there is nothing to query";
+
+impl ResourceManager for Local {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn render(&self, spec: &LaunchSpec) -> Result<String, ManagerError> {
+        let job = self.job(spec);
+        let mut s = format!(
+            "# {} process(es) on this machine; a coordinator in the launcher; DLC_JOB_TOKEN fresh per job\n",
+            job.world
+        );
+        let cmd = std::iter::once(job.exe.display().to_string())
+            .chain(job.args.iter().cloned())
+            .map(|a| crate::spec::shell_quote(&a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        for rank in 0..job.world {
+            s.push_str(&format!(
+                "DLC_RANK={rank} DLC_WORLD_SIZE={} DLC_COORDINATOR=127.0.0.1:<port> DLC_JOB_ID={}-<pid> {cmd}\n",
+                job.world,
+                crate::spec::shell_quote(&job.name)
+            ));
+        }
+        Ok(s)
+    }
+
+    fn submit(&self, spec: &LaunchSpec) -> Result<String, ManagerError> {
+        let job = self.job(spec);
+        match run(&job) {
+            Ok(_) => Ok(format!("{}-{}", job.name, std::process::id())),
+            Err(e) => Err(ManagerError::Invalid(e.to_string())),
+        }
+    }
+
+    fn status(&self, _id: &str) -> Result<JobStatus, ManagerError> {
+        Err(ManagerError::Invalid(FOREGROUND.into()))
+    }
+
+    fn logs(&self, _id: &str) -> Result<String, ManagerError> {
+        Err(ManagerError::Invalid(FOREGROUND.into()))
+    }
+
+    fn cancel(&self, _id: &str) -> Result<(), ManagerError> {
+        Err(ManagerError::Invalid(FOREGROUND.into()))
     }
 }

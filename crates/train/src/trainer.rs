@@ -38,6 +38,8 @@ pub struct TrainOptions {
     pub resume: Option<PathBuf>,
     /// No progress output.
     pub quiet: bool,
+    /// Rank among the processes on this host (chooses the GPU); default: the global rank.
+    pub local_rank: Option<usize>,
 }
 
 /// What a training run did.
@@ -67,13 +69,14 @@ pub fn train(job: &JobSpec, opts: &TrainOptions) -> Result<TrainSummary, TrainEr
 }
 
 /// Trains `job` as one worker of a distributed job, on the device `[train] device`
-/// names (workers on one host are spread over the visible GPUs by rank).
+/// names (workers on one host are spread over the visible GPUs by local rank).
 pub fn train_distributed(
     job: &JobSpec,
     opts: &TrainOptions,
     sync: GradSync,
 ) -> Result<TrainSummary, TrainError> {
-    let (device, notice) = crate::device::resolve(job.train.device, sync.rank())?;
+    let (device, notice) =
+        crate::device::resolve(job.train.device, opts.local_rank.unwrap_or(sync.rank()))?;
     if let Some(n) = notice {
         if !opts.quiet && sync.rank() == 0 {
             eprintln!("{n}");

@@ -1,8 +1,8 @@
 //! A process's part in a distributed job: worker or parameter server.
 //!
-//! Identity comes from the environment a launcher sets: `DLC_RANK`,
-//! `DLC_WORLD_SIZE`, `DLC_COORDINATOR` (`host:port`), `DLC_JOB_ID`, `DLC_JOB_TOKEN`.
-//! With the `ps` strategy, ranks `0..workers` are workers and the rest servers.
+//! The identity comes from whatever launcher started the process (`dlc-launch`'s
+//! `env` module reads it). With the `ps` strategy, ranks `0..workers` are workers
+//! and the rest servers.
 
 use std::time::Duration;
 
@@ -28,34 +28,6 @@ pub struct Identity {
     pub job_id: String,
     /// Job token (secret).
     pub token: String,
-}
-
-fn var(name: &str) -> Result<String, TrainError> {
-    std::env::var(name).map_err(|_| {
-        TrainError::Usage(format!(
-            "{name} is not set: `dlc worker` is started by a launcher (e.g. `dlc train --workers N`), \
-             which sets DLC_RANK, DLC_WORLD_SIZE, DLC_COORDINATOR, DLC_JOB_ID and DLC_JOB_TOKEN"
-        ))
-    })
-}
-
-fn number(name: &str) -> Result<usize, TrainError> {
-    let v = var(name)?;
-    v.parse()
-        .map_err(|_| TrainError::Usage(format!("{name}={v} is not a non-negative integer")))
-}
-
-impl Identity {
-    /// Reads the `DLC_*` variables.
-    pub fn from_env() -> Result<Self, TrainError> {
-        Ok(Self {
-            rank: number("DLC_RANK")?,
-            world: number("DLC_WORLD_SIZE")?,
-            coordinator: var("DLC_COORDINATOR")?,
-            job_id: var("DLC_JOB_ID")?,
-            token: var("DLC_JOB_TOKEN")?,
-        })
-    }
 }
 
 /// What a process did.

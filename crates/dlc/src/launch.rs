@@ -1,0 +1,364 @@
+//! `dlc launch`, `dlc status`, `dlc logs`, `dlc cancel`: a job on a resource manager.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use dlc_job::{JobSpec, Manager, Strategy};
+use dlc_launch::{LaunchSpec, ResourceManager};
+
+use crate::train::RunArgs;
+
+#[derive(Args, Debug)]
+pub struct LaunchArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Resource manager: local, slurm or kubernetes [default: [resources] manager, else local].
+    #[arg(long)]
+    manager: Option<Manager>,
+    /// Machines [default: [resources] nodes, else 1].
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Workers per machine (workers = nodes × this) [default: [distributed] workers spread over the nodes].
+    #[arg(long)]
+    workers_per_node: Option<usize>,
+    /// GPUs per worker [default: [resources] gpus_per_worker, else 0].
+    #[arg(long)]
+    gpus_per_worker: Option<usize>,
+    /// CPU cores per process, also its tensor threads [default: [resources] cpus_per_worker, else 1].
+    #[arg(long)]
+    cpus_per_worker: Option<usize>,
+    /// Wall-clock limit of the job, e.g. 90m, 2h, 1d.
+    #[arg(long)]
+    time: Option<String>,
+    /// Slurm partition.
+    #[arg(long)]
+    partition: Option<String>,
+    /// Kubernetes namespace [default: default].
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Container image with dlc and the dataset (Kubernetes).
+    #[arg(long)]
+    image: Option<String>,
+    /// Port of the coordinator rank 0 hosts [default: derived from the scheduler's job id].
+    #[arg(long)]
+    port: Option<u16>,
+    /// Print the batch script / manifests instead of submitting.
+    #[arg(long)]
+    dry_run: bool,
+    /// Wait for the job to end, relaying its output; exit non-zero if it failed.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct JobRef {
+    /// Job id as the scheduler knows it (Slurm: a number; Kubernetes: the job name).
+    id: String,
+    /// Resource manager that runs the job: slurm or kubernetes.
+    #[arg(long, default_value = "slurm")]
+    manager: Manager,
+    /// Kubernetes namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    job: JobRef,
+    /// Print the status as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    job: JobRef,
+    /// Keep printing new output until the job ends.
+    #[arg(long, short)]
+    follow: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    job: JobRef,
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .context("reading the current directory")?
+            .join(p)
+    })
+}
+
+/// Resolves the job file, `[resources]` and the command line into a launch.
+fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
+    let mut job: JobSpec = a.run.job()?;
+    let r = &mut job.resources;
+    if let Some(m) = a.manager {
+        r.manager = m;
+    }
+    for (dst, src) in [
+        (&mut r.nodes, a.nodes),
+        (&mut r.gpus_per_worker, a.gpus_per_worker),
+        (&mut r.cpus_per_worker, a.cpus_per_worker),
+    ] {
+        if let Some(v) = src {
+            *dst = v;
+        }
+    }
+    if a.workers_per_node.is_some() {
+        r.workers_per_node = a.workers_per_node;
+    }
+    for (dst, src) in [
+        (&mut r.time_limit, &a.time),
+        (&mut r.partition, &a.partition),
+        (&mut r.image, &a.image),
+    ] {
+        if src.is_some() {
+            dst.clone_from(src);
+        }
+    }
+    if let Some(n) = &a.namespace {
+        r.namespace.clone_from(n);
+    }
+    if a.port.is_some() {
+        r.port = a.port;
+    }
+    if r.nodes == 0 || r.cpus_per_worker == 0 || r.workers_per_node == Some(0) {
+        bail!("--nodes, --workers-per-node and --cpus-per-worker must be at least 1");
+    }
+    if let Some(w) = r.workers_per_node {
+        if a.run.workers.is_some_and(|n| n != w * r.nodes) {
+            bail!(
+                "--workers {} disagrees with --nodes {} × --workers-per-node {w}",
+                a.run.workers.unwrap_or(0),
+                r.nodes
+            );
+        }
+        job.distributed.workers = w * r.nodes;
+        job.check_distributed()?;
+    }
+    let r = job.resources.clone();
+    let d = &job.distributed;
+    if r.manager != Manager::Local && a.run.resume.is_some() {
+        bail!("--resume works with the local manager; under {} resume by running `dlc worker JOB --resume DIR` in your own job script", r.manager);
+    }
+    let time_limit = r
+        .time_limit
+        .as_deref()
+        .map(dlc_job::parse_duration)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let out = match (&a.run.resume, &a.run.out) {
+        (Some(dir), _) | (None, Some(dir)) => dir.clone(),
+        (None, None) => dlc_train::trainer::default_run_dir(&job),
+    };
+    let threads = (r.manager == Manager::Local).then_some(r.cpus_per_worker);
+    let mut worker_args = a.run.process_flags(&job, threads);
+    // Under schedulers the run directory comes from the spec; locally --resume replaces --out.
+    if let (Manager::Local, Some(dir)) = (r.manager, &a.run.resume) {
+        worker_args.extend(["--resume".into(), dir.display().to_string()]);
+    }
+    let (exe, image) = match r.manager {
+        Manager::Kubernetes => (
+            PathBuf::from("dlc"),
+            r.image.clone().ok_or_else(|| {
+                anyhow::anyhow!("kubernetes needs a container image with dlc and the dataset: --image or [resources] image")
+            })?,
+        ),
+        _ => (std::env::current_exe().context("locating the dlc binary")?, String::new()),
+    };
+    let job_file = absolute(&a.run.job)?;
+    let spec = LaunchSpec {
+        name: job.display_name().to_string(),
+        exe,
+        job_text: std::fs::read_to_string(&job_file)
+            .with_context(|| format!("reading {}", job_file.display()))?,
+        job_file,
+        worker_args,
+        workers: d.workers,
+        servers: if d.strategy == Strategy::Ps {
+            d.ps_servers
+        } else {
+            0
+        },
+        nodes: r.nodes,
+        gpus_per_worker: r.gpus_per_worker,
+        cpus_per_worker: r.cpus_per_worker,
+        time_limit,
+        partition: r.partition.clone(),
+        namespace: r.namespace.clone(),
+        image,
+        workdir: std::env::current_dir().context("reading the current directory")?,
+        // Kubernetes paths live in the pod, not here.
+        out: if r.manager == Manager::Kubernetes {
+            out
+        } else {
+            absolute(&out)?
+        },
+        port: r.port,
+        timeout_s: d.timeout_s,
+    };
+    if r.manager == Manager::Local && r.nodes > 1 {
+        bail!("the local manager runs on this machine only; use --manager slurm or kubernetes for {} nodes", r.nodes);
+    }
+    Ok((r.manager, spec))
+}
+
+/// `dlc launch`.
+pub fn launch(a: LaunchArgs) -> Result<()> {
+    let (kind, spec) = launch_spec(&a)?;
+    let rm = dlc_launch::manager(kind, Some(spec.namespace.clone()), a.run.quiet);
+    if a.dry_run {
+        print!("{}", rm.render(&spec)?);
+        return Ok(());
+    }
+    if kind == Manager::Local {
+        rm.submit(&spec).context("local launch failed")?;
+        print_result(&spec.out);
+        return Ok(());
+    }
+    let id = rm
+        .submit(&spec)
+        .with_context(|| format!("submitting {} to {kind}", spec.job_file.display()))?;
+    let flag = if kind == Manager::Slurm {
+        String::new()
+    } else {
+        format!(" --manager {kind}")
+    };
+    eprintln!(
+        "submitted {kind} job {id}: {} worker(s){} on {} node(s); run directory {}\n  \
+         dlc status {id}{flag}   dlc logs {id}{flag} --follow   dlc cancel {id}{flag}",
+        spec.workers,
+        if spec.servers > 0 {
+            format!(" + {} server(s)", spec.servers)
+        } else {
+            String::new()
+        },
+        spec.nodes,
+        spec.out.display()
+    );
+    println!("{id}");
+    if !a.wait {
+        return Ok(());
+    }
+    let status = follow(rm.as_ref(), &id, a.run.quiet)?;
+    if !status.succeeded {
+        bail!("{kind} job {id} ended {}: {}", status.state, status.detail);
+    }
+    print_result(&spec.out);
+    Ok(())
+}
+
+/// Prints the final epoch line of a finished run, if there is one.
+fn print_result(out: &Path) {
+    let Ok(text) = std::fs::read_to_string(out.join("metrics.jsonl")) else {
+        return;
+    };
+    let last = text
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["kind"] == "epoch");
+    if let Some(v) = last {
+        eprintln!(
+            "epoch {}: test accuracy {:.2}% (loss {:.4}); run directory {}",
+            v["epoch"],
+            100.0 * v["test_accuracy"].as_f64().unwrap_or(f64::NAN),
+            v["test_loss"].as_f64().unwrap_or(f64::NAN),
+            out.display()
+        );
+    }
+}
+
+/// Relays the job's output until it ends; returns its final status.
+fn follow(rm: &dyn ResourceManager, id: &str, quiet: bool) -> Result<dlc_launch::JobStatus> {
+    let mut shown = 0usize;
+    let mut last_state = String::new();
+    let started = Instant::now();
+    loop {
+        let st = rm.status(id)?;
+        if st.state != last_state && !quiet {
+            eprintln!(
+                "[{:>5.0}s] {} job {id}: {} ({})",
+                started.elapsed().as_secs_f64(),
+                rm.name(),
+                st.state,
+                st.detail
+            );
+            last_state.clone_from(&st.state);
+        }
+        // Logs can be unreadable for a moment (not created yet); the next round retries.
+        if let Ok(text) = rm.logs(id) {
+            if text.len() > shown {
+                if !quiet {
+                    let mut err = std::io::stderr().lock();
+                    let _ = err.write_all(&text.as_bytes()[shown..]);
+                }
+                shown = text.len();
+            }
+        }
+        if st.finished {
+            return Ok(st);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn manager_of(j: &JobRef) -> Result<Box<dyn ResourceManager>> {
+    if j.manager == Manager::Local {
+        bail!("local jobs run in the foreground of `dlc train`/`dlc launch`; status, logs and cancel are for slurm and kubernetes jobs");
+    }
+    Ok(dlc_launch::manager(j.manager, j.namespace.clone(), false))
+}
+
+/// `dlc status`.
+pub fn status(a: StatusArgs) -> Result<()> {
+    let st = manager_of(&a.job)?.status(&a.job.id)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&st)?);
+    } else {
+        println!("{} {}: {} ({})", a.job.manager, st.id, st.state, st.detail);
+    }
+    Ok(())
+}
+
+/// `dlc logs`.
+pub fn logs(a: LogsArgs) -> Result<()> {
+    let rm = manager_of(&a.job)?;
+    if a.follow {
+        let mut shown = 0usize;
+        loop {
+            let st = rm.status(&a.job.id)?;
+            let text = rm.logs(&a.job.id)?;
+            if text.len() > shown {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&text.as_bytes()[shown..])?;
+                out.flush()?;
+                shown = text.len();
+            }
+            if st.finished {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    print!("{}", rm.logs(&a.job.id)?);
+    Ok(())
+}
+
+/// `dlc cancel`.
+pub fn cancel(a: CancelArgs) -> Result<()> {
+    manager_of(&a.job)?.cancel(&a.job.id)?;
+    eprintln!("cancelled {} job {}", a.job.manager, a.job.id);
+    Ok(())
+}

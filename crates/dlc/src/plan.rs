@@ -1,0 +1,404 @@
+//! `dlc instances`, `dlc profile`, `dlc plan`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use dlc_job::JobSpec;
+use dlc_plan::{estimate_all, within, Assumptions, Catalog, Estimate, Profile};
+use dlc_train::data::JobData;
+use dlc_train::TrainOptions;
+
+#[derive(Args, Debug)]
+pub struct InstancesArgs {
+    /// Only instances with this GPU model (e.g. V100).
+    #[arg(long)]
+    gpu: Option<String>,
+    /// Catalog file [default: the built-in catalog/instances.toml].
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ProfileArgs {
+    /// Job file.
+    job: PathBuf,
+    /// Device: auto, cpu, cuda, cuda:N.
+    #[arg(long)]
+    device: Option<dlc_job::DeviceSpec>,
+    /// Training steps to time.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// CPU threads (1 measures the per-core rate the planner scales from).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Where to write the profile.
+    #[arg(long, default_value = "profile.json")]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// Job file.
+    job: PathBuf,
+    /// Profile from `dlc profile` [default: measure one now].
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Epochs [default: the job's].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Only plans that finish within this time (e.g. 90m, 2h, 1d).
+    #[arg(long)]
+    deadline: Option<String>,
+    /// Only plans that cost at most this many dollars.
+    #[arg(long)]
+    budget: Option<f64>,
+    /// Largest number of instances to consider.
+    #[arg(long, default_value_t = 4)]
+    max_nodes: usize,
+    /// Catalog file [default: the built-in catalog].
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Fraction of a GPU's f32 peak the training reaches (an assumption until measured on that GPU).
+    #[arg(long, default_value_t = 0.2)]
+    gpu_efficiency: f64,
+    /// Show every estimate's inputs.
+    #[arg(long)]
+    explain: bool,
+    /// Rows to print (the CSV has all).
+    #[arg(long, default_value_t = 25)]
+    top: usize,
+    /// Directory for plan.csv, plan.svg, plan.png (and profile.json when measured).
+    #[arg(long, default_value = "plan")]
+    out: PathBuf,
+    /// Predict 2 local ring workers from a 1-worker profile, run them, compare.
+    #[arg(long)]
+    validate: bool,
+}
+
+fn load_catalog(path: &Option<PathBuf>) -> Result<Catalog> {
+    Ok(match path {
+        Some(p) => Catalog::from_file(p)?,
+        None => Catalog::builtin(),
+    })
+}
+
+/// `dlc instances`.
+pub fn instances(a: InstancesArgs) -> Result<()> {
+    let cat = load_catalog(&a.catalog)?;
+    let rows: Vec<_> = cat
+        .instances
+        .iter()
+        .filter(|i| {
+            a.gpu
+                .as_ref()
+                .is_none_or(|g| i.gpu.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(g)))
+        })
+        .collect();
+    if a.gpu.is_some() && rows.is_empty() {
+        bail!(
+            "no instance has GPU `{}` (known: {})",
+            a.gpu.as_deref().unwrap_or(""),
+            cat.gpus.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    if a.json {
+        for i in rows {
+            let mut v = serde_json::to_value(i)?;
+            v["gpu_peak"] = serde_json::to_value(cat.gpu_of(i))?;
+            println!("{v}");
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<14} {:>4} {:<6} {:>5} {:>7} {:>8} {:<9} {:>9} {:>9}  price date/region",
+        "instance", "gpus", "gpu", "vcpu", "mem GiB", "net GB/s", "gpu link", "f32 TF/s", "$/hour"
+    );
+    for i in rows {
+        let tf = cat.gpu_of(i).map_or(0.0, |g| g.fp32_tflops * i.gpus as f64);
+        println!(
+            "{:<14} {:>4} {:<6} {:>5} {:>7.0} {:>8.2} {:<9} {:>9.1} {:>9.3}  {} {}",
+            i.name,
+            i.gpus,
+            i.gpu.as_deref().unwrap_or("-"),
+            i.vcpus,
+            i.memory_gib,
+            i.network_gbps,
+            format!("{:?}", i.gpu_link).to_lowercase(),
+            tf,
+            i.price_per_hour,
+            i.price_date,
+            i.region
+        );
+    }
+    Ok(())
+}
+
+/// Measures a profile of `job` with a short training burst.
+fn measure(job: &JobSpec, steps: usize, threads: usize) -> Result<Profile> {
+    dlc_train::backend::set_cpu_threads(threads);
+    let data = JobData::load(&job.data)?;
+    let plan = dlc_model::plan(
+        &job.model.resolved_layers(data.classes),
+        data.input_shape(),
+        data.classes,
+    )?;
+    let params: usize = plan.iter().map(|l| l.params).sum();
+    let fwd: u64 = plan.iter().map(|l| l.flops).sum();
+    let mut burst = job.clone();
+    burst.data.test_limit = Some(1);
+    let tmp = tempfile::tempdir()?;
+    let opts = TrainOptions {
+        max_steps: Some(steps.max(2)),
+        out: Some(tmp.path().join("run")),
+        quiet: true,
+        ..Default::default()
+    };
+    let s = dlc_train::train(&burst, &opts).context("profiling run failed")?;
+    let flops = 3.0 * fwd as f64;
+    let pixels = data.train.height * data.train.width;
+    Ok(Profile {
+        job: job.display_name().into(),
+        device: s.device.clone(),
+        cpu_model: dlc_train::device::cpu_info().model,
+        threads,
+        params,
+        grad_bytes: params * 4,
+        flops_per_sample: flops,
+        samples_per_sec: s.samples_per_sec,
+        seconds_per_sample: 1.0 / s.samples_per_sec,
+        achieved_flops: flops * s.samples_per_sec,
+        data_bytes_per_sample: pixels + 1,
+        batch_size: job.train.batch_size,
+        train_samples: data.train.len(),
+        epochs: job.train.epochs,
+        steps_measured: s.global_step,
+    })
+}
+
+fn write_profile(p: &Profile, path: &Path) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(p)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `dlc profile`.
+pub fn profile_cmd(a: ProfileArgs) -> Result<()> {
+    let mut job = JobSpec::from_file(&a.job)?;
+    if let Some(d) = a.device {
+        job.train.device = d;
+    }
+    let p = measure(&job, a.steps, a.threads)?;
+    write_profile(&p, &a.out)?;
+    println!(
+        "{}: {} parameters ({} gradient bytes/step), {:.3} MFLOP/sample (fwd+bwd), {:.0} samples/s on {} ({} thread(s)) = {:.2} GFLOP/s achieved; wrote {}",
+        p.job,
+        p.params,
+        p.grad_bytes,
+        p.flops_per_sample / 1e6,
+        p.samples_per_sec,
+        p.device,
+        p.threads,
+        p.achieved_flops / 1e9,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn hms(s: f64) -> String {
+    let s = s.round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}
+
+fn write_csv(dir: &Path, es: &[Estimate]) -> Result<()> {
+    let mut csv = String::from(
+        "instance,nodes,workers,strategy,compute_s,comm_s,step_s,steps,total_s,cost_usd,pareto\n",
+    );
+    for e in es {
+        csv.push_str(&format!(
+            "{},{},{},{},{:.6},{:.6},{:.6},{},{:.1},{:.4},{}\n",
+            e.instance,
+            e.nodes,
+            e.workers,
+            e.strategy,
+            e.compute_s,
+            e.comm_s,
+            e.step_s,
+            e.steps,
+            e.total_s,
+            e.cost,
+            e.pareto
+        ));
+    }
+    std::fs::write(dir.join("plan.csv"), csv).context("writing plan.csv")
+}
+
+/// `dlc plan`.
+pub fn plan_cmd(a: PlanArgs) -> Result<()> {
+    let job = JobSpec::from_file(&a.job)?;
+    let catalog = load_catalog(&a.catalog)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    if a.validate {
+        return validate(&a, &job);
+    }
+    if !(a.gpu_efficiency > 0.0 && a.gpu_efficiency <= 1.0) {
+        bail!("--gpu-efficiency must be in (0, 1]");
+    }
+    let profile: Profile = match &a.profile {
+        Some(p) => serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("{} is not a profile written by `dlc profile`", p.display()))?,
+        None => {
+            eprintln!(
+                "profiling {} on this machine (use --profile to reuse one)…",
+                job.display_name()
+            );
+            let p = measure(&job, 20, 1)?;
+            write_profile(&p, &a.out.join("profile.json"))?;
+            p
+        }
+    };
+    let deadline = a
+        .deadline
+        .as_deref()
+        .map(|d| dlc_job::parse_duration(d).map(|d| d.as_secs_f64()))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let epochs = a.epochs.unwrap_or(job.train.epochs);
+    let assumptions = Assumptions {
+        gpu_efficiency: a.gpu_efficiency,
+        ..Default::default()
+    };
+    let all = estimate_all(&catalog, &profile, epochs, a.max_nodes, &assumptions);
+    write_csv(&a.out, &all)?;
+    match dlc_plan::plot::write_plot(&a.out, &all) {
+        Ok(_) => {}
+        Err(why) => eprintln!("note: plot skipped: {why}"),
+    }
+    let shown = within(all.clone(), deadline, a.budget);
+    println!(
+        "{}: {} epochs × {} steps; {:.2} GFLOP/step; {} gradient bytes; profile: {:.0} samples/s on {} ({} thread(s))",
+        profile.job,
+        epochs,
+        profile.train_samples.div_ceil(profile.batch_size),
+        profile.flops_per_sample * profile.batch_size as f64 / 1e9,
+        profile.grad_bytes,
+        profile.samples_per_sec,
+        profile.device,
+        profile.threads
+    );
+    if shown.is_empty() {
+        println!(
+            "no plan meets the deadline/budget; the {} candidates are in {}",
+            all.len(),
+            a.out.join("plan.csv").display()
+        );
+        return Ok(());
+    }
+    println!(
+        "{:1} {:<14} {:>5} {:>7} {:<6} {:>10} {:>10} {:>10} {:>10}",
+        "", "instance", "nodes", "workers", "graph", "step ms", "comm ms", "time", "cost $"
+    );
+    for e in shown.iter().take(a.top) {
+        println!(
+            "{:1} {:<14} {:>5} {:>7} {:<6} {:>10.2} {:>10.3} {:>10} {:>10.2}",
+            if e.pareto { "*" } else { "" },
+            e.instance,
+            e.nodes,
+            e.workers,
+            e.strategy.to_string(),
+            e.step_s * 1e3,
+            e.comm_s * 1e3,
+            hms(e.total_s),
+            e.cost
+        );
+        if a.explain {
+            println!("    {}", e.explain);
+        }
+    }
+    println!(
+        "* = Pareto-optimal (nothing else is both cheaper and faster). {} of {} candidates shown; all in {}, plot in {}",
+        shown.len().min(a.top),
+        all.len(),
+        a.out.join("plan.csv").display(),
+        a.out.join("plan.png").display()
+    );
+    println!(
+        "assumptions: GPU efficiency {} of f32 peak, {} s/step GPU overhead, {} µs latency, no compute/communication overlap, {} s start-up",
+        assumptions.gpu_efficiency,
+        assumptions.gpu_step_overhead_s,
+        assumptions.latency_s * 1e6,
+        assumptions.startup_s
+    );
+    Ok(())
+}
+
+/// `dlc plan --validate`: 1-worker profile → predicted 2-worker ring throughput here → measured.
+fn validate(a: &PlanArgs, job: &JobSpec) -> Result<()> {
+    let steps = 30;
+    let p = measure(job, steps, 1)?;
+    let exe = std::env::current_exe()?;
+    let bytes = (p.grad_bytes + 4).div_ceil(4) * 4;
+    let rows = dlc_bench::allreduce::run(&exe, 2, &[bytes], 10, Duration::from_secs(60))
+        .map_err(|e| anyhow::anyhow!("measuring the all-reduce: {e}"))?;
+    let comm = rows[0].median_s;
+    let local = p.batch_size.div_ceil(2) as f64;
+    let compute = local * p.seconds_per_sample;
+    let predicted = p.batch_size as f64 / (compute + comm);
+
+    let dir = tempfile::tempdir()?;
+    let mut burst = job.clone();
+    burst.data.test_limit = Some(1);
+    let job_path = dir.path().join("job.toml");
+    std::fs::write(&job_path, burst.to_toml())?;
+    let out = std::process::Command::new(&exe)
+        .arg("train")
+        .arg(&job_path)
+        .args([
+            "--workers",
+            "2",
+            "--threads-per-worker",
+            "1",
+            "--steps",
+            &steps.to_string(),
+            "-q",
+            "--json",
+        ])
+        .args(["--device", "cpu", "--out"])
+        .arg(dir.path().join("run"))
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "the 2-worker run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let s: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("reading the 2-worker summary")?;
+    let measured = s["samples_per_sec"]
+        .as_f64()
+        .context("no samples_per_sec")?;
+    let err = (predicted - measured) / measured;
+    let v = serde_json::json!({
+        "one_worker_samples_per_sec": p.samples_per_sec, "compute_s": compute, "allreduce_s": comm,
+        "predicted_samples_per_sec": predicted, "measured_samples_per_sec": measured, "error": err,
+    });
+    std::fs::write(a.out.join("validate.json"), v.to_string())?;
+    println!(
+        "validate {}: 1 worker × 1 thread {:.0} samples/s → predicted 2 ring workers {:.0} samples/s \
+         (compute {:.2} ms + all-reduce of {} B {:.2} ms per step); measured {:.0} samples/s; error {:+.1}%",
+        p.job,
+        p.samples_per_sec,
+        predicted,
+        compute * 1e3,
+        bytes,
+        comm * 1e3,
+        measured,
+        100.0 * err
+    );
+    Ok(())
+}

@@ -1,0 +1,432 @@
+//! Resource managers and foreign launchers end to end: a real single-node Slurm
+//! (`scripts/slurm-local.sh start`), Open MPI's `mpirun`, and the rendered Slurm
+//! script and Kubernetes manifests.
+//!
+//! The Slurm and MPI tests skip when the tools are absent, unless
+//! `DLC_REQUIRE_LAUNCHERS=1` (set by CI, which installs and starts them).
+
+mod common;
+use common::*;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn required() -> bool {
+    std::env::var("DLC_REQUIRE_LAUNCHERS").is_ok_and(|v| v == "1")
+}
+
+/// True when `cmd args` runs successfully; otherwise skips (or fails when required).
+fn have(cmd: &str, args: &[&str], what: &str) -> bool {
+    let ok = Command::new(cmd)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            !required(),
+            "{what} is required (DLC_REQUIRE_LAUNCHERS=1) but `{cmd}` does not work"
+        );
+        eprintln!("skipping: {what} is not available");
+    }
+    ok
+}
+
+fn slurm_up() -> bool {
+    have(
+        "sinfo",
+        &["-h", "-o", "%T"],
+        "a running Slurm cluster (scripts/slurm-local.sh start)",
+    )
+}
+
+fn last_epoch(run: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_else(|e| panic!("{}: {e}", run.join("metrics.jsonl").display()));
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["kind"] == "epoch")
+        .expect("an epoch line")
+}
+
+/// 1800 samples, global batch 60, drop_last: 30 steps in one epoch.
+fn equivalence_job() -> String {
+    "[model]\npreset = \"mlp\"\n[data]\ndataset = \"fashion-mnist\"\nlimit = 1800\ntest_limit = 500\n\
+     [train]\nepochs = 1\nbatch_size = 60\noptimizer = \"adam\"\nlearning_rate = 0.002\n\
+     log_every = 10\nseed = 11\ndrop_last = true\n"
+        .to_string()
+}
+
+#[test]
+fn mpirun_two_workers_match_one_worker() {
+    if !have("mpirun", &["--version"], "Open MPI (Debian openmpi-bin)") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "m.toml", &equivalence_job());
+    let one = dir.path().join("one");
+    ok(&[
+        "train",
+        job.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--out",
+        one.to_str().unwrap(),
+        "-q",
+    ]);
+    let two = dir.path().join("two");
+    let out = Command::new("mpirun")
+        .args([
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-np",
+            "2",
+            "-x",
+            "DLC_JOB_TOKEN",
+        ])
+        .arg(env!("CARGO_BIN_EXE_dlc"))
+        .args([
+            "worker",
+            job.to_str().unwrap(),
+            "--threads",
+            "1",
+            "-q",
+            "--out",
+            two.to_str().unwrap(),
+        ])
+        .env("DLC_JOB_TOKEN", "mpi-test-token")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "mpirun failed:\n{err}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let diff = max_abs_diff(
+        &weights(&one.join("model.safetensors")),
+        &weights(&two.join("model.safetensors")),
+    );
+    assert!(
+        diff < 1e-4,
+        "mpirun x2 vs one worker: max abs difference {diff}"
+    );
+    assert_eq!(last_epoch(&two)["epoch"], 1);
+}
+
+#[test]
+fn mpirun_without_a_token_warns_and_still_trains() {
+    if !have("mpirun", &["--version"], "Open MPI (Debian openmpi-bin)") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "m.toml", &quick_mlp(600, 1, 60));
+    let out_dir = dir.path().join("run");
+    let out = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
+        .arg(env!("CARGO_BIN_EXE_dlc"))
+        .args([
+            "worker",
+            job.to_str().unwrap(),
+            "--threads",
+            "1",
+            "-q",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
+        .env_remove("DLC_JOB_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("DLC_JOB_TOKEN is not set"), "{err}");
+    assert!(out_dir.join("model.safetensors").exists());
+}
+
+#[test]
+fn slurm_two_task_job_trains_the_mlp_example() {
+    if !slurm_up() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/fashion-mnist-mlp.toml"
+    );
+    let out = dlc()
+        .args([
+            "launch",
+            "--manager",
+            "slurm",
+            example,
+            "--workers",
+            "2",
+            "--wait",
+            "--out",
+        ])
+        .arg(&run)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dlc launch failed:\n{err}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(id.parse::<u64>().is_ok(), "job id on stdout, got {id:?}");
+    let e = last_epoch(&run);
+    let acc = e["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.85, "MLP under Slurm reached only {acc}");
+    // Ranks came from Slurm: its output has srun's task labels and rank 0's summary.
+    let logs = ok(&["logs", &id]);
+    assert!(logs.contains("0: done:"), "{logs}");
+    let status = ok(&["status", &id, "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(st["state"], "COMPLETED", "{st}");
+    assert_eq!(st["succeeded"], true);
+}
+
+#[test]
+fn slurm_cancel_stops_a_running_job() {
+    if !slurm_up() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "long.toml", &quick_mlp(60000, 200, 64));
+    let run = dir.path().join("run");
+    let id = ok(&[
+        "launch",
+        "--manager",
+        "slurm",
+        job.to_str().unwrap(),
+        "--workers",
+        "2",
+        "--out",
+        run.to_str().unwrap(),
+    ])
+    .trim()
+    .to_string();
+    let state = |id: &str| -> String {
+        let s: serde_json::Value = serde_json::from_str(&ok(&["status", id, "--json"])).unwrap();
+        s["state"].as_str().unwrap().to_string()
+    };
+    let t = Instant::now();
+    while state(&id) != "RUNNING" {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "job {id} never started: {}",
+            state(&id)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok(&["cancel", &id]);
+    let t = Instant::now();
+    loop {
+        let s = state(&id);
+        if s.starts_with("CANCELLED") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "job {id} still {s} after cancel"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Its processes are gone too.
+    let t = Instant::now();
+    loop {
+        let ps = Command::new("pgrep")
+            .args(["-f", run.to_str().unwrap()])
+            .output()
+            .unwrap();
+        if ps.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "workers of job {id} still running"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn scheduler_commands_explain_bad_ids() {
+    let e = fails(&["status", "12;rm"]);
+    assert!(e.contains("not a Slurm job id"), "{e}");
+    let e = fails(&["status", "x", "--manager", "local"]);
+    assert!(e.contains("foreground"), "{e}");
+    if slurm_up() {
+        let e = fails(&["status", "999999"]);
+        assert!(e.contains("does not know job"), "{e}");
+    }
+}
+
+#[test]
+fn dry_runs_print_the_script_and_the_manifests() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/fashion-mnist-mlp.toml"
+    );
+    let s = ok(&[
+        "launch",
+        "--manager",
+        "slurm",
+        example,
+        "--nodes",
+        "2",
+        "--workers-per-node",
+        "2",
+        "--gpus-per-worker",
+        "1",
+        "--cpus-per-worker",
+        "4",
+        "--time",
+        "90m",
+        "--partition",
+        "gpu",
+        "--dry-run",
+        "--out",
+        "/shared/runs/x",
+    ]);
+    for want in [
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks=4",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --gpus-per-task=1",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --time=01:30:00",
+        "#SBATCH --partition=gpu",
+        " worker ",
+        "--workers 4",
+        "--out /shared/runs/x",
+    ] {
+        assert!(s.contains(want), "missing {want:?}:\n{s}");
+    }
+    let y = ok(&[
+        "launch",
+        "--manager",
+        "kubernetes",
+        example,
+        "--workers",
+        "3",
+        "--strategy",
+        "ps",
+        "--ps-servers",
+        "1",
+        "--image",
+        "dlc:test",
+        "--namespace",
+        "ml",
+        "--dry-run",
+    ]);
+    let kinds: Vec<&str> = y.lines().filter_map(|l| l.strip_prefix("kind: ")).collect();
+    assert_eq!(
+        kinds,
+        ["Secret", "ConfigMap", "Service", "Job", "Job"],
+        "{y}"
+    );
+    assert!(
+        y.contains("completionMode: Indexed") && y.contains("nvidia.com/gpu").eq(&false),
+        "{y}"
+    );
+    let e = fails(&["launch", "--manager", "kubernetes", example, "--dry-run"]);
+    assert!(e.contains("--image"), "{e}");
+    let e = fails(&["launch", "--manager", "yarn", example, "--dry-run"]);
+    assert!(e.contains("slurm"), "{e}");
+}
+
+#[test]
+fn torchrun_environment_trains_like_one_worker() {
+    // What torchrun hands each process, without torchrun itself.
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "t.toml", &equivalence_job());
+    let one = dir.path().join("one");
+    ok(&[
+        "train",
+        job.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--out",
+        one.to_str().unwrap(),
+        "-q",
+    ]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let two = dir.path().join("two");
+    let children: Vec<_> = (0..2)
+        .map(|rank| {
+            dlc()
+                .args([
+                    "worker",
+                    job.to_str().unwrap(),
+                    "--threads",
+                    "1",
+                    "-q",
+                    "--out",
+                    two.to_str().unwrap(),
+                ])
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .env("TORCHELASTIC_RUN_ID", "t1")
+                .env("DLC_JOB_TOKEN", "torch-token")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (rank, c) in children.into_iter().enumerate() {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "rank {rank}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let diff = max_abs_diff(
+        &weights(&one.join("model.safetensors")),
+        &weights(&two.join("model.safetensors")),
+    );
+    assert!(
+        diff < 1e-4,
+        "torchrun x2 vs one worker: max abs difference {diff}"
+    );
+}
+
+#[test]
+fn local_launch_runs_in_the_foreground() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "l.toml", &quick_mlp(600, 1, 60));
+    let run = dir.path().join("run");
+    ok(&[
+        "launch",
+        job.to_str().unwrap(),
+        "--workers",
+        "2",
+        "-q",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(last_epoch(&run)["epoch"], 1);
+    let plan = ok(&[
+        "launch",
+        job.to_str().unwrap(),
+        "--workers",
+        "2",
+        "--dry-run",
+    ]);
+    assert_eq!(
+        plan.lines().filter(|l| l.contains("DLC_RANK=")).count(),
+        2,
+        "{plan}"
+    );
+    let e = fails(&["launch", job.to_str().unwrap(), "--nodes", "2", "--dry-run"]);
+    assert!(e.contains("this machine only"), "{e}");
+}

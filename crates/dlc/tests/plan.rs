@@ -1,0 +1,189 @@
+//! `dlc instances`, `dlc profile`, `dlc plan` end to end.
+
+mod common;
+use common::*;
+
+const CNN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/fashion-mnist-cnn.toml"
+);
+
+#[test]
+fn instances_lists_and_filters_the_catalog() {
+    let all = ok(&["instances"]);
+    for name in [
+        "p2.xlarge",
+        "p3.16xlarge",
+        "g3.4xlarge",
+        "p5.48xlarge",
+        "c5.2xlarge",
+    ] {
+        assert!(all.contains(name), "{name} missing:\n{all}");
+    }
+    let v100 = ok(&["instances", "--gpu", "v100", "--json"]);
+    let rows: Vec<serde_json::Value> = v100
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["p3.2xlarge", "p3.8xlarge", "p3.16xlarge"]);
+    assert!(rows
+        .iter()
+        .all(|r| r["gpu_peak"]["fp32_tflops"].as_f64().unwrap() > 15.0));
+    let e = fails(&["instances", "--gpu", "Z99"]);
+    assert!(
+        e.contains("no instance has GPU") && e.contains("V100"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_bad_catalog_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = job(
+        dir.path(),
+        "cat.toml",
+        "[[instances]]\nname = \"x\"\nprovider = \"p\"\ngpu = \"Q\"\ngpus = 1\nvcpus = 4\nmemory_gib = 16\n\
+         network_gbps = 1.0\ngpu_link = \"none\"\ngpu_link_gbps = 0\nprice_per_hour = 1.0\n\
+         price_date = \"2026-01\"\nregion = \"r\"\n",
+    );
+    let e = fails(&["instances", "--catalog", cat.to_str().unwrap()]);
+    assert!(
+        e.contains("cat.toml") && e.contains("`Q` is not in [gpus]"),
+        "{e}"
+    );
+    let e = fails(&[
+        "instances",
+        "--catalog",
+        dir.path().join("none.toml").to_str().unwrap(),
+    ]);
+    assert!(e.contains("cannot read catalog"), "{e}");
+}
+
+#[test]
+fn plan_runs_from_a_fresh_profile_and_marks_the_frontier() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("plan");
+    let table = ok(&[
+        "plan",
+        CNN,
+        "--out",
+        out.to_str().unwrap(),
+        "--max-nodes",
+        "2",
+        "--top",
+        "200",
+    ]);
+    assert!(table.contains("Pareto-optimal"), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with('*')),
+        "a starred row:\n{table}"
+    );
+    // The profile it measured.
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("profile.json")).unwrap()).unwrap();
+    assert!(p["samples_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(p["flops_per_sample"].as_f64().unwrap() > 1e6, "{p}");
+    assert_eq!(
+        p["grad_bytes"].as_u64().unwrap(),
+        4 * p["params"].as_u64().unwrap()
+    );
+    // plan.csv: every candidate, Pareto rows not dominated by any other row.
+    let csv = std::fs::read_to_string(out.join("plan.csv")).unwrap();
+    let rows: Vec<Vec<String>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect();
+    assert!(rows.len() > 40, "{} candidates", rows.len());
+    let f = |r: &Vec<String>, i: usize| r[i].parse::<f64>().unwrap();
+    let (time, cost, pareto) = (8, 9, 10);
+    for r in rows.iter().filter(|r| r[pareto] == "true") {
+        assert!(
+            !rows
+                .iter()
+                .any(|o| f(o, cost) < f(r, cost) && f(o, time) < f(r, time)),
+            "{r:?} is starred but dominated"
+        );
+    }
+    // Sorted by cost.
+    assert!(rows.windows(2).all(|w| f(&w[0], cost) <= f(&w[1], cost)));
+    let png = std::fs::read(out.join("plan.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5000);
+    let svg = std::fs::read_to_string(out.join("plan.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("Pareto"));
+
+    // Reusing the profile; a budget below the cheapest plan leaves nothing.
+    let prof = out.join("profile.json");
+    let cheapest = f(&rows[0], cost);
+    let none = ok(&[
+        "plan",
+        CNN,
+        "--profile",
+        prof.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--budget",
+        &format!("{}", cheapest / 2.0),
+    ]);
+    assert!(none.contains("no plan meets"), "{none}");
+    let explained = ok(&[
+        "plan",
+        CNN,
+        "--profile",
+        prof.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--deadline",
+        "10h",
+        "--explain",
+        "--top",
+        "3",
+    ]);
+    assert!(
+        explained.contains("compute =") && explained.contains("FLOP/s"),
+        "{explained}"
+    );
+    let e = fails(&[
+        "plan",
+        CNN,
+        "--profile",
+        CNN,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(e.contains("not a profile"), "{e}");
+    let e = fails(&[
+        "plan",
+        CNN,
+        "--profile",
+        prof.to_str().unwrap(),
+        "--deadline",
+        "soon",
+    ]);
+    assert!(e.contains("not a duration"), "{e}");
+}
+
+#[test]
+fn validate_predicts_and_measures_two_local_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "v.toml", &quick_mlp(6000, 1, 128));
+    let out = dir.path().join("v");
+    let text = ok(&[
+        "plan",
+        job.to_str().unwrap(),
+        "--validate",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        text.contains("predicted") && text.contains("measured"),
+        "{text}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("validate.json")).unwrap()).unwrap();
+    for k in ["predicted_samples_per_sec", "measured_samples_per_sec"] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    assert!(v["error"].as_f64().unwrap().is_finite());
+}

@@ -1,0 +1,16 @@
+//! Planning: which machines, how many, which network graph — and what it costs.
+//!
+//! * [`catalog`]: the instance catalog (TOML), validated.
+//! * [`profile`]: what a job needs, measured by `dlc profile`.
+//! * [`model`]: the cost/performance model, one [`model::Estimate`] per
+//!   instance × node count × strategy, and the Pareto frontier.
+//! * [`plot`]: cost vs time with the frontier highlighted.
+
+pub mod catalog;
+pub mod model;
+pub mod plot;
+pub mod profile;
+
+pub use catalog::{Catalog, CatalogError};
+pub use model::{estimate_all, pareto, within, Assumptions, Estimate, Strategy};
+pub use profile::Profile;

@@ -1,0 +1,424 @@
+//! The cost/performance model.
+//!
+//! For every instance × node count × strategy:
+//!
+//! ```text
+//! workers     = nodes × GPUs per node            (GPU instances)
+//!             = nodes × vCPUs/2                   (CPU instances: one single-threaded worker per core)
+//! local batch = ⌈B / workers⌉
+//! compute     = local batch × FLOPs/sample ÷ (worker peak × efficiency) + per-step overhead
+//!   GPU worker peak = the GPU's f32 peak; efficiency = --gpu-efficiency (assumption)
+//!   CPU worker peak × efficiency = the per-core FLOP/s measured by the profile
+//! ring comm   = 2(n−1)/n × S ÷ bw + 2(n−1) × latency
+//!   bw = GPU link (one node) or min(GPU link, network) (several nodes); CPU: loopback / network
+//! ps comm     = max(S ÷ bw_worker, n × S ÷ (k × bw_server)) + 2 × latency      (BytePS bound;
+//!               k servers co-located one per node, bw_worker = network ÷ workers per node)
+//! step        = compute + comm × (1 − overlap)            (dlcluster does not overlap yet: 0)
+//! time        = steps × step + start-up;  cost = nodes × price × time
+//! ```
+//! S = gradient bytes per step, n = workers. Every estimate keeps its inputs
+//! ([`Estimate::explain`]).
+
+use serde::Serialize;
+
+use crate::catalog::{Catalog, GpuLink, Instance};
+use crate::profile::Profile;
+
+/// Knobs of the model that are assumptions rather than measurements.
+#[derive(Debug, Clone, Serialize)]
+pub struct Assumptions {
+    /// Fraction of a GPU's f32 peak our training reaches.
+    pub gpu_efficiency: f64,
+    /// Fixed per-step overhead on a GPU (kernel launches, host sync), seconds.
+    pub gpu_step_overhead_s: f64,
+    /// Per-message latency of the transport, seconds.
+    pub latency_s: f64,
+    /// Bandwidth between worker processes on one CPU host (TCP loopback), GB/s.
+    pub loopback_gbps: f64,
+    /// Fraction of communication hidden behind computation.
+    pub overlap: f64,
+    /// Start-up time of a job (provisioning, data load), seconds.
+    pub startup_s: f64,
+}
+
+impl Default for Assumptions {
+    fn default() -> Self {
+        Self {
+            gpu_efficiency: 0.2,
+            gpu_step_overhead_s: 0.002,
+            latency_s: 50e-6,
+            loopback_gbps: 2.5,
+            overlap: 0.0,
+            startup_s: 60.0,
+        }
+    }
+}
+
+/// Network graph of a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Strategy {
+    /// Ring all-reduce.
+    Ring,
+    /// Parameter servers (count).
+    Ps(usize),
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Strategy::Ring => write!(f, "ring"),
+            Strategy::Ps(k) => write!(f, "ps({k})"),
+        }
+    }
+}
+
+/// One candidate configuration and its estimate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Estimate {
+    /// Instance type.
+    pub instance: String,
+    /// Number of instances.
+    pub nodes: usize,
+    /// Worker processes.
+    pub workers: usize,
+    /// Network graph.
+    pub strategy: Strategy,
+    /// Compute seconds per step.
+    pub compute_s: f64,
+    /// Exposed communication seconds per step.
+    pub comm_s: f64,
+    /// Seconds per step.
+    pub step_s: f64,
+    /// Steps to finish.
+    pub steps: usize,
+    /// Wall time to finish, seconds.
+    pub total_s: f64,
+    /// Dollars to finish.
+    pub cost: f64,
+    /// On the Pareto frontier (no other candidate is both cheaper and faster).
+    pub pareto: bool,
+    /// The inputs and intermediate values, for `--explain`.
+    pub explain: String,
+}
+
+/// Ring all-reduce time for `bytes` over `n` workers at `bw` GB/s.
+pub fn ring_time(bytes: f64, n: usize, bw_gbps: f64, latency_s: f64) -> f64 {
+    if n <= 1 {
+        return 0.0;
+    }
+    let n = n as f64;
+    2.0 * (n - 1.0) / n * bytes / (bw_gbps * 1e9) + 2.0 * (n - 1.0) * latency_s
+}
+
+/// Parameter-server time (BytePS bound): each of `n` workers pushes and pulls
+/// `bytes` at `bw_worker`; each of `k` servers moves `n × bytes / k` at `bw_server`.
+pub fn ps_time(
+    bytes: f64,
+    n: usize,
+    k: usize,
+    bw_worker_gbps: f64,
+    bw_server_gbps: f64,
+    latency_s: f64,
+) -> f64 {
+    let worker = bytes / (bw_worker_gbps * 1e9);
+    let server = n as f64 * bytes / (k.max(1) as f64 * bw_server_gbps * 1e9);
+    worker.max(server) + 2.0 * latency_s
+}
+
+/// Estimates one candidate; `None` when it cannot run (more workers than samples per
+/// batch, or the model does not fit in GPU memory).
+pub fn estimate(
+    catalog: &Catalog,
+    inst: &Instance,
+    nodes: usize,
+    strategy: Strategy,
+    p: &Profile,
+    epochs: usize,
+    a: &Assumptions,
+) -> Option<Estimate> {
+    let gpu = catalog.gpu_of(inst);
+    let per_node = match gpu {
+        Some(_) => inst.gpus,
+        None => (inst.vcpus / 2).max(1),
+    };
+    let workers = nodes * per_node;
+    if workers > p.batch_size {
+        return None;
+    }
+    let local = p.batch_size.div_ceil(workers);
+    let (worker_flops, overhead, peak_note) = match gpu {
+        Some(g) => {
+            // Weights, gradients and two optimizer moments in f32, with 2× headroom.
+            if (p.params * 16 * 2) as f64 > g.memory_gib * (1u64 << 30) as f64 {
+                return None;
+            }
+            (
+                g.fp32_tflops * 1e12 * a.gpu_efficiency,
+                a.gpu_step_overhead_s,
+                format!(
+                    "{} f32 peak {} TFLOP/s × efficiency {}",
+                    inst.gpu.as_deref().unwrap_or("?"),
+                    g.fp32_tflops,
+                    a.gpu_efficiency
+                ),
+            )
+        }
+        None => (
+            p.flops_per_thread(),
+            0.0,
+            format!(
+                "measured {:.2} GFLOP/s per core ({})",
+                p.flops_per_thread() / 1e9,
+                p.cpu_model
+            ),
+        ),
+    };
+    let compute_s = local as f64 * p.flops_per_sample / worker_flops + overhead;
+    let s = p.grad_bytes as f64;
+    let one_node_bw = match (gpu, inst.gpu_link) {
+        (Some(_), GpuLink::None) => inst.gpu_link_gbps.max(a.loopback_gbps),
+        (Some(_), _) => inst.gpu_link_gbps,
+        (None, _) => a.loopback_gbps,
+    };
+    let (comm_s, bw_note) = match strategy {
+        Strategy::Ring => {
+            let bw = if nodes == 1 {
+                one_node_bw
+            } else {
+                one_node_bw.min(inst.network_gbps)
+            };
+            (
+                ring_time(s, workers, bw, a.latency_s),
+                format!("ring over {bw} GB/s"),
+            )
+        }
+        Strategy::Ps(k) => {
+            let (bw_w, bw_s) = if nodes == 1 {
+                (one_node_bw, one_node_bw)
+            } else {
+                (inst.network_gbps / per_node as f64, inst.network_gbps)
+            };
+            (
+                ps_time(s, workers, k, bw_w, bw_s, a.latency_s),
+                format!("ps: worker {bw_w:.3} GB/s, {k} server(s) at {bw_s} GB/s"),
+            )
+        }
+    };
+    let exposed = comm_s * (1.0 - a.overlap);
+    let step_s = compute_s + exposed;
+    let steps = epochs * p.train_samples.div_ceil(p.batch_size);
+    let total_s = steps as f64 * step_s + a.startup_s;
+    let cost = nodes as f64 * inst.price_per_hour * total_s / 3600.0;
+    let explain = format!(
+        "{} × {nodes} ({workers} workers, local batch {local}): compute = {local} × {:.3e} FLOP ÷ {:.3e} FLOP/s [{peak_note}] + {overhead}s = {:.4}s; \
+         comm = {:.4}s [{bw_note}, {} gradient bytes, latency {}s]; step = {:.4}s; {steps} steps + {}s start-up = {:.0}s; \
+         ${}/h × {nodes} → ${cost:.2} (price {} {})",
+        inst.name, p.flops_per_sample, worker_flops, compute_s, comm_s, p.grad_bytes, a.latency_s, step_s, a.startup_s, total_s,
+        inst.price_per_hour, inst.region, inst.price_date
+    );
+    Some(Estimate {
+        instance: inst.name.clone(),
+        nodes,
+        workers,
+        strategy,
+        compute_s,
+        comm_s: exposed,
+        step_s,
+        steps,
+        total_s,
+        cost,
+        pareto: false,
+        explain,
+    })
+}
+
+/// Every instance × 1..=max_nodes × {ring, ps(1), ps(nodes)}, Pareto-marked and
+/// sorted by cost.
+pub fn estimate_all(
+    catalog: &Catalog,
+    p: &Profile,
+    epochs: usize,
+    max_nodes: usize,
+    a: &Assumptions,
+) -> Vec<Estimate> {
+    let mut out = Vec::new();
+    for inst in &catalog.instances {
+        for nodes in 1..=max_nodes.max(1) {
+            let mut strategies = vec![Strategy::Ring, Strategy::Ps(1)];
+            if nodes > 1 {
+                strategies.push(Strategy::Ps(nodes));
+            }
+            for s in strategies {
+                if let Some(e) = estimate(catalog, inst, nodes, s, p, epochs, a) {
+                    out.push(e);
+                }
+            }
+        }
+    }
+    pareto(&mut out);
+    out.sort_by(|x, y| {
+        x.cost
+            .total_cmp(&y.cost)
+            .then(x.total_s.total_cmp(&y.total_s))
+    });
+    out
+}
+
+/// Marks the estimates no other estimate beats on both cost and time.
+pub fn pareto(es: &mut [Estimate]) {
+    let points: Vec<(f64, f64)> = es.iter().map(|e| (e.cost, e.total_s)).collect();
+    for (i, e) in es.iter_mut().enumerate() {
+        let (c, t) = points[i];
+        e.pareto = !points
+            .iter()
+            .enumerate()
+            .any(|(j, &(c2, t2))| j != i && c2 <= c && t2 <= t && (c2 < c || t2 < t));
+    }
+}
+
+/// Keeps the estimates that finish within `deadline_s` and cost at most `budget`.
+pub fn within(es: Vec<Estimate>, deadline_s: Option<f64>, budget: Option<f64>) -> Vec<Estimate> {
+    es.into_iter()
+        .filter(|e| deadline_s.is_none_or(|d| e.total_s <= d) && budget.is_none_or(|b| e.cost <= b))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile() -> Profile {
+        Profile {
+            job: "t".into(),
+            device: "cpu".into(),
+            cpu_model: "test".into(),
+            threads: 1,
+            params: 1_000_000,
+            grad_bytes: 4_000_000,
+            flops_per_sample: 1e9,
+            samples_per_sec: 10.0,
+            seconds_per_sample: 0.1,
+            achieved_flops: 1e10,
+            data_bytes_per_sample: 785,
+            batch_size: 64,
+            train_samples: 6400,
+            epochs: 1,
+            steps_measured: 10,
+        }
+    }
+
+    #[test]
+    fn ring_formula_by_hand() {
+        // 4 workers, 8 MB, 1 GB/s, no latency: 2·3/4 · 8e6 / 1e9 = 12 ms.
+        assert!((ring_time(8e6, 4, 1.0, 0.0) - 0.012).abs() < 1e-12);
+        assert_eq!(ring_time(8e6, 1, 1.0, 1.0), 0.0);
+        // + 2(n-1) latencies.
+        assert!((ring_time(8e6, 4, 1.0, 1e-3) - 0.018).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ps_bound_by_hand() {
+        // 8 workers, 1 server: server moves 8 × 1 MB at 1 GB/s = 8 ms > worker 1 ms.
+        assert!((ps_time(1e6, 8, 1, 1.0, 1.0, 0.0) - 0.008).abs() < 1e-12);
+        // 8 servers: bounded by the worker: 1 ms.
+        assert!((ps_time(1e6, 8, 8, 1.0, 1.0, 0.0) - 0.001).abs() < 1e-12);
+    }
+
+    #[test]
+    fn cpu_estimate_by_hand() {
+        let cat = Catalog::parse(
+            "[[instances]]\nname = \"c\"\nprovider = \"p\"\ngpus = 0\nvcpus = 8\nmemory_gib = 16\n\
+             network_gbps = 1.0\ngpu_link = \"none\"\ngpu_link_gbps = 0\nprice_per_hour = 3.6\n\
+             price_date = \"2026-01\"\nregion = \"r\"\n",
+            "t",
+        )
+        .unwrap();
+        let a = Assumptions {
+            latency_s: 0.0,
+            startup_s: 0.0,
+            loopback_gbps: 2.0,
+            ..Default::default()
+        };
+        let e = estimate(
+            &cat,
+            &cat.instances[0],
+            1,
+            Strategy::Ring,
+            &profile(),
+            1,
+            &a,
+        )
+        .unwrap();
+        // 4 cores → 4 workers, local batch 16: compute = 16 × 1e9 / 1e10 = 1.6 s.
+        assert_eq!(e.workers, 4);
+        assert!((e.compute_s - 1.6).abs() < 1e-9);
+        // ring: 2·3/4 · 4e6 / 2e9 = 3 ms.
+        assert!((e.comm_s - 0.003).abs() < 1e-12);
+        // 100 steps × 1.603 s = 160.3 s; $3.6/h → $0.1603.
+        assert_eq!(e.steps, 100);
+        assert!((e.total_s - 160.3).abs() < 1e-6);
+        assert!((e.cost - 0.1603).abs() < 1e-9);
+        // Two nodes: network bound (1 GB/s), 8 workers.
+        let e2 = estimate(
+            &cat,
+            &cat.instances[0],
+            2,
+            Strategy::Ring,
+            &profile(),
+            1,
+            &a,
+        )
+        .unwrap();
+        assert_eq!(e2.workers, 8);
+        assert!((e2.comm_s - 2.0 * 7.0 / 8.0 * 4e6 / 1e9).abs() < 1e-12);
+    }
+
+    fn est(cost: f64, t: f64) -> Estimate {
+        Estimate {
+            instance: String::new(),
+            nodes: 1,
+            workers: 1,
+            strategy: Strategy::Ring,
+            compute_s: 0.0,
+            comm_s: 0.0,
+            step_s: 0.0,
+            steps: 0,
+            total_s: t,
+            cost,
+            pareto: false,
+            explain: String::new(),
+        }
+    }
+
+    #[test]
+    fn pareto_frontier() {
+        let mut es = vec![
+            est(1.0, 10.0),
+            est(2.0, 5.0),
+            est(3.0, 6.0),
+            est(1.0, 12.0),
+            est(5.0, 1.0),
+            est(2.0, 5.0),
+        ];
+        pareto(&mut es);
+        let marks: Vec<bool> = es.iter().map(|e| e.pareto).collect();
+        // (3,6) is beaten by (2,5); (1,12) by (1,10); equal points both stay.
+        assert_eq!(marks, vec![true, true, false, false, true, true]);
+    }
+
+    #[test]
+    fn deadline_and_budget_filters() {
+        let es = vec![est(1.0, 100.0), est(2.0, 50.0), est(10.0, 10.0)];
+        let keep = |d, b| {
+            within(es.clone(), d, b)
+                .iter()
+                .map(|e| e.cost)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keep(None, None), vec![1.0, 2.0, 10.0]);
+        assert_eq!(keep(Some(60.0), None), vec![2.0, 10.0]);
+        assert_eq!(keep(None, Some(2.0)), vec![1.0, 2.0]);
+        assert_eq!(keep(Some(60.0), Some(2.0)), vec![2.0]);
+        assert!(keep(Some(5.0), Some(1.0)).is_empty());
+    }
+}
