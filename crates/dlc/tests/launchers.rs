@@ -58,6 +58,18 @@ fn equivalence_job() -> String {
         .to_string()
 }
 
+/// Asserts that two runs ended with the same weights (max |Δw| < 1e-4).
+fn assert_same_weights(one: &Path, two: &Path, label: &str) {
+    let diff = max_abs_diff(
+        &weights(&one.join("model.safetensors")),
+        &weights(&two.join("model.safetensors")),
+    );
+    assert!(
+        diff < 1e-4,
+        "{label} vs one worker: max abs difference {diff}"
+    );
+}
+
 #[test]
 fn mpirun_two_workers_match_one_worker() {
     if !have("mpirun", &["--version"], "Open MPI (Debian openmpi-bin)") {
@@ -104,14 +116,7 @@ fn mpirun_two_workers_match_one_worker() {
         "mpirun failed:\n{err}\n{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let diff = max_abs_diff(
-        &weights(&one.join("model.safetensors")),
-        &weights(&two.join("model.safetensors")),
-    );
-    assert!(
-        diff < 1e-4,
-        "mpirun x2 vs one worker: max abs difference {diff}"
-    );
+    assert_same_weights(&one, &two, "mpirun x2");
     assert_eq!(last_epoch(&two)["epoch"], 1);
 }
 
@@ -390,14 +395,7 @@ fn torchrun_environment_trains_like_one_worker() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let diff = max_abs_diff(
-        &weights(&one.join("model.safetensors")),
-        &weights(&two.join("model.safetensors")),
-    );
-    assert!(
-        diff < 1e-4,
-        "torchrun x2 vs one worker: max abs difference {diff}"
-    );
+    assert_same_weights(&one, &two, "torchrun x2");
 }
 
 #[test]

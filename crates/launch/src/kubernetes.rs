@@ -302,6 +302,15 @@ mod tests {
             && !s.ends_with('-')
     }
 
+    /// The container's environment variable `k`.
+    fn env_of(container: &Value, k: &str) -> Value {
+        let vars = container["env"].as_array().expect("an env list");
+        vars.iter()
+            .find(|e| e["name"] == k)
+            .cloned()
+            .unwrap_or_else(|| panic!("{k} not set"))
+    }
+
     /// Renders, parses the YAML back, and returns the objects by kind.
     fn round_trip(servers: usize) -> Vec<Value> {
         let yaml = to_yaml(&manifests(&spec(servers), "tok").unwrap()).unwrap();
@@ -372,15 +381,7 @@ mod tests {
                 "/runs/cnn"
             ]
         );
-        let env = |k: &str| {
-            c["env"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["name"] == k)
-                .cloned()
-                .unwrap()
-        };
+        let env = |k: &str| env_of(c, k);
         assert_eq!(env("DLC_WORLD_SIZE")["value"], "4");
         assert_eq!(env("DLC_RANK_OFFSET")["value"], "0");
         assert_eq!(
@@ -408,15 +409,7 @@ mod tests {
         assert_eq!(ps["metadata"]["name"], "fashion-mnist-cnn-ps");
         assert_eq!(ps["spec"]["completions"], 2);
         let c = &ps["spec"]["template"]["spec"]["containers"][0];
-        let env = |k: &str| {
-            c["env"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["name"] == k)
-                .cloned()
-                .unwrap()
-        };
+        let env = |k: &str| env_of(c, k);
         assert_eq!(env("DLC_WORLD_SIZE")["value"], "6");
         assert_eq!(env("DLC_RANK_OFFSET")["value"], "4");
         assert!(
