@@ -67,6 +67,17 @@ pub struct Communicator {
     _acceptor: Acceptor,
 }
 
+/// Whether a coordinator address names loopback literally (`127.x`, `[::1]`,
+/// `localhost`), as a job confined to this machine does.
+fn names_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl Communicator {
     /// Joins the job: authenticates to the coordinator, publishes this rank's
     /// listening address, waits for all ranks, then links to every peer.
@@ -80,16 +91,33 @@ impl Communicator {
         let deadline = Instant::now() + cfg.timeout;
         let mut control = CoordClient::connect(&cfg.coordinator, &cfg.key, cfg.rank, cfg.timeout)?;
         // Listen on the interface that reaches the coordinator: peers can reach it too.
+        // A host name that resolves to loopback here (Debian's `127.0.1.1 host` line)
+        // may be reached from other hosts through a routable address: listen on every
+        // interface then, advertise the loopback address, and let the coordinator
+        // rewrite it to its own routable address for the other ranks. An explicit
+        // loopback coordinator address (a local job) keeps the listener on loopback.
         let ip = control
             .stream
             .local_addr()
             .map_err(CommError::io("local address"))?
             .ip();
-        let listener =
-            TcpListener::bind((ip, 0)).map_err(CommError::io(format!("listening on {ip}")))?;
-        let addr = listener
-            .local_addr()
-            .map_err(CommError::io("listener address"))?;
+        let bind_ip = if ip.is_loopback() && !names_loopback(&cfg.coordinator) {
+            match ip {
+                std::net::IpAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                std::net::IpAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            }
+        } else {
+            ip
+        };
+        let listener = TcpListener::bind((bind_ip, 0))
+            .map_err(CommError::io(format!("listening on {bind_ip}")))?;
+        let addr = std::net::SocketAddr::new(
+            ip,
+            listener
+                .local_addr()
+                .map_err(CommError::io("listener address"))?
+                .port(),
+        );
         let acceptor = Acceptor::start(
             listener,
             cfg.key.clone(),

@@ -96,6 +96,8 @@ struct State {
     started: bool,
     failed: Option<(usize, String)>,
     kv: HashMap<String, String>,
+    /// This host's address as seen by a rank on another host, if one joined.
+    routable: Option<std::net::IpAddr>,
 }
 
 struct Shared {
@@ -252,7 +254,12 @@ fn handle(mut stream: TcpStream, peer: SocketAddr, sh: Arc<Shared>) {
     let Ok(w) = stream.try_clone().map(|s| Arc::new(Mutex::new(s))) else {
         return;
     };
-    let rank = match join(&mut stream, &peer.to_string(), claimed, &w, &sh) {
+    // A rank that reached us from another host tells us our routable address.
+    let routable = match stream.local_addr() {
+        Ok(local) if !peer.ip().is_loopback() && !local.ip().is_loopback() => Some(local.ip()),
+        _ => None,
+    };
+    let rank = match join(&mut stream, &peer.to_string(), claimed, routable, &w, &sh) {
         Ok(rank) => rank,
         Err(message) => {
             tracing::warn!("coordinator: join from {peer} refused: {message}");
@@ -268,6 +275,7 @@ fn join(
     stream: &mut TcpStream,
     peer: &str,
     claimed: usize,
+    routable: Option<std::net::IpAddr>,
     w: &Arc<Mutex<TcpStream>>,
     sh: &Shared,
 ) -> Result<usize, String> {
@@ -322,6 +330,9 @@ fn join(
     }
     st.addrs[rank] = Some(addr);
     st.writers[rank] = Some(w.clone());
+    if st.routable.is_none() {
+        st.routable = routable;
+    }
     if st.addrs.iter().all(|a| a.is_some()) {
         st.started = true;
         sh.changed.notify_all();
@@ -350,11 +361,21 @@ fn join(
     let addrs = st
         .addrs
         .iter()
-        .map(|a| a.clone().unwrap_or_default())
+        .map(|a| advertise(a.as_deref().unwrap_or_default(), st.routable))
         .collect();
     drop(st);
     send(w, &Reply::Peers { addrs }).map_err(|e| e.to_string())?;
     Ok(rank)
+}
+
+/// The address other ranks should dial for a rank that published `addr`: a loopback
+/// address came from this host (loopback connections cannot cross hosts), so when
+/// ranks on other hosts take part it is replaced by this host's routable address.
+fn advertise(addr: &str, routable: Option<std::net::IpAddr>) -> String {
+    match (addr.parse::<SocketAddr>(), routable) {
+        (Ok(a), Some(ip)) if a.ip().is_loopback() => SocketAddr::new(ip, a.port()).to_string(),
+        _ => addr.to_string(),
+    }
 }
 
 /// Serves key-value requests until the rank leaves or its connection drops.

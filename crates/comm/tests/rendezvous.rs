@@ -99,3 +99,65 @@ fn key_value_store_and_unreachable_coordinator() {
     );
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+/// This machine's address on its default route, if it has one (no packet is sent).
+fn routable_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// This host's name when it resolves to loopback (Debian's `127.0.1.1 host` line).
+fn loopback_host_name() -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()?
+        .trim()
+        .to_string();
+    let first = (name.as_str(), 1u16).to_socket_addrs().ok()?.next()?;
+    first.ip().is_loopback().then_some(name)
+}
+
+/// A rank that reaches the coordinator through a name resolving to loopback (as rank 0
+/// on its own host often does) is advertised to ranks on other hosts by the
+/// coordinator's routable address, and can be reached there.
+#[test]
+fn a_rank_behind_a_loopback_name_is_advertised_by_a_routable_address() {
+    let (Some(ip), Some(name)) = (routable_ip(), loopback_host_name()) else {
+        eprintln!("skipping: needs a routable address and a host name resolving to loopback");
+        return;
+    };
+    let t = Duration::from_secs(10);
+    // The peer table alone.
+    let coord = Coordinator::start("0.0.0.0:0", key(), 2, t).unwrap();
+    let port = coord.addr().port();
+    let local = std::thread::spawn(move || join(&format!("{name}:{port}"), 0, 2, t));
+    let mut remote = CoordClient::connect(&format!("{ip}:{port}"), &key(), 1, t).unwrap();
+    let peers = remote.join(&key(), 2, &format!("{ip}:2"), t).unwrap();
+    assert_eq!(peers, [format!("{ip}:1"), format!("{ip}:2")]);
+    assert!(local.join().unwrap().is_ok());
+    drop(coord);
+
+    // And the links work: rank 0 listens on every interface, rank 1 dials the routable address.
+    let coord = Coordinator::start("0.0.0.0:0", key(), 2, t).unwrap();
+    let port = coord.addr().port();
+    let name = loopback_host_name().unwrap();
+    let ranks: Vec<_> = [format!("{name}:{port}"), format!("{ip}:{port}")]
+        .into_iter()
+        .enumerate()
+        .map(|(rank, addr)| {
+            std::thread::spawn(move || {
+                let mut cfg = CommConfig::new(addr, key(), rank, 2);
+                cfg.timeout = t;
+                let mut c = Communicator::connect(cfg).unwrap();
+                let mut v = vec![rank as f32 + 1.0; 1000];
+                c.all_reduce(&mut v, dlc_comm::ReduceOp::Sum).unwrap();
+                v
+            })
+        })
+        .collect();
+    for r in ranks {
+        assert!(r.join().unwrap().iter().all(|&x| x == 3.0));
+    }
+}
