@@ -251,7 +251,11 @@ pub fn launch(a: LaunchArgs) -> Result<()> {
     if !a.wait {
         return Ok(());
     }
-    let status = follow(rm.as_ref(), &id, a.run.quiet)?;
+    let status = if a.run.quiet {
+        follow(rm.as_ref(), &id, &mut std::io::sink(), false, false)?
+    } else {
+        follow(rm.as_ref(), &id, &mut std::io::stderr().lock(), true, false)?
+    };
     if !status.succeeded {
         bail!("{kind} job {id} ended {}: {}", status.state, status.detail);
     }
@@ -280,14 +284,22 @@ fn print_result(out: &Path) {
     }
 }
 
-/// Relays the job's output until it ends; returns its final status.
-fn follow(rm: &dyn ResourceManager, id: &str, quiet: bool) -> Result<dlc_launch::JobStatus> {
+/// Copies the job's output to `out` as it grows, until the job ends; returns its
+/// final status. With `states`, state changes are reported on stderr. Unless
+/// `strict`, a failed log read (output not there yet) is retried next round.
+fn follow(
+    rm: &dyn ResourceManager,
+    id: &str,
+    out: &mut dyn Write,
+    states: bool,
+    strict: bool,
+) -> Result<dlc_launch::JobStatus> {
     let mut shown = 0usize;
     let mut last_state = String::new();
     let started = Instant::now();
     loop {
         let st = rm.status(id)?;
-        if st.state != last_state && !quiet {
+        if states && st.state != last_state {
             eprintln!(
                 "[{:>5.0}s] {} job {id}: {} ({})",
                 started.elapsed().as_secs_f64(),
@@ -297,15 +309,15 @@ fn follow(rm: &dyn ResourceManager, id: &str, quiet: bool) -> Result<dlc_launch:
             );
             last_state.clone_from(&st.state);
         }
-        // Logs can be unreadable for a moment (not created yet); the next round retries.
-        if let Ok(text) = rm.logs(id) {
-            if text.len() > shown {
-                if !quiet {
-                    let mut err = std::io::stderr().lock();
-                    let _ = err.write_all(&text.as_bytes()[shown..]);
-                }
+        match rm.logs(id) {
+            Ok(text) if text.len() > shown => {
+                out.write_all(&text.as_bytes()[shown..])?;
+                out.flush()?;
                 shown = text.len();
             }
+            Ok(_) => {}
+            Err(e) if strict => return Err(e.into()),
+            Err(_) => {}
         }
         if st.finished {
             return Ok(st);
@@ -336,21 +348,14 @@ pub fn status(a: StatusArgs) -> Result<()> {
 pub fn logs(a: LogsArgs) -> Result<()> {
     let rm = manager_of(&a.job)?;
     if a.follow {
-        let mut shown = 0usize;
-        loop {
-            let st = rm.status(&a.job.id)?;
-            let text = rm.logs(&a.job.id)?;
-            if text.len() > shown {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&text.as_bytes()[shown..])?;
-                out.flush()?;
-                shown = text.len();
-            }
-            if st.finished {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        follow(
+            rm.as_ref(),
+            &a.job.id,
+            &mut std::io::stdout().lock(),
+            false,
+            true,
+        )?;
+        return Ok(());
     }
     print!("{}", rm.logs(&a.job.id)?);
     Ok(())

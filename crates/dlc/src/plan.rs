@@ -142,11 +142,7 @@ pub fn instances(a: InstancesArgs) -> Result<()> {
 fn measure(job: &JobSpec, steps: usize, threads: usize) -> Result<Profile> {
     dlc_train::backend::set_cpu_threads(threads);
     let data = JobData::load(&job.data)?;
-    let plan = dlc_model::plan(
-        &job.model.resolved_layers(data.classes),
-        data.input_shape(),
-        data.classes,
-    )?;
+    let plan = data.model_plan(&job.model)?;
     let params: usize = plan.iter().map(|l| l.params).sum();
     let fwd: u64 = plan.iter().map(|l| l.flops).sum();
     let mut burst = job.clone();

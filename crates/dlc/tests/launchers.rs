@@ -58,6 +58,21 @@ fn equivalence_job() -> String {
         .to_string()
 }
 
+/// Trains `job` with one single-threaded worker into `dir/one` (the reference run).
+fn one_worker_run(dir: &Path, job: &Path) -> std::path::PathBuf {
+    let one = dir.join("one");
+    ok(&[
+        "train",
+        job.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--out",
+        one.to_str().unwrap(),
+        "-q",
+    ]);
+    one
+}
+
 /// Asserts that two runs ended with the same weights (max |Δw| < 1e-4).
 fn assert_same_weights(one: &Path, two: &Path, label: &str) {
     let diff = max_abs_diff(
@@ -77,16 +92,7 @@ fn mpirun_two_workers_match_one_worker() {
     }
     let dir = tempfile::tempdir().unwrap();
     let job = job(dir.path(), "m.toml", &equivalence_job());
-    let one = dir.path().join("one");
-    ok(&[
-        "train",
-        job.to_str().unwrap(),
-        "--threads",
-        "1",
-        "--out",
-        one.to_str().unwrap(),
-        "-q",
-    ]);
+    let one = one_worker_run(dir.path(), &job);
     let two = dir.path().join("two");
     let out = Command::new("mpirun")
         .args([
@@ -346,16 +352,7 @@ fn torchrun_environment_trains_like_one_worker() {
     // What torchrun hands each process, without torchrun itself.
     let dir = tempfile::tempdir().unwrap();
     let job = job(dir.path(), "t.toml", &equivalence_job());
-    let one = dir.path().join("one");
-    ok(&[
-        "train",
-        job.to_str().unwrap(),
-        "--threads",
-        "1",
-        "--out",
-        one.to_str().unwrap(),
-        "-q",
-    ]);
+    let one = one_worker_run(dir.path(), &job);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

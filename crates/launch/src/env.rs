@@ -135,37 +135,29 @@ pub fn detect(var: &dyn Fn(&str) -> Option<String>, job_text: &str) -> Result<Id
         return Err(EnvError::NoLauncher);
     };
 
+    // (rank, world, local rank) from the launcher's three variables.
+    let ids = |rank: &str, world: &str, local: &str| -> Result<_, EnvError> {
+        Ok((
+            need_num(rank, source)?,
+            need_num(world, source)?,
+            num(local)?,
+        ))
+    };
     let (rank, world, local_rank) = match source {
-        Source::Dlc => (
-            need_num("DLC_RANK", source)?,
-            need_num("DLC_WORLD_SIZE", source)?,
-            num("DLC_LOCAL_RANK")?,
-        ),
+        Source::Dlc => ids("DLC_RANK", "DLC_WORLD_SIZE", "DLC_LOCAL_RANK")?,
         Source::Kubernetes => (
             need_num("JOB_COMPLETION_INDEX", source)? + num("DLC_RANK_OFFSET")?.unwrap_or(0),
             need_num("DLC_WORLD_SIZE", source)?,
             Some(0),
         ),
-        Source::Slurm => (
-            need_num("SLURM_PROCID", source)?,
-            need_num("SLURM_NTASKS", source)?,
-            num("SLURM_LOCALID")?,
-        ),
-        Source::OpenMpi => (
-            need_num("OMPI_COMM_WORLD_RANK", source)?,
-            need_num("OMPI_COMM_WORLD_SIZE", source)?,
-            num("OMPI_COMM_WORLD_LOCAL_RANK")?,
-        ),
-        Source::Pmi => (
-            need_num("PMI_RANK", source)?,
-            need_num("PMI_SIZE", source)?,
-            num("MPI_LOCALRANKID")?,
-        ),
-        Source::Torchrun => (
-            need_num("RANK", source)?,
-            need_num("WORLD_SIZE", source)?,
-            num("LOCAL_RANK")?,
-        ),
+        Source::Slurm => ids("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")?,
+        Source::OpenMpi => ids(
+            "OMPI_COMM_WORLD_RANK",
+            "OMPI_COMM_WORLD_SIZE",
+            "OMPI_COMM_WORLD_LOCAL_RANK",
+        )?,
+        Source::Pmi => ids("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID")?,
+        Source::Torchrun => ids("RANK", "WORLD_SIZE", "LOCAL_RANK")?,
     };
     if world == 0 {
         return Err(EnvError::Bad(format!(

@@ -33,7 +33,7 @@ pub fn die_with_parent() {
     }
 }
 
-/// The resource manager called `name` (`local`, `slurm`, `kubernetes`).
+/// The resource manager of `kind`; `namespace` is for Kubernetes, `quiet` for local jobs.
 pub fn manager(
     kind: dlc_job::Manager,
     namespace: Option<String>,

@@ -4,8 +4,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use dlc_data::dataset::IdxFiles;
 use dlc_data::ImageDataset;
-use dlc_job::DataSpec;
-use dlc_model::Shape;
+use dlc_job::{DataSpec, ModelSpec};
+use dlc_model::{LayerPlan, Shape};
 
 use crate::TrainError;
 
@@ -55,6 +55,16 @@ impl JobData {
             h: self.train.height,
             w: self.train.width,
         }
+    }
+
+    /// The job's model laid out for this data: every layer with its shapes,
+    /// parameters and FLOPs (input shape and class count inferred from the data).
+    pub fn model_plan(&self, model: &ModelSpec) -> Result<Vec<LayerPlan>, TrainError> {
+        Ok(dlc_model::plan(
+            &model.resolved_layers(self.classes),
+            self.input_shape(),
+            self.classes,
+        )?)
     }
 }
 

@@ -58,11 +58,7 @@ pub fn evaluate<B: Backend>(model: &Net<B>, ds: &ImageDataset, device: &B::Devic
 /// it on the job's test set (CPU).
 pub fn evaluate_file(job: &JobSpec, weights: &Path) -> Result<EvalResult, TrainError> {
     let data = JobData::load(&job.data)?;
-    let plan = dlc_model::plan(
-        &job.model.resolved_layers(data.classes),
-        data.input_shape(),
-        data.classes,
-    )?;
+    let plan = data.model_plan(&job.model)?;
     let device = Default::default();
     let mut model = Net::<Cpu>::new(&plan, &device);
     load_safetensors(&mut model, weights)?;

@@ -133,11 +133,7 @@ pub fn train_on<B: AutodiffBackend>(
     let progress = Progress::new(opts.quiet || !lead);
 
     let data = JobData::load(&job.data)?;
-    let plan = dlc_model::plan(
-        &job.model.resolved_layers(data.classes),
-        data.input_shape(),
-        data.classes,
-    )?;
+    let plan = data.model_plan(&job.model)?;
     let params: usize = plan.iter().map(|l| l.params).sum();
 
     let run_dir = if lead {
