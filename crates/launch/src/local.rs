@@ -231,11 +231,7 @@ pub fn run(job: &LocalJob) -> Result<Outcome, LaunchError> {
     }
     if let Some((rank, status, _)) = failure {
         stop_all(&mut children);
-        // The coordinator knows which rank died first (its connection dropped).
-        let (rank, status) = match coord.failure() {
-            Some((r, why)) if r != rank && exited[r].is_some_and(|s| !s.success()) => (r, why),
-            _ => (rank, status),
-        };
+        let (rank, status) = first_failure((rank, status), coord.failure(), &exited);
         return Err(LaunchError::RankFailed {
             rank,
             role: role(rank, job.workers),
@@ -245,6 +241,23 @@ pub fn run(job: &LocalJob) -> Result<Outcome, LaunchError> {
     }
     coord.shutdown(Duration::from_secs(2));
     Ok(outcome)
+}
+
+/// Which rank to blame. The coordinator knows which rank died first (its connection
+/// dropped); the others may have exited on hearing of it and been reaped before it in
+/// the same sweep. Name the first to die, with its own exit status when it has one.
+fn first_failure(
+    reaped: (usize, String),
+    coordinator: Option<(usize, String)>,
+    exited: &[Option<std::process::ExitStatus>],
+) -> (usize, String) {
+    match coordinator {
+        Some((r, _)) if r != reaped.0 => match exited.get(r).copied().flatten() {
+            Some(s) if !s.success() => (r, describe(s)),
+            _ => reaped,
+        },
+        _ => reaped,
+    }
 }
 
 fn describe(status: std::process::ExitStatus) -> String {
@@ -337,5 +350,34 @@ impl ResourceManager for Local {
 
     fn cancel(&self, _id: &str) -> Result<(), ManagerError> {
         Err(ManagerError::Invalid(FOREGROUND.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn the_first_rank_to_die_is_blamed_even_when_reaped_after_the_others() {
+        // Rank 1 was killed (signal 9); rank 0 exited with 1 on hearing of it and was
+        // reaped first in the same sweep.
+        let exited = [
+            Some(std::process::ExitStatus::from_raw(1 << 8)),
+            Some(std::process::ExitStatus::from_raw(9)),
+            None,
+        ];
+        let reaped = (0, describe(exited[0].unwrap()));
+        assert_eq!(reaped.1, "exit code 1");
+        let coord = Some((1, "its process exited".to_string()));
+        assert_eq!(
+            first_failure(reaped.clone(), coord, &exited),
+            (1, "killed by signal 9".to_string())
+        );
+        // Without the coordinator's word, or when that rank is still running, the
+        // reaped rank stays blamed.
+        assert_eq!(first_failure(reaped.clone(), None, &exited), reaped);
+        let coord = Some((2, "lost".to_string()));
+        assert_eq!(first_failure(reaped.clone(), coord, &exited), reaped);
     }
 }
