@@ -50,6 +50,39 @@ fn trains_mlp_on_a_few_thousand_samples() {
     }
     assert_eq!(epochs[1]["test_accuracy"].as_f64().unwrap(), acc);
 
+    // The same curves in a TensorBoard event file.
+    let events: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("events.out.tfevents."))
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let events = dlc_train::tensorboard::read_events(&std::fs::read(&events[0]).unwrap()).unwrap();
+    let scalar = |tag: &str| -> Vec<(i64, f32)> {
+        events
+            .iter()
+            .filter_map(|e| match &e.what {
+                Some(dlc_train::tensorboard::EventWhat::Summary(s)) => s
+                    .value
+                    .iter()
+                    .find(|v| v.tag == tag)
+                    .and_then(|v| v.simple_value.map(|x| (e.step, x))),
+                _ => None,
+            })
+            .collect()
+    };
+    let losses = scalar("train/loss");
+    assert_eq!(losses.len(), steps.len());
+    assert_eq!(losses[0].0, steps[0]["step"].as_i64().unwrap());
+    assert_eq!(losses[0].1, steps[0]["loss"].as_f64().unwrap() as f32);
+    assert_eq!(
+        scalar("epoch/test_accuracy"),
+        [
+            (1, epochs[0]["test_accuracy"].as_f64().unwrap() as f32),
+            (2, acc as f32)
+        ]
+    );
+
     // Stable, documented tensor names.
     let w = weights(&out.join("model.safetensors"));
     let names: Vec<&str> = w.iter().map(|t| t.0.as_str()).collect();

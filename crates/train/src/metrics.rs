@@ -5,6 +5,11 @@
 //! per-step means over the window).
 //! Epoch lines: `{"kind":"epoch","epoch","train_loss","test_loss","test_accuracy","seconds"}`
 //! (`epoch` is 1-based: the number of epochs completed).
+//!
+//! The same values go to a TensorBoard event file next to it (see [`crate::tensorboard`]):
+//! step lines as `train/loss`, `train/samples_per_sec`, `train/compute_s` and
+//! `train/comm_s` at the global step; epoch lines as `epoch/train_loss`,
+//! `epoch/test_loss`, `epoch/test_accuracy` and `epoch/seconds` at the epoch number.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -12,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::tensorboard::EventWriter;
 use crate::TrainError;
 
 /// One line of `metrics.jsonl`.
@@ -48,23 +54,28 @@ pub enum Record {
     },
 }
 
-/// Appends [`Record`]s to a JSONL file, flushing each line.
+/// Appends [`Record`]s to `metrics.jsonl` (flushing each line) and to a TensorBoard
+/// event file in the same run directory.
 pub struct MetricsSink {
     out: BufWriter<File>,
     path: PathBuf,
+    events: EventWriter,
 }
 
 impl MetricsSink {
-    /// Opens `path` for appending (created if missing).
-    pub fn open(path: &Path) -> Result<Self, TrainError> {
+    /// Opens `run_dir/metrics.jsonl` for appending (created if missing) and starts a new
+    /// event file in `run_dir`.
+    pub fn open(run_dir: &Path) -> Result<Self, TrainError> {
+        let path = run_dir.join("metrics.jsonl");
         let file = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(path)
-            .map_err(TrainError::io(path))?;
+            .open(&path)
+            .map_err(TrainError::io(&path))?;
         Ok(Self {
             out: BufWriter::new(file),
-            path: path.to_path_buf(),
+            path,
+            events: EventWriter::create(run_dir)?,
         })
     }
 
@@ -73,6 +84,39 @@ impl MetricsSink {
         let line = serde_json::to_string(rec).expect("metrics serialise");
         writeln!(self.out, "{line}")
             .and_then(|_| self.out.flush())
-            .map_err(TrainError::io(&self.path))
+            .map_err(TrainError::io(&self.path))?;
+        match *rec {
+            Record::Step {
+                step,
+                loss,
+                samples_per_sec,
+                compute_s,
+                comm_s,
+                ..
+            } => self.events.scalars(
+                step as u64,
+                &[
+                    ("train/loss", loss),
+                    ("train/samples_per_sec", samples_per_sec),
+                    ("train/compute_s", compute_s),
+                    ("train/comm_s", comm_s),
+                ],
+            ),
+            Record::Epoch {
+                epoch,
+                train_loss,
+                test_loss,
+                test_accuracy,
+                seconds,
+            } => self.events.scalars(
+                epoch as u64,
+                &[
+                    ("epoch/train_loss", train_loss),
+                    ("epoch/test_loss", test_loss),
+                    ("epoch/test_accuracy", test_accuracy),
+                    ("epoch/seconds", seconds),
+                ],
+            ),
+        }
     }
 }

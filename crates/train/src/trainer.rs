@@ -165,7 +165,7 @@ pub fn train_on<B: AutodiffBackend>(
         ));
     }
     let mut metrics = if lead {
-        Some(MetricsSink::open(&run_dir.join("metrics.jsonl"))?)
+        Some(MetricsSink::open(&run_dir)?)
     } else {
         None
     };
