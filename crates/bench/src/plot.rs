@@ -1,7 +1,4 @@
 //! Plots of the matmul benchmark: time vs n (log–log) and speedup vs n, as SVG and PNG.
-//!
-//! Text layout needs a TrueType font: DejaVu Sans from Debian's `fonts-dejavu-core`
-//! (`DLC_FONT` overrides the path).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,9 +7,6 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::matmul::Row;
-
-/// Default font for PNG plots.
-pub const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 type Series = BTreeMap<String, Vec<(f64, f64)>>;
 
@@ -111,25 +105,10 @@ where
     root.present().map_err(|x| e(&x))
 }
 
-/// Registers the TrueType font plotters lays text out with (once per process).
-pub fn register_font() -> Result<(), String> {
-    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    DONE.get_or_init(|| {
-        let path = std::env::var("DLC_FONT").unwrap_or_else(|_| DEFAULT_FONT.into());
-        let bytes = std::fs::read(&path).map_err(|err| {
-            format!("PNG plots need a TrueType font: cannot read {path} ({err}); install Debian's fonts-dejavu-core or set DLC_FONT")
-        })?;
-        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-            .map_err(|_| format!("{path} is not a usable TrueType font"))
-    })
-    .clone()
-}
-
 /// Writes `matmul_time.{svg,png}` and `matmul_speedup.{svg,png}` into `dir` and
 /// returns the files written; fails with the reason when no font can be loaded.
 pub fn write_plots(dir: &Path, rows: &[Row]) -> Result<Vec<PathBuf>, String> {
-    register_font()?;
+    dlc_plot::font::register_font()?;
     let time = series(rows, |r| Some(r.median_s));
     let (speed, speed_title) = speedups(rows);
     let mut written = Vec::new();

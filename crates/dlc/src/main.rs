@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod curves;
 mod devices;
 mod launch;
 mod plan;
@@ -24,7 +25,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train the job's model (one worker, or `--workers N` local processes); writes
-    /// metrics.jsonl, model.safetensors and a checkpoint into the run directory.
+    /// metrics.jsonl, TensorBoard events, curves.png, model.safetensors and a
+    /// checkpoint into the run directory.
     Train(train::TrainArgs),
     /// Run one process of a distributed job. Started by a resource manager or launcher:
     /// reads its rank from DLC_*, Slurm (srun), Open MPI/PMI (mpirun) or torchrun variables.
@@ -40,6 +42,9 @@ enum Command {
     Cancel(launch::CancelArgs),
     /// Evaluate saved weights on the job's test set.
     Eval(train::EvalArgs),
+    /// Plot training curves (loss per step, test accuracy per epoch) of one or more
+    /// run directories, overlaid → SVG and PNG.
+    Plot(curves::PlotArgs),
     /// Benchmarks of the hot paths, against ceilings measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -60,6 +65,7 @@ fn main() -> ExitCode {
         Command::Train(a) => train::train(a),
         Command::Worker(a) => train::worker(a),
         Command::Eval(a) => train::eval(a),
+        Command::Plot(a) => curves::plot(a),
         Command::Launch(a) => launch::launch(a),
         Command::Status(a) => launch::status(a),
         Command::Logs(a) => launch::logs(a),

@@ -1,6 +1,6 @@
 //! `dlc train`, `dlc worker`, `dlc eval`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -245,6 +245,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         let s = dlc_train::train(&job, &args.run.options())
             .with_context(|| format!("training {} failed", args.run.job.display()))?;
         print_summary(&summary_json(&s), args.json);
+        crate::curves::after_training(&s.run_dir, args.run.quiet);
         return Ok(());
     }
     let world = d.world();
@@ -266,9 +267,12 @@ pub fn train(args: TrainArgs) -> Result<()> {
     };
     let outcome = dlc_launch::local::run(&local)
         .with_context(|| format!("distributed training of {} failed", args.run.job.display()))?;
-    match outcome.summary {
-        Some(v) => print_summary(&v, args.json),
-        None => anyhow::bail!("rank 0 finished without reporting a summary"),
+    let Some(v) = outcome.summary else {
+        anyhow::bail!("rank 0 finished without reporting a summary");
+    };
+    print_summary(&v, args.json);
+    if let Some(dir) = v["run_dir"].as_str() {
+        crate::curves::after_training(Path::new(dir), args.run.quiet);
     }
     Ok(())
 }

@@ -83,6 +83,27 @@ fn trains_mlp_on_a_few_thousand_samples() {
         ]
     );
 
+    // `dlc train` leaves its curves plot; `dlc plot` overlays runs.
+    assert!(std::fs::read(out.join("curves.png"))
+        .unwrap()
+        .starts_with(b"\x89PNG"));
+    let cmp = dir.path().join("cmp");
+    let files = ok(&[
+        "plot",
+        out.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--out",
+        cmp.to_str().unwrap(),
+    ]);
+    assert_eq!(files.lines().count(), 2, "{files}");
+    let svg = std::fs::read_to_string(cmp.with_extension("svg")).unwrap();
+    assert!(svg.contains("test accuracy"));
+    let err = fails(&["plot", dir.path().join("nope").to_str().unwrap()]);
+    assert!(
+        err.contains("cannot read") && err.contains("metrics.jsonl"),
+        "{err}"
+    );
+
     // Stable, documented tensor names.
     let w = weights(&out.join("model.safetensors"));
     let names: Vec<&str> = w.iter().map(|t| t.0.as_str()).collect();
