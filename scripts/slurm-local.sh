@@ -91,11 +91,12 @@ start() {
   if ! pgrep -x munged >/dev/null; then
     "${SUDO[@]}" runuser -u munge -- munged --force 2>/dev/null || "${SUDO[@]}" munged --force
   fi
-  pgrep -x slurmctld >/dev/null || "${SUDO[@]}" slurmctld
-  pgrep -x slurmd >/dev/null || "${SUDO[@]}" slurmd
   local host state
   host=$(hostname -s)
   for _ in $(seq 1 60); do
+    # (Re)start a daemon that is missing, e.g. one a `stop` just before was ending.
+    pgrep -x slurmctld >/dev/null || "${SUDO[@]}" slurmctld
+    pgrep -x slurmd >/dev/null || "${SUDO[@]}" slurmd
     state=$(sinfo -h -n "$host" -o %T 2>/dev/null || true)
     case "$state" in
       idle*|mixed*|allocated*) log "node $host is $state"; return 0 ;;
@@ -115,6 +116,13 @@ stop() {
   "${SUDO[@]}" pkill -x slurmd 2>/dev/null || true
   "${SUDO[@]}" pkill -x slurmctld 2>/dev/null || true
   "${SUDO[@]}" pkill -x munged 2>/dev/null || true
+  # Wait for them to exit, so that a `start` right after begins from nothing.
+  local d
+  for _ in $(seq 1 50); do
+    pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || pgrep -x munged >/dev/null || break
+    sleep 0.2
+  done
+  for d in slurmd slurmctld munged; do "${SUDO[@]}" pkill -9 -x "$d" 2>/dev/null || true; done
   log "stopped"
 }
 
