@@ -132,6 +132,7 @@ fn panel<DB: DrawingBackend>(
     title: &str,
     (x_desc, y_desc): (&str, &str),
     x_labels: usize,
+    legend: SeriesLabelPosition,
     series: impl Fn(&Run) -> &[(f64, f64)],
 ) -> Result<(), String>
 where
@@ -174,7 +175,7 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
@@ -188,9 +189,16 @@ where
 {
     root.fill(&WHITE).map_err(|x| x.to_string())?;
     let (left, right) = root.split_horizontally(root.dim_in_pixel().0 / 2);
-    panel(&left, runs, "training loss", ("step", "loss"), 10, |r| {
-        &r.loss
-    })?;
+    // Loss falls and accuracy rises: each legend goes where its curves are not.
+    panel(
+        &left,
+        runs,
+        "training loss",
+        ("step", "loss"),
+        10,
+        SeriesLabelPosition::UpperRight,
+        |r| &r.loss,
+    )?;
     // One label per epoch while they fit.
     let epochs = runs.iter().map(|r| r.accuracy.len()).max().unwrap_or(1);
     panel(
@@ -199,6 +207,7 @@ where
         "test accuracy",
         ("epoch", "accuracy"),
         epochs.clamp(2, 10),
+        SeriesLabelPosition::LowerRight,
         |r| &r.accuracy,
     )?;
     root.present().map_err(|x| x.to_string())
