@@ -2,7 +2,7 @@
 //! (`scripts/slurm-local.sh start`), Open MPI's `mpirun`, and the rendered Slurm
 //! script and Kubernetes manifests.
 //!
-//! The Slurm and MPI tests skip when the tools are absent, unless
+//! The Slurm, MPI and Kubernetes-schema checks skip when the tools are absent, unless
 //! `DLC_REQUIRE_LAUNCHERS=1` (set by CI, which installs and starts them).
 
 mod common;
@@ -30,6 +30,42 @@ fn have(cmd: &str, args: &[&str], what: &str) -> bool {
         eprintln!("skipping: {what} is not available");
     }
     ok
+}
+
+/// Checks Kubernetes manifests against the API's JSON schemas with
+/// `kubernetes-validate --strict` (unknown fields are errors). `DLC_KUBERNETES_VALIDATE`
+/// names the program; CI installs it with pip. Skips when absent unless required.
+fn kubernetes_schema_check(dir: &Path, name: &str, yaml: &str) {
+    let tool = std::env::var("DLC_KUBERNETES_VALIDATE")
+        .unwrap_or_else(|_| "kubernetes-validate".to_string());
+    if !have(
+        &tool,
+        &["--version"],
+        "kubernetes-validate (pip install kubernetes-validate)",
+    ) {
+        return;
+    }
+    let file = dir.join(name);
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(&tool)
+        .arg("--strict")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !text.contains("ERROR"),
+        "{text}\n{yaml}"
+    );
+    assert_eq!(
+        text.matches("passed for resource").count(),
+        yaml.lines().filter(|l| l.starts_with("kind: ")).count(),
+        "{text}"
+    );
 }
 
 fn slurm_up() -> bool {
@@ -341,6 +377,29 @@ fn dry_runs_print_the_script_and_the_manifests() {
         y.contains("completionMode: Indexed") && y.contains("nvidia.com/gpu").eq(&false),
         "{y}"
     );
+    let dir = tempfile::tempdir().unwrap();
+    kubernetes_schema_check(dir.path(), "ps.yaml", &y);
+    let gpu = ok(&[
+        "launch",
+        "--manager",
+        "kubernetes",
+        example,
+        "--nodes",
+        "2",
+        "--workers-per-node",
+        "2",
+        "--gpus-per-worker",
+        "1",
+        "--cpus-per-worker",
+        "4",
+        "--time",
+        "1h",
+        "--image",
+        "dlc:test",
+        "--dry-run",
+    ]);
+    assert!(gpu.contains("nvidia.com/gpu"), "{gpu}");
+    kubernetes_schema_check(dir.path(), "gpu.yaml", &gpu);
     let e = fails(&["launch", "--manager", "kubernetes", example, "--dry-run"]);
     assert!(e.contains("--image"), "{e}");
     let e = fails(&["launch", "--manager", "yarn", example, "--dry-run"]);
