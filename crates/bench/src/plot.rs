@@ -83,25 +83,16 @@ where
         .y_desc(y_label)
         .draw()
         .map_err(|x| e(&x))?;
-    for (i, (name, pts)) in data.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-            .map_err(|x| e(&x))?
-            .label(name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
-            .map_err(|x| e(&x))?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|x| e(&x))?;
+    let named: Vec<(&str, &[(f64, f64)])> = data
+        .iter()
+        .map(|(name, pts)| (name.as_str(), pts.as_slice()))
+        .collect();
+    dlc_plot::lines::named_lines(
+        &mut chart,
+        &named,
+        usize::MAX,
+        SeriesLabelPosition::MiddleRight,
+    )?;
     root.present().map_err(|x| e(&x))
 }
 

@@ -74,12 +74,7 @@ where
                 + Text::new(f.2.to_string(), (6, -12), ("sans-serif", 12))
         }))
         .map_err(|x| e(&x))?;
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|x| e(&x))?;
+    dlc_plot::lines::legend_box(&mut chart, SeriesLabelPosition::MiddleRight)?;
     root.present().map_err(|x| e(&x))
 }
 

@@ -156,31 +156,10 @@ where
         .y_label_formatter(&|v| crate::axes::short(*v))
         .draw()
         .map_err(|x| e(&x))?;
-    for (i, run) in runs.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        let pts = series(run);
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-            .map_err(|x| e(&x))?
-            .label(run.name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-        // Few points (epochs): mark each one.
-        if pts.len() <= 50 {
-            chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                .map_err(|x| e(&x))?;
-        }
-    }
-    chart
-        .configure_series_labels()
-        .position(legend)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|x| e(&x))?;
-    Ok(())
+    let named: Vec<(&str, &[(f64, f64)])> =
+        runs.iter().map(|r| (r.name.as_str(), series(r))).collect();
+    // Few points (epochs): mark each one.
+    crate::lines::named_lines(&mut chart, &named, 50, legend)
 }
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, runs: &[Run]) -> Result<(), String>
