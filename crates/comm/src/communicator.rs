@@ -78,6 +78,20 @@ fn names_loopback(addr: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The address to listen on for peers, given `ip`, the local address of the
+/// connection to `coordinator`: that address, except that a loopback one reached
+/// through a host name (not an explicit loopback address) becomes every interface.
+pub(crate) fn listen_ip(ip: std::net::IpAddr, coordinator: &str) -> std::net::IpAddr {
+    if ip.is_loopback() && !names_loopback(coordinator) {
+        match ip {
+            std::net::IpAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            std::net::IpAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        }
+    } else {
+        ip
+    }
+}
+
 impl Communicator {
     /// Joins the job: authenticates to the coordinator, publishes this rank's
     /// listening address, waits for all ranks, then links to every peer.
@@ -101,14 +115,7 @@ impl Communicator {
             .local_addr()
             .map_err(CommError::io("local address"))?
             .ip();
-        let bind_ip = if ip.is_loopback() && !names_loopback(&cfg.coordinator) {
-            match ip {
-                std::net::IpAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-                std::net::IpAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-            }
-        } else {
-            ip
-        };
+        let bind_ip = listen_ip(ip, &cfg.coordinator);
         let listener = TcpListener::bind((bind_ip, 0))
             .map_err(CommError::io(format!("listening on {bind_ip}")))?;
         let addr = std::net::SocketAddr::new(

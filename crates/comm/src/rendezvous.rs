@@ -56,6 +56,14 @@ pub enum Request {
     },
     /// This rank is done; its disconnection is not a failure.
     Leave,
+    /// This rank failed (`reason` says how); every other rank is told at once.
+    Fail {
+        /// What went wrong, e.g. `exit code 3` or `killed by signal 9`.
+        reason: String,
+    },
+    /// This rank decides the job's end and has finished successfully (a TensorFlow
+    /// chief): every other rank is told to stop its work and leave.
+    Finish,
 }
 
 /// A reply (or notice) on the control connection.
@@ -85,6 +93,11 @@ pub enum Reply {
         rank: usize,
         /// What the coordinator observed.
         reason: String,
+    },
+    /// The rank that decides the job's end finished successfully; stop and leave.
+    Finished {
+        /// That rank.
+        rank: usize,
     },
 }
 
@@ -436,6 +449,23 @@ fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Sh
                         .unwrap_or_else(|e| e.into_inner().0);
                 }
             }
+            Request::Fail { reason } => {
+                let _ = send(w, &Reply::Ok);
+                return fail(sh, rank, &reason);
+            }
+            Request::Finish => {
+                let mut st = lock(&sh.state);
+                st.left[rank] = true;
+                let others = writers_except(&st, rank);
+                sh.changed.notify_all();
+                drop(st);
+                let _ = send(w, &Reply::Ok);
+                for o in others {
+                    let _ = lock(&o).set_write_timeout(Some(Duration::from_secs(1)));
+                    let _ = send(&o, &Reply::Finished { rank });
+                }
+                return;
+            }
             Request::Join { .. } => Reply::Error {
                 message: "already joined".into(),
             },
@@ -460,19 +490,23 @@ fn fail(sh: &Shared, rank: usize, reason: &str) {
         rank,
         reason: reason.to_string(),
     };
-    let writers: Vec<_> = st
-        .writers
-        .iter()
-        .enumerate()
-        .filter(|(r, _)| *r != rank)
-        .filter_map(|(_, w)| w.clone())
-        .collect();
+    let writers = writers_except(&st, rank);
     sh.changed.notify_all();
     drop(st);
     for w in writers {
         let _ = lock(&w).set_write_timeout(Some(Duration::from_secs(1)));
         let _ = send(&w, &notice);
     }
+}
+
+/// The control connections of every rank but `rank` (to send them a notice).
+fn writers_except(st: &State, rank: usize) -> Vec<Arc<Mutex<TcpStream>>> {
+    st.writers
+        .iter()
+        .enumerate()
+        .filter(|(r, _)| *r != rank)
+        .filter_map(|(_, w)| w.clone())
+        .collect()
 }
 
 /// A worker's control connection to the coordinator.
@@ -584,6 +618,60 @@ impl CoordClient {
         }
     }
 
+    /// Binds a TCP port that the other ranks can reach (on the interface that reaches
+    /// the coordinator, or on every interface when `coordinator` names this host by a
+    /// name that resolves to loopback), for a service this rank will offer, e.g. a
+    /// framework's own rendezvous. Returns the listener (hold it until the service
+    /// takes the port over) and the address to publish.
+    pub fn reserve_port(&self, coordinator: &str) -> Result<(TcpListener, SocketAddr), CommError> {
+        let ip = self
+            .stream
+            .local_addr()
+            .map_err(CommError::io("local address"))?
+            .ip();
+        let bind_ip = crate::communicator::listen_ip(ip, coordinator);
+        let listener = TcpListener::bind((bind_ip, 0))
+            .map_err(CommError::io(format!("listening on {bind_ip}")))?;
+        let port = listener
+            .local_addr()
+            .map_err(CommError::io("listener address"))?
+            .port();
+        Ok((listener, SocketAddr::new(ip, port)))
+    }
+
+    /// Hands the connection to a watcher thread that reports the coordinator's
+    /// notices (another rank failed or finished) while this rank does its work.
+    pub fn watch(self) -> Result<Watch, CommError> {
+        let mut reader = self
+            .stream
+            .try_clone()
+            .map_err(CommError::io("coordinator connection"))?;
+        reader
+            .set_nonblocking(false)
+            .and_then(|()| reader.set_read_timeout(None))
+            .map_err(CommError::io("coordinator connection"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("dlc-coord-watch".into())
+            .spawn(move || loop {
+                // Blocking reads without a timeout: a frame is never cut in half.
+                let msg = match read_frame::<_, Reply>(&mut reader, "coordinator") {
+                    Ok(Some(r)) => Ok(r),
+                    Ok(None) => Err("the coordinator closed the connection".to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let end = msg.is_err();
+                if tx.send(msg).is_err() || end {
+                    return;
+                }
+            })
+            .map_err(CommError::io("spawning the coordinator watcher"))?;
+        Ok(Watch {
+            writer: self.stream,
+            replies: rx,
+        })
+    }
+
     fn call_reply(&mut self, timeout: Duration) -> Result<Reply, CommError> {
         self.stream
             .set_nonblocking(false)
@@ -609,10 +697,87 @@ impl CoordClient {
     }
 }
 
+/// What the coordinator said while a rank was working (see [`CoordClient::watch`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// Another rank failed.
+    Aborted {
+        /// That rank.
+        rank: usize,
+        /// What happened to it.
+        reason: String,
+    },
+    /// The rank that decides the job's end has finished.
+    Finished {
+        /// That rank.
+        rank: usize,
+    },
+    /// The connection to the coordinator is gone.
+    Lost(String),
+}
+
+/// A rank's control connection while it works: notices arrive on a watcher thread.
+pub struct Watch {
+    writer: TcpStream,
+    replies: std::sync::mpsc::Receiver<Result<Reply, String>>,
+}
+
+impl Watch {
+    /// The next notice, waiting at most `wait`; `None` when there was none.
+    pub fn notice(&self, wait: Duration) -> Option<Notice> {
+        match self.replies.recv_timeout(wait) {
+            Ok(Ok(Reply::Abort { rank, reason })) => Some(Notice::Aborted { rank, reason }),
+            Ok(Ok(Reply::Finished { rank })) => Some(Notice::Finished { rank }),
+            // Stray replies (an `Ok` to an earlier request) are not notices.
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(Notice::Lost(e)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                Some(Notice::Lost("the coordinator watcher stopped".into()))
+            }
+        }
+    }
+
+    /// Announces a clean exit and waits (briefly) for the coordinator's answer.
+    pub fn leave(self) {
+        self.say(&Request::Leave);
+    }
+
+    /// Reports this rank's failure, so every other rank hears `reason` at once.
+    pub fn fail(self, reason: &str) {
+        self.say(&Request::Fail {
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Announces that this rank, which decides the job's end, finished: every other
+    /// rank is told to stop and leave.
+    pub fn finish(self) {
+        self.say(&Request::Finish);
+    }
+
+    fn say(mut self, req: &Request) {
+        let _ = self.writer.set_write_timeout(Some(Duration::from_secs(2)));
+        if write_frame(&mut self.writer, req).is_err() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.replies.recv_timeout(left) {
+                Ok(Ok(Reply::Ok)) | Ok(Err(_)) | Err(_) => return,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
+
 fn reply_error(r: Reply) -> CommError {
     match r {
         Reply::Error { message } => CommError::Rendezvous(message),
         Reply::Abort { rank, reason } => CommError::Aborted { rank, reason },
+        Reply::Finished { rank } => CommError::Rendezvous(format!(
+            "rank {rank} finished the job while this rank was still waiting for an answer"
+        )),
         other => CommError::Rendezvous(format!("unexpected reply {other:?}")),
     }
 }

@@ -7,14 +7,39 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dlc_job::{JobSpec, Manager, Strategy};
-use dlc_launch::{LaunchSpec, ResourceManager};
+use dlc_launch::agent::Framework;
+use dlc_launch::{ForeignCommand, LaunchSpec, ResourceManager};
 
-use crate::train::RunArgs;
+use crate::train::{RunArgs, RunOpts};
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Your own script instead of a job file: everything after `--` is the \
+command every process runs under `dlc exec`, e.g.\n  \
+dlc launch --workers 2 -- python examples/frameworks/torch_ddp.py --epochs 1\n  \
+dlc launch --manager slurm --nodes 2 --workers-per-node 4 --framework tensorflow -- python train.py"
+)]
 pub struct LaunchArgs {
+    /// Job file (TOML); omit it to launch your own command given after `--`.
+    job: Option<PathBuf>,
     #[command(flatten)]
-    run: RunArgs,
+    run: RunOpts,
+    /// Framework of the command after `--`: auto (from its imports), torch,
+    /// tensorflow (tf-keras), jax (also Keras 3) or none; decides the environment
+    /// (torchrun's variables, TF_CONFIG, JAX/Keras variables) every process gets.
+    #[arg(long, default_value = "auto")]
+    framework: Framework,
+    /// Restart every process up to K times after a failure (exported as
+    /// DLC_RESTART_COUNT, so a script that checkpoints can resume).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    max_restarts: usize,
+    /// Seconds every process of a foreign command may take to start and join before
+    /// the job fails naming the missing ranks (gang start) [default: 60].
+    #[arg(long, value_name = "S")]
+    join_timeout: Option<u64>,
+    /// Your command and its arguments (after `--`): every process runs it.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
     /// Resource manager: local, slurm or kubernetes [default: [resources] manager, else local].
     #[arg(long)]
     manager: Option<Manager>,
@@ -99,9 +124,40 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     })
 }
 
+/// A foreign command's job name: its script's stem, else its program's name.
+fn command_name(argv: &[String]) -> String {
+    let word = argv
+        .iter()
+        .find(|a| a.ends_with(".py"))
+        .or(argv.first())
+        .map_or("command", String::as_str);
+    Path::new(word)
+        .file_stem()
+        .map_or("command".into(), |s| s.to_string_lossy().into_owned())
+}
+
 /// Resolves the job file, `[resources]` and the command line into a launch.
 fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
-    let mut job: JobSpec = a.run.job()?;
+    let foreign = !a.command.is_empty();
+    let mut job: JobSpec = match (&a.job, foreign) {
+        (Some(file), false) => RunArgs {
+            job: file.clone(),
+            opts: a.run.clone(),
+        }
+        .job()?,
+        (Some(file), true) => bail!(
+            "give a job file or a command after `--`, not both ({} and `{}`)",
+            file.display(),
+            a.command.join(" ")
+        ),
+        (None, true) => a
+            .run
+            .apply(JobSpec::for_command(command_name(&a.command)))?,
+        (None, false) => bail!(
+            "nothing to launch: give a job file (dlc launch JOB.toml …) or your own command \
+             after `--` (dlc launch --workers 2 -- python train.py)"
+        ),
+    };
     let r = &mut job.resources;
     if let Some(m) = a.manager {
         r.manager = m;
@@ -149,6 +205,9 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
     }
     let r = job.resources.clone();
     let d = &job.distributed;
+    if foreign && (a.run.resume.is_some() || a.run.epochs.is_some() || a.run.steps.is_some()) {
+        bail!("--resume, --epochs and --steps are for job files; pass your script its own options after `--`");
+    }
     if r.manager != Manager::Local && a.run.resume.is_some() {
         bail!("--resume works with the local manager; under {} resume by running `dlc worker JOB --resume DIR` in your own job script", r.manager);
     }
@@ -177,20 +236,75 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
         ),
         _ => (std::env::current_exe().context("locating the dlc binary")?, String::new()),
     };
-    let job_file = absolute(&a.run.job)?;
+    let (job_file, job_text) = match &a.job {
+        Some(f) => {
+            let p = absolute(f)?;
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            (p, text)
+        }
+        None => (PathBuf::new(), String::new()),
+    };
+    let ps_processes = if d.strategy == Strategy::Ps {
+        d.ps_servers
+    } else {
+        0
+    };
+    if foreign
+        && d.strategy == Strategy::Ps
+        && matches!(a.framework, Framework::Torch | Framework::Jax)
+    {
+        bail!(
+            "--strategy ps is TensorFlow's ParameterServerStrategy; {} has none (use --strategy ring)",
+            a.framework
+        );
+    }
+    let command = foreign.then(|| {
+        let mut exec_args = vec![
+            "--framework".to_string(),
+            a.framework.to_string(),
+            "--strategy".into(),
+            if d.strategy == Strategy::Ps {
+                "ps"
+            } else {
+                "ring"
+            }
+            .into(),
+            "--ps-servers".into(),
+            d.ps_servers.to_string(),
+            "--join-timeout".into(),
+            a.join_timeout.unwrap_or(60).to_string(),
+        ];
+        if r.manager == Manager::Local {
+            exec_args.extend(["--threads".into(), r.cpus_per_worker.to_string()]);
+        }
+        if r.gpus_per_worker > 0 {
+            exec_args.extend(["--gpus-per-process".into(), r.gpus_per_worker.to_string()]);
+        }
+        ForeignCommand {
+            exec_args,
+            argv: a.command.clone(),
+        }
+    });
     let spec = LaunchSpec {
         name: job.display_name().to_string(),
         exe,
-        job_text: std::fs::read_to_string(&job_file)
-            .with_context(|| format!("reading {}", job_file.display()))?,
+        job_text,
         job_file,
         worker_args,
-        workers: d.workers,
-        servers: if d.strategy == Strategy::Ps {
-            d.ps_servers
+        // A foreign job's processes all run `dlc exec`: with TensorFlow's ps strategy
+        // a chief, the ps tasks and the workers.
+        workers: if foreign {
+            d.workers
+                + if ps_processes > 0 {
+                    ps_processes + 1
+                } else {
+                    0
+                }
         } else {
-            0
+            d.workers
         },
+        servers: if foreign { 0 } else { ps_processes },
         nodes: r.nodes,
         gpus_per_worker: r.gpus_per_worker,
         cpus_per_worker: r.cpus_per_worker,
@@ -206,8 +320,19 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
             absolute(&out)?
         },
         port: r.port,
-        timeout_s: d.timeout_s,
+        timeout_s: if foreign {
+            a.join_timeout.unwrap_or(60)
+        } else {
+            d.timeout_s
+        },
+        command,
+        max_restarts: a.max_restarts,
     };
+    if !foreign && a.max_restarts > 0 {
+        bail!(
+            "--max-restarts works for commands after `--` so far; native jobs resume with --resume"
+        );
+    }
     if r.manager == Manager::Local && r.nodes > 1 {
         bail!("the local manager runs on this machine only; use --manager slurm or kubernetes for {} nodes", r.nodes);
     }
@@ -223,6 +348,10 @@ pub fn launch(a: LaunchArgs) -> Result<()> {
         return Ok(());
     }
     if kind == Manager::Local {
+        if spec.command.is_some() {
+            std::fs::create_dir_all(&spec.out)
+                .with_context(|| format!("creating the run directory {}", spec.out.display()))?;
+        }
         rm.submit(&spec).context("local launch failed")?;
         print_result(&spec.out);
         return Ok(());

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod curves;
 mod devices;
+mod exec;
 mod launch;
 mod plan;
 mod train;
@@ -32,8 +33,13 @@ enum Command {
     /// reads its rank from DLC_*, Slurm (srun), Open MPI/PMI (mpirun) or torchrun variables.
     Worker(train::WorkerArgs),
     /// Start a distributed job on a resource manager: local processes, Slurm
-    /// (sbatch + srun) or Kubernetes (Indexed Jobs); --dry-run prints what it would submit.
+    /// (sbatch + srun) or Kubernetes (Indexed Jobs); a job file, or your own
+    /// PyTorch/TensorFlow/JAX command after `--`; --dry-run prints what it would submit.
     Launch(launch::LaunchArgs),
+    /// Run one process of a foreign job (your command after `--`): join the job, wait
+    /// for every process, start the command with its framework's environment, and
+    /// stop it when another process fails. Started by `dlc launch … -- COMMAND`.
+    Exec(exec::ExecArgs),
     /// State of a Slurm or Kubernetes job started by `dlc launch`.
     Status(launch::StatusArgs),
     /// Output of a Slurm or Kubernetes job (--follow until it ends).
@@ -67,6 +73,10 @@ fn main() -> ExitCode {
         Command::Eval(a) => train::eval(a),
         Command::Plot(a) => curves::plot(a),
         Command::Launch(a) => launch::launch(a),
+        Command::Exec(a) => match exec::exec(a) {
+            Ok(code) => return ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => Err(e),
+        },
         Command::Status(a) => launch::status(a),
         Command::Logs(a) => launch::logs(a),
         Command::Cancel(a) => launch::cancel(a),

@@ -9,17 +9,31 @@ use dlc_job::{JobSpec, PsMode, Strategy};
 use dlc_train::worker::{Identity, Outcome};
 use dlc_train::{TrainOptions, TrainSummary};
 
-/// Options shared by `train` and `worker`.
+/// A job file and the options shared by `train`, `worker` and `launch`.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Job file (TOML).
     pub job: PathBuf,
+    #[command(flatten)]
+    pub opts: RunOpts,
+}
+
+impl std::ops::Deref for RunArgs {
+    type Target = RunOpts;
+    fn deref(&self) -> &RunOpts {
+        &self.opts
+    }
+}
+
+/// Options shared by `train`, `worker` and `launch`.
+#[derive(Args, Debug, Clone)]
+pub struct RunOpts {
     /// Override [train] epochs.
     #[arg(long)]
-    epochs: Option<usize>,
+    pub epochs: Option<usize>,
     /// Stop after this many optimizer steps in total (a checkpoint is written there).
     #[arg(long)]
-    steps: Option<usize>,
+    pub steps: Option<usize>,
     /// Run directory [default: runs/<job>-<timestamp>].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -34,10 +48,10 @@ pub struct RunArgs {
     pub workers: Option<usize>,
     /// Network graph: `ring` (all-reduce) or `ps` (parameter servers).
     #[arg(long, value_parser = parse_strategy)]
-    strategy: Option<Strategy>,
+    pub strategy: Option<Strategy>,
     /// Parameter-server processes (ps).
     #[arg(long)]
-    ps_servers: Option<usize>,
+    pub ps_servers: Option<usize>,
     /// Parameter-server consistency: `sync` or `async`.
     #[arg(long, value_parser = parse_ps_mode)]
     ps_mode: Option<PsMode>,
@@ -71,7 +85,24 @@ fn parse_ps_mode(s: &str) -> Result<PsMode, String> {
 impl RunArgs {
     /// Loads the job and applies the distributed overrides.
     pub fn job(&self) -> Result<JobSpec> {
-        let mut job = JobSpec::from_file(&self.job)?;
+        self.opts.apply(JobSpec::from_file(&self.job)?)
+    }
+
+    /// The arguments after `dlc` that make a local worker process see the same job.
+    fn worker_args(&self, job: &JobSpec, out: &std::path::Path, threads: usize) -> Vec<String> {
+        let mut a = vec!["worker".to_string(), self.job.display().to_string()];
+        a.extend(self.process_flags(job, Some(threads)));
+        match &self.resume {
+            Some(r) => a.extend(["--resume".into(), r.display().to_string()]),
+            None => a.extend(["--out".into(), out.display().to_string()]),
+        }
+        a
+    }
+}
+
+impl RunOpts {
+    /// Applies the distributed overrides to `job`.
+    pub fn apply(&self, mut job: JobSpec) -> Result<JobSpec> {
         let d = &mut job.distributed;
         if let Some(w) = self.workers {
             d.workers = w;
@@ -145,17 +176,6 @@ impl RunArgs {
             if let Some(v) = v {
                 a.extend([flag.to_string(), v]);
             }
-        }
-        a
-    }
-
-    /// The arguments after `dlc` that make a local worker process see the same job.
-    fn worker_args(&self, job: &JobSpec, out: &std::path::Path, threads: usize) -> Vec<String> {
-        let mut a = vec!["worker".to_string(), self.job.display().to_string()];
-        a.extend(self.process_flags(job, Some(threads)));
-        match &self.resume {
-            Some(r) => a.extend(["--resume".into(), r.display().to_string()]),
-            None => a.extend(["--out".into(), out.display().to_string()]),
         }
         a
     }
@@ -264,6 +284,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
         name: job.display_name().to_string(),
         timeout: Duration::from_secs(d.timeout_s),
         quiet: args.run.quiet,
+        env: Vec::new(),
+        max_restarts: 0,
+        foreign: false,
     };
     let outcome = dlc_launch::local::run(&local)
         .with_context(|| format!("distributed training of {} failed", args.run.job.display()))?;

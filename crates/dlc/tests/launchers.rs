@@ -12,26 +12,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn required() -> bool {
-    std::env::var("DLC_REQUIRE_LAUNCHERS").is_ok_and(|v| v == "1")
-}
-
-/// True when `cmd args` runs successfully; otherwise skips (or fails when required).
-fn have(cmd: &str, args: &[&str], what: &str) -> bool {
-    let ok = Command::new(cmd)
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            !required(),
-            "{what} is required (DLC_REQUIRE_LAUNCHERS=1) but `{cmd}` does not work"
-        );
-        eprintln!("skipping: {what} is not available");
-    }
-    ok
-}
-
 /// Checks Kubernetes manifests against the API's JSON schemas with
 /// `kubernetes-validate --strict` (unknown fields are errors). `DLC_KUBERNETES_VALIDATE`
 /// names the program; CI installs it with pip. Skips when absent unless required.
@@ -483,4 +463,88 @@ fn local_launch_runs_in_the_foreground() {
     );
     let e = fails(&["launch", job.to_str().unwrap(), "--nodes", "2", "--dry-run"]);
     assert!(e.contains("this machine only"), "{e}");
+}
+
+#[test]
+fn dry_runs_of_a_foreign_command_run_dlc_exec_on_every_manager() {
+    // Slurm: one srun step of `dlc exec`, no --label (the agent prefixes `[rank r]`),
+    // restarts as a loop around the step.
+    let s = ok(&[
+        "launch",
+        "--manager",
+        "slurm",
+        "--nodes",
+        "2",
+        "--workers-per-node",
+        "2",
+        "--max-restarts",
+        "2",
+        "--dry-run",
+        "--out",
+        "/shared/runs/t",
+        "--",
+        "python",
+        "train.py",
+        "--lr",
+        "0.1",
+    ]);
+    for want in [
+        "#SBATCH --ntasks=4",
+        "#SBATCH --job-name=dlc-train",
+        " exec --framework auto --strategy ring",
+        "--out /shared/runs/t -- python train.py --lr 0.1",
+        "for attempt in $(seq 0 2)",
+        "export DLC_RESTART_COUNT=$attempt",
+    ] {
+        assert!(s.contains(want), "missing {want:?}:\n{s}");
+    }
+    assert!(!s.contains("--label"), "{s}");
+    // TensorFlow parameter servers: chief + 1 ps + 2 workers = 4 tasks.
+    let s = ok(&[
+        "launch",
+        "--manager",
+        "slurm",
+        "--workers",
+        "2",
+        "--strategy",
+        "ps",
+        "--ps-servers",
+        "1",
+        "--framework",
+        "tensorflow",
+        "--dry-run",
+        "--",
+        "python",
+        "train.py",
+    ]);
+    assert!(s.contains("#SBATCH --ntasks=4"), "{s}");
+    assert!(s.contains("--strategy ps --ps-servers 1"), "{s}");
+    // Kubernetes: the user's image runs `dlc exec -- COMMAND`; no job-file ConfigMap.
+    let y = ok(&[
+        "launch",
+        "--manager",
+        "kubernetes",
+        "--workers",
+        "2",
+        "--gpus-per-worker",
+        "1",
+        "--image",
+        "me/train:1",
+        "--dry-run",
+        "--",
+        "python",
+        "/app/train.py",
+    ]);
+    let kinds: Vec<&str> = y.lines().filter_map(|l| l.strip_prefix("kind: ")).collect();
+    assert_eq!(kinds, ["Secret", "Service", "Job"], "{y}");
+    for want in [
+        "- exec",
+        "- /app/train.py",
+        "image: me/train:1",
+        "nvidia.com/gpu",
+    ] {
+        assert!(y.contains(want), "missing {want:?}:\n{y}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    kubernetes_schema_check(dir.path(), "foreign.yaml", &y);
 }

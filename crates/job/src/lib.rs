@@ -103,6 +103,22 @@ impl JobSpec {
         Ok(job)
     }
 
+    /// A job that runs the user's own command (`dlc launch -- COMMAND`): no model or
+    /// data of ours; `[train]`, `[distributed]` and `[resources]` at their defaults.
+    pub fn for_command(name: impl Into<String>) -> Self {
+        JobSpec {
+            name: Some(name.into()),
+            model: ModelSpec {
+                preset: None,
+                layers: None,
+            },
+            data: DataSpec::default(),
+            train: TrainSpec::default(),
+            distributed: DistributedSpec::default(),
+            resources: ResourcesSpec::default(),
+        }
+    }
+
     /// The job's name, or `job` when it has none.
     pub fn display_name(&self) -> &str {
         self.name.as_deref().unwrap_or("job")

@@ -45,17 +45,13 @@ pub fn manifests(spec: &LaunchSpec, token: &str) -> Result<Vec<Value>, ManagerEr
     let world = spec.world();
     let job_file = format!("{JOB_DIR}/job.toml");
 
+    let foreign = spec.command.is_some();
     let mut objects = vec![
         json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": format!("{name}-token"), "namespace": ns, "labels": labels("token")},
             "type": "Opaque",
             "stringData": {"token": token},
-        }),
-        json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": format!("{name}-job"), "namespace": ns, "labels": labels("job-file")},
-            "data": {"job.toml": spec.job_text},
         }),
         json!({
             "apiVersion": "v1", "kind": "Service",
@@ -69,15 +65,26 @@ pub fn manifests(spec: &LaunchSpec, token: &str) -> Result<Vec<Value>, ManagerEr
         }),
     ];
 
+    // A job file travels in a ConfigMap; a foreign command carries everything itself.
+    if !foreign {
+        objects.insert(
+            1,
+                json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": format!("{name}-job"), "namespace": ns, "labels": labels("job-file")},
+                    "data": {"job.toml": spec.job_text},
+                }),
+        );
+    }
+
     let indexed_job = |job_name: String,
                        role: &str,
                        count: usize,
                        offset: usize,
                        gpus: usize|
      -> Value {
-        let mut command = vec!["dlc".to_string(), "worker".into(), job_file.clone()];
-        command.extend(spec.worker_args.iter().cloned());
-        command.extend(["--out".into(), spec.out.display().to_string()]);
+        let mut command = vec!["dlc".to_string()];
+        command.extend(spec.process_args(&job_file));
         let env = json!([
             {"name": "DLC_WORLD_SIZE", "value": world.to_string()},
             {"name": "DLC_RANK_OFFSET", "value": offset.to_string()},
@@ -112,13 +119,17 @@ pub fn manifests(spec: &LaunchSpec, token: &str) -> Result<Vec<Value>, ManagerEr
                             "env": env,
                             "ports": [{"name": "coordinator", "containerPort": port}],
                             "resources": {"requests": {"cpu": cpu}, "limits": limits},
-                            "volumeMounts": [{"name": "job", "mountPath": JOB_DIR, "readOnly": true}],
                         }],
-                        "volumes": [{"name": "job", "configMap": {"name": format!("{name}-job")}}],
                     },
                 },
             },
         });
+        if !foreign {
+            job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] =
+                json!([{"name": "job", "mountPath": JOB_DIR, "readOnly": true}]);
+            job["spec"]["template"]["spec"]["volumes"] =
+                json!([{"name": "job", "configMap": {"name": format!("{name}-job")}}]);
+        }
         if let Some(t) = spec.time_limit {
             job["spec"]["activeDeadlineSeconds"] = json!(t.as_secs().max(1));
         }
@@ -290,6 +301,8 @@ mod tests {
             out: PathBuf::from("/runs/cnn"),
             port: None,
             timeout_s: 30,
+            command: None,
+            max_restarts: 0,
         }
     }
 

@@ -9,9 +9,15 @@
 //! * [`kubernetes`]: Indexed Jobs, a headless Service, a Secret and a ConfigMap;
 //! * foreign launchers (`srun`, `mpirun`, `torchrun`): [`env`] reads their variables.
 //!
+//! A job may also be the user's own command (`dlc launch -- python train.py`): every
+//! manager then starts `dlc exec -- COMMAND`, whose [`agent`] joins the rendezvous,
+//! waits for all tasks, gives the command its framework's environment and reports its
+//! end to every rank.
+//!
 //! [`ResourceManager`] is the seam `dlc launch`, `dlc status`, `dlc logs` and
 //! `dlc cancel` go through; [`LaunchSpec`] is what they launch.
 
+pub mod agent;
 pub mod env;
 pub mod hostlist;
 pub mod kubernetes;
@@ -21,7 +27,7 @@ pub mod slurm;
 pub mod spec;
 
 pub use manager::{JobStatus, ManagerError, ResourceManager};
-pub use spec::LaunchSpec;
+pub use spec::{ForeignCommand, LaunchSpec};
 
 /// Asks the kernel to kill this process when its parent dies, so that workers of a
 /// launcher that was itself killed do not linger. Linux only; a no-op elsewhere.

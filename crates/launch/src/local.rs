@@ -31,6 +31,17 @@ pub enum LaunchError {
     /// The coordinator could not start.
     #[error(transparent)]
     Comm(#[from] dlc_comm::CommError),
+    /// The launcher was told to stop (SIGINT/SIGTERM); every process was stopped.
+    #[error("stopped by signal {0}; every process was stopped")]
+    Interrupted(i32),
+    /// Every attempt failed (`--max-restarts`): the last failure and the history.
+    #[error("{last}\n{} attempt(s), all failed:\n{}", attempts.len(), attempts.join("\n"))]
+    GaveUp {
+        /// The last attempt's failure.
+        last: Box<LaunchError>,
+        /// One line per attempt: how it ended.
+        attempts: Vec<String>,
+    },
     /// A rank failed; the others were stopped.
     #[error("{role} failed ({status}){}", if tail.is_empty() { String::new() } else { format!(":\n{tail}") })]
     RankFailed {
@@ -62,6 +73,14 @@ pub struct LocalJob {
     pub timeout: Duration,
     /// No progress output.
     pub quiet: bool,
+    /// Variables for every process, beyond the `DLC_*` identity.
+    pub env: Vec<(String, String)>,
+    /// Restarts of the whole set of processes after a failure (0: a failure ends the
+    /// job). Each attempt exports `DLC_RESTART_COUNT`.
+    pub max_restarts: usize,
+    /// The processes run a foreign command (`dlc exec`): their stdout is the user's,
+    /// not dlcluster's JSON progress events.
+    pub foreign: bool,
 }
 
 /// What rank 0 reported at the end.
@@ -69,6 +88,8 @@ pub struct LocalJob {
 pub struct Outcome {
     /// Rank 0's final summary event, if it sent one.
     pub summary: Option<serde_json::Value>,
+    /// How each attempt ended (one line each; the last is the success).
+    pub attempts: Vec<String>,
 }
 
 enum Event {
@@ -84,8 +105,44 @@ fn role(rank: usize, workers: usize) -> String {
     }
 }
 
-/// Starts the coordinator and every process, relays their output, and waits.
+/// Starts the coordinator and every process, relays their output, and waits; after a
+/// failure, restarts the whole set up to `max_restarts` times.
 pub fn run(job: &LocalJob) -> Result<Outcome, LaunchError> {
+    let mut attempts = Vec::new();
+    for attempt in 0..=job.max_restarts {
+        match run_once(job, attempt) {
+            Ok(mut outcome) => {
+                attempts.push(format!("attempt {}: succeeded", attempt + 1));
+                outcome.attempts = attempts;
+                return Ok(outcome);
+            }
+            Err(e @ LaunchError::Interrupted(_)) => return Err(e),
+            Err(e) => {
+                let first_line = e.to_string().lines().next().unwrap_or("").to_string();
+                attempts.push(format!("attempt {}: {first_line}", attempt + 1));
+                if attempt == job.max_restarts {
+                    if job.max_restarts == 0 {
+                        return Err(e);
+                    }
+                    return Err(LaunchError::GaveUp {
+                        last: Box::new(e),
+                        attempts,
+                    });
+                }
+                if !job.quiet {
+                    eprintln!(
+                        "{first_line}\nrestarting every process (restart {} of {})",
+                        attempt + 1,
+                        job.max_restarts
+                    );
+                }
+            }
+        }
+    }
+    unreachable!("the loop returns on its last attempt")
+}
+
+fn run_once(job: &LocalJob, attempt: usize) -> Result<Outcome, LaunchError> {
     let token = JobKey::random_token();
     let job_id = format!("{}-{}", job.name, std::process::id());
     let coord = Coordinator::start(
@@ -106,6 +163,9 @@ pub fn run(job: &LocalJob) -> Result<Outcome, LaunchError> {
             .env("DLC_JOB_TOKEN", &token)
             .env("DLC_PROGRESS", "json")
             .env("DLC_DIE_WITH_PARENT", "1")
+            .env("DLC_RESTART_COUNT", attempt.to_string())
+            .env("DLC_EXEC_PREFIX", "0")
+            .envs(job.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -161,7 +221,29 @@ pub fn run(job: &LocalJob) -> Result<Outcome, LaunchError> {
     let mut outcome = Outcome::default();
     let mut exited: Vec<Option<std::process::ExitStatus>> = vec![None; job.world];
     let mut failure: Option<(usize, String, Instant)> = None;
+    // SIGINT/SIGTERM stop the job: every process is stopped, none is orphaned.
+    let signalled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hooks: Vec<_> = [libc::SIGINT, libc::SIGTERM]
+        .into_iter()
+        .filter_map(|sig| {
+            signal_hook::flag::register_usize(sig, signalled.clone(), sig as usize).ok()
+        })
+        .collect();
+    let unhook = || {
+        for h in &hooks {
+            signal_hook::low_level::unregister(*h);
+        }
+    };
     loop {
+        let sig = signalled.load(std::sync::atomic::Ordering::SeqCst);
+        if sig != 0 {
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            stop_all(&mut children);
+            unhook();
+            return Err(LaunchError::Interrupted(sig as i32));
+        }
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(Event::Stderr(rank, line)) => {
                 say(&format!("[{}] {line}", role(rank, job.workers)));
@@ -169,6 +251,13 @@ pub fn run(job: &LocalJob) -> Result<Outcome, LaunchError> {
                 t.push_back(line);
                 if t.len() > 8 {
                     t.pop_front();
+                }
+            }
+            Ok(Event::Stdout(rank, line)) if job.foreign => {
+                let line = format!("[{}] {line}", role(rank, job.workers));
+                match &bar {
+                    Some(b) => b.println(line),
+                    None => println!("{line}"),
                 }
             }
             Ok(Event::Stdout(rank, line)) => match serde_json::from_str::<serde_json::Value>(&line)
@@ -213,7 +302,9 @@ pub fn run(job: &LocalJob) -> Result<Outcome, LaunchError> {
         } else if exited.iter().all(|e| e.is_some()) {
             // Drain what is left of the output.
             while let Ok(ev) = rx.recv_timeout(Duration::from_millis(100)) {
-                if let Event::Stdout(0, line) = ev {
+                if let (Event::Stdout(rank, line), true) = (&ev, job.foreign) {
+                    println!("[{}] {line}", role(*rank, job.workers));
+                } else if let Event::Stdout(0, line) = ev {
                     if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                         if v["event"] == "summary" {
                             outcome.summary = Some(v);
@@ -226,6 +317,7 @@ pub fn run(job: &LocalJob) -> Result<Outcome, LaunchError> {
             break;
         }
     }
+    unhook();
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -269,7 +361,25 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
+/// Stops every process: SIGTERM (an agent then stops its command's process group),
+/// SIGKILL for whatever still runs after a grace period.
 fn stop_all(children: &mut [Child]) {
+    for c in children.iter_mut() {
+        if let Ok(None) = c.try_wait() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+        }
+    }
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until
+        && children
+            .iter_mut()
+            .any(|c| matches!(c.try_wait(), Ok(None)))
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for c in children.iter_mut() {
         let _ = c.kill();
     }
@@ -288,9 +398,7 @@ pub struct Local {
 
 impl Local {
     fn job(&self, spec: &LaunchSpec) -> LocalJob {
-        let mut args = vec!["worker".to_string(), spec.job_file.display().to_string()];
-        args.extend(spec.worker_args.iter().cloned());
-        args.extend(["--out".into(), spec.out.display().to_string()]);
+        let args = spec.process_args(&spec.job_file.display().to_string());
         LocalJob {
             exe: spec.exe.clone(),
             args,
@@ -299,6 +407,9 @@ impl Local {
             name: spec.name.clone(),
             timeout: Duration::from_secs(spec.timeout_s),
             quiet: self.quiet,
+            env: Vec::new(),
+            max_restarts: spec.max_restarts,
+            foreign: spec.command.is_some(),
         }
     }
 }

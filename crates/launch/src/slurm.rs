@@ -75,21 +75,34 @@ impl Slurm {
         let mut cmd = vec![
             "srun".to_string(),
             "--kill-on-bad-exit=1".into(),
-            "--label".into(),
             format!("--ntasks={world}"),
             format!("--cpus-per-task={}", spec.cpus_per_worker.max(1)),
         ];
+        // `dlc exec` prefixes its command's lines with `[rank r]` itself.
+        if spec.command.is_none() {
+            cmd.push("--label".into());
+        }
         if spec.gpus_per_worker > 0 {
             cmd.push(format!("--gpus-per-task={}", spec.gpus_per_worker));
         }
         cmd.push(q(&spec.exe));
-        cmd.push("worker".into());
-        cmd.push(q(&spec.job_file));
-        cmd.extend(spec.worker_args.iter().map(|a| shell_quote(a)));
-        cmd.push("--out".into());
-        cmd.push(q(&spec.out));
-        s.push_str(&cmd.join(" "));
-        s.push('\n');
+        cmd.extend(
+            spec.process_args(&spec.job_file.display().to_string())
+                .iter()
+                .map(|a| shell_quote(a)),
+        );
+        let step = cmd.join(" ");
+        if spec.max_restarts == 0 {
+            s.push_str(&step);
+            s.push('\n');
+        } else {
+            // One restart mechanism: the whole step again, DLC_RESTART_COUNT exported.
+            s.push_str(&format!(
+                "for attempt in $(seq 0 {}); do\n  export DLC_RESTART_COUNT=$attempt\n                   if {step}; then exit 0; fi\n  echo \"dlc: attempt $((attempt + 1)) failed\" >&2\n\
+                 done\nexit 1\n",
+                spec.max_restarts
+            ));
+        }
         Ok(s)
     }
 
@@ -313,6 +326,8 @@ mod tests {
             out: PathBuf::from("/home/me/runs/my run"),
             port: None,
             timeout_s: 30,
+            command: None,
+            max_restarts: 0,
         }
     }
 

@@ -44,9 +44,45 @@ pub struct LaunchSpec {
     pub port: Option<u16>,
     /// Seconds any rank waits on another.
     pub timeout_s: u64,
+    /// A foreign command run by `dlc exec` in every process instead of `dlc worker`.
+    pub command: Option<ForeignCommand>,
+    /// Restarts of the whole job after a failure (0: a failure ends it).
+    pub max_restarts: usize,
+}
+
+/// The user's own command, run under `dlc exec` in every process of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForeignCommand {
+    /// Options of `dlc exec` (framework, strategy, join timeout, …), identical for
+    /// every process.
+    pub exec_args: Vec<String>,
+    /// The command and its arguments.
+    pub argv: Vec<String>,
 }
 
 impl LaunchSpec {
+    /// What follows `dlc` in every process: `worker JOB … --out DIR`, or
+    /// `exec … --out DIR -- COMMAND…`; `job_file` is the job file as the process
+    /// sees it.
+    pub fn process_args(&self, job_file: &str) -> Vec<String> {
+        let out = self.out.display().to_string();
+        match &self.command {
+            None => {
+                let mut a = vec!["worker".to_string(), job_file.to_string()];
+                a.extend(self.worker_args.iter().cloned());
+                a.extend(["--out".into(), out]);
+                a
+            }
+            Some(c) => {
+                let mut a = vec!["exec".to_string()];
+                a.extend(c.exec_args.iter().cloned());
+                a.extend(["--out".into(), out, "--".into()]);
+                a.extend(c.argv.iter().cloned());
+                a
+            }
+        }
+    }
+
     /// Processes in the job: workers plus servers.
     pub fn world(&self) -> usize {
         self.workers + self.servers

@@ -84,3 +84,25 @@ pub fn max_abs_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
         })
         .fold(0.0, f32::max)
 }
+
+/// True when the tests must not skip for a missing tool (`DLC_REQUIRE_LAUNCHERS=1`,
+/// set by CI, which installs them).
+pub fn required() -> bool {
+    std::env::var("DLC_REQUIRE_LAUNCHERS").is_ok_and(|v| v == "1")
+}
+
+/// True when `cmd args` runs successfully; otherwise skips (or fails when required).
+pub fn have(cmd: &str, args: &[&str], what: &str) -> bool {
+    let ok = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            !required(),
+            "{what} is required (DLC_REQUIRE_LAUNCHERS=1) but `{cmd}` does not work"
+        );
+        eprintln!("skipping: {what} is not available");
+    }
+    ok
+}
