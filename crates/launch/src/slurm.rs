@@ -72,16 +72,15 @@ impl Slurm {
         if let Some(p) = spec.port {
             s.push_str(&format!("export DLC_PORT={p}\n"));
         }
-        let mut cmd = vec![
-            "srun".to_string(),
-            "--kill-on-bad-exit=1".into(),
-            format!("--ntasks={world}"),
-            format!("--cpus-per-task={}", spec.cpus_per_worker.max(1)),
-        ];
+        let mut cmd = vec!["srun".to_string(), "--kill-on-bad-exit=1".into()];
         // `dlc exec` prefixes its command's lines with `[rank r]` itself.
         if spec.command.is_none() {
             cmd.push("--label".into());
         }
+        cmd.extend([
+            format!("--ntasks={world}"),
+            format!("--cpus-per-task={}", spec.cpus_per_worker.max(1)),
+        ]);
         if spec.gpus_per_worker > 0 {
             cmd.push(format!("--gpus-per-task={}", spec.gpus_per_worker));
         }
