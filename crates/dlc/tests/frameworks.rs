@@ -308,14 +308,17 @@ fn launch_explains_what_it_needs() {
     );
 }
 
-/// Max |Δw| between the weight files `a` and `b` (torch state dicts).
-fn torch_diff(a: &Path, b: &Path) -> f64 {
-    let script = "import sys, torch\n\
-        a, b = torch.load(sys.argv[1]), torch.load(sys.argv[2])\n\
-        assert a.keys() == b.keys(), (a.keys(), b.keys())\n\
-        print(max((a[k] - b[k]).abs().max().item() for k in a))\n";
+/// Max |Δw| between two weight files, each loaded by `load` (Python: a dict of arrays
+/// or tensors from `sys.argv[1]`/`[2]`).
+fn max_diff(load: &str, a: &Path, b: &Path) -> f64 {
+    let script = format!(
+        "import sys\n{load}\n\
+         a, b = load(sys.argv[1]), load(sys.argv[2])\n\
+         assert sorted(a) == sorted(b), (sorted(a), sorted(b))\n\
+         print(max(float(abs(a[k] - b[k]).max()) for k in a))\n"
+    );
     let o = Command::new(python())
-        .args(["-c", script])
+        .args(["-c", &script])
         .arg(a)
         .arg(b)
         .output()
@@ -323,6 +326,33 @@ fn torch_diff(a: &Path, b: &Path) -> f64 {
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stderr}");
     stdout.trim().parse().unwrap()
+}
+
+/// Max |Δw| between two torch state dicts.
+fn torch_diff(a: &Path, b: &Path) -> f64 {
+    max_diff("import torch\nload = torch.load", a, b)
+}
+
+/// Max |Δw| between two `np.savez` files.
+fn npz_diff(a: &Path, b: &Path) -> f64 {
+    max_diff(
+        "import numpy as np\ndef load(p):\n    f = np.load(p)\n    return {k: f[k] for k in f.files}",
+        a,
+        b,
+    )
+}
+
+/// `dlc launch LAUNCH… --out RUN -- python examples/frameworks/SCRIPT ARGS…`.
+fn launch_example(run: &Path, launch: &[&str], script: &str, args: &[&str]) -> Output {
+    dlc_py()
+        .arg("launch")
+        .args(launch)
+        .arg("--out")
+        .arg(run)
+        .args(["--", &python(), &example(script)])
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 const DDP_ARGS: [&str; 8] = [
@@ -358,13 +388,7 @@ fn torch_ddp_on_two_processes_matches_one_process() {
     assert!(stdout.contains("on 1 process(es)"), "{stdout}");
     // Two processes under dlc (the framework detected from the script's imports).
     let two = dir.path().join("two");
-    let o = dlc_py()
-        .args(["launch", "--workers", "2", "--out"])
-        .arg(&two)
-        .args(["--", &python(), &example("torch_ddp.py")])
-        .args(DDP_ARGS)
-        .output()
-        .unwrap();
+    let o = launch_example(&two, &["--workers", "2"], "torch_ddp.py", &DDP_ARGS);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     assert!(
@@ -386,13 +410,12 @@ fn torch_ddp_restarts_from_its_checkpoint_after_a_failure() {
     let run = dir.path().join("run");
     // 2560 samples / 128 = 20 steps per epoch; rank 1 fails in epoch 2 on the first
     // attempt; the restart resumes from the epoch-1 checkpoint.
-    let o = dlc_py()
-        .args(["launch", "--workers", "2", "--max-restarts", "1", "--out"])
-        .arg(&run)
-        .args(["--", &python(), &example("torch_ddp.py")])
-        .args(["--limit", "2560", "--epochs", "2", "--fail-at-step", "25"])
-        .output()
-        .unwrap();
+    let o = launch_example(
+        &run,
+        &["--workers", "2", "--max-restarts", "1"],
+        "torch_ddp.py",
+        &["--limit", "2560", "--epochs", "2", "--fail-at-step", "25"],
+    );
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("failing on purpose at step 25"), "{stdout}");
@@ -420,18 +443,12 @@ fn torch_ddp_under_slurm_matches_the_local_run() {
     }
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("local");
-    let o = dlc_py()
-        .args(["launch", "--workers", "2", "--out"])
-        .arg(&local)
-        .args(["--", &python(), &example("torch_ddp.py")])
-        .args(DDP_ARGS)
-        .output()
-        .unwrap();
+    let o = launch_example(&local, &["--workers", "2"], "torch_ddp.py", &DDP_ARGS);
     assert!(o.status.success(), "{:?}", text(&o));
     let slurm = dir.path().join("slurm");
-    let o = dlc_py()
-        .args([
-            "launch",
+    let o = launch_example(
+        &slurm,
+        &[
             "--manager",
             "slurm",
             "--workers",
@@ -439,13 +456,10 @@ fn torch_ddp_under_slurm_matches_the_local_run() {
             "--wait",
             "--time",
             "10m",
-            "--out",
-        ])
-        .arg(&slurm)
-        .args(["--", &python(), &example("torch_ddp.py")])
-        .args(DDP_ARGS)
-        .output()
-        .unwrap();
+        ],
+        "torch_ddp.py",
+        &DDP_ARGS,
+    );
     let (stdout, stderr) = text(&o);
     let log = std::fs::read_dir(&slurm)
         .unwrap()
@@ -470,23 +484,6 @@ fn torch_ddp_under_slurm_matches_the_local_run() {
     assert_eq!(d, 0.0);
 }
 
-/// Max |Δw| between two `np.savez` weight files.
-fn npz_diff(a: &Path, b: &Path) -> f64 {
-    let script = "import sys, numpy as np\n\
-        a, b = np.load(sys.argv[1]), np.load(sys.argv[2])\n\
-        assert sorted(a.files) == sorted(b.files)\n\
-        print(max(float(np.abs(a[k] - b[k]).max()) for k in a.files))\n";
-    let o = Command::new(python())
-        .args(["-c", script])
-        .arg(a)
-        .arg(b)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&o);
-    assert!(o.status.success(), "{stderr}");
-    stdout.trim().parse().unwrap()
-}
-
 #[test]
 fn tf_keras_multi_worker_mirrored_on_two_processes_keeps_them_identical() {
     if !python_has("tf_keras") {
@@ -494,13 +491,12 @@ fn tf_keras_multi_worker_mirrored_on_two_processes_keeps_them_identical() {
     }
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("mwms");
-    let o = dlc_py()
-        .args(["launch", "--workers", "2", "--out"])
-        .arg(&run)
-        .args(["--", &python(), &example("tf_keras_train.py")])
-        .args(["--limit", "2048", "--batch-size", "64"])
-        .output()
-        .unwrap();
+    let o = launch_example(
+        &run,
+        &["--workers", "2"],
+        "tf_keras_train.py",
+        &["--limit", "2048", "--batch-size", "64"],
+    );
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     assert!(
@@ -521,22 +517,12 @@ fn tf_keras_parameter_server_strategy_with_a_chief_a_ps_and_two_workers() {
     }
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("ps");
-    let o = dlc_py()
-        .args([
-            "launch",
-            "--workers",
-            "2",
-            "--strategy",
-            "ps",
-            "--ps-servers",
-            "1",
-            "--out",
-        ])
-        .arg(&run)
-        .args(["--", &python(), &example("tf_keras_train.py")])
-        .args(["--limit", "2048", "--batch-size", "64"])
-        .output()
-        .unwrap();
+    let o = launch_example(
+        &run,
+        &["--workers", "2", "--strategy", "ps", "--ps-servers", "1"],
+        "tf_keras_train.py",
+        &["--limit", "2048", "--batch-size", "64"],
+    );
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     assert!(
