@@ -460,10 +460,7 @@ fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Sh
                 sh.changed.notify_all();
                 drop(st);
                 let _ = send(w, &Reply::Ok);
-                for o in others {
-                    let _ = lock(&o).set_write_timeout(Some(Duration::from_secs(1)));
-                    let _ = send(&o, &Reply::Finished { rank });
-                }
+                notify(&others, &Reply::Finished { rank });
                 return;
             }
             Request::Join { .. } => Reply::Error {
@@ -493,9 +490,14 @@ fn fail(sh: &Shared, rank: usize, reason: &str) {
     let writers = writers_except(&st, rank);
     sh.changed.notify_all();
     drop(st);
+    notify(&writers, &notice);
+}
+
+/// Sends `notice` to each of `writers`, giving each at most a second.
+fn notify(writers: &[Arc<Mutex<TcpStream>>], notice: &Reply) {
     for w in writers {
-        let _ = lock(&w).set_write_timeout(Some(Duration::from_secs(1)));
-        let _ = send(&w, &notice);
+        let _ = lock(w).set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = send(w, notice);
     }
 }
 

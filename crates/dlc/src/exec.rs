@@ -20,7 +20,7 @@ pub struct ExecArgs {
     framework: Framework,
     /// Network graph: ring (every process a worker) or ps (TensorFlow: rank 0 the
     /// chief, then the ps tasks, then the workers).
-    #[arg(long, default_value = "ring", value_parser = parse_strategy)]
+    #[arg(long, default_value = "ring")]
     strategy: Strategy,
     /// Parameter-server tasks with --strategy ps.
     #[arg(long, default_value_t = 1)]
@@ -46,14 +46,6 @@ pub struct ExecArgs {
     command: Vec<String>,
 }
 
-fn parse_strategy(s: &str) -> Result<Strategy, String> {
-    match s {
-        "ring" => Ok(Strategy::Ring),
-        "ps" => Ok(Strategy::Ps),
-        _ => Err(format!("unknown strategy `{s}` (use ring or ps)")),
-    }
-}
-
 /// `dlc exec`: returns the process's exit code (the command's own on failure).
 pub fn exec(a: ExecArgs) -> Result<i32> {
     if std::env::var("DLC_DIE_WITH_PARENT").is_ok_and(|v| v == "1") {
@@ -76,17 +68,11 @@ pub fn exec(a: ExecArgs) -> Result<i32> {
     for n in &id.notes {
         eprintln!("note: {n}");
     }
-    let run_dir = match &a.out {
-        Some(d) => d.clone(),
-        None => PathBuf::from("runs").join(&id.job_id),
-    };
-    let run_dir = if run_dir.is_absolute() {
-        run_dir
-    } else {
-        std::env::current_dir()
-            .context("reading the current directory")?
-            .join(run_dir)
-    };
+    let run_dir = crate::launch::absolute(
+        &a.out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(&id.job_id)),
+    )?;
     if id.rank == 0 {
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("creating the run directory {}", run_dir.display()))?;

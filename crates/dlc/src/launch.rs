@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dlc_job::{JobSpec, Manager, Strategy};
-use dlc_launch::agent::Framework;
+use dlc_launch::agent::{self, Framework};
 use dlc_launch::{ForeignCommand, LaunchSpec, ResourceManager};
 
 use crate::train::{RunArgs, RunOpts};
@@ -114,7 +114,8 @@ pub struct CancelArgs {
     job: JobRef,
 }
 
-fn absolute(p: &Path) -> Result<PathBuf> {
+/// `p`, made absolute against the current directory.
+pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
     Ok(if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -250,30 +251,21 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
     } else {
         0
     };
-    if foreign
-        && d.strategy == Strategy::Ps
-        && matches!(a.framework, Framework::Torch | Framework::Jax)
-    {
-        bail!(
-            "--strategy ps is TensorFlow's ParameterServerStrategy; {} has none (use --strategy ring)",
-            a.framework
-        );
+    // An explicit framework is checked here; `auto` once each agent has read the script.
+    if foreign && a.framework != Framework::Auto {
+        agent::check_strategy(a.framework, d.strategy)?;
     }
+    let join_timeout = a.join_timeout.unwrap_or(60);
     let command = foreign.then(|| {
         let mut exec_args = vec![
             "--framework".to_string(),
             a.framework.to_string(),
             "--strategy".into(),
-            if d.strategy == Strategy::Ps {
-                "ps"
-            } else {
-                "ring"
-            }
-            .into(),
+            d.strategy.to_string(),
             "--ps-servers".into(),
             d.ps_servers.to_string(),
             "--join-timeout".into(),
-            a.join_timeout.unwrap_or(60).to_string(),
+            join_timeout.to_string(),
         ];
         if r.manager == Manager::Local {
             exec_args.extend(["--threads".into(), r.cpus_per_worker.to_string()]);
@@ -320,11 +312,7 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
             absolute(&out)?
         },
         port: r.port,
-        timeout_s: if foreign {
-            a.join_timeout.unwrap_or(60)
-        } else {
-            d.timeout_s
-        },
+        timeout_s: if foreign { join_timeout } else { d.timeout_s },
         command,
         max_restarts: a.max_restarts,
     };

@@ -47,7 +47,7 @@ pub struct RunOpts {
     #[arg(long)]
     pub workers: Option<usize>,
     /// Network graph: `ring` (all-reduce) or `ps` (parameter servers).
-    #[arg(long, value_parser = parse_strategy)]
+    #[arg(long)]
     pub strategy: Option<Strategy>,
     /// Parameter-server processes (ps).
     #[arg(long)]
@@ -64,14 +64,6 @@ pub struct RunOpts {
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
-}
-
-fn parse_strategy(s: &str) -> Result<Strategy, String> {
-    match s {
-        "ring" => Ok(Strategy::Ring),
-        "ps" => Ok(Strategy::Ps),
-        _ => Err(format!("unknown strategy `{s}` (use ring or ps)")),
-    }
 }
 
 fn parse_ps_mode(s: &str) -> Result<PsMode, String> {
@@ -147,11 +139,7 @@ impl RunOpts {
             "--workers".into(),
             d.workers.to_string(),
             "--strategy".into(),
-            match d.strategy {
-                Strategy::Ring => "ring",
-                Strategy::Ps => "ps",
-            }
-            .into(),
+            d.strategy.to_string(),
             "--ps-servers".into(),
             d.ps_servers.to_string(),
             "--ps-mode".into(),
@@ -284,7 +272,6 @@ pub fn train(args: TrainArgs) -> Result<()> {
         name: job.display_name().to_string(),
         timeout: Duration::from_secs(d.timeout_s),
         quiet: args.run.quiet,
-        env: Vec::new(),
         max_restarts: 0,
         foreign: false,
     };

@@ -349,6 +349,26 @@ pub enum Strategy {
     Ps,
 }
 
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Strategy::Ring => "ring",
+            Strategy::Ps => "ps",
+        })
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ring" => Ok(Strategy::Ring),
+            "ps" => Ok(Strategy::Ps),
+            _ => Err(format!("unknown strategy `{s}` (use ring or ps)")),
+        }
+    }
+}
+
 /// Parameter-server consistency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

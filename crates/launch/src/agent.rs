@@ -170,6 +170,24 @@ pub struct Layout {
     pub gpus: Option<(usize, Option<String>)>,
 }
 
+/// Whether `framework` has a network graph for `strategy`: `ps` is TensorFlow's
+/// ParameterServerStrategy (or whatever a `none` command makes of the roles).
+pub fn check_strategy(framework: Framework, strategy: Strategy) -> Result<(), AgentError> {
+    if strategy == Strategy::Ps && !matches!(framework, Framework::Tensorflow | Framework::None) {
+        return Err(AgentError::Invalid(format!(
+            "--strategy ps is TensorFlow's ParameterServerStrategy; {framework} has none \
+             (use --strategy ring, or --framework tensorflow)"
+        )));
+    }
+    Ok(())
+}
+
+/// How many of `peers` (published `host:port`, by rank) share `rank`'s host.
+fn local_world(peers: &[String], rank: usize) -> usize {
+    let me = host_of(&peers[rank]);
+    peers.iter().filter(|p| host_of(p) == me).count()
+}
+
 fn host_of(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     host.trim_start_matches('[').trim_end_matches(']')
@@ -187,7 +205,7 @@ pub fn framework_env(
 ) -> Result<Vec<(String, String)>, AgentError> {
     let world = l.peers.len();
     let me = host_of(&l.peers[l.rank]);
-    let local_world = l.peers.iter().filter(|p| host_of(p) == me).count();
+    let local_world = local_world(&l.peers, l.rank);
     // Hosts in order of their first rank: a host's index is its "group rank".
     let mut hosts: Vec<&str> = Vec::new();
     for p in &l.peers {
@@ -247,12 +265,7 @@ pub fn framework_env(
     let torch = matches!(framework, Framework::Torch | Framework::Auto);
     let tf = matches!(framework, Framework::Tensorflow | Framework::Auto);
     let jax = matches!(framework, Framework::Jax | Framework::Auto);
-    if l.strategy == Strategy::Ps && !matches!(framework, Framework::Tensorflow | Framework::None) {
-        return Err(AgentError::Invalid(format!(
-            "the ps strategy is TensorFlow's ParameterServerStrategy; {framework} has none \
-             (use --strategy ring, or --framework tensorflow)"
-        )));
-    }
+    check_strategy(framework, l.strategy)?;
     let master = &l.peers[0];
     if torch {
         set("RANK", l.rank.to_string());
@@ -453,6 +466,8 @@ fn signal_name(s: i32) -> &'static str {
 
 /// How long a stopped command gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long the output of an ended command may take to be relayed.
+const RELAY_GRACE: Duration = Duration::from_secs(2);
 
 /// The running command: its own process group, killed when dropped.
 struct Running {
@@ -505,7 +520,13 @@ impl Drop for Running {
     }
 }
 
-fn relay(from: impl Read + Send + 'static, to_stderr: bool, prefix: Option<String>) {
+/// Copies `from` line by line to our stdout or stderr, with `prefix`; the thread ends
+/// at end of file.
+fn relay(
+    from: impl Read + Send + 'static,
+    to_stderr: bool,
+    prefix: Option<String>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut r = BufReader::new(from);
         let mut line = Vec::new();
@@ -530,7 +551,7 @@ fn relay(from: impl Read + Send + 'static, to_stderr: bool, prefix: Option<Strin
                 o.write_all(&out).and_then(|()| o.flush())
             };
         }
-    });
+    })
 }
 
 /// Runs one process of a foreign job: rendezvous, gang start, the command, and its
@@ -558,13 +579,9 @@ pub fn run(id: &Identity, spec: &ExecSpec) -> Result<(), AgentError> {
         .map_err(comm)?;
     let watch = client.watch().map_err(comm)?;
 
-    let local = peers
-        .iter()
-        .filter(|p| host_of(p) == host_of(&peers[rank]))
-        .count();
     let threads = spec.threads.or(id.cpus).unwrap_or_else(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores / local.max(1)).max(1)
+        (cores / local_world(&peers, rank)).max(1)
     });
     let restart = std::env::var("DLC_RESTART_COUNT")
         .ok()
@@ -645,11 +662,12 @@ pub fn run(id: &Identity, spec: &ExecSpec) -> Result<(), AgentError> {
         }
     };
     let prefix = spec.prefix.then(|| format!("[rank {rank}] "));
+    let mut relays = Vec::new();
     if let Some(o) = child.stdout.take() {
-        relay(o, false, prefix.clone());
+        relays.push(relay(o, false, prefix.clone()));
     }
     if let Some(e) = child.stderr.take() {
-        relay(e, true, prefix);
+        relays.push(relay(e, true, prefix));
     }
     let pgid = child.id() as i32;
     let mut running = Running {
@@ -723,6 +741,13 @@ pub fn run(id: &Identity, spec: &ExecSpec) -> Result<(), AgentError> {
             }
         }
     };
+    // The command's last lines (a final result, a traceback) before our own: wait for
+    // the relays to reach end of file, but not for a background process of the
+    // command that keeps the pipes open (its group is killed when `running` drops).
+    let until = Instant::now() + RELAY_GRACE;
+    while relays.iter().any(|h| !h.is_finished()) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     if let Some(c) = coordinator {
         c.shutdown(Duration::from_secs(10));
     }

@@ -69,11 +69,11 @@ pub fn manifests(spec: &LaunchSpec, token: &str) -> Result<Vec<Value>, ManagerEr
     if !foreign {
         objects.insert(
             1,
-                json!({
-                    "apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": format!("{name}-job"), "namespace": ns, "labels": labels("job-file")},
-                    "data": {"job.toml": spec.job_text},
-                }),
+            json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("{name}-job"), "namespace": ns, "labels": labels("job-file")},
+                "data": {"job.toml": spec.job_text},
+            }),
         );
     }
 

@@ -73,8 +73,6 @@ pub struct LocalJob {
     pub timeout: Duration,
     /// No progress output.
     pub quiet: bool,
-    /// Variables for every process, beyond the `DLC_*` identity.
-    pub env: Vec<(String, String)>,
     /// Restarts of the whole set of processes after a failure (0: a failure ends the
     /// job). Each attempt exports `DLC_RESTART_COUNT`.
     pub max_restarts: usize,
@@ -88,8 +86,6 @@ pub struct LocalJob {
 pub struct Outcome {
     /// Rank 0's final summary event, if it sent one.
     pub summary: Option<serde_json::Value>,
-    /// How each attempt ended (one line each; the last is the success).
-    pub attempts: Vec<String>,
 }
 
 enum Event {
@@ -111,11 +107,7 @@ pub fn run(job: &LocalJob) -> Result<Outcome, LaunchError> {
     let mut attempts = Vec::new();
     for attempt in 0..=job.max_restarts {
         match run_once(job, attempt) {
-            Ok(mut outcome) => {
-                attempts.push(format!("attempt {}: succeeded", attempt + 1));
-                outcome.attempts = attempts;
-                return Ok(outcome);
-            }
+            Ok(outcome) => return Ok(outcome),
             Err(e @ LaunchError::Interrupted(_)) => return Err(e),
             Err(e) => {
                 let first_line = e.to_string().lines().next().unwrap_or("").to_string();
@@ -165,7 +157,6 @@ fn run_once(job: &LocalJob, attempt: usize) -> Result<Outcome, LaunchError> {
             .env("DLC_DIE_WITH_PARENT", "1")
             .env("DLC_RESTART_COUNT", attempt.to_string())
             .env("DLC_EXEC_PREFIX", "0")
-            .envs(job.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -216,6 +207,14 @@ fn run_once(job: &LocalJob, attempt: usize) -> Result<Outcome, LaunchError> {
         None if !job.quiet => eprintln!("{line}"),
         None => {}
     };
+    // A foreign command's stdout is the user's: relayed on stdout, even with -q.
+    let user_line = |rank: usize, line: &str| {
+        let line = format!("[{}] {line}", role(rank, job.workers));
+        match &bar {
+            Some(b) => b.println(line),
+            None => println!("{line}"),
+        }
+    };
 
     let mut tails: Vec<VecDeque<String>> = vec![VecDeque::new(); job.world];
     let mut outcome = Outcome::default();
@@ -253,13 +252,7 @@ fn run_once(job: &LocalJob, attempt: usize) -> Result<Outcome, LaunchError> {
                     t.pop_front();
                 }
             }
-            Ok(Event::Stdout(rank, line)) if job.foreign => {
-                let line = format!("[{}] {line}", role(rank, job.workers));
-                match &bar {
-                    Some(b) => b.println(line),
-                    None => println!("{line}"),
-                }
-            }
+            Ok(Event::Stdout(rank, line)) if job.foreign => user_line(rank, &line),
             Ok(Event::Stdout(rank, line)) => match serde_json::from_str::<serde_json::Value>(&line)
             {
                 Ok(v) if rank == 0 && v["event"] == "progress" => {
@@ -303,7 +296,7 @@ fn run_once(job: &LocalJob, attempt: usize) -> Result<Outcome, LaunchError> {
             // Drain what is left of the output.
             while let Ok(ev) = rx.recv_timeout(Duration::from_millis(100)) {
                 if let (Event::Stdout(rank, line), true) = (&ev, job.foreign) {
-                    println!("[{}] {line}", role(*rank, job.workers));
+                    user_line(*rank, line);
                 } else if let Event::Stdout(0, line) = ev {
                     if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                         if v["event"] == "summary" {
@@ -407,7 +400,6 @@ impl Local {
             name: spec.name.clone(),
             timeout: Duration::from_secs(spec.timeout_s),
             quiet: self.quiet,
-            env: Vec::new(),
             max_restarts: spec.max_restarts,
             foreign: spec.command.is_some(),
         }
