@@ -118,17 +118,36 @@ pub fn detect(var: &dyn Fn(&str) -> Option<String>, job_text: &str) -> Result<Id
         Ok(num(k)?.unwrap_or_default())
     };
 
-    // Which launcher?
+    // Which launcher? The innermost one: `mpirun` or `torchrun` inside an sbatch
+    // script inherit the batch step's `SLURM_PROCID` (0 everywhere), so their own
+    // variables come first. When an inner launcher agrees with Slurm on rank and size
+    // (`srun --mpi=pmi2` sets `PMI_*` too), Slurm's richer view (node lists) is used.
+    let slurm = get("SLURM_PROCID").is_some() && get("SLURM_NTASKS").is_some();
+    let agrees_with_slurm = |rank: &str, size: &str| {
+        slurm && get(rank) == get("SLURM_PROCID") && get(size) == get("SLURM_NTASKS")
+    };
+    let torchrun_agent = get("TORCHELASTIC_RUN_ID").is_some() || get("GROUP_RANK").is_some();
     let source = if get("DLC_RANK").is_some() {
         Source::Dlc
     } else if get("JOB_COMPLETION_INDEX").is_some() && get("DLC_WORLD_SIZE").is_some() {
         Source::Kubernetes
-    } else if get("SLURM_PROCID").is_some() && get("SLURM_NTASKS").is_some() {
-        Source::Slurm
-    } else if get("OMPI_COMM_WORLD_RANK").is_some() {
+    } else if get("OMPI_COMM_WORLD_RANK").is_some()
+        && !agrees_with_slurm("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")
+    {
         Source::OpenMpi
-    } else if get("PMI_RANK").is_some() && get("PMI_SIZE").is_some() {
+    } else if get("PMI_RANK").is_some()
+        && get("PMI_SIZE").is_some()
+        && !agrees_with_slurm("PMI_RANK", "PMI_SIZE")
+    {
         Source::Pmi
+    } else if torchrun_agent
+        && get("RANK").is_some()
+        && get("WORLD_SIZE").is_some()
+        && !agrees_with_slurm("RANK", "WORLD_SIZE")
+    {
+        Source::Torchrun
+    } else if slurm {
+        Source::Slurm
     } else if get("RANK").is_some() && get("WORLD_SIZE").is_some() {
         Source::Torchrun
     } else {
@@ -510,6 +529,47 @@ mod tests {
         assert_eq!(id(&agent).unwrap().coordinator, "10.0.0.1:29501");
         let e = id(&vars[..2]).unwrap_err();
         assert!(e.to_string().contains("MASTER_ADDR"), "{e}");
+    }
+
+    #[test]
+    fn innermost_launcher_wins() {
+        // The batch step of an sbatch script: every mpirun/torchrun child inherits it.
+        let batch = [
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "4"),
+            ("SLURM_JOB_ID", "77"),
+            ("SLURM_JOB_NODELIST", "node[1-2]"),
+        ];
+        let mut mpi = batch.to_vec();
+        mpi.extend([
+            ("OMPI_COMM_WORLD_RANK", "3"),
+            ("OMPI_COMM_WORLD_SIZE", "4"),
+            ("OMPI_COMM_WORLD_LOCAL_SIZE", "4"),
+        ]);
+        let i = id(&mpi).unwrap();
+        assert_eq!((i.rank, i.source), (3, Source::OpenMpi));
+        let mut torch = batch.to_vec();
+        torch.extend([
+            ("RANK", "2"),
+            ("WORLD_SIZE", "8"),
+            ("MASTER_ADDR", "node1"),
+            ("MASTER_PORT", "29500"),
+            ("TORCHELASTIC_RUN_ID", "r"),
+        ]);
+        let i = id(&torch).unwrap();
+        assert_eq!((i.rank, i.world, i.source), (2, 8, Source::Torchrun));
+        // srun --mpi=pmi2 sets PMI_* equal to Slurm's: Slurm (with its node list) wins.
+        let mut pmi2 = batch.to_vec();
+        pmi2.extend([("PMI_RANK", "0"), ("PMI_SIZE", "4")]);
+        let i = id(&pmi2).unwrap();
+        assert_eq!(
+            (i.source, i.coordinator.as_str()),
+            (Source::Slurm, "node1:29477")
+        );
+        // A bare RANK (no torchrun agent) does not override Slurm.
+        let mut bare = batch.to_vec();
+        bare.extend([("RANK", "1"), ("WORLD_SIZE", "4")]);
+        assert_eq!(id(&bare).unwrap().source, Source::Slurm);
     }
 
     #[test]
