@@ -1,20 +1,19 @@
 //! `dlc bench allreduce`: all-reduce over N local processes of the same binary.
 //!
-//! The parent starts a coordinator and N worker processes; each worker times every
-//! size (warm-up, then one barrier and one timed all-reduce per iteration) and rank 0
-//! reports the median. In the same run the parent measures two ceilings per size: a
+//! The local launcher (the one `dlc train --workers` uses) starts N worker processes;
+//! each times every size (warm-up, then one barrier and one timed all-reduce per
+//! iteration) and rank 0 reports the medians. In the same run the parent measures two ceilings per size: a
 //! single-thread memcpy, and single-stream TCP loopback throughput between two
 //! processes (the physical limit of the TCP transport).
 //! Bus bandwidth follows NCCL: `busbw = algbw × 2(n−1)/n`, `algbw = bytes / time`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dlc_comm::auth::JobKey;
-use dlc_comm::{CommConfig, Communicator, Coordinator, ReduceOp};
+use dlc_comm::{CommConfig, Communicator, ReduceOp};
 use serde::{Deserialize, Serialize};
 
 /// One line of results.
@@ -74,91 +73,17 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Runs the whole benchmark; `exe` is the `dlc` binary, invoked as
-/// `exe bench allreduce --worker-rank R --coordinator ADDR …` for each rank.
-pub fn run(
+/// Turns rank 0's medians (bytes, seconds) into result rows, measuring the memcpy
+/// and TCP-loopback ceilings of each size in this process; `exe` is the `dlc` binary
+/// (started as the TCP source).
+pub fn rows(
     exe: &Path,
     ranks: usize,
-    sizes: &[usize],
+    medians: &[(usize, f64)],
     iters: usize,
-    timeout: Duration,
 ) -> Result<Vec<Row>, BenchError> {
-    let token = JobKey::random_token();
-    let job_id = format!("bench-{}", std::process::id());
-    let key = JobKey::new(job_id.clone(), &token);
-    let coord = Coordinator::start("127.0.0.1:0", key, ranks, timeout)?;
-    let size_arg = sizes
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut children: Vec<Child> = Vec::new();
-    let spawned = (0..ranks).try_for_each(|r| {
-        let child = Command::new(exe)
-            .args([
-                "bench",
-                "allreduce",
-                "--ranks",
-                &ranks.to_string(),
-                "--sizes",
-                &size_arg,
-            ])
-            .args([
-                "--iters",
-                &iters.to_string(),
-                "--worker-rank",
-                &r.to_string(),
-            ])
-            .args(["--coordinator", &coord.addr().to_string()])
-            .env("DLC_JOB_ID", &job_id)
-            .env("DLC_JOB_TOKEN", &token)
-            .stdout(if r == 0 {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(other("spawning a benchmark worker"))?;
-        children.push(child);
-        Ok::<_, BenchError>(())
-    });
-    let result = spawned.and_then(|_| {
-        let out = children[0].stdout.take().expect("rank 0 stdout is piped");
-        let mut medians = Vec::new();
-        for line in BufReader::new(out).lines() {
-            let line = line.map_err(other("reading rank 0"))?;
-            let v: serde_json::Value = serde_json::from_str(&line)
-                .map_err(|e| BenchError::Other(format!("rank 0 printed `{line}`: {e}")))?;
-            medians.push((
-                v["bytes"].as_u64().unwrap_or(0) as usize,
-                v["median_s"].as_f64().unwrap_or(f64::NAN),
-            ));
-        }
-        for (r, c) in children.iter_mut().enumerate() {
-            let status = c.wait().map_err(other("waiting for a worker"))?;
-            if !status.success() {
-                return Err(BenchError::Other(format!(
-                    "benchmark rank {r} failed ({status})"
-                )));
-            }
-        }
-        if medians.len() != sizes.len() {
-            return Err(BenchError::Other(
-                "rank 0 reported fewer sizes than asked".into(),
-            ));
-        }
-        Ok(medians)
-    });
-    for c in children.iter_mut() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    coord.shutdown(Duration::from_secs(2));
-    let medians = result?;
-
     let mut rows = Vec::new();
-    for (bytes, t) in medians {
+    for &(bytes, t) in medians {
         let n = ranks as f64;
         let algbw = bytes as f64 / t / 1e9;
         let memcpy = memcpy_gbps(bytes, iterations(bytes, iters));
@@ -180,20 +105,16 @@ pub fn run(
     Ok(rows)
 }
 
-/// A worker process: joins, times every size, and (rank 0) prints one JSON line per size.
+/// One benchmark process (started by the local launcher): joins, times every size
+/// and returns `(bytes, median seconds)` per size (rank 0's are the ones reported).
 pub fn worker(
-    rank: usize,
-    ranks: usize,
-    coordinator: &str,
+    cfg: CommConfig,
     sizes: &[usize],
     iters: usize,
-) -> Result<(), BenchError> {
-    let job_id = std::env::var("DLC_JOB_ID")
-        .map_err(|_| BenchError::Other("DLC_JOB_ID is not set".into()))?;
-    let token = std::env::var("DLC_JOB_TOKEN")
-        .map_err(|_| BenchError::Other("DLC_JOB_TOKEN is not set".into()))?;
-    let cfg = CommConfig::new(coordinator, JobKey::new(job_id, token), rank, ranks);
+) -> Result<Vec<(usize, f64)>, BenchError> {
+    let (rank, ranks) = (cfg.rank, cfg.world);
     let mut comm = Communicator::connect(cfg)?;
+    let mut medians = Vec::with_capacity(sizes.len());
     for &bytes in sizes {
         let mut buf = vec![1.0f32; bytes / 4];
         let n = iterations(bytes, iters);
@@ -217,14 +138,10 @@ pub fn worker(
                 buf[i]
             )));
         }
-        if rank == 0 {
-            let line = serde_json::json!({"bytes": bytes, "median_s": median(times)});
-            println!("{line}");
-            let _ = std::io::stdout().flush();
-        }
+        medians.push((bytes, median(times)));
     }
     comm.barrier()?;
-    Ok(())
+    Ok(medians)
 }
 
 /// Median single-thread memcpy throughput for `bytes`, GB/s.

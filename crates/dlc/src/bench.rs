@@ -67,10 +67,9 @@ pub struct AllreduceArgs {
     /// Seconds a rank may wait on another before failing.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// One benchmark process under the local launcher (internal).
     #[arg(long, hide = true)]
-    worker_rank: Option<usize>,
-    #[arg(long, hide = true)]
-    coordinator: Option<String>,
+    worker: bool,
     #[arg(long, hide = true)]
     tcp_source: Option<String>,
     #[arg(long, hide = true)]
@@ -99,28 +98,81 @@ fn allreduce_cmd(a: AllreduceArgs) -> Result<()> {
     if a.sizes.iter().any(|&s| !s.is_multiple_of(4)) {
         bail!("sizes must be multiples of 4 bytes (f32 elements)");
     }
-    if let Some(rank) = a.worker_rank {
-        let coord = a
-            .coordinator
-            .as_deref()
-            .context("--worker-rank needs --coordinator")?;
-        return Ok(allreduce::worker(rank, a.ranks, coord, &a.sizes, a.iters)?);
+    if a.worker {
+        return bench_worker(&a);
     }
-    let exe = std::env::current_exe().context("locating the dlc binary")?;
-    let rows = allreduce::run(
-        &exe,
+    let rows = allreduce_rows(
         a.ranks,
         &a.sizes,
         a.iters.max(1),
         Duration::from_secs(a.timeout),
-    )
-    .context("all-reduce benchmark failed")?;
+    )?;
     if a.json {
         for r in &rows {
             println!("{}", serde_json::to_string(r)?);
         }
     } else {
         print_table(&rows);
+    }
+    Ok(())
+}
+
+/// Runs the all-reduce benchmark over `ranks` local processes: the same local launcher
+/// as `dlc train --workers` (its coordinator, die-with-parent children, and a failed
+/// rank named with its last lines), then the ceilings of each size in this process.
+pub(crate) fn allreduce_rows(
+    ranks: usize,
+    sizes: &[usize],
+    iters: usize,
+    timeout: Duration,
+) -> Result<Vec<Row>> {
+    let exe = std::env::current_exe().context("locating the dlc binary")?;
+    let size_arg = sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let outcome = dlc_launch::local::run(&dlc_launch::local::LocalJob {
+        exe: exe.clone(),
+        args: vec![
+            "bench".into(),
+            "allreduce".into(),
+            "--worker".into(),
+            "--sizes".into(),
+            size_arg.join(","),
+            "--iters".into(),
+            iters.to_string(),
+            "--timeout".into(),
+            timeout.as_secs().to_string(),
+        ],
+        world: ranks,
+        workers: ranks,
+        name: "bench-allreduce".into(),
+        timeout,
+        quiet: true,
+        max_restarts: 0,
+        foreign: false,
+    })
+    .context("all-reduce benchmark failed")?;
+    let medians: Vec<(usize, f64)> = outcome
+        .summary
+        .and_then(|v| serde_json::from_value(v["medians"].clone()).ok())
+        .context("rank 0 of the all-reduce benchmark reported no timings")?;
+    if medians.len() != sizes.len() {
+        bail!("rank 0 reported {} of {} sizes", medians.len(), sizes.len());
+    }
+    Ok(allreduce::rows(&exe, ranks, &medians, iters)?)
+}
+
+/// One process of `dlc bench allreduce`: identity from the launcher's variables; rank
+/// 0 reports the medians as the launcher's summary event.
+fn bench_worker(a: &AllreduceArgs) -> Result<()> {
+    dlc_launch::die_with_parent();
+    let id = dlc_launch::env::from_process_env("")?;
+    let mut cfg = dlc_comm::CommConfig::new(&id.coordinator, id.key(), id.rank, id.world);
+    cfg.timeout = Duration::from_secs(a.timeout);
+    let medians = allreduce::worker(cfg, &a.sizes, a.iters.max(1))?;
+    if id.rank == 0 {
+        println!(
+            "{}",
+            serde_json::json!({"event": "summary", "medians": medians})
+        );
     }
     Ok(())
 }
