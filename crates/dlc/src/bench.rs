@@ -148,6 +148,7 @@ pub(crate) fn allreduce_rows(
         quiet: true,
         max_restarts: 0,
         foreign: false,
+        workdir: None,
     })
     .context("all-reduce benchmark failed")?;
     let medians: Vec<(usize, f64)> = outcome

@@ -26,15 +26,18 @@ pub struct LaunchArgs {
     run: RunOpts,
     /// Framework of the command after `--`: auto (from its imports), torch,
     /// tensorflow (tf-keras), jax (also Keras 3) or none; decides the environment
-    /// (torchrun's variables, TF_CONFIG, JAX/Keras variables) every process gets.
-    #[arg(long, default_value = "auto")]
-    framework: Framework,
+    /// (torchrun's variables, TF_CONFIG, JAX/Keras variables) every process gets
+    /// [default: [command] framework, else auto].
+    #[arg(long)]
+    framework: Option<Framework>,
     /// Restart every process up to K times after a failure (exported as
-    /// DLC_RESTART_COUNT, so a script that checkpoints can resume).
-    #[arg(long, default_value_t = 0, value_name = "K")]
-    max_restarts: usize,
+    /// DLC_RESTART_COUNT, so a script that checkpoints can resume) [default:
+    /// [command] max_restarts, else 0].
+    #[arg(long, value_name = "K")]
+    max_restarts: Option<usize>,
     /// Seconds every process of a foreign command may take to start and join before
-    /// the job fails naming the missing ranks (gang start) [default: 60].
+    /// the job fails naming the missing ranks (gang start) [default: [command]
+    /// join_timeout_s, else 60].
     #[arg(long, value_name = "S")]
     join_timeout: Option<u64>,
     /// Your command and its arguments (after `--`): every process runs it.
@@ -139,26 +142,36 @@ fn command_name(argv: &[String]) -> String {
 
 /// Resolves the job file, `[resources]` and the command line into a launch.
 fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
-    let foreign = !a.command.is_empty();
-    let mut job: JobSpec = match (&a.job, foreign) {
-        (Some(file), false) => RunArgs {
+    let mut job: JobSpec = match (&a.job, a.command.is_empty()) {
+        (Some(file), true) => RunArgs {
             job: file.clone(),
             opts: a.run.clone(),
         }
         .job()?,
-        (Some(file), true) => bail!(
-            "give a job file or a command after `--`, not both ({} and `{}`)",
+        (Some(file), false) => bail!(
+            "give a job file or a command after `--`, not both ({} and `{}`); a job file \
+             can carry the command itself in a [command] table",
             file.display(),
             a.command.join(" ")
         ),
-        (None, true) => a
-            .run
-            .apply(JobSpec::for_command(command_name(&a.command)))?,
-        (None, false) => bail!(
+        (None, false) => {
+            let mut job = JobSpec::for_command(command_name(&a.command));
+            job.command = Some(dlc_job::CommandSpec {
+                argv: a.command.clone(),
+                framework: Framework::Auto,
+                env: Default::default(),
+                workdir: None,
+                max_restarts: 0,
+                join_timeout_s: 60,
+            });
+            a.run.apply(job)?
+        }
+        (None, true) => bail!(
             "nothing to launch: give a job file (dlc launch JOB.toml …) or your own command \
              after `--` (dlc launch --workers 2 -- python train.py)"
         ),
     };
+    let foreign = job.command.is_some();
     let r = &mut job.resources;
     if let Some(m) = a.manager {
         r.manager = m;
@@ -251,15 +264,21 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
     } else {
         0
     };
+    let cmd = job.command.as_ref();
+    let framework = a.framework.or(cmd.map(|c| c.framework)).unwrap_or_default();
     // An explicit framework is checked here; `auto` once each agent has read the script.
-    if foreign && a.framework != Framework::Auto {
-        agent::check_strategy(a.framework, d.strategy)?;
+    if foreign && framework != Framework::Auto {
+        agent::check_strategy(framework, d.strategy)?;
     }
-    let join_timeout = a.join_timeout.unwrap_or(60);
-    let command = foreign.then(|| {
+    let join_timeout = a
+        .join_timeout
+        .or(cmd.map(|c| c.join_timeout_s))
+        .unwrap_or(60);
+    let max_restarts = a.max_restarts.or(cmd.map(|c| c.max_restarts)).unwrap_or(0);
+    let command = cmd.map(|c| {
         let mut exec_args = vec![
             "--framework".to_string(),
-            a.framework.to_string(),
+            framework.to_string(),
             "--strategy".into(),
             d.strategy.to_string(),
             "--ps-servers".into(),
@@ -273,11 +292,19 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
         if r.gpus_per_worker > 0 {
             exec_args.extend(["--gpus-per-process".into(), r.gpus_per_worker.to_string()]);
         }
+        for (k, v) in &c.env {
+            exec_args.extend(["--env".into(), format!("{k}={v}")]);
+        }
         ForeignCommand {
             exec_args,
-            argv: a.command.clone(),
+            argv: c.argv.clone(),
         }
     });
+    // The job file's [command] workdir (default: its directory), else where we are.
+    let workdir = match cmd.and_then(|c| c.workdir.clone()) {
+        Some(w) => absolute(&w)?,
+        None => std::env::current_dir().context("reading the current directory")?,
+    };
     let spec = LaunchSpec {
         name: job.display_name().to_string(),
         exe,
@@ -304,7 +331,7 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
         partition: r.partition.clone(),
         namespace: r.namespace.clone(),
         image,
-        workdir: std::env::current_dir().context("reading the current directory")?,
+        workdir,
         // Kubernetes paths live in the pod, not here.
         out: if r.manager == Manager::Kubernetes {
             out
@@ -314,9 +341,9 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
         port: r.port,
         timeout_s: if foreign { join_timeout } else { d.timeout_s },
         command,
-        max_restarts: a.max_restarts,
+        max_restarts,
     };
-    if !foreign && a.max_restarts > 0 {
+    if !foreign && max_restarts > 0 {
         bail!(
             "--max-restarts works for commands after `--` so far; native jobs resume with --resume"
         );

@@ -183,7 +183,7 @@ fn write_profile(p: &Profile, path: &Path) -> Result<()> {
 
 /// `dlc profile`.
 pub fn profile_cmd(a: ProfileArgs) -> Result<()> {
-    let mut job = JobSpec::from_file(&a.job)?;
+    let mut job = crate::train::native_job(&a.job)?;
     if let Some(d) = a.device {
         job.train.device = d;
     }
@@ -234,7 +234,7 @@ fn write_csv(dir: &Path, es: &[Estimate]) -> Result<()> {
 
 /// `dlc plan`.
 pub fn plan_cmd(a: PlanArgs) -> Result<()> {
-    let job = JobSpec::from_file(&a.job)?;
+    let job = crate::train::native_job(&a.job)?;
     let catalog = load_catalog(&a.catalog)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     if a.validate {

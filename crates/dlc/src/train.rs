@@ -74,10 +74,30 @@ fn parse_ps_mode(s: &str) -> Result<PsMode, String> {
     }
 }
 
+/// Reads a job file that trains one of our models; a `[command]` job (the user's own
+/// program) is refused with the command that runs it.
+pub(crate) fn native_job(path: &std::path::Path) -> Result<JobSpec> {
+    let job = JobSpec::from_file(path)?;
+    if job.command.is_some() {
+        anyhow::bail!(
+            "{} runs your own program ([command]), not a model of ours: start it with \
+             `dlc launch {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(job)
+}
+
 impl RunArgs {
-    /// Loads the job and applies the distributed overrides.
+    /// Loads the job (a `[command]` job too) and applies the distributed overrides.
     pub fn job(&self) -> Result<JobSpec> {
         self.opts.apply(JobSpec::from_file(&self.job)?)
+    }
+
+    /// Loads a job that trains one of our models and applies the overrides.
+    pub fn native_job(&self) -> Result<JobSpec> {
+        self.opts.apply(native_job(&self.job)?)
     }
 
     /// The arguments after `dlc` that make a local worker process see the same job.
@@ -246,7 +266,7 @@ fn print_summary(v: &serde_json::Value, json: bool) {
 
 /// `dlc train`.
 pub fn train(args: TrainArgs) -> Result<()> {
-    let job = args.run.job()?;
+    let job = args.run.native_job()?;
     let d = &job.distributed;
     if d.workers == 1 && d.strategy == Strategy::Ring {
         set_threads(args.threads);
@@ -274,6 +294,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         quiet: args.run.quiet,
         max_restarts: 0,
         foreign: false,
+        workdir: None,
     };
     let outcome = dlc_launch::local::run(&local)
         .with_context(|| format!("distributed training of {} failed", args.run.job.display()))?;
@@ -298,7 +319,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
     for n in &id.notes {
         eprintln!("note: {n}");
     }
-    let mut job = args.run.job()?;
+    let mut job = args.run.native_job()?;
     if args.run.workers.is_none() {
         // The launcher decided how many processes there are: all but the servers train.
         let d = &mut job.distributed;
@@ -354,7 +375,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
 
 /// `dlc eval`.
 pub fn eval(args: EvalArgs) -> Result<()> {
-    let job = JobSpec::from_file(&args.job)?;
+    let job = native_job(&args.job)?;
     set_threads(args.threads);
     let r = dlc_train::evaluate_file(&job, &args.model)
         .with_context(|| format!("evaluating {} failed", args.model.display()))?;

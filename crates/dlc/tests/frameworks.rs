@@ -538,3 +538,79 @@ fn tf_keras_parameter_server_strategy_with_a_chief_a_ps_and_two_workers() {
         .unwrap_or(0.0);
     assert!(acc > 50.0, "{stdout}");
 }
+
+/// True when the interpreter has JAX and Keras 3 (checked without importing Keras,
+/// whose default backend would import TensorFlow).
+fn python_has_keras_jax() -> bool {
+    have(
+        &python(),
+        &[
+            "-c",
+            "import jax, importlib.metadata as m\n\
+             assert int(m.version('keras').split('.')[0]) >= 3",
+        ],
+        "Python with jax and Keras 3 (DLC_PYTHON)",
+    )
+}
+
+const KERAS_JAX_ARGS: [&str; 8] = [
+    "--limit",
+    "2560",
+    "--batch-size",
+    "64",
+    "--steps",
+    "30",
+    "--seed",
+    "5",
+];
+
+#[test]
+fn keras_jax_data_parallel_on_two_processes_matches_one_process() {
+    if !python_has_keras_jax() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Alone: plain python, no dlc (the script picks KERAS_BACKEND=jax itself).
+    let one = dir.path().join("one");
+    let o = Command::new(python())
+        .env("PYTHONPATH", repo().join("python"))
+        .env_remove("KERAS_BACKEND")
+        .arg(example("keras_jax_train.py"))
+        .args(KERAS_JAX_ARGS)
+        .arg("--out")
+        .arg(&one)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("done: 30 steps on 1 process(es), DataParallel over 1 "),
+        "{stdout}"
+    );
+    // Two processes under dlc (the framework detected from the script's imports):
+    // one JAX system over Gloo, each process feeding half of every global batch.
+    let two = dir.path().join("two");
+    let o = launch_example(
+        &two,
+        &["--workers", "2"],
+        "keras_jax_train.py",
+        &KERAS_JAX_ARGS,
+    );
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("[rank 0] done: 30 steps on 2 process(es), DataParallel over "),
+        "{stdout}\n{stderr}"
+    );
+    let ranks = npz_diff(
+        &two.join("weights-rank0.npz"),
+        &two.join("weights-rank1.npz"),
+    );
+    assert_eq!(ranks, 0.0, "the two ranks' weights differ");
+    // Same global batches, so the same steps up to the all-reduce's summation order.
+    let vs_one = npz_diff(
+        &one.join("weights-rank0.npz"),
+        &two.join("weights-rank0.npz"),
+    );
+    assert!(vs_one < 1e-4, "2 processes vs 1: max |Δw| = {vs_one}");
+}

@@ -1,7 +1,8 @@
 //! The dlcluster job file.
 //!
 //! A job file is TOML with the sections `[model]`, `[data]`, `[train]` and the
-//! optional `[distributed]` and `[resources]`, plus an optional top-level `name`. Unknown keys and bad values are rejected with the key,
+//! optional `[distributed]` and `[resources]`, plus an optional top-level `name`; or,
+//! for the user's own program, `[command]` instead of `[model]` and `[data]`. Unknown keys and bad values are rejected with the key,
 //! the line and what is allowed. See the README's job-file reference.
 
 mod spec;
@@ -10,8 +11,9 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use spec::{
-    parse_duration, DataSpec, DeviceSpec, DistributedSpec, LayerSpec, LrSchedule, Manager,
-    ModelSpec, OptimizerKind, Padding, Preset, PsMode, ResourcesSpec, Strategy, TrainSpec,
+    parse_duration, CommandSpec, DataSpec, DeviceSpec, DistributedSpec, Framework, LayerSpec,
+    LrSchedule, Manager, ModelSpec, OptimizerKind, Padding, Preset, PsMode, ResourcesSpec,
+    Strategy, TrainSpec,
 };
 
 /// Why a job file was rejected.
@@ -54,10 +56,15 @@ pub struct JobSpec {
     /// Job name (default: the file's stem). Used for run directories.
     #[serde(default)]
     pub name: Option<String>,
-    /// What to train.
+    /// What to train (absent when `[command]` is given).
+    #[serde(default, skip_serializing_if = "ModelSpec::is_empty")]
     pub model: ModelSpec,
-    /// On what.
+    /// On what (absent when `[command]` is given).
+    #[serde(default, skip_serializing_if = "DataSpec::is_empty")]
     pub data: DataSpec,
+    /// The user's own program instead of `[model]` and `[data]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandSpec>,
     /// How.
     #[serde(default)]
     pub train: TrainSpec,
@@ -82,8 +89,15 @@ impl JobSpec {
         if job.name.is_none() {
             job.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
         }
-        if let Some(base) = path.parent() {
+        if let Some(base) = path.parent().filter(|b| !b.as_os_str().is_empty()) {
             job.data.resolve_relative(base);
+            if let Some(c) = &mut job.command {
+                c.workdir = Some(match c.workdir.take() {
+                    Some(w) if w.is_relative() => base.join(w),
+                    Some(w) => w,
+                    None => base.to_path_buf(),
+                });
+            }
         }
         Ok(job)
     }
@@ -113,6 +127,7 @@ impl JobSpec {
                 layers: None,
             },
             data: DataSpec::default(),
+            command: None,
             train: TrainSpec::default(),
             distributed: DistributedSpec::default(),
             resources: ResourcesSpec::default(),

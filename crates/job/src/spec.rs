@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// `[model]`: a named preset or an explicit list of layers (exactly one of the two).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// A named architecture.
@@ -17,6 +17,11 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
+    /// Neither a preset nor layers (a `[command]` job has no model of ours).
+    pub fn is_empty(&self) -> bool {
+        self.preset.is_none() && self.layers.is_none()
+    }
+
     /// The layer list this spec describes (presets expanded) for `classes` outputs.
     pub fn resolved_layers(&self, classes: usize) -> Vec<LayerSpec> {
         match (&self.preset, &self.layers) {
@@ -176,6 +181,11 @@ pub struct DataSpec {
 }
 
 impl DataSpec {
+    /// Nothing set (a `[command]` job reads its own data).
+    pub fn is_empty(&self) -> bool {
+        *self == DataSpec::default()
+    }
+
     /// Makes relative paths relative to `base` (the job file's directory).
     pub fn resolve_relative(&mut self, base: &Path) {
         for p in [
@@ -287,6 +297,96 @@ impl std::fmt::Display for DeviceSpec {
             DeviceSpec::Cuda(Some(n)) => write!(f, "cuda:{n}"),
         }
     }
+}
+
+/// The framework a foreign command uses: decides the environment it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Framework {
+    /// Guess from the command (a `.py` file's imports); otherwise export everything.
+    #[default]
+    Auto,
+    /// PyTorch (`torch.distributed`): torchrun's variables.
+    Torch,
+    /// TensorFlow with tf-keras: `TF_CONFIG` (and `TF_USE_LEGACY_KERAS=1`).
+    Tensorflow,
+    /// JAX or Keras 3 on JAX: the coordinator address, process count and id.
+    Jax,
+    /// Only dlcluster's own variables.
+    None,
+}
+
+impl std::str::FromStr for Framework {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "auto" => Framework::Auto,
+            "torch" | "pytorch" => Framework::Torch,
+            "tensorflow" | "tf" | "keras" | "tf-keras" => Framework::Tensorflow,
+            "jax" => Framework::Jax,
+            "none" => Framework::None,
+            _ => {
+                return Err(format!(
+                    "unknown framework `{s}` (use auto, torch, tensorflow, jax or none)"
+                ))
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for Framework {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Framework::Auto => "auto",
+            Framework::Torch => "torch",
+            Framework::Tensorflow => "tensorflow",
+            Framework::Jax => "jax",
+            Framework::None => "none",
+        })
+    }
+}
+
+impl TryFrom<String> for Framework {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Framework> for String {
+    fn from(f: Framework) -> String {
+        f.to_string()
+    }
+}
+
+/// `[command]`: the user's own program (PyTorch, TensorFlow/Keras, JAX, anything) run
+/// by `dlc exec` in every process, instead of `[model]` and `[data]`. Everything
+/// `dlc launch -- COMMAND` takes on the command line, kept in a file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSpec {
+    /// The program and its arguments, e.g. `["python", "train.py", "--lr", "0.1"]`.
+    pub argv: Vec<String>,
+    /// `auto` (from the script's imports), `torch`, `tensorflow`, `jax` or `none`.
+    #[serde(default)]
+    pub framework: Framework,
+    /// Extra environment variables for the command.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Directory the command starts in (relative to the job file's directory; default:
+    /// the job file's directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<PathBuf>,
+    /// Restarts of every process after a failure (`dlc launch --max-restarts`).
+    #[serde(default)]
+    pub max_restarts: usize,
+    /// Seconds every process may take to start and join (gang start).
+    #[serde(default = "sixty")]
+    pub join_timeout_s: u64,
+}
+
+fn sixty() -> u64 {
+    60
 }
 
 /// `[train]`: the optimisation loop.

@@ -252,3 +252,65 @@ fn resources_section() {
         .to_string();
     assert!(e.contains("resources.nodes"), "{e}");
 }
+
+#[test]
+fn command_jobs_carry_argv_framework_env_and_restarts() {
+    let text = r#"
+name = "ddp"
+[command]
+argv = ["python", "train.py", "--lr", "0.1"]
+framework = "torch"
+env = { NCCL_DEBUG = "INFO" }
+max_restarts = 2
+[distributed]
+workers = 4
+[resources]
+manager = "slurm"
+"#;
+    let job = JobSpec::from_toml_str(text, "job.toml").unwrap();
+    let c = job.command.as_ref().unwrap();
+    assert_eq!(c.argv, ["python", "train.py", "--lr", "0.1"]);
+    assert_eq!(c.framework, Framework::Torch);
+    assert_eq!(c.env["NCCL_DEBUG"], "INFO");
+    assert_eq!((c.max_restarts, c.join_timeout_s), (2, 60));
+    assert!(job.model.is_empty() && job.data.is_empty());
+    let again = JobSpec::from_toml_str(&job.to_toml(), "again").unwrap();
+    assert_eq!(again, job);
+    // Defaults: framework auto.
+    let job = JobSpec::from_toml_str("[command]\nargv = [\"./run.sh\"]\n", "j").unwrap();
+    assert_eq!(job.command.unwrap().framework, Framework::Auto);
+}
+
+#[test]
+fn command_jobs_reject_bad_tables() {
+    let e = err("[command]\nargv = []\n");
+    assert!(e.contains("command.argv") && e.contains("line 2"), "{e}");
+    let e = err("[command]\nargv = [\"x\"]\nframework = \"caffe\"\n");
+    assert!(e.contains("unknown framework `caffe`"), "{e}");
+    let e = err("[command]\nargv = [\"x\"]\nflavour = 1\n");
+    assert!(e.contains("flavour"), "{e}");
+    let e = err("[command]\nargv = [\"x\"]\nenv = { \"\" = \"v\" }\n");
+    assert!(e.contains("command.env"), "{e}");
+    let e = err("[command]\nargv = [\"x\"]\njoin_timeout_s = 0\n");
+    assert!(e.contains("command.join_timeout_s"), "{e}");
+    let e = err(&format!("{GOOD}\n[command]\nargv = [\"x\"]\n"));
+    assert!(e.contains("remove [model] and [data]"), "{e}");
+    // Neither [model] nor [command]: the model error, as before.
+    let e = err("[data]\ndataset = \"fashion-mnist\"\n");
+    assert!(e.contains("preset"), "{e}");
+}
+
+#[test]
+fn command_workdir_is_relative_to_the_job_file() {
+    let dir = std::env::temp_dir().join(format!("dlc-job-cmd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("j.toml");
+    std::fs::write(&p, "[command]\nargv = [\"python\", \"t.py\"]\n").unwrap();
+    let job = JobSpec::from_file(&p).unwrap();
+    assert_eq!(job.command.unwrap().workdir.as_deref(), Some(dir.as_path()));
+    std::fs::write(&p, "[command]\nargv = [\"x\"]\nworkdir = \"sub\"\n").unwrap();
+    let job = JobSpec::from_file(&p).unwrap();
+    assert_eq!(job.command.unwrap().workdir, Some(dir.join("sub")));
+    assert_eq!(JobSpec::from_file(&p).unwrap().name.as_deref(), Some("j"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

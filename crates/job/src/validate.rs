@@ -11,6 +11,9 @@ fn bad(key: &str, message: impl Into<String>) -> Result<(), Problem> {
 
 /// Checks a parsed job; on failure returns the dotted key and what is allowed.
 pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
+    if let Some(c) = &job.command {
+        return check_command(job, c);
+    }
     let m = &job.model;
     match (&m.preset, &m.layers) {
         (Some(_), Some(_)) => bad("model", "has both `preset` and `layers`; give one")?,
@@ -112,6 +115,42 @@ pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
         bad("train.log_every", "must be at least 1")?;
     }
     check_distributed(&job.distributed, t.batch_size)?;
+    check_resources(&job.resources)
+}
+
+/// Checks a `[command]` job: a program, no model or data of ours.
+fn check_command(job: &JobSpec, c: &crate::CommandSpec) -> Result<(), Problem> {
+    if !job.model.is_empty() || !job.data.is_empty() {
+        bad(
+            "command",
+            "runs your own program, which brings its own model and data: remove [model] and \
+             [data], or remove [command] to train one of ours",
+        )?;
+    }
+    if c.argv.first().is_none_or(|p| p.trim().is_empty()) {
+        bad(
+            "command.argv",
+            "is empty; give the program and its arguments, e.g. [\"python\", \"train.py\"]",
+        )?;
+    }
+    if let Some(k) = c.env.keys().find(|k| k.is_empty() || k.contains('=')) {
+        bad(
+            "command.env",
+            format!("has the variable name `{k}`; names are non-empty and have no `=`"),
+        )?;
+    }
+    if c.join_timeout_s == 0 || c.join_timeout_s > 86_400 {
+        bad(
+            "command.join_timeout_s",
+            "must be between 1 and 86400 seconds",
+        )?;
+    }
+    if job.distributed.workers == 0 {
+        bad("distributed.workers", "must be at least 1")?;
+    }
+    if job.distributed.ps_servers == 0 {
+        bad("distributed.ps_servers", "must be at least 1")?;
+    }
     check_resources(&job.resources)
 }
 

@@ -33,50 +33,7 @@ use serde_json::json;
 
 use crate::env::{Identity, Source};
 
-/// The framework a foreign command uses: decides the environment it is given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framework {
-    /// Guess from the command (a `.py` file's imports); otherwise export everything.
-    Auto,
-    /// PyTorch (`torch.distributed`): torchrun's variables.
-    Torch,
-    /// TensorFlow with tf-keras: `TF_CONFIG` (and `TF_USE_LEGACY_KERAS=1`).
-    Tensorflow,
-    /// JAX or Keras 3 on JAX: the coordinator address, process count and id.
-    Jax,
-    /// Only dlcluster's own variables.
-    None,
-}
-
-impl std::str::FromStr for Framework {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "auto" => Framework::Auto,
-            "torch" | "pytorch" => Framework::Torch,
-            "tensorflow" | "tf" | "keras" | "tf-keras" => Framework::Tensorflow,
-            "jax" => Framework::Jax,
-            "none" => Framework::None,
-            _ => {
-                return Err(format!(
-                    "unknown framework `{s}` (use auto, torch, tensorflow, jax or none)"
-                ))
-            }
-        })
-    }
-}
-
-impl std::fmt::Display for Framework {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Framework::Auto => "auto",
-            Framework::Torch => "torch",
-            Framework::Tensorflow => "tensorflow",
-            Framework::Jax => "jax",
-            Framework::None => "none",
-        })
-    }
-}
+pub use dlc_job::Framework;
 
 /// Picks the framework of `argv` from the imports of the first `.py` file in it (or
 /// of `python -m module` is not attempted); `Auto` when none is recognised.

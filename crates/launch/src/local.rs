@@ -79,6 +79,8 @@ pub struct LocalJob {
     /// The processes run a foreign command (`dlc exec`): their stdout is the user's,
     /// not dlcluster's JSON progress events.
     pub foreign: bool,
+    /// Directory the processes start in (None: this process's).
+    pub workdir: Option<PathBuf>,
 }
 
 /// What rank 0 reported at the end.
@@ -146,7 +148,11 @@ fn run_once(job: &LocalJob, attempt: usize) -> Result<Outcome, LaunchError> {
     let (tx, rx) = mpsc::channel::<Event>();
     let mut children: Vec<Child> = Vec::with_capacity(job.world);
     for rank in 0..job.world {
-        let spawned = Command::new(&job.exe)
+        let mut command = Command::new(&job.exe);
+        if let Some(dir) = &job.workdir {
+            command.current_dir(dir);
+        }
+        let spawned = command
             .args(&job.args)
             .env("DLC_RANK", rank.to_string())
             .env("DLC_WORLD_SIZE", job.world.to_string())
@@ -402,6 +408,7 @@ impl Local {
             quiet: self.quiet,
             max_restarts: spec.max_restarts,
             foreign: spec.command.is_some(),
+            workdir: Some(spec.workdir.clone()),
         }
     }
 }

@@ -97,7 +97,9 @@ impl Slurm {
         } else {
             // One restart mechanism: the whole step again, DLC_RESTART_COUNT exported.
             s.push_str(&format!(
-                "for attempt in $(seq 0 {}); do\n  export DLC_RESTART_COUNT=$attempt\n                   if {step}; then exit 0; fi\n  echo \"dlc: attempt $((attempt + 1)) failed\" >&2\n\
+                "for attempt in $(seq 0 {}); do\n  export DLC_RESTART_COUNT=$attempt\n  \
+                 if {step}; then exit 0; fi\n  \
+                 echo \"dlc: attempt $((attempt + 1)) failed\" >&2\n\
                  done\nexit 1\n",
                 spec.max_restarts
             ));
