@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use dlc_job::{JobSpec, Manager, Strategy};
 use dlc_launch::agent::{self, Framework};
-use dlc_launch::{ForeignCommand, LaunchSpec, ResourceManager};
+use dlc_launch::record::{self, JobRecord};
+use dlc_launch::{ForeignCommand, LaunchSpec, OutputVolume, ResourceManager};
 
 use crate::train::{RunArgs, RunOpts};
 
@@ -70,6 +71,10 @@ pub struct LaunchArgs {
     /// Container image with dlc and the dataset (Kubernetes).
     #[arg(long)]
     image: Option<String>,
+    /// Kubernetes: a PersistentVolumeClaim that keeps the run directory (mounted at
+    /// /dlc/runs in every pod) [default: [resources] output_claim].
+    #[arg(long, value_name = "CLAIM")]
+    output_claim: Option<String>,
     /// Port of the coordinator rank 0 hosts [default: derived from the scheduler's job id].
     #[arg(long)]
     port: Option<u16>,
@@ -85,10 +90,11 @@ pub struct LaunchArgs {
 pub struct JobRef {
     /// Job id as the scheduler knows it (Slurm: a number; Kubernetes: the job name).
     id: String,
-    /// Resource manager that runs the job: slurm or kubernetes.
-    #[arg(long, default_value = "slurm")]
-    manager: Manager,
-    /// Kubernetes namespace.
+    /// Resource manager that runs the job: slurm or kubernetes [default: the one
+    /// `dlc launch` submitted it to, else slurm for a number].
+    #[arg(long)]
+    manager: Option<Manager>,
+    /// Kubernetes namespace [default: the one it was submitted to].
     #[arg(long)]
     namespace: Option<String>,
 }
@@ -200,6 +206,10 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
     if let Some(n) = &a.namespace {
         r.namespace.clone_from(n);
     }
+    if a.output_claim.is_some() {
+        r.output_claim.clone_from(&a.output_claim);
+        r.output_host_path = None;
+    }
     if a.port.is_some() {
         r.port = a.port;
     }
@@ -300,6 +310,14 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
             argv: c.argv.clone(),
         }
     });
+    let output_volume = match (&r.output_claim, &r.output_host_path) {
+        (Some(c), _) => Some(OutputVolume::Claim(c.clone())),
+        (None, Some(p)) => Some(OutputVolume::HostPath(p.clone())),
+        (None, None) => None,
+    };
+    if output_volume.is_some() && r.manager != Manager::Kubernetes {
+        bail!("output_claim and output_host_path are for Kubernetes; under {} the run directory is on the file system the nodes share", r.manager);
+    }
     // The job file's [command] workdir (default: its directory), else where we are.
     let workdir = match cmd.and_then(|c| c.workdir.clone()) {
         Some(w) => absolute(&w)?,
@@ -332,12 +350,14 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
         namespace: r.namespace.clone(),
         image,
         workdir,
-        // Kubernetes paths live in the pod, not here.
-        out: if r.manager == Manager::Kubernetes {
-            out
-        } else {
-            absolute(&out)?
+        // Kubernetes paths live in the pod, not here; with an output volume, below it.
+        out: match (r.manager, &output_volume) {
+            (Manager::Kubernetes, Some(_)) => Path::new(dlc_launch::kubernetes::RUNS_DIR)
+                .join(out.file_name().unwrap_or(out.as_os_str())),
+            (Manager::Kubernetes, None) => out,
+            _ => absolute(&out)?,
         },
+        output_volume,
         port: r.port,
         timeout_s: if foreign { join_timeout } else { d.timeout_s },
         command,
@@ -374,11 +394,28 @@ pub fn launch(a: LaunchArgs) -> Result<()> {
     let id = rm
         .submit(&spec)
         .with_context(|| format!("submitting {} to {kind}", spec.job_file.display()))?;
-    let flag = if kind == Manager::Slurm {
-        String::new()
-    } else {
-        format!(" --manager {kind}")
+    let remembered = record::save(&JobRecord {
+        id: id.clone(),
+        manager: kind,
+        namespace: (kind == Manager::Kubernetes).then(|| spec.namespace.clone()),
+        name: spec.name.clone(),
+        run_dir: spec.out.clone(),
+        submitted: record::now(),
+    });
+    // Without a record, status/logs/cancel need to be told the manager.
+    let flag = match (&remembered, kind) {
+        (Ok(()), _) | (Err(_), Manager::Slurm) => String::new(),
+        (Err(_), _) => format!(" --manager {kind} --namespace {}", spec.namespace),
     };
+    if let Err(e) = &remembered {
+        eprintln!("note: could not remember job {id} for dlc status/logs/cancel: {e}");
+    }
+    if kind == Manager::Kubernetes && spec.output_volume.is_none() {
+        eprintln!(
+            "note: the run directory lives in rank 0's pod and goes with it; keep it with \
+             --output-claim CLAIM or [resources] output_claim / output_host_path"
+        );
+    }
     eprintln!(
         "submitted {kind} job {id}: {} worker(s){} on {} node(s); run directory {}\n  \
          dlc status {id}{flag}   dlc logs {id}{flag} --follow   dlc cancel {id}{flag}",
@@ -470,20 +507,45 @@ fn follow(
     }
 }
 
+/// The manager of a job: as given, else as remembered at submission, else Slurm for a
+/// number.
+fn resolve(j: &JobRef) -> Result<(Manager, Option<String>)> {
+    let rec = record::find(&j.id);
+    let manager = match (j.manager, &rec) {
+        (Some(m), _) => m,
+        (None, Some(r)) => r.manager,
+        (None, None) if !j.id.is_empty() && j.id.bytes().all(|b| b.is_ascii_digit()) => {
+            Manager::Slurm
+        }
+        (None, None) => bail!(
+            "dlc has no record of job `{}` (it remembers the jobs `dlc launch` submitted from \
+             this account); say which manager runs it: --manager slurm|kubernetes",
+            j.id
+        ),
+    };
+    let namespace = j.namespace.clone().or_else(|| {
+        rec.filter(|r| r.manager == manager)
+            .and_then(|r| r.namespace)
+    });
+    Ok((manager, namespace))
+}
+
 fn manager_of(j: &JobRef) -> Result<Box<dyn ResourceManager>> {
-    if j.manager == Manager::Local {
+    let (manager, namespace) = resolve(j)?;
+    if manager == Manager::Local {
         bail!("local jobs run in the foreground of `dlc train`/`dlc launch`; status, logs and cancel are for slurm and kubernetes jobs");
     }
-    Ok(dlc_launch::manager(j.manager, j.namespace.clone(), false))
+    Ok(dlc_launch::manager(manager, namespace, false))
 }
 
 /// `dlc status`.
 pub fn status(a: StatusArgs) -> Result<()> {
-    let st = manager_of(&a.job)?.status(&a.job.id)?;
+    let rm = manager_of(&a.job)?;
+    let st = rm.status(&a.job.id)?;
     if a.json {
         println!("{}", serde_json::to_string(&st)?);
     } else {
-        println!("{} {}: {} ({})", a.job.manager, st.id, st.state, st.detail);
+        println!("{} {}: {} ({})", rm.name(), st.id, st.state, st.detail);
     }
     Ok(())
 }
@@ -507,7 +569,8 @@ pub fn logs(a: LogsArgs) -> Result<()> {
 
 /// `dlc cancel`.
 pub fn cancel(a: CancelArgs) -> Result<()> {
-    manager_of(&a.job)?.cancel(&a.job.id)?;
-    eprintln!("cancelled {} job {}", a.job.manager, a.job.id);
+    let rm = manager_of(&a.job)?;
+    rm.cancel(&a.job.id)?;
+    eprintln!("cancelled {} job {}", rm.name(), a.job.id);
     Ok(())
 }

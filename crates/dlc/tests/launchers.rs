@@ -211,6 +211,13 @@ fn slurm_two_task_job_trains_the_mlp_example() {
     let st: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(st["state"], "COMPLETED", "{st}");
     assert_eq!(st["succeeded"], true);
+    // dlc remembers the job's manager and run directory.
+    let rec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(state_dir().join(format!("{id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rec["manager"], "slurm", "{rec}");
+    assert_eq!(rec["run_dir"], run.to_str().unwrap(), "{rec}");
 }
 
 #[test]
@@ -278,9 +285,46 @@ fn slurm_cancel_stops_a_running_job() {
 }
 
 #[test]
+fn status_logs_and_cancel_remember_the_manager_of_a_job() {
+    // A Kubernetes job `dlc launch` submitted: no --manager or --namespace needed.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("train-1a2b3.json"),
+        r#"{"id":"train-1a2b3","manager":"kubernetes","namespace":"ml","name":"train","run_dir":"/dlc/runs/x","submitted":0}"#,
+    )
+    .unwrap();
+    for cmd in ["status", "logs", "cancel"] {
+        let out = dlc()
+            .env("DLC_STATE_DIR", dir.path())
+            .env("KUBECONFIG", dir.path().join("no-cluster"))
+            .args([cmd, "train-1a2b3"])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "no cluster here: {e}");
+        // kubectl was asked (in the job's namespace), not Slurm.
+        assert!(e.contains("kubectl"), "{cmd}: {e}");
+        assert!(
+            !e.contains("Slurm") && !e.contains("scontrol"),
+            "{cmd}: {e}"
+        );
+        if !e.contains("not installed") {
+            assert!(e.contains("-n ml"), "{cmd}: {e}");
+        }
+    }
+}
+
+#[test]
 fn scheduler_commands_explain_bad_ids() {
-    let e = fails(&["status", "12;rm"]);
+    let e = fails(&["status", "12;rm", "--manager", "slurm"]);
     assert!(e.contains("not a Slurm job id"), "{e}");
+    let e = fails(&["status", "12;rm"]);
+    assert!(
+        e.contains("no record of job") && e.contains("--manager"),
+        "{e}"
+    );
+    let e = fails(&["logs", "never-launched"]);
+    assert!(e.contains("no record of job"), "{e}");
     let e = fails(&["status", "x", "--manager", "local"]);
     assert!(e.contains("foreground"), "{e}");
     if slurm_up() {
@@ -530,6 +574,10 @@ fn dry_runs_of_a_foreign_command_run_dlc_exec_on_every_manager() {
         "1",
         "--image",
         "me/train:1",
+        "--output-claim",
+        "runs-pvc",
+        "--out",
+        "runs/first",
         "--dry-run",
         "--",
         "python",
@@ -542,6 +590,10 @@ fn dry_runs_of_a_foreign_command_run_dlc_exec_on_every_manager() {
         "- /app/train.py",
         "image: me/train:1",
         "nvidia.com/gpu",
+        "claimName: runs-pvc",
+        "mountPath: /dlc/runs",
+        "- /dlc/runs/first",
+        "name: train-",
     ] {
         assert!(y.contains(want), "missing {want:?}:\n{y}");
     }

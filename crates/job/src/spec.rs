@@ -588,6 +588,13 @@ pub struct ResourcesSpec {
     /// Port of the coordinator rank 0 hosts [default: derived from the scheduler's job id].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// Kubernetes: a PersistentVolumeClaim mounted in every pod that keeps the run
+    /// directory after the pods are gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_claim: Option<String>,
+    /// Kubernetes: a directory on the nodes (hostPath) that keeps the run directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_host_path: Option<PathBuf>,
 }
 
 impl Default for ResourcesSpec {
@@ -603,6 +610,8 @@ impl Default for ResourcesSpec {
             namespace: "default".into(),
             image: None,
             port: None,
+            output_claim: None,
+            output_host_path: None,
         }
     }
 }

@@ -173,6 +173,18 @@ pub(crate) fn check_resources(r: &crate::ResourcesSpec) -> Result<(), Problem> {
     if r.port == Some(0) {
         bad("resources.port", "must be a port number (1-65535)")?;
     }
+    if r.output_claim.is_some() && r.output_host_path.is_some() {
+        bad(
+            "resources.output_claim",
+            "and `output_host_path` are both set; the run directory goes to one of them",
+        )?;
+    }
+    if r.output_host_path.as_ref().is_some_and(|p| p.is_relative()) {
+        bad(
+            "resources.output_host_path",
+            "must be an absolute path on the nodes",
+        )?;
+    }
     Ok(())
 }
 

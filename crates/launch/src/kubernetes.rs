@@ -5,13 +5,16 @@
 //!
 //! Fault semantics match ours: a failed rank fails the job (`restartPolicy: Never`,
 //! `backoffLimit: 0`; dlcluster does not re-admit a restarted rank), and
-//! `activeDeadlineSeconds` carries the time limit. Pods must find each other before
+//! `activeDeadlineSeconds` carries the time limit. Every launch gets a unique name
+//! (the job's and five random characters) and is created, never applied onto an
+//! existing Job. The run directory lives in rank 0's pod unless an output volume (a
+//! PersistentVolumeClaim or a hostPath) is mounted at [`RUNS_DIR`] in every pod. Pods must find each other before
 //! they are ready, so the Service publishes not-ready addresses.
 
 use serde_json::{json, Value};
 
 use crate::manager::{tool, JobStatus, ManagerError, ResourceManager};
-use crate::spec::{dns_label, LaunchSpec};
+use crate::spec::{dns_label, LaunchSpec, OutputVolume};
 
 const HINT: &str =
     "install kubectl and point it at your cluster (or use --dry-run to print the manifests \
@@ -21,6 +24,9 @@ const HINT: &str =
 pub const COORDINATOR_PORT: u16 = 29400;
 /// Where the ConfigMap with the job file is mounted.
 pub const JOB_DIR: &str = "/etc/dlc";
+/// Where an output volume ([`LaunchSpec::output_volume`]) is mounted in every pod; run
+/// directories go below it.
+pub const RUNS_DIR: &str = "/dlc/runs";
 
 /// The Kubernetes resource manager.
 #[derive(Debug, Clone, Default)]
@@ -34,6 +40,14 @@ pub fn manifests(spec: &LaunchSpec, token: &str) -> Result<Vec<Value>, ManagerEr
     if spec.workers == 0 {
         return Err(ManagerError::Invalid(
             "a job needs at least one worker".into(),
+        ));
+    }
+    if spec.max_restarts > 0 {
+        return Err(ManagerError::Invalid(
+            "--max-restarts is not available on Kubernetes yet: a restarted pod cannot rejoin \
+             a job whose other pods still run, so a failed rank fails the Job (backoffLimit 0); \
+             resubmit it (names are unique per launch), or use the local or Slurm manager"
+                .into(),
         ));
     }
     // Pod host names are `<job>-<index>` and must stay within 63 characters.
@@ -124,11 +138,24 @@ pub fn manifests(spec: &LaunchSpec, token: &str) -> Result<Vec<Value>, ManagerEr
                 },
             },
         });
+        let (mut mounts, mut volumes) = (Vec::new(), Vec::new());
         if !foreign {
-            job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] =
-                json!([{"name": "job", "mountPath": JOB_DIR, "readOnly": true}]);
-            job["spec"]["template"]["spec"]["volumes"] =
-                json!([{"name": "job", "configMap": {"name": format!("{name}-job")}}]);
+            mounts.push(json!({"name": "job", "mountPath": JOB_DIR, "readOnly": true}));
+            volumes.push(json!({"name": "job", "configMap": {"name": format!("{name}-job")}}));
+        }
+        if let Some(v) = &spec.output_volume {
+            mounts.push(json!({"name": "runs", "mountPath": RUNS_DIR}));
+            volumes.push(match v {
+                OutputVolume::Claim(claim) => {
+                    json!({"name": "runs", "persistentVolumeClaim": {"claimName": claim}})
+                }
+                OutputVolume::HostPath(dir) => json!({"name": "runs", "hostPath": {
+                    "path": dir.display().to_string(), "type": "DirectoryOrCreate"}}),
+            });
+        }
+        if !volumes.is_empty() {
+            job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] = json!(mounts);
+            job["spec"]["template"]["spec"]["volumes"] = json!(volumes);
         }
         if let Some(t) = spec.time_limit {
             job["spec"]["activeDeadlineSeconds"] = json!(t.as_secs().max(1));
@@ -186,6 +213,21 @@ impl Kubernetes {
     }
 }
 
+/// `spec` with a name unique to this launch: the job's name and five random
+/// characters, so that launching the same job twice makes two Jobs.
+fn unique(spec: &LaunchSpec) -> LaunchSpec {
+    let random = dlc_comm::auth::JobKey::random_token();
+    let suffix: String = random
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .take(5)
+        .collect();
+    let mut spec = spec.clone();
+    spec.name = format!("{}-{suffix}", dns_label(&spec.name, 34));
+    spec
+}
+
 fn check_name(id: &str) -> Result<(), ManagerError> {
     if dns_label(id, 63) == id {
         Ok(())
@@ -202,14 +244,17 @@ impl ResourceManager for Kubernetes {
     }
 
     fn render(&self, spec: &LaunchSpec) -> Result<String, ManagerError> {
-        to_yaml(&manifests(spec, "<generated at submission>")?)
+        to_yaml(&manifests(&unique(spec), "<generated at submission>")?)
     }
 
     fn submit(&self, spec: &LaunchSpec) -> Result<String, ManagerError> {
+        let spec = unique(spec);
         let token = dlc_comm::auth::JobKey::random_token();
-        let objects = manifests(spec, &token)?;
+        let objects = manifests(&spec, &token)?;
         let yaml = to_yaml(&objects)?;
-        tool("kubectl", &["apply", "-f", "-"], Some(&yaml), HINT)?;
+        // `create`, not `apply`: a name already taken is an error, never an edit of
+        // someone else's Job.
+        tool("kubectl", &["create", "-f", "-"], Some(&yaml), HINT)?;
         Ok(dns_label(&spec.name, 40))
     }
 
@@ -303,6 +348,7 @@ mod tests {
             timeout_s: 30,
             command: None,
             max_restarts: 0,
+            output_volume: None,
         }
     }
 
@@ -429,5 +475,42 @@ mod tests {
             c["resources"]["limits"]["nvidia.com/gpu"].is_null(),
             "servers need no GPU"
         );
+    }
+
+    #[test]
+    fn output_volumes_are_mounted_in_every_pod() {
+        let mut sp = spec(1);
+        sp.output_volume = Some(OutputVolume::Claim("runs-pvc".into()));
+        let docs = manifests(&sp, "t").unwrap();
+        for job in docs.iter().filter(|d| d["kind"] == "Job") {
+            let pod = &job["spec"]["template"]["spec"];
+            let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+            assert!(mounts.iter().any(|m| m["mountPath"] == RUNS_DIR), "{pod}");
+            let vols = pod["volumes"].as_array().unwrap();
+            assert!(vols
+                .iter()
+                .any(|v| v["persistentVolumeClaim"]["claimName"] == "runs-pvc"));
+        }
+        sp.output_volume = Some(OutputVolume::HostPath("/mnt/runs".into()));
+        let docs = manifests(&sp, "t").unwrap();
+        let vols = &docs[3]["spec"]["template"]["spec"]["volumes"];
+        assert_eq!(vols[1]["hostPath"]["path"], "/mnt/runs");
+    }
+
+    #[test]
+    fn every_launch_has_its_own_name_and_restarts_are_refused() {
+        let (a, b) = (unique(&spec(0)), unique(&spec(0)));
+        assert_ne!(a.name, b.name);
+        assert!(a.name.starts_with("fashion-mnist-cnn-") && is_dns_label(&a.name));
+        assert_eq!(a.name.len(), "fashion-mnist-cnn-".len() + 5);
+        let long = LaunchSpec {
+            name: "x".repeat(80),
+            ..spec(0)
+        };
+        assert!(unique(&long).name.len() <= 40);
+        let mut sp = spec(0);
+        sp.max_restarts = 1;
+        let e = manifests(&sp, "t").unwrap_err().to_string();
+        assert!(e.contains("--max-restarts"), "{e}");
     }
 }

@@ -23,11 +23,12 @@ pub mod hostlist;
 pub mod kubernetes;
 pub mod local;
 mod manager;
+pub mod record;
 pub mod slurm;
 pub mod spec;
 
 pub use manager::{JobStatus, ManagerError, ResourceManager};
-pub use spec::{ForeignCommand, LaunchSpec};
+pub use spec::{ForeignCommand, LaunchSpec, OutputVolume};
 
 /// Asks the kernel to kill this process when its parent dies, so that workers of a
 /// launcher that was itself killed do not linger. Linux only; a no-op elsewhere.

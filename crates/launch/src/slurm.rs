@@ -329,6 +329,7 @@ mod tests {
             timeout_s: 30,
             command: None,
             max_restarts: 0,
+            output_volume: None,
         }
     }
 

@@ -48,6 +48,18 @@ pub struct LaunchSpec {
     pub command: Option<ForeignCommand>,
     /// Restarts of the whole job after a failure (0: a failure ends it).
     pub max_restarts: usize,
+    /// Where the run directory is kept when the processes' file systems are not (a
+    /// Kubernetes volume mounted in every pod).
+    pub output_volume: Option<OutputVolume>,
+}
+
+/// A volume that keeps a job's run directory (Kubernetes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputVolume {
+    /// A PersistentVolumeClaim by name.
+    Claim(String),
+    /// A directory on the node (hostPath).
+    HostPath(PathBuf),
 }
 
 /// The user's own command, run under `dlc exec` in every process of a job.

@@ -4,9 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Where the `dlc` under test remembers submitted jobs (one directory per test
+/// binary, outside the user's home).
+pub fn state_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("dlc-test-state-{}", std::process::id()))
+}
+
 /// The `dlc` binary under test.
 pub fn dlc() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_dlc"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dlc"));
+    c.env("DLC_STATE_DIR", state_dir());
+    c
 }
 
 /// Runs `dlc` with `args`, returning its output.
