@@ -22,3 +22,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   "${SUDO[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# Real tables nobody here wrote: the CSV data sets Debian's python3-sklearn ships
+# (breast_cancer, wine_data, iris, digits, …), unpacked from the package into
+# data/sklearn/ without installing it (its dependencies are large and unused here).
+sk_dir="$(cd "$(dirname "$0")/.." && pwd)/data/sklearn"
+if [ ! -f "$sk_dir/breast_cancer.csv" ]; then
+  if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  echo "setup: unpacking sklearn's CSV data sets into data/sklearn" >&2
+  if ! (cd "$tmp" && apt-get download -qq python3-sklearn >/dev/null 2>&1); then
+    "${SUDO[@]}" apt-get update -qq
+    (cd "$tmp" && apt-get download -qq python3-sklearn >/dev/null 2>&1)
+  fi
+  dpkg-deb -x "$tmp"/python3-sklearn_*.deb "$tmp/x"
+  mkdir -p "$sk_dir"
+  cp "$tmp"/x/usr/lib/python3/dist-packages/sklearn/datasets/data/*.csv* "$sk_dir"/
+  cp "$tmp"/x/usr/share/doc/python3-sklearn/copyright "$sk_dir"/COPYRIGHT 2>/dev/null || true
+fi

@@ -141,7 +141,7 @@ pub fn instances(a: InstancesArgs) -> Result<()> {
 /// Measures a profile of `job` with a short training burst.
 fn measure(job: &JobSpec, steps: usize, threads: usize) -> Result<Profile> {
     dlc_train::backend::set_cpu_threads(threads);
-    let data = JobData::load(&job.data)?;
+    let data = JobData::load(&job.data, job.train.seed)?;
     let plan = data.model_plan(&job.model)?;
     let params: usize = plan.iter().map(|l| l.params).sum();
     let fwd: u64 = plan.iter().map(|l| l.flops).sum();
@@ -156,7 +156,7 @@ fn measure(job: &JobSpec, steps: usize, threads: usize) -> Result<Profile> {
     };
     let s = dlc_train::train(&burst, &opts).context("profiling run failed")?;
     let flops = 3.0 * fwd as f64;
-    let pixels = data.train.height * data.train.width;
+    let pixels = data.input_shape().numel();
     Ok(Profile {
         job: job.display_name().into(),
         device: s.device.clone(),

@@ -41,6 +41,9 @@ pub enum Preset {
     /// LeNet-style CNN: conv 32@5×5 → relu → pool 2 → conv 64@5×5 → relu → pool 2 →
     /// flatten → dense 128 → relu → dense classes.
     Lenet,
+    /// For tables of features: dense 128 → relu → dense 64 → relu → dense classes.
+    #[serde(rename = "tabular-mlp")]
+    TabularMlp,
 }
 
 impl Preset {
@@ -53,6 +56,13 @@ impl Preset {
                 Dense { units: 256 },
                 Relu,
                 Dense { units: 128 },
+                Relu,
+                Dense { units: classes },
+            ],
+            Preset::TabularMlp => vec![
+                Dense { units: 128 },
+                Relu,
+                Dense { units: 64 },
                 Relu,
                 Dense { units: classes },
             ],
@@ -178,6 +188,57 @@ pub struct DataSpec {
     /// Use at most this many test samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_limit: Option<usize>,
+    /// `idx` or `csv` [default: from `path`'s extension].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DataFormat>,
+    /// Training data file (CSV, raw or gzip).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Test data file in the same layout [default: split `test_fraction` off `path`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_path: Option<PathBuf>,
+    /// Fraction of `path`'s rows held out for testing when there is no `test_path`
+    /// [default: 0.1]; the split is deterministic from `[train] seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_fraction: Option<f64>,
+    /// The label column: a header name, or a 0-based index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<ColumnSpec>,
+    /// Feature columns [default: every column but the label].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<ColumnSpec>>,
+    /// The first row (after `skip_rows`) names the columns [default: true].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<bool>,
+    /// Raw lines dropped before parsing (they may have any number of fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_rows: Option<usize>,
+    /// Field separator, one character [default: `,`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<String>,
+    /// Standardise features with the training split's mean and deviation [default: true].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standardize: Option<bool>,
+}
+
+/// Data file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// IDX image and label files (MNIST style).
+    Idx,
+    /// Comma- (or otherwise) separated values, raw or gzip.
+    Csv,
+}
+
+/// A column, by header name or 0-based index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ColumnSpec {
+    /// 0-based position.
+    Index(usize),
+    /// Header name.
+    Name(String),
 }
 
 impl DataSpec {
@@ -190,6 +251,8 @@ impl DataSpec {
     pub fn resolve_relative(&mut self, base: &Path) {
         for p in [
             &mut self.dir,
+            &mut self.path,
+            &mut self.test_path,
             &mut self.train_images,
             &mut self.train_labels,
             &mut self.test_images,

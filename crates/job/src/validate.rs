@@ -19,7 +19,7 @@ pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
         (Some(_), Some(_)) => bad("model", "has both `preset` and `layers`; give one")?,
         (None, None) => bad(
             "model",
-            "needs `preset = \"mlp\"` or `\"lenet\"`, or a `layers` list",
+            "needs `preset = \"mlp\"`, `\"lenet\"` or `\"tabular-mlp\"`, or a `layers` list",
         )?,
         (None, Some(layers)) if layers.is_empty() => {
             bad("model.layers", "is empty; give at least one layer")?
@@ -51,6 +51,107 @@ pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
     }
 
     let d = &job.data;
+    if d.path.is_some() || d.format == Some(crate::DataFormat::Csv) {
+        check_table(d)?;
+    } else {
+        check_idx(d)?;
+    }
+    if d.limit == Some(0) {
+        bad("data.limit", "must be at least 1")?;
+    }
+    if d.test_limit == Some(0) {
+        bad("data.test_limit", "must be at least 1")?;
+    }
+    check_train(job)
+}
+
+/// Checks a `[data]` table that reads a CSV file.
+fn check_table(d: &crate::DataSpec) -> Result<(), Problem> {
+    let Some(path) = &d.path else {
+        return bad(
+            "data.path",
+            "is missing: `format = \"csv\"` reads the file `path`",
+        );
+    };
+    if d.dataset.is_some() || d.train_images.is_some() || d.train_labels.is_some() {
+        bad(
+            "data.path",
+            "is set together with `dataset` or IDX paths; give one kind of data",
+        )?;
+    }
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    let inferred = [".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz"]
+        .iter()
+        .any(|e| name.ends_with(e));
+    match d.format {
+        Some(crate::DataFormat::Csv) => {}
+        Some(crate::DataFormat::Idx) => bad(
+            "data.format",
+            "is `idx`, which reads train_images/train_labels/test_images/test_labels, not `path`",
+        )?,
+        None if inferred => {}
+        None => bad(
+            "data.format",
+            format!(
+                "cannot be inferred from `{}`; say `format = \"csv\"` (Parquet and image \
+                 folders are not supported yet)",
+                path.display()
+            ),
+        )?,
+    }
+    if d.label.is_none() {
+        bad(
+            "data.label",
+            "is missing: name the class column (`label = \"species\"`, or its 0-based \
+             index, `label = 4`, when there is no header)",
+        )?;
+    }
+    match (&d.test_path, d.test_fraction) {
+        (Some(_), Some(_)) => bad(
+            "data.test_fraction",
+            "is set together with `test_path`; give one",
+        )?,
+        (None, Some(f)) if !(f > 0.0 && f < 1.0) => bad(
+            "data.test_fraction",
+            format!("is {f}; allowed: 0 < test_fraction < 1"),
+        )?,
+        _ => {}
+    }
+    if let Some(dl) = &d.delimiter {
+        if dl.len() != 1 {
+            bad(
+                "data.delimiter",
+                format!("is `{dl}`; allowed: one ASCII character such as `,`, `;` or `\\t`"),
+            )?;
+        }
+    }
+    if d.features.as_ref().is_some_and(|f| f.is_empty()) {
+        bad(
+            "data.features",
+            "is empty; omit it to use every column but the label",
+        )?;
+    }
+    Ok(())
+}
+
+/// Checks a `[data]` table of IDX files (named or explicit).
+fn check_idx(d: &crate::DataSpec) -> Result<(), Problem> {
+    for (key, set) in [
+        ("data.label", d.label.is_some()),
+        ("data.features", d.features.is_some()),
+        ("data.test_path", d.test_path.is_some()),
+        ("data.test_fraction", d.test_fraction.is_some()),
+        ("data.header", d.header.is_some()),
+        ("data.skip_rows", d.skip_rows.is_some()),
+        ("data.delimiter", d.delimiter.is_some()),
+    ] {
+        if set {
+            bad(
+                key,
+                "is for tables (`path = \"data.csv\"`); IDX data has no columns",
+            )?;
+        }
+    }
     let paths = [
         &d.train_images,
         &d.train_labels,
@@ -62,7 +163,7 @@ pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
         (Some(name), 0) if name == "fashion-mnist" => {}
         (Some(name), 0) => bad(
             "data.dataset",
-            format!("is `{name}`; known datasets: `fashion-mnist` (or give explicit IDX paths)"),
+            format!("is `{name}`; known datasets: `fashion-mnist` (or give explicit IDX paths, or a CSV file as `path`)"),
         )?,
         (Some(_), _) => bad(
             "data",
@@ -79,13 +180,11 @@ pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
             "explicit paths need all four of train_images, train_labels, test_images, test_labels",
         )?,
     }
-    if d.limit == Some(0) {
-        bad("data.limit", "must be at least 1")?;
-    }
-    if d.test_limit == Some(0) {
-        bad("data.test_limit", "must be at least 1")?;
-    }
+    Ok(())
+}
 
+/// Checks `[train]`, `[distributed]` and `[resources]`.
+fn check_train(job: &JobSpec) -> Result<(), Problem> {
     let t = &job.train;
     if t.epochs == 0 {
         bad("train.epochs", "must be at least 1")?;

@@ -118,12 +118,16 @@ impl<B: Backend> Net<B> {
         net
     }
 
-    /// Forward pass: `[batch, c, h, w]` → `[batch, classes]` logits.
+    /// Forward pass: `[batch, c, h, w]` → `[batch, classes]` logits. Feature vectors
+    /// (tables) come as `[batch, features, 1, 1]`; element-wise layers and batch norm
+    /// treat that like a flat vector, and dense layers flatten it.
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         let mut x = Act::Spatial(images);
         for layer in &self.layers {
             x = match (layer, x) {
                 (Layer::Dense(l), Act::Flat(t)) => Act::Flat(l.forward(t)),
+                // A feature vector arrives as `[batch, features, 1, 1]`.
+                (Layer::Dense(l), Act::Spatial(t)) => Act::Flat(l.forward(t.flatten(1, 3))),
                 (Layer::Conv2d(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
                 (Layer::Maxpool2d(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
                 (Layer::Flatten(_), Act::Spatial(t)) => Act::Flat(t.flatten(1, 3)),

@@ -3,25 +3,33 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use dlc_data::dataset::IdxFiles;
-use dlc_data::ImageDataset;
-use dlc_job::{DataSpec, ModelSpec};
+use dlc_data::{Column, CsvOptions, ImageDataset, Samples, Standardizer, TableDataset};
+use dlc_job::{ColumnSpec, DataSpec, ModelSpec};
 use dlc_model::{LayerPlan, Shape};
 
 use crate::TrainError;
 
-/// Training and test sets of a job.
+/// Training and test sets of a job, of whatever format `[data]` names.
 pub struct JobData {
     /// Training samples.
-    pub train: ImageDataset,
+    pub train: Box<dyn Samples>,
     /// Test samples.
-    pub test: ImageDataset,
+    pub test: Box<dyn Samples>,
     /// Number of classes (from the training labels).
     pub classes: usize,
+    /// Class names by index, when the labels were names (tables).
+    pub class_names: Vec<String>,
+    /// The standardisation applied to table features (training split's statistics).
+    pub standardizer: Option<Standardizer>,
 }
 
 impl JobData {
-    /// Loads the files that `[data]` names, applying `limit`/`test_limit`.
-    pub fn load(spec: &DataSpec) -> Result<Self, TrainError> {
+    /// Loads the data that `[data]` names, applying `limit`/`test_limit`; `seed`
+    /// decides a table's test split.
+    pub fn load(spec: &DataSpec, seed: u64) -> Result<Self, TrainError> {
+        if spec.path.is_some() {
+            return Self::load_table(spec, seed);
+        }
         let files = match (&spec.dataset, &spec.train_images) {
             (Some(_), _) => IdxFiles::fashion_mnist(spec.dir.as_deref())?,
             (None, Some(ti)) => IdxFiles {
@@ -42,18 +50,90 @@ impl JobData {
         }
         let classes = train.num_classes().max(test.num_classes());
         Ok(Self {
-            train,
-            test,
+            train: Box::new(train),
+            test: Box::new(test),
             classes,
+            class_names: Vec::new(),
+            standardizer: None,
+        })
+    }
+
+    /// A CSV table: read, split (or a test file), standardised with the training
+    /// split's statistics.
+    fn load_table(spec: &DataSpec, seed: u64) -> Result<Self, TrainError> {
+        let path = req(&spec.path, "path")?;
+        let column = |c: &ColumnSpec| match c {
+            ColumnSpec::Index(i) => Column::Index(*i),
+            ColumnSpec::Name(n) => Column::Name(n.clone()),
+        };
+        let opts = CsvOptions {
+            header: spec.header.unwrap_or(true),
+            delimiter: spec
+                .delimiter
+                .as_deref()
+                .and_then(|d| d.bytes().next())
+                .unwrap_or(b','),
+            skip_rows: spec.skip_rows.unwrap_or(0),
+            label: spec
+                .label
+                .as_ref()
+                .map(column)
+                .ok_or_else(|| TrainError::Usage("[data] lacks `label`".into()))?,
+            features: spec
+                .features
+                .as_ref()
+                .map(|f| f.iter().map(column).collect()),
+        };
+        let table_err = |e: dlc_data::TableError| TrainError::Usage(e.to_string());
+        let all = TableDataset::read_csv(&path, &opts).map_err(table_err)?;
+        let (mut train, mut test) = match &spec.test_path {
+            Some(tp) => {
+                let mut test = TableDataset::read_csv(tp, &opts).map_err(table_err)?;
+                if all.classes != test.classes {
+                    test.align_classes(&all.classes, &tp.display().to_string())
+                        .map_err(table_err)?;
+                }
+                (all, test)
+            }
+            None => all.split(spec.test_fraction.unwrap_or(0.1), seed),
+        };
+        if let Some(l) = spec.limit {
+            train.truncate(l);
+        }
+        if let Some(l) = spec.test_limit {
+            test.truncate(l);
+        }
+        if train.is_empty() || test.is_empty() {
+            return Err(TrainError::Usage(format!(
+                "{}: {} training and {} test rows; both need at least one",
+                path.display(),
+                train.len(),
+                test.len()
+            )));
+        }
+        let standardizer = spec.standardize.unwrap_or(true).then(|| {
+            let s = train.statistics();
+            train.standardize(&s);
+            test.standardize(&s);
+            s
+        });
+        let classes = train.num_classes().max(test.num_classes());
+        Ok(Self {
+            class_names: train.classes.clone(),
+            train: Box::new(train),
+            test: Box::new(test),
+            classes,
+            standardizer,
         })
     }
 
     /// Shape of one input sample.
     pub fn input_shape(&self) -> Shape {
-        Shape::Spatial {
-            c: 1,
-            h: self.train.height,
-            w: self.train.width,
+        let [c, h, w] = self.train.shape();
+        if self.train.is_flat() {
+            Shape::Flat(c * h * w)
+        } else {
+            Shape::Spatial { c, h, w }
         }
     }
 
@@ -73,7 +153,7 @@ fn req(p: &Option<std::path::PathBuf>, key: &str) -> Result<std::path::PathBuf, 
         .ok_or_else(|| TrainError::Usage(format!("[data] lacks `{key}`")))
 }
 
-/// Reusable buffers that turn sample indices into `[n, 1, h, w]` images and `[n]` labels.
+/// Reusable buffers that turn sample indices into input and label tensors.
 #[derive(Default)]
 pub struct Batcher {
     pixels: Vec<f32>,
@@ -81,10 +161,11 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// The tensors for `indices` of `ds` on `device`.
+    /// The tensors for `indices` of `ds` on `device`: inputs `[n, c, h, w]` (a table
+    /// row is `[features, 1, 1]`) and labels `[n]`.
     pub fn batch<B: Backend>(
         &mut self,
-        ds: &ImageDataset,
+        ds: &dyn Samples,
         indices: &[usize],
         device: &B::Device,
     ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
@@ -92,10 +173,8 @@ impl Batcher {
         self.labels.clear();
         ds.gather(indices, &mut self.pixels, &mut self.labels);
         let n = indices.len();
-        let images = Tensor::from_data(
-            TensorData::new(self.pixels.clone(), [n, 1, ds.height, ds.width]),
-            device,
-        );
+        let [c, h, w] = ds.shape();
+        let images = Tensor::from_data(TensorData::new(self.pixels.clone(), [n, c, h, w]), device);
         let labels = Tensor::from_data(TensorData::new(self.labels.clone(), [n]), device);
         (images, labels)
     }

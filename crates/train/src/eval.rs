@@ -6,7 +6,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::backend::Backend;
 use burn::tensor::ElementConversion;
-use dlc_data::ImageDataset;
+use dlc_data::Samples;
 use dlc_job::JobSpec;
 use dlc_model::Net;
 use serde::Serialize;
@@ -30,7 +30,7 @@ pub struct EvalResult {
 }
 
 /// Evaluates `model` on every sample of `ds`.
-pub fn evaluate<B: Backend>(model: &Net<B>, ds: &ImageDataset, device: &B::Device) -> EvalResult {
+pub fn evaluate<B: Backend>(model: &Net<B>, ds: &dyn Samples, device: &B::Device) -> EvalResult {
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let mut batcher = Batcher::default();
     let (mut loss_sum, mut correct) = (0.0f64, 0i64);
@@ -57,12 +57,12 @@ pub fn evaluate<B: Backend>(model: &Net<B>, ds: &ImageDataset, device: &B::Devic
 /// Loads `model.safetensors` written by training into the job's model and evaluates
 /// it on the job's test set (CPU).
 pub fn evaluate_file(job: &JobSpec, weights: &Path) -> Result<EvalResult, TrainError> {
-    let data = JobData::load(&job.data)?;
+    let data = JobData::load(&job.data, job.train.seed)?;
     let plan = data.model_plan(&job.model)?;
     let device = Default::default();
     let mut model = Net::<Cpu>::new(&plan, &device);
     load_safetensors(&mut model, weights)?;
-    Ok(evaluate(&model, &data.test, &device))
+    Ok(evaluate(&model, data.test.as_ref(), &device))
 }
 
 /// Writes the model's parameters to `path` with stable names (see [`dlc_model`]).

@@ -132,7 +132,7 @@ pub fn train_on<B: AutodiffBackend>(
     }
     let progress = Progress::new(opts.quiet || !lead);
 
-    let data = JobData::load(&job.data)?;
+    let data = JobData::load(&job.data, job.train.seed)?;
     let plan = data.model_plan(&job.model)?;
     let params: usize = plan.iter().map(|l| l.params).sum();
 
@@ -236,7 +236,7 @@ pub fn train_on<B: AutodiffBackend>(
             let (grads, local_loss) = if idx.is_empty() {
                 (None, 0.0)
             } else {
-                let (x, y) = batcher.batch::<B>(&data.train, idx, device);
+                let (x, y) = batcher.batch::<B>(data.train.as_ref(), idx, device);
                 let loss = loss_fn.forward(model.forward(x), y);
                 let loss_value: f64 = loss.clone().into_scalar().elem();
                 if !loss_value.is_finite() {
@@ -314,7 +314,7 @@ pub fn train_on<B: AutodiffBackend>(
             state.step_in_epoch = 0;
             continue;
         }
-        let test = evaluate(&model.valid(), &data.test, device);
+        let test = evaluate(&model.valid(), data.test.as_ref(), device);
         state.epoch += 1;
         state.step_in_epoch = 0;
         let train_loss = loss_sum / loss_steps.max(1) as f64;
@@ -351,7 +351,7 @@ pub fn train_on<B: AutodiffBackend>(
         }
         let test = match last_eval {
             Some(t) => t,
-            None => evaluate(&model.valid(), &data.test, device),
+            None => evaluate(&model.valid(), data.test.as_ref(), device),
         };
         save_safetensors(&model.valid(), &run_dir.join("model.safetensors"))?;
         test

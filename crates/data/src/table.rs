@@ -1,0 +1,626 @@
+//! Tables of numeric features and a class label, read from CSV (raw or gzip).
+//!
+//! The reader is the `csv` crate; this module decides which columns are features and
+//! which is the label, maps string labels to classes, splits off a test set and
+//! standardises features with the training split's statistics.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+/// A column, by header name or 0-based index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Column {
+    /// By header name.
+    Name(String),
+    /// By 0-based position.
+    Index(usize),
+}
+
+impl std::fmt::Display for Column {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Column::Name(n) => write!(f, "`{n}`"),
+            Column::Index(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+/// How to read a CSV file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsvOptions {
+    /// The first record (after `skip_rows`) names the columns.
+    pub header: bool,
+    /// Field separator.
+    pub delimiter: u8,
+    /// Raw lines dropped before parsing (they may have any number of fields).
+    pub skip_rows: usize,
+    /// The label column.
+    pub label: Column,
+    /// Feature columns (None: every column but the label).
+    pub features: Option<Vec<Column>>,
+}
+
+/// Why a table could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// The file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// A record could not be parsed (bad quoting, invalid UTF-8, a short row).
+    #[error("{path}, line {line}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// 1-based line in the file.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// A column named in the job does not exist.
+    #[error("{path}: no column {column}; the file has {available}")]
+    NoColumn {
+        /// File.
+        path: PathBuf,
+        /// The column asked for.
+        column: Column,
+        /// What the file has.
+        available: String,
+    },
+    /// The file holds no data rows.
+    #[error("{0}: no data rows")]
+    Empty(PathBuf),
+    /// A test file's columns or classes do not match the training file's.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// Labelled rows of `f32` features, held in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableDataset {
+    values: Vec<f32>,
+    labels: Vec<u32>,
+    /// Number of features per row.
+    pub features: usize,
+    /// Feature names (the header's, or `col<i>`).
+    pub feature_names: Vec<String>,
+    /// Class names by class index when labels were strings (or numbers that are not
+    /// small non-negative integers); empty when labels are class indices already.
+    pub classes: Vec<String>,
+}
+
+/// Per-feature mean and standard deviation (of the training split).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Standardizer {
+    /// Means.
+    pub mean: Vec<f32>,
+    /// Standard deviations (1 where a feature is constant).
+    pub std: Vec<f32>,
+}
+
+/// Opens a file, transparently un-gzipping `*.gz`.
+fn open(path: &Path) -> Result<Box<dyn BufRead>, TableError> {
+    let io = |source| TableError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let mut r = BufReader::new(f);
+    let gz = r.fill_buf().map_err(io)?.starts_with(&[0x1f, 0x8b]);
+    Ok(if gz {
+        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(r)))
+    } else {
+        Box::new(r)
+    })
+}
+
+/// A raw label, kept as text until every row is read.
+fn class_ids(path: &Path, raw: Vec<String>) -> Result<(Vec<u32>, Vec<String>), TableError> {
+    // Small non-negative integers are class indices already (0/1 targets, digits).
+    let ints: Option<Vec<u32>> = raw
+        .iter()
+        .map(|s| s.trim().parse::<u32>().ok().filter(|&v| v < 10_000))
+        .collect();
+    if let Some(ids) = ints {
+        return Ok((ids, Vec::new()));
+    }
+    let mut names: Vec<String> = raw.iter().map(|s| s.trim().to_string()).collect();
+    names.sort();
+    names.dedup();
+    if names.len() > 10_000 {
+        return Err(TableError::Mismatch(format!(
+            "{}: the label column has {} distinct values; a classification label needs \
+             at most 10000 (is it the right column?)",
+            path.display(),
+            names.len()
+        )));
+    }
+    let ids = raw
+        .iter()
+        .map(|s| names.binary_search(&s.trim().to_string()).unwrap_or(0) as u32)
+        .collect();
+    Ok((ids, names))
+}
+
+impl TableDataset {
+    /// Reads a CSV file (raw or gzip).
+    pub fn read_csv(path: &Path, opts: &CsvOptions) -> Result<Self, TableError> {
+        let mut input = open(path)?;
+        let mut skipped = 0u64;
+        let mut line = String::new();
+        for _ in 0..opts.skip_rows {
+            line.clear();
+            let n = input
+                .read_line(&mut line)
+                .map_err(|source| TableError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            if n == 0 {
+                break;
+            }
+            skipped += 1;
+        }
+        Self::parse(path, input, skipped, opts)
+    }
+
+    fn parse(
+        path: &Path,
+        input: impl Read,
+        skipped: u64,
+        opts: &CsvOptions,
+    ) -> Result<Self, TableError> {
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(opts.header)
+            .delimiter(opts.delimiter)
+            .flexible(false)
+            .trim(csv::Trim::All)
+            .from_reader(input);
+        let line_of = |pos: Option<&csv::Position>| pos.map_or(0, |p| p.line()) + skipped;
+        let parse_err = |e: csv::Error| {
+            let line = line_of(e.position());
+            let message = match e.kind() {
+                csv::ErrorKind::UnequalLengths { expected_len, len, .. } => format!(
+                    "{len} fields where the rows before have {expected_len} (a missing or extra field?)"
+                ),
+                _ => e.to_string(),
+            };
+            TableError::Parse {
+                path: path.to_path_buf(),
+                line,
+                message,
+            }
+        };
+        let header: Option<Vec<String>> = if opts.header {
+            Some(
+                rdr.headers()
+                    .map_err(parse_err)?
+                    .iter()
+                    .map(str::to_string)
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        let mut records = rdr.records();
+        let first = match records.next() {
+            Some(r) => r.map_err(parse_err)?,
+            None => return Err(TableError::Empty(path.to_path_buf())),
+        };
+        let width = first.len();
+        let names: Vec<String> = header
+            .clone()
+            .unwrap_or_else(|| (0..width).map(|i| format!("col{i}")).collect());
+        let available = || match &header {
+            Some(h) => format!("columns {}", h.join(", ")),
+            None => format!(
+                "{width} columns (0..{}) and no header",
+                width.saturating_sub(1)
+            ),
+        };
+        let resolve = |c: &Column| -> Result<usize, TableError> {
+            let found = match c {
+                Column::Index(i) => (*i < width).then_some(*i),
+                Column::Name(n) => header
+                    .as_ref()
+                    .and_then(|h| h.iter().position(|x| x == n))
+                    .or_else(|| {
+                        // Without a header, `col<i>` and plain numbers name positions.
+                        n.strip_prefix("col")
+                            .unwrap_or(n)
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|&i| header.is_none() && i < width)
+                    }),
+            };
+            found.ok_or_else(|| TableError::NoColumn {
+                path: path.to_path_buf(),
+                column: c.clone(),
+                available: available(),
+            })
+        };
+        let label_col = resolve(&opts.label)?;
+        let feature_cols: Vec<usize> = match &opts.features {
+            Some(cols) => cols.iter().map(resolve).collect::<Result<_, _>>()?,
+            None => (0..width).filter(|&i| i != label_col).collect(),
+        };
+        if feature_cols.is_empty() {
+            return Err(TableError::Mismatch(format!(
+                "{}: no feature columns (only the label column {})",
+                path.display(),
+                opts.label
+            )));
+        }
+        let mut values = Vec::new();
+        let mut raw_labels = Vec::new();
+        let mut push = |rec: &csv::StringRecord| -> Result<(), TableError> {
+            let line = line_of(rec.position());
+            for &c in &feature_cols {
+                let field = rec.get(c).unwrap_or("");
+                let v = field.parse::<f32>().ok().filter(|v| v.is_finite());
+                match v {
+                    Some(v) => values.push(v),
+                    None => {
+                        return Err(TableError::Parse {
+                            path: path.to_path_buf(),
+                            line,
+                            message: format!(
+                                "column `{}` is {}, not a finite number",
+                                names[c],
+                                if field.is_empty() {
+                                    "empty".to_string()
+                                } else {
+                                    format!("`{field}`")
+                                }
+                            ),
+                        })
+                    }
+                }
+            }
+            let label = rec.get(label_col).unwrap_or("");
+            if label.is_empty() {
+                return Err(TableError::Parse {
+                    path: path.to_path_buf(),
+                    line,
+                    message: format!("label column `{}` is empty", names[label_col]),
+                });
+            }
+            raw_labels.push(label.to_string());
+            Ok(())
+        };
+        push(&first)?;
+        for rec in records {
+            push(&rec.map_err(parse_err)?)?;
+        }
+        let (labels, classes) = class_ids(path, raw_labels)?;
+        Ok(Self {
+            values,
+            labels,
+            features: feature_cols.len(),
+            feature_names: feature_cols.iter().map(|&c| names[c].clone()).collect(),
+            classes,
+        })
+    }
+
+    /// Builds a table from parts (tests, synthetic data).
+    ///
+    /// # Panics
+    /// When `values.len() != labels.len() * features`.
+    pub fn from_parts(values: Vec<f32>, labels: Vec<u32>, features: usize) -> Self {
+        assert_eq!(values.len(), labels.len() * features);
+        Self {
+            values,
+            labels,
+            features,
+            feature_names: (0..features).map(|i| format!("col{i}")).collect(),
+            classes: Vec::new(),
+        }
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Number of classes: the named classes, else one more than the largest label.
+    pub fn num_classes(&self) -> usize {
+        if self.classes.is_empty() {
+            self.labels.iter().max().map_or(0, |&m| m as usize + 1)
+        } else {
+            self.classes.len()
+        }
+    }
+
+    /// Row `i`'s features.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.features..(i + 1) * self.features]
+    }
+
+    /// Row `i`'s class.
+    pub fn label(&self, i: usize) -> u32 {
+        self.labels[i]
+    }
+
+    /// Keeps the first `n` rows.
+    pub fn truncate(&mut self, n: usize) {
+        self.labels.truncate(n);
+        self.values.truncate(n * self.features);
+    }
+
+    /// Splits off a deterministic test set: a `fraction` of the rows chosen by a
+    /// permutation seeded with `seed`; both parts keep the file's order.
+    pub fn split(self, fraction: f64, seed: u64) -> (Self, Self) {
+        let n = self.len();
+        let n_test = ((n as f64 * fraction).round() as usize).clamp(1.min(n), n.saturating_sub(1));
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+            seed ^ 0x7e57_5917,
+        ));
+        let mut is_test = vec![false; n];
+        for &i in &order[..n_test] {
+            is_test[i] = true;
+        }
+        let pick = |test: bool| {
+            let rows: Vec<usize> = (0..n).filter(|&i| is_test[i] == test).collect();
+            self.select(&rows)
+        };
+        (pick(false), pick(true))
+    }
+
+    /// The rows `rows`, in that order.
+    pub fn select(&self, rows: &[usize]) -> Self {
+        let mut values = Vec::with_capacity(rows.len() * self.features);
+        for &r in rows {
+            values.extend_from_slice(self.row(r));
+        }
+        Self {
+            values,
+            labels: rows.iter().map(|&r| self.labels[r]).collect(),
+            features: self.features,
+            feature_names: self.feature_names.clone(),
+            classes: self.classes.clone(),
+        }
+    }
+
+    /// Re-maps this table's string classes onto `classes` (a training set's), so that
+    /// a test file uses the training file's class indices.
+    pub fn align_classes(&mut self, classes: &[String], what: &str) -> Result<(), TableError> {
+        if self.classes == classes {
+            return Ok(());
+        }
+        if classes.is_empty() || self.classes.is_empty() {
+            return Err(TableError::Mismatch(format!(
+                "{what}: its labels are {} but the training labels are {}",
+                if self.classes.is_empty() {
+                    "class numbers"
+                } else {
+                    "names"
+                },
+                if classes.is_empty() {
+                    "class numbers"
+                } else {
+                    "names"
+                },
+            )));
+        }
+        let mut map = Vec::with_capacity(self.classes.len());
+        for c in &self.classes {
+            match classes.iter().position(|k| k == c) {
+                Some(i) => map.push(i as u32),
+                None => {
+                    return Err(TableError::Mismatch(format!(
+                        "{what}: label `{c}` is not one of the training classes ({})",
+                        classes.join(", ")
+                    )))
+                }
+            }
+        }
+        for l in &mut self.labels {
+            *l = map[*l as usize];
+        }
+        self.classes = classes.to_vec();
+        Ok(())
+    }
+
+    /// Mean and standard deviation of every feature.
+    pub fn statistics(&self) -> Standardizer {
+        let (f, n) = (self.features, self.len().max(1) as f64);
+        let mut mean = vec![0f64; f];
+        for r in 0..self.len() {
+            for (m, &v) in mean.iter_mut().zip(self.row(r)) {
+                *m += v as f64;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n);
+        let mut var = vec![0f64; f];
+        for r in 0..self.len() {
+            for ((s, &v), m) in var.iter_mut().zip(self.row(r)).zip(&mean) {
+                *s += (v as f64 - m).powi(2);
+            }
+        }
+        Standardizer {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            std: var
+                .iter()
+                .map(|&s| {
+                    let sd = (s / n).sqrt();
+                    if sd > 1e-12 {
+                        sd as f32
+                    } else {
+                        1.0
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies `(x - mean) / std` to every feature.
+    ///
+    /// # Panics
+    /// When `s` has another number of features.
+    pub fn standardize(&mut self, s: &Standardizer) {
+        assert_eq!(s.mean.len(), self.features);
+        for row in self.values.chunks_mut(self.features) {
+            for ((v, m), sd) in row.iter_mut().zip(&s.mean).zip(&s.std) {
+                *v = (*v - m) / sd;
+            }
+        }
+    }
+
+    /// Appends the features and labels of `indices` to the buffers.
+    pub fn gather(&self, indices: &[usize], values: &mut Vec<f32>, labels: &mut Vec<i64>) {
+        values.reserve(indices.len() * self.features);
+        labels.reserve(indices.len());
+        for &i in indices {
+            values.extend_from_slice(self.row(i));
+            labels.push(self.labels[i] as i64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(header: bool, label: Column) -> CsvOptions {
+        CsvOptions {
+            header,
+            delimiter: b',',
+            skip_rows: 0,
+            label,
+            features: None,
+        }
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn reads_header_named_columns_and_string_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "t.csv", "a,b,kind\n1,2,cat\n3,4,dog\n5,6,cat\n");
+        let t = TableDataset::read_csv(&p, &opts(true, Column::Name("kind".into()))).unwrap();
+        assert_eq!((t.len(), t.features, t.num_classes()), (3, 2, 2));
+        assert_eq!(t.classes, ["cat", "dog"]);
+        assert_eq!(t.row(1), [3.0, 4.0]);
+        assert_eq!((t.label(0), t.label(1)), (0, 1));
+        assert_eq!(t.feature_names, ["a", "b"]);
+    }
+
+    #[test]
+    fn skips_raw_lines_and_reads_gzip_without_a_header() {
+        let dir = tempfile::tempdir().unwrap();
+        // sklearn's breast_cancer.csv style: a count line with another field count.
+        let text = "3,2,no,yes\n0.5,1.5,1\n2.5,3.5,0\n4.5,5.5,1\n";
+        let p = dir.path().join("t.csv.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, text.as_bytes()).unwrap();
+        std::fs::write(&p, gz.finish().unwrap()).unwrap();
+        let mut o = opts(false, Column::Index(2));
+        o.skip_rows = 1;
+        let t = TableDataset::read_csv(&p, &o).unwrap();
+        assert_eq!((t.len(), t.features, t.num_classes()), (3, 2, 2));
+        assert!(t.classes.is_empty(), "0/1 are class numbers");
+        assert_eq!(t.row(2), [4.5, 5.5]);
+        // Explicit features and a delimiter.
+        let p = write(dir.path(), "s.csv", "1;2;3;0\n4;5;6;1\n");
+        let o = CsvOptions {
+            delimiter: b';',
+            features: Some(vec![Column::Index(2), Column::Name("col0".into())]),
+            ..opts(false, Column::Index(3))
+        };
+        let t = TableDataset::read_csv(&p, &o).unwrap();
+        assert_eq!(t.row(1), [6.0, 4.0]);
+    }
+
+    #[test]
+    fn bad_rows_name_the_file_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "t.csv", "a,b,y\n1,2,0\n3,x,1\n");
+        let e = TableDataset::read_csv(&p, &opts(true, Column::Name("y".into())))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.csv, line 3") && e.contains("`b`") && e.contains("`x`"),
+            "{e}"
+        );
+        let p = write(dir.path(), "u.csv", "a,b,y\n1,2,0\n3,1\n");
+        let e = TableDataset::read_csv(&p, &opts(true, Column::Name("y".into())))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3") && e.contains("2 fields"), "{e}");
+        let p = write(dir.path(), "v.csv", "a,b,y\n1,,0\n");
+        let e = TableDataset::read_csv(&p, &opts(true, Column::Name("y".into())))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("empty"), "{e}");
+        let e = TableDataset::read_csv(&p, &opts(true, Column::Name("target".into())))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no column `target`") && e.contains("a, b, y"),
+            "{e}"
+        );
+        let p = write(dir.path(), "w.csv", "a,b,y\n");
+        let e = TableDataset::read_csv(&p, &opts(true, Column::Index(2)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no data rows"), "{e}");
+        let e = TableDataset::read_csv(&dir.path().join("nope.csv"), &opts(true, Column::Index(0)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope.csv"), "{e}");
+    }
+
+    #[test]
+    fn split_is_deterministic_and_disjoint() {
+        let t = TableDataset::from_parts((0..100).map(|v| v as f32).collect(), vec![0; 100], 1);
+        let (a, b) = t.clone().split(0.2, 7);
+        assert_eq!((a.len(), b.len()), (80, 20));
+        let (a2, b2) = t.clone().split(0.2, 7);
+        assert_eq!((a.clone(), b.clone()), (a2, b2));
+        let mut all: Vec<f32> = a.values.iter().chain(&b.values).copied().collect();
+        all.sort_by(f32::total_cmp);
+        assert_eq!(all, t.values);
+        assert_ne!(t.split(0.2, 8).1, b, "another seed, another split");
+    }
+
+    #[test]
+    fn standardising_uses_the_given_statistics() {
+        let mut t = TableDataset::from_parts(vec![1.0, 5.0, 3.0, 5.0], vec![0, 1], 2);
+        let s = t.statistics();
+        assert_eq!(s.mean, [2.0, 5.0]);
+        assert_eq!(s.std, [1.0, 1.0], "a constant feature keeps std 1");
+        t.standardize(&s);
+        assert_eq!(t.row(0), [-1.0, 0.0]);
+    }
+
+    #[test]
+    fn test_classes_follow_the_training_classes() {
+        let mut test = TableDataset::from_parts(vec![0.0, 1.0], vec![0, 1], 1);
+        test.classes = vec!["b".into(), "c".into()];
+        test.align_classes(&["a".into(), "b".into(), "c".into()], "test.csv")
+            .unwrap();
+        assert_eq!((test.label(0), test.label(1)), (1, 2));
+        let e = test
+            .align_classes(&["a".into()], "test.csv")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`b` is not one of the training classes"), "{e}");
+    }
+}

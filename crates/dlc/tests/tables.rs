@@ -1,0 +1,189 @@
+//! The user's own tables: CSV files (sklearn's real data sets, and hand-made ones with
+//! headers, string labels, a test file and broken rows) trained end to end.
+
+mod common;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// sklearn's CSV data sets, unpacked by scripts/setup.sh.
+fn sklearn(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../data/sklearn")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh (it unpacks sklearn's CSV data sets)",
+        p.display()
+    );
+    p
+}
+
+fn example(name: &str) -> String {
+    format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn summary(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.lines().last().unwrap()).unwrap()
+}
+
+#[test]
+fn sklearn_breast_cancer_example_learns() {
+    sklearn("breast_cancer.csv");
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = ok(&[
+        "train",
+        &example("sklearn-breast-cancer.toml"),
+        "--json",
+        "-q",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let s = summary(&out);
+    let acc = s["test_accuracy"].as_f64().unwrap();
+    // 114 held-out rows; a linear model gets ~95 %.
+    assert!(acc > 0.9, "breast cancer test accuracy {acc}");
+    // dlc eval re-creates the same split and standardisation from the job file.
+    let ev = ok(&[
+        "eval",
+        &example("sklearn-breast-cancer.toml"),
+        "--model",
+        run.join("model.safetensors").to_str().unwrap(),
+        "--json",
+    ]);
+    let e: serde_json::Value = serde_json::from_str(ev.trim()).unwrap();
+    assert!(
+        (e["accuracy"].as_f64().unwrap() - acc).abs() < 1e-9,
+        "{e} vs {s}"
+    );
+}
+
+#[test]
+fn two_workers_on_a_table_end_with_one_workers_weights() {
+    let wine = sklearn("wine_data.csv");
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(
+        dir.path(),
+        "wine.toml",
+        &format!(
+            "[model]\npreset = \"tabular-mlp\"\n[data]\npath = \"{}\"\nheader = false\n\
+             skip_rows = 1\nlabel = 13\n[train]\nepochs = 3\nbatch_size = 16\nseed = 4\n",
+            wine.display()
+        ),
+    );
+    let mut runs = Vec::new();
+    for workers in ["1", "2"] {
+        let run = dir.path().join(format!("w{workers}"));
+        ok(&[
+            "train",
+            job.to_str().unwrap(),
+            "--workers",
+            workers,
+            "-q",
+            "--out",
+            run.to_str().unwrap(),
+        ]);
+        runs.push(weights(&run.join("model.safetensors")));
+    }
+    let d = max_abs_diff(&runs[0], &runs[1]);
+    assert!(d < 1e-5, "1 vs 2 workers: max |Δw| = {d}");
+}
+
+#[test]
+fn header_names_string_labels_and_a_test_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two separable classes named by strings; the test file lists them in another order.
+    let mut train = String::from("x1;x2;note;kind\n");
+    let mut test = String::from("x1;x2;note;kind\n");
+    for i in 0..200 {
+        let (a, b) = ((i % 17) as f32 / 17.0, (i % 13) as f32 / 13.0);
+        let kind = if a + b > 1.0 { "big" } else { "small" };
+        let row = format!("{a};{b};{i};{kind}\n");
+        if i % 5 == 0 {
+            test.push_str(&row);
+        } else {
+            train.push_str(&row);
+        }
+    }
+    std::fs::write(dir.path().join("train.csv"), &train).unwrap();
+    std::fs::write(dir.path().join("test.csv"), &test).unwrap();
+    let job = job(
+        dir.path(),
+        "j.toml",
+        "[model]\nlayers = [{ type = \"dense\", units = 16 }, { type = \"relu\" }, \
+         { type = \"dense\", units = 2 }]\n[data]\npath = \"train.csv\"\n\
+         test_path = \"test.csv\"\ndelimiter = \";\"\nlabel = \"kind\"\n\
+         features = [\"x1\", \"x2\"]\n[train]\nepochs = 40\nbatch_size = 16\n\
+         learning_rate = 0.01\n",
+    );
+    let run = dir.path().join("run");
+    let s = summary(&ok(&[
+        "train",
+        job.to_str().unwrap(),
+        "--json",
+        "-q",
+        "--out",
+        run.to_str().unwrap(),
+    ]));
+    let acc = s["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.85, "string-labelled classes: test accuracy {acc}");
+}
+
+#[test]
+fn broken_tables_are_named_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.csv"), "a,b,y\n1,2,0\n3,oops,1\n").unwrap();
+    std::fs::write(dir.path().join("short.csv"), "a,b,y\n1,2,0\n3,1\n").unwrap();
+    let job_for = |file: &str, extra: &str| {
+        job(
+            dir.path(),
+            &format!("{file}.toml"),
+            &format!(
+                "[model]\npreset = \"tabular-mlp\"\n[data]\npath = \"{file}\"\nlabel = \"y\"\n{extra}"
+            ),
+        )
+    };
+    let e = fails(&["train", job_for("bad.csv", "").to_str().unwrap()]);
+    assert!(
+        e.contains("bad.csv, line 3") && e.contains("`b`") && e.contains("`oops`"),
+        "{e}"
+    );
+    let e = fails(&["train", job_for("short.csv", "").to_str().unwrap()]);
+    assert!(
+        e.contains("short.csv, line 3") && e.contains("2 fields"),
+        "{e}"
+    );
+    let e = fails(&[
+        "train",
+        job_for("bad.csv", "features = [\"c\"]\n").to_str().unwrap(),
+    ]);
+    assert!(e.contains("no column `c`") && e.contains("a, b, y"), "{e}");
+    let e = fails(&["train", job_for("missing.csv", "").to_str().unwrap()]);
+    assert!(e.contains("missing.csv"), "{e}");
+    // Job-file mistakes are caught before any data is read, with their line.
+    let e = fails(&[
+        "train",
+        job_for("bad.csv", "test_fraction = 1.5\n")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(
+        e.contains("data.test_fraction") && e.contains("line 6"),
+        "{e}"
+    );
+    let j = job(
+        dir.path(),
+        "nolabel.toml",
+        "[model]\npreset = \"tabular-mlp\"\n[data]\npath = \"bad.csv\"\n",
+    );
+    let e = fails(&["train", j.to_str().unwrap()]);
+    assert!(e.contains("data.label"), "{e}");
+    let j = job(
+        dir.path(),
+        "fmt.toml",
+        "[model]\npreset = \"tabular-mlp\"\n[data]\npath = \"bad.parquet\"\nlabel = 0\n",
+    );
+    let e = fails(&["train", j.to_str().unwrap()]);
+    assert!(e.contains("data.format"), "{e}");
+}
