@@ -99,13 +99,15 @@ impl IdxFiles {
     }
 }
 
-/// Labelled single-channel images held in memory as bytes.
-#[derive(Debug, Clone)]
+/// Labelled images held in memory as bytes, `[channels, height, width]` each.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ImageDataset {
-    /// Row-major pixels, `len * height * width` bytes.
+    /// Pixels, `len * channels * height * width` bytes, channel-major per image.
     pixels: Vec<u8>,
     /// One class index per image.
     labels: Vec<u8>,
+    /// Channels (1: grey, 3: RGB).
+    pub channels: usize,
     /// Image height.
     pub height: usize,
     /// Image width.
@@ -151,23 +153,83 @@ impl ImageDataset {
         Ok(Self {
             pixels,
             labels,
+            channels: 1,
             height: h,
             width: w,
         })
     }
 
-    /// Builds a dataset from raw parts (tests, synthetic data).
+    /// Builds a dataset from raw parts (tests, synthetic data, decoded image folders).
     ///
     /// # Panics
-    /// When `pixels.len() != labels.len() * height * width`.
-    pub fn from_parts(pixels: Vec<u8>, labels: Vec<u8>, height: usize, width: usize) -> Self {
-        assert_eq!(pixels.len(), labels.len() * height * width);
+    /// When `pixels.len() != labels.len() * channels * height * width`.
+    pub fn from_parts(
+        pixels: Vec<u8>,
+        labels: Vec<u8>,
+        channels: usize,
+        height: usize,
+        width: usize,
+    ) -> Self {
+        assert_eq!(pixels.len(), labels.len() * channels * height * width);
         Self {
             pixels,
             labels,
+            channels,
             height,
             width,
         }
+    }
+
+    /// Keeps the first `n` images.
+    pub fn truncate(&mut self, n: usize) {
+        self.labels.truncate(n);
+        self.pixels
+            .truncate(n * self.channels * self.height * self.width);
+    }
+
+    /// The images `rows`, in that order.
+    pub fn select(&self, rows: &[usize]) -> Self {
+        let mut pixels = Vec::with_capacity(rows.len() * self.channels * self.height * self.width);
+        for &r in rows {
+            pixels.extend_from_slice(self.image(r));
+        }
+        Self {
+            pixels,
+            labels: rows.iter().map(|&r| self.labels[r]).collect(),
+            ..*self
+        }
+    }
+
+    /// Splits off a deterministic test set: a `fraction` of the images chosen by a
+    /// permutation seeded with `seed`; both parts keep their order.
+    pub fn split(self, fraction: f64, seed: u64) -> (Self, Self) {
+        let (train, test) = crate::sampler::split_rows(self.len(), fraction, seed);
+        (self.select(&train), self.select(&test))
+    }
+
+    /// Writes the images as a CSV table: a header `label,p0,p1,…`, then one row per
+    /// image with its class and raw pixel values (0–255, channel-major).
+    pub fn write_csv(&self, path: &Path) -> std::io::Result<()> {
+        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let mut w = csv::Writer::from_writer(file);
+        let size = self.channels * self.height * self.width;
+        let mut header = vec!["label".to_string()];
+        header.extend((0..size).map(|i| format!("p{i}")));
+        w.write_record(&header)?;
+        let mut row: Vec<String> = Vec::with_capacity(size + 1);
+        for i in 0..self.len() {
+            row.clear();
+            row.push(self.labels[i].to_string());
+            row.extend(self.image(i).iter().map(|p| p.to_string()));
+            w.write_record(&row)?;
+        }
+        w.flush()
+    }
+
+    /// The pixels of image `i` (`[channels, height, width]`).
+    pub fn image(&self, i: usize) -> &[u8] {
+        let size = self.channels * self.height * self.width;
+        &self.pixels[i * size..(i + 1) * size]
     }
 
     /// Number of samples.
@@ -196,7 +258,7 @@ impl ImageDataset {
 
     /// Appends the normalised pixels (to `[-1, 1]`) and labels of `indices` to the buffers.
     pub fn gather(&self, indices: &[usize], pixels: &mut Vec<f32>, labels: &mut Vec<i64>) {
-        let size = self.height * self.width;
+        let size = self.channels * self.height * self.width;
         pixels.reserve(indices.len() * size);
         labels.reserve(indices.len());
         for &i in indices {

@@ -2,15 +2,18 @@
 //!
 //! * [`idx`]: readers for the IDX format used by MNIST and Fashion-MNIST (raw or gzip).
 //! * [`dataset`]: an in-memory labelled image dataset built from a pair of IDX files.
-//! * [`table`]: numeric features and a class label from CSV (raw or gzip), with a
-//!   deterministic test split and standardisation.
+//! * [`folder`]: image folders (`root/<class>/*.png|jpg`), read and written.
+//! * [`table`]: numeric features and a class label from CSV (raw or gzip) or Parquet
+//!   ([`TableDataset::read_parquet`]), with a deterministic test split and standardisation.
 //! * [`Samples`]: what training needs of any of them.
 //! * [`sampler`]: deterministic, rank-aware sample orders (the data model of a distributed job).
 //!
 //! This crate knows nothing about tensors or models: it hands out bytes and indices.
 
 pub mod dataset;
+pub mod folder;
 pub mod idx;
+mod parquet;
 pub mod sampler;
 pub mod table;
 
@@ -43,7 +46,7 @@ impl Samples for ImageDataset {
         ImageDataset::len(self)
     }
     fn shape(&self) -> [usize; 3] {
-        [1, self.height, self.width]
+        [self.channels, self.height, self.width]
     }
     fn is_flat(&self) -> bool {
         false

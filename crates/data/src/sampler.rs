@@ -83,6 +83,20 @@ pub fn split_range(len: usize, rank: usize, world: usize) -> (usize, usize) {
     (start, start + size)
 }
 
+/// A deterministic train/test split of `n` rows: a `fraction` of them (at least one,
+/// and not all, when `n > 1`) chosen by a ChaCha8 permutation seeded from `seed`.
+/// Returns (train rows, test rows), each in increasing order.
+pub fn split_rows(n: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let n_test = ((n as f64 * fraction).round() as usize).clamp(1.min(n), n.saturating_sub(1));
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x7e57_5917));
+    let mut is_test = vec![false; n];
+    for &i in &order[..n_test] {
+        is_test[i] = true;
+    }
+    (0..n).partition(|&i| !is_test[i])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,9 +7,6 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-
 /// A column, by header name or 0-based index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Column {
@@ -77,6 +74,27 @@ pub enum TableError {
     /// The file holds no data rows.
     #[error("{0}: no data rows")]
     Empty(PathBuf),
+    /// A Parquet file could not be read (not Parquet, truncated, corrupt), or a column
+    /// it names has a type that cannot be a feature or a label.
+    #[error("{path}: {message}")]
+    Parquet {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A Parquet value is null or not a finite number.
+    #[error("{path}, row group {row_group}, row {row}: {message}")]
+    ParquetValue {
+        /// File.
+        path: PathBuf,
+        /// 0-based row group.
+        row_group: usize,
+        /// 0-based row in the file (a data frame's default index).
+        row: u64,
+        /// What is wrong.
+        message: String,
+    },
     /// A test file's columns or classes do not match the training file's.
     #[error("{0}")]
     Mismatch(String),
@@ -85,8 +103,8 @@ pub enum TableError {
 /// Labelled rows of `f32` features, held in memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableDataset {
-    values: Vec<f32>,
-    labels: Vec<u32>,
+    pub(crate) values: Vec<f32>,
+    pub(crate) labels: Vec<u32>,
     /// Number of features per row.
     pub features: usize,
     /// Feature names (the header's, or `col<i>`).
@@ -122,7 +140,10 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>, TableError> {
 }
 
 /// A raw label, kept as text until every row is read.
-fn class_ids(path: &Path, raw: Vec<String>) -> Result<(Vec<u32>, Vec<String>), TableError> {
+pub(crate) fn class_ids(
+    path: &Path,
+    raw: Vec<String>,
+) -> Result<(Vec<u32>, Vec<String>), TableError> {
     // Small non-negative integers are class indices already (0/1 targets, digits).
     let ints: Option<Vec<u32>> = raw
         .iter()
@@ -362,21 +383,8 @@ impl TableDataset {
     /// Splits off a deterministic test set: a `fraction` of the rows chosen by a
     /// permutation seeded with `seed`; both parts keep the file's order.
     pub fn split(self, fraction: f64, seed: u64) -> (Self, Self) {
-        let n = self.len();
-        let n_test = ((n as f64 * fraction).round() as usize).clamp(1.min(n), n.saturating_sub(1));
-        let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
-            seed ^ 0x7e57_5917,
-        ));
-        let mut is_test = vec![false; n];
-        for &i in &order[..n_test] {
-            is_test[i] = true;
-        }
-        let pick = |test: bool| {
-            let rows: Vec<usize> = (0..n).filter(|&i| is_test[i] == test).collect();
-            self.select(&rows)
-        };
-        (pick(false), pick(true))
+        let (train, test) = crate::sampler::split_rows(self.len(), fraction, seed);
+        (self.select(&train), self.select(&test))
     }
 
     /// The rows `rows`, in that order.

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod curves;
+mod data;
 mod devices;
 mod exec;
 mod launch;
@@ -46,6 +47,9 @@ enum Command {
     Logs(launch::LogsArgs),
     /// Stop a Slurm or Kubernetes job.
     Cancel(launch::CancelArgs),
+    /// Convert a job's data: IDX images to an image folder (PNG) or CSV tables.
+    #[command(subcommand)]
+    Data(data::DataCommand),
     /// Evaluate saved weights on the job's test set.
     Eval(train::EvalArgs),
     /// Plot training curves (loss per step, test accuracy per epoch) of one or more
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Command::Logs(a) => launch::logs(a),
         Command::Cancel(a) => launch::cancel(a),
         Command::Bench(b) => bench::run(b),
+        Command::Data(d) => data::run(d),
         Command::Devices(a) => devices::run(a),
         Command::Instances(a) => plan::instances(a),
         Command::Profile(a) => plan::profile_cmd(a),

@@ -179,11 +179,15 @@ fn broken_tables_are_named_with_file_line_and_column() {
     );
     let e = fails(&["train", j.to_str().unwrap()]);
     assert!(e.contains("data.label"), "{e}");
+    // A path without a table extension is an image folder, which has no columns.
     let j = job(
         dir.path(),
         "fmt.toml",
-        "[model]\npreset = \"tabular-mlp\"\n[data]\npath = \"bad.parquet\"\nlabel = 0\n",
+        "[model]\npreset = \"tabular-mlp\"\n[data]\npath = \"export.dat\"\nlabel = 0\n",
     );
     let e = fails(&["train", j.to_str().unwrap()]);
-    assert!(e.contains("data.format"), "{e}");
+    assert!(
+        e.contains("data.label") && e.contains("format = \"csv\""),
+        "{e}"
+    );
 }

@@ -188,10 +188,12 @@ pub struct DataSpec {
     /// Use at most this many test samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_limit: Option<usize>,
-    /// `idx` or `csv` [default: from `path`'s extension].
+    /// `idx`, `csv`, `parquet` or `images` [default: from `path`: `.csv`/`.tsv`/`.txt`
+    /// (optionally `.gz`) → csv, `.parquet`/`.pq` → parquet, anything else → an image folder].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<DataFormat>,
-    /// Training data file (CSV, raw or gzip).
+    /// Training data: a CSV file (raw or gzip), a Parquet file, or an image folder
+    /// (`<class>/*.png|jpg`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     /// Test data file in the same layout [default: split `test_fraction` off `path`].
@@ -219,6 +221,13 @@ pub struct DataSpec {
     /// Standardise features with the training split's mean and deviation [default: true].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standardize: Option<bool>,
+    /// Image folders: resize every image to `[height, width]` [default: keep the
+    /// first image's size, and require it of all].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<[usize; 2]>,
+    /// Image folders: 1 (grey) or 3 (RGB) [default: from the first image].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<usize>,
 }
 
 /// Data file formats.
@@ -229,6 +238,31 @@ pub enum DataFormat {
     Idx,
     /// Comma- (or otherwise) separated values, raw or gzip.
     Csv,
+    /// Apache Parquet.
+    Parquet,
+    /// A folder with one sub-folder of images per class.
+    Images,
+}
+
+impl DataSpec {
+    /// The format of `path`: as given, else from its name.
+    pub fn path_format(&self) -> Option<DataFormat> {
+        let path = self.path.as_ref()?;
+        if self.format.is_some() {
+            return self.format;
+        }
+        let name = path.to_string_lossy().to_ascii_lowercase();
+        let name = name.strip_suffix(".gz").unwrap_or(&name);
+        Some(
+            if [".csv", ".tsv", ".txt"].iter().any(|e| name.ends_with(e)) {
+                DataFormat::Csv
+            } else if [".parquet", ".pq"].iter().any(|e| name.ends_with(e)) {
+                DataFormat::Parquet
+            } else {
+                DataFormat::Images
+            },
+        )
+    }
 }
 
 /// A column, by header name or 0-based index.

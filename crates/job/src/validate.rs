@@ -51,7 +51,7 @@ pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
     }
 
     let d = &job.data;
-    if d.path.is_some() || d.format == Some(crate::DataFormat::Csv) {
+    if d.path.is_some() || d.format.is_some_and(|f| f != crate::DataFormat::Idx) {
         check_table(d)?;
     } else {
         check_idx(d)?;
@@ -65,12 +65,12 @@ pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
     check_train(job)
 }
 
-/// Checks a `[data]` table that reads a CSV file.
+/// Checks a `[data]` table that reads `path`: a CSV or Parquet file or an image folder.
 fn check_table(d: &crate::DataSpec) -> Result<(), Problem> {
     let Some(path) = &d.path else {
         return bad(
             "data.path",
-            "is missing: `format = \"csv\"` reads the file `path`",
+            "is missing: this `format` reads the file or folder `path`",
         );
     };
     if d.dataset.is_some() || d.train_images.is_some() || d.train_labels.is_some() {
@@ -79,31 +79,68 @@ fn check_table(d: &crate::DataSpec) -> Result<(), Problem> {
             "is set together with `dataset` or IDX paths; give one kind of data",
         )?;
     }
-    let name = path.to_string_lossy().to_ascii_lowercase();
-    let inferred = [".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz"]
-        .iter()
-        .any(|e| name.ends_with(e));
-    match d.format {
-        Some(crate::DataFormat::Csv) => {}
-        Some(crate::DataFormat::Idx) => bad(
+    let format = d.path_format();
+    if d.format == Some(crate::DataFormat::Idx) {
+        bad(
             "data.format",
             "is `idx`, which reads train_images/train_labels/test_images/test_labels, not `path`",
-        )?,
-        None if inferred => {}
-        None => bad(
-            "data.format",
-            format!(
-                "cannot be inferred from `{}`; say `format = \"csv\"` (Parquet and image \
-                 folders are not supported yet)",
-                path.display()
-            ),
-        )?,
+        )?;
     }
-    if d.label.is_none() {
+    let table = matches!(
+        format,
+        Some(crate::DataFormat::Csv | crate::DataFormat::Parquet)
+    );
+    if table && d.label.is_none() {
         bad(
             "data.label",
             "is missing: name the class column (`label = \"species\"`, or its 0-based \
              index, `label = 4`, when there is no header)",
+        )?;
+    }
+    if format == Some(crate::DataFormat::Images) {
+        for (key, set) in [
+            ("data.label", d.label.is_some()),
+            ("data.features", d.features.is_some()),
+            ("data.header", d.header.is_some()),
+            ("data.skip_rows", d.skip_rows.is_some()),
+            ("data.delimiter", d.delimiter.is_some()),
+            ("data.standardize", d.standardize.is_some()),
+        ] {
+            if set {
+                bad(
+                    key,
+                    format!(
+                        "is for tables, but `{}` is read as an image folder (class = \
+                         sub-folder); for a table say `format = \"csv\"` or \"parquet\"",
+                        path.display()
+                    ),
+                )?;
+            }
+        }
+        if d.channels.is_some_and(|c| c != 1 && c != 3) {
+            bad("data.channels", "must be 1 (grey) or 3 (RGB)")?;
+        }
+        if d.image_size
+            .is_some_and(|[h, w]| h == 0 || w == 0 || h > 4096 || w > 4096)
+        {
+            bad("data.image_size", "must be [height, width], each 1 to 4096")?;
+        }
+    } else {
+        for (key, set) in [
+            ("data.image_size", d.image_size.is_some()),
+            ("data.channels", d.channels.is_some()),
+        ] {
+            if set {
+                bad(key, "is for image folders")?;
+            }
+        }
+    }
+    if format == Some(crate::DataFormat::Parquet)
+        && (d.header.is_some() || d.skip_rows.is_some() || d.delimiter.is_some())
+    {
+        bad(
+            "data.path",
+            "is a Parquet file: `header`, `skip_rows` and `delimiter` are for CSV",
         )?;
     }
     match (&d.test_path, d.test_fraction) {

@@ -3,8 +3,9 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use dlc_data::dataset::IdxFiles;
+use dlc_data::folder::{self, FolderOptions};
 use dlc_data::{Column, CsvOptions, ImageDataset, Samples, Standardizer, TableDataset};
-use dlc_job::{ColumnSpec, DataSpec, ModelSpec};
+use dlc_job::{ColumnSpec, DataFormat, DataSpec, ModelSpec};
 use dlc_model::{LayerPlan, Shape};
 
 use crate::TrainError;
@@ -27,8 +28,12 @@ impl JobData {
     /// Loads the data that `[data]` names, applying `limit`/`test_limit`; `seed`
     /// decides a table's test split.
     pub fn load(spec: &DataSpec, seed: u64) -> Result<Self, TrainError> {
-        if spec.path.is_some() {
-            return Self::load_table(spec, seed);
+        match spec.path_format() {
+            Some(DataFormat::Images) => return Self::load_folder(spec, seed),
+            Some(f @ (DataFormat::Csv | DataFormat::Parquet)) => {
+                return Self::load_table(spec, f, seed)
+            }
+            Some(DataFormat::Idx) | None => {}
         }
         let files = match (&spec.dataset, &spec.train_images) {
             (Some(_), _) => IdxFiles::fashion_mnist(spec.dir.as_deref())?,
@@ -60,7 +65,7 @@ impl JobData {
 
     /// A CSV table: read, split (or a test file), standardised with the training
     /// split's statistics.
-    fn load_table(spec: &DataSpec, seed: u64) -> Result<Self, TrainError> {
+    fn load_table(spec: &DataSpec, format: DataFormat, seed: u64) -> Result<Self, TrainError> {
         let path = req(&spec.path, "path")?;
         let column = |c: &ColumnSpec| match c {
             ColumnSpec::Index(i) => Column::Index(*i),
@@ -85,10 +90,16 @@ impl JobData {
                 .map(|f| f.iter().map(column).collect()),
         };
         let table_err = |e: dlc_data::TableError| TrainError::Usage(e.to_string());
-        let all = TableDataset::read_csv(&path, &opts).map_err(table_err)?;
+        let read = |p: &std::path::Path| match format {
+            DataFormat::Parquet => {
+                TableDataset::read_parquet(p, &opts.label, opts.features.as_deref())
+            }
+            _ => TableDataset::read_csv(p, &opts),
+        };
+        let all = read(&path).map_err(table_err)?;
         let (mut train, mut test) = match &spec.test_path {
             Some(tp) => {
-                let mut test = TableDataset::read_csv(tp, &opts).map_err(table_err)?;
+                let mut test = read(tp).map_err(table_err)?;
                 if all.classes != test.classes {
                     test.align_classes(&all.classes, &tp.display().to_string())
                         .map_err(table_err)?;
@@ -124,6 +135,57 @@ impl JobData {
             test: Box::new(test),
             classes,
             standardizer,
+        })
+    }
+
+    /// An image folder (`<class>/*`): decoded into memory, a test folder or a
+    /// deterministic split; pixels scaled to [-1, 1] as IDX images are.
+    fn load_folder(spec: &DataSpec, seed: u64) -> Result<Self, TrainError> {
+        let path = req(&spec.path, "path")?;
+        if !path.is_dir() {
+            return Err(TrainError::Usage(format!(
+                "{} is not a folder: an image folder holds one sub-folder of images per \
+                 class; for a table say `format = \"csv\"` or `\"parquet\"`",
+                path.display()
+            )));
+        }
+        let opts = FolderOptions {
+            size: spec.image_size,
+            channels: spec.channels,
+        };
+        let err = |e: dlc_data::folder::FolderError| TrainError::Usage(e.to_string());
+        let (all, names) = folder::read_folder(&path, None, &opts).map_err(err)?;
+        let (mut train, mut test) = match &spec.test_path {
+            Some(tp) => {
+                let opts = FolderOptions {
+                    size: Some([all.height, all.width]),
+                    channels: Some(all.channels),
+                };
+                let (test, _) = folder::read_folder(tp, Some(&names), &opts).map_err(err)?;
+                (all, test)
+            }
+            None => all.split(spec.test_fraction.unwrap_or(0.1), seed),
+        };
+        if let Some(l) = spec.limit {
+            train.truncate(l);
+        }
+        if let Some(l) = spec.test_limit {
+            test.truncate(l);
+        }
+        if train.is_empty() || test.is_empty() {
+            return Err(TrainError::Usage(format!(
+                "{}: {} training and {} test images; both need at least one",
+                path.display(),
+                train.len(),
+                test.len()
+            )));
+        }
+        Ok(Self {
+            classes: names.len(),
+            class_names: names,
+            train: Box::new(train),
+            test: Box::new(test),
+            standardizer: None,
         })
     }
 

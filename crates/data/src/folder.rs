@@ -1,0 +1,352 @@
+//! Image folders: `root/<class>/*.png|jpg|…`, one sub-folder per class (class names
+//! in sorted order are the class indices), decoded with the `image` crate, and the
+//! reverse, an [`ImageDataset`] written out as such a folder.
+
+use std::path::{Path, PathBuf};
+
+use image::imageops::FilterType;
+use rayon::prelude::*;
+
+use crate::ImageDataset;
+
+/// How to turn image files into samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FolderOptions {
+    /// Resize every image to `[height, width]` (None: all must have the first one's size).
+    pub size: Option<[usize; 2]>,
+    /// 1 (grey) or 3 (RGB); None: 1 when the first image is grey, else 3.
+    pub channels: Option<usize>,
+}
+
+/// Why an image folder could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    /// A directory could not be listed.
+    #[error("{path}: {source}")]
+    Io {
+        /// Directory or file.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// No class sub-folders, or no images in them.
+    #[error("{path}: {message}")]
+    Empty {
+        /// Folder.
+        path: PathBuf,
+        /// What is missing.
+        message: String,
+    },
+    /// An image file could not be decoded.
+    #[error("{path}: cannot decode the image: {message}")]
+    Decode {
+        /// File.
+        path: PathBuf,
+        /// The decoder's message.
+        message: String,
+    },
+    /// An image's size differs from the others (and no `image_size` was given).
+    #[error("{path} is {got_h}×{got_w} but the first image is {h}×{w}; set `image_size = [{h}, {w}]` in [data] to resize")]
+    Size {
+        /// File.
+        path: PathBuf,
+        /// Its height.
+        got_h: usize,
+        /// Its width.
+        got_w: usize,
+        /// Expected height.
+        h: usize,
+        /// Expected width.
+        w: usize,
+    },
+    /// Too many classes for one-byte labels, or a test folder with an unknown class.
+    #[error("{0}")]
+    Classes(String),
+}
+
+const EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif"];
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FolderError + '_ {
+    move |source| FolderError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, FolderError> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .map(|e| e.map(|e| e.path()).map_err(io(dir)))
+        .collect::<Result<_, _>>()?;
+    v.sort();
+    Ok(v)
+}
+
+/// The class names of a folder: its sub-folders, sorted.
+pub fn class_names(root: &Path) -> Result<Vec<String>, FolderError> {
+    let names: Vec<String> = sorted_entries(root)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    if names.is_empty() {
+        return Err(FolderError::Empty {
+            path: root.to_path_buf(),
+            message: "no class sub-folders; images go in ROOT/<class>/*.png (or .jpg)".into(),
+        });
+    }
+    if names.len() > 256 {
+        return Err(FolderError::Classes(format!(
+            "{}: {} class folders; at most 256 are supported",
+            root.display(),
+            names.len()
+        )));
+    }
+    Ok(names)
+}
+
+/// Reads `root/<class>/*` with the classes `classes` (a training folder's, for a
+/// test folder; None: this folder's own). Samples are ordered by class, then file name.
+pub fn read_folder(
+    root: &Path,
+    classes: Option<&[String]>,
+    opts: &FolderOptions,
+) -> Result<(ImageDataset, Vec<String>), FolderError> {
+    let own = class_names(root)?;
+    let classes: Vec<String> = match classes {
+        None => own.clone(),
+        Some(c) => {
+            if let Some(extra) = own.iter().find(|n| !c.contains(n)) {
+                return Err(FolderError::Classes(format!(
+                    "{}: class folder `{extra}` is not one of the training classes ({})",
+                    root.display(),
+                    c.join(", ")
+                )));
+            }
+            c.to_vec()
+        }
+    };
+    let mut files: Vec<(PathBuf, u8)> = Vec::new();
+    for name in &own {
+        let label = classes.iter().position(|c| c == name).unwrap_or(0) as u8;
+        for p in sorted_entries(&root.join(name))? {
+            let ext = p
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
+            if p.is_file() && EXTENSIONS.contains(&ext.as_str()) {
+                files.push((p, label));
+            }
+        }
+    }
+    let Some((first, _)) = files.first() else {
+        return Err(FolderError::Empty {
+            path: root.to_path_buf(),
+            message: format!(
+                "the class folders hold no images ({})",
+                EXTENSIONS.join(", ")
+            ),
+        });
+    };
+    let decode = |p: &Path| {
+        image::ImageReader::open(p)
+            .map_err(io(p))?
+            .with_guessed_format()
+            .map_err(io(p))?
+            .decode()
+            .map_err(|e| FolderError::Decode {
+                path: p.to_path_buf(),
+                message: e.to_string(),
+            })
+    };
+    let probe = decode(first)?;
+    let channels = opts
+        .channels
+        .unwrap_or(if probe.color().has_color() { 3 } else { 1 });
+    let [h, w] = opts
+        .size
+        .unwrap_or([probe.height() as usize, probe.width() as usize]);
+    let size = channels * h * w;
+    let images: Vec<Vec<u8>> = files
+        .par_iter()
+        .map(|(p, _)| {
+            let mut img = decode(p)?;
+            if (img.height() as usize, img.width() as usize) != (h, w) {
+                if opts.size.is_none() {
+                    return Err(FolderError::Size {
+                        path: p.clone(),
+                        got_h: img.height() as usize,
+                        got_w: img.width() as usize,
+                        h,
+                        w,
+                    });
+                }
+                img = img.resize_exact(w as u32, h as u32, FilterType::Triangle);
+            }
+            Ok(if channels == 1 {
+                img.into_luma8().into_raw()
+            } else {
+                // Interleaved RGB → channel-major.
+                let rgb = img.into_rgb8().into_raw();
+                let mut planar = vec![0u8; size];
+                for (i, px) in rgb.chunks_exact(3).enumerate() {
+                    for c in 0..3 {
+                        planar[c * h * w + i] = px[c];
+                    }
+                }
+                planar
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let mut pixels = Vec::with_capacity(files.len() * size);
+    for img in &images {
+        pixels.extend_from_slice(img);
+    }
+    let labels = files.iter().map(|(_, l)| *l).collect();
+    Ok((
+        ImageDataset::from_parts(pixels, labels, channels, h, w),
+        classes,
+    ))
+}
+
+/// Writes `ds` as `dir/<class>/<index>.png`, class folders named by zero-padded class
+/// index (so that their sorted order is the class order).
+pub fn write_folder(ds: &ImageDataset, dir: &Path) -> Result<usize, FolderError> {
+    let classes = ds.num_classes().max(1);
+    let digits = (classes - 1).to_string().len();
+    for c in 0..classes {
+        let d = dir.join(format!("{c:0digits$}"));
+        std::fs::create_dir_all(&d).map_err(io(&d))?;
+    }
+    let (c, h, w) = (ds.channels, ds.height, ds.width);
+    let index_digits = ds.len().max(1).to_string().len();
+    (0..ds.len()).into_par_iter().try_for_each(|i| {
+        let px = ds.image(i);
+        let path = dir
+            .join(format!("{:0digits$}", ds.label(i)))
+            .join(format!("{i:0index_digits$}.png"));
+        let saved = if c == 1 {
+            image::GrayImage::from_raw(w as u32, h as u32, px.to_vec()).map(|img| img.save(&path))
+        } else {
+            let mut rgb = vec![0u8; h * w * 3];
+            for j in 0..h * w {
+                for k in 0..3 {
+                    rgb[j * 3 + k] = px[k * h * w + j];
+                }
+            }
+            image::RgbImage::from_raw(w as u32, h as u32, rgb).map(|img| img.save(&path))
+        };
+        match saved {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(FolderError::Decode {
+                path: path.clone(),
+                message: e.to_string(),
+            }),
+            None => Err(FolderError::Classes(format!(
+                "image {i} has {} bytes, not {c}×{h}×{w}",
+                px.len()
+            ))),
+        }
+    })?;
+    Ok(ds.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synthetic(n: usize, channels: usize) -> ImageDataset {
+        let (h, w) = (5, 4);
+        let pixels = (0..n * channels * h * w)
+            .map(|i| (i * 37 % 251) as u8)
+            .collect();
+        let labels = (0..n).map(|i| (i % 3) as u8).collect();
+        ImageDataset::from_parts(pixels, labels, channels, h, w)
+    }
+
+    /// (pixels, label) of every sample, sorted: the multiset of samples.
+    fn multiset(ds: &ImageDataset) -> Vec<(Vec<u8>, u8)> {
+        let mut v: Vec<_> = (0..ds.len())
+            .map(|i| (ds.image(i).to_vec(), ds.label(i)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_written_folder_reads_back_as_the_same_samples() {
+        for channels in [1, 3] {
+            let ds = synthetic(12, channels);
+            let dir = tempfile::tempdir().unwrap();
+            assert_eq!(write_folder(&ds, dir.path()).unwrap(), 12);
+            let (back, classes) = read_folder(dir.path(), None, &FolderOptions::default()).unwrap();
+            assert_eq!(classes, ["0", "1", "2"]);
+            assert_eq!(back.channels, channels);
+            assert_eq!(multiset(&back), multiset(&ds));
+        }
+    }
+
+    #[test]
+    fn resizing_grey_conversion_and_test_classes() {
+        let ds = synthetic(6, 3);
+        let dir = tempfile::tempdir().unwrap();
+        write_folder(&ds, dir.path()).unwrap();
+        let opts = FolderOptions {
+            size: Some([8, 8]),
+            channels: Some(1),
+        };
+        let (back, _) = read_folder(dir.path(), None, &opts).unwrap();
+        assert_eq!((back.channels, back.height, back.width), (1, 8, 8));
+        // A test folder is labelled with the training classes.
+        let classes: Vec<String> = ["0", "1", "2", "3"].map(String::from).to_vec();
+        let (t, c) = read_folder(dir.path(), Some(&classes), &opts).unwrap();
+        assert_eq!((c.len(), t.len()), (4, 6));
+        let e = read_folder(dir.path(), Some(&classes[..2]), &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("class folder `2`"), "{e}");
+    }
+
+    #[test]
+    fn broken_folders_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = read_folder(dir.path(), None, &FolderOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no class sub-folders"), "{e}");
+        std::fs::create_dir(dir.path().join("cat")).unwrap();
+        let e = read_folder(dir.path(), None, &FolderOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hold no images"), "{e}");
+        std::fs::write(
+            dir.path().join("cat/broken.png"),
+            b"\x89PNG\r\n\x1a\nnot really",
+        )
+        .unwrap();
+        let e = read_folder(dir.path(), None, &FolderOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("broken.png") && e.contains("cannot decode"),
+            "{e}"
+        );
+        // Mixed sizes without image_size.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        image::GrayImage::new(4, 4)
+            .save(dir.path().join("a/1.png"))
+            .unwrap();
+        image::GrayImage::new(5, 4)
+            .save(dir.path().join("a/2.png"))
+            .unwrap();
+        let e = read_folder(dir.path(), None, &FolderOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("2.png is 4×5") && e.contains("image_size"),
+            "{e}"
+        );
+    }
+}

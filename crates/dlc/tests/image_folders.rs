@@ -1,0 +1,157 @@
+//! Image folders (`root/<class>/*.png`) end to end: `dlc data export` writes
+//! Fashion-MNIST as PNGs and CSV, and jobs train on what it wrote.
+
+mod common;
+use common::*;
+
+#[test]
+fn exported_png_folder_and_csv_train_like_the_idx_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx_job = job(dir.path(), "idx.toml", &quick_mlp(3000, 1, 64));
+    let png = dir.path().join("png");
+    let err = String::from_utf8_lossy(
+        &dlc()
+            .args([
+                "data",
+                "export",
+                idx_job.to_str().unwrap(),
+                "--to",
+                "png",
+                "--out",
+            ])
+            .arg(&png)
+            .output()
+            .unwrap()
+            .stderr,
+    )
+    .into_owned();
+    assert!(err.contains("train: 3000 images"), "{err}");
+    // Ten class folders, 3000 training images in all.
+    let classes: Vec<_> = std::fs::read_dir(png.join("train")).unwrap().collect();
+    assert_eq!(classes.len(), 10);
+    let count: usize = std::fs::read_dir(png.join("train"))
+        .unwrap()
+        .map(|c| std::fs::read_dir(c.unwrap().path()).unwrap().count())
+        .sum();
+    assert_eq!(count, 3000);
+
+    // Train on the folder (its own test folder) and on a split of it.
+    let folder_job = job(
+        dir.path(),
+        "png.toml",
+        &format!(
+            "[model]\npreset = \"mlp\"\n[data]\npath = \"{}\"\ntest_path = \"{}\"\n\
+             test_limit = 1000\n[train]\nepochs = 2\nbatch_size = 64\nlearning_rate = 0.002\n",
+            png.join("train").display(),
+            png.join("test").display()
+        ),
+    );
+    let out = ok(&[
+        "train",
+        folder_job.to_str().unwrap(),
+        "--json",
+        "-q",
+        "--out",
+    ]
+    .iter()
+    .copied()
+    .chain([dir.path().join("run").to_str().unwrap()])
+    .collect::<Vec<_>>());
+    let s: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let acc = s["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.7, "MLP on the PNG folder: test accuracy {acc}");
+
+    // RGB, resized, split off the folder; a LeNet still fits the new shape.
+    let rgb_job = job(
+        dir.path(),
+        "rgb.toml",
+        &format!(
+            "[model]\npreset = \"lenet\"\n[data]\npath = \"{}\"\nimage_size = [32, 32]\n\
+             channels = 3\ntest_fraction = 0.1\nlimit = 256\n[train]\nepochs = 1\nbatch_size = 64\n",
+            png.join("train").display()
+        ),
+    );
+    let out = ok(
+        &["train", rgb_job.to_str().unwrap(), "--json", "-q", "--out"]
+            .iter()
+            .copied()
+            .chain([dir.path().join("rgb").to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    assert!(out.contains("test_accuracy"), "{out}");
+
+    // CSV export: a header and one row per image, readable as a table.
+    let csv = dir.path().join("csv");
+    ok(&[
+        "data",
+        "export",
+        idx_job.to_str().unwrap(),
+        "--to",
+        "csv",
+        "--out",
+        csv.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(csv.join("train.csv")).unwrap();
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("label,p0,p1,"));
+    assert_eq!(lines.count(), 3000);
+    let csv_job = job(
+        dir.path(),
+        "csv.toml",
+        &format!(
+            "[model]\npreset = \"mlp\"\n[data]\npath = \"{}\"\ntest_path = \"{}\"\n\
+             label = \"label\"\ntest_limit = 1000\n[train]\nepochs = 2\nbatch_size = 64\n\
+             learning_rate = 0.002\n",
+            csv.join("train.csv").display(),
+            csv.join("test.csv").display()
+        ),
+    );
+    let out = ok(
+        &["train", csv_job.to_str().unwrap(), "--json", "-q", "--out"]
+            .iter()
+            .copied()
+            .chain([dir.path().join("csvrun").to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    let s: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let acc = s["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.7, "MLP on the CSV export: test accuracy {acc}");
+}
+
+#[test]
+fn broken_image_folders_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("imgs");
+    std::fs::create_dir_all(root.join("cat")).unwrap();
+    std::fs::write(root.join("cat/x.png"), b"\x89PNG\r\n\x1a\ngarbage").unwrap();
+    let j = job(
+        dir.path(),
+        "j.toml",
+        &format!(
+            "[model]\npreset = \"mlp\"\n[data]\npath = \"{}\"\n",
+            root.display()
+        ),
+    );
+    let e = fails(&["train", j.to_str().unwrap()]);
+    assert!(e.contains("x.png") && e.contains("cannot decode"), "{e}");
+    let j = job(
+        dir.path(),
+        "k.toml",
+        &format!(
+            "[model]\npreset = \"mlp\"\n[data]\npath = \"{}\"\n",
+            dir.path().join("nowhere").display()
+        ),
+    );
+    let e = fails(&["train", j.to_str().unwrap()]);
+    assert!(e.contains("is not a folder"), "{e}");
+    let j = job(
+        dir.path(),
+        "c.toml",
+        &format!(
+            "[model]\npreset = \"mlp\"\n[data]\npath = \"{}\"\nchannels = 2\n",
+            root.display()
+        ),
+    );
+    let e = fails(&["train", j.to_str().unwrap()]);
+    assert!(e.contains("data.channels"), "{e}");
+}
