@@ -36,7 +36,7 @@ enum Command {
     /// Start a distributed job on a resource manager: local processes, Slurm
     /// (sbatch + srun) or Kubernetes (Indexed Jobs); a job file, or your own
     /// PyTorch/TensorFlow/JAX command after `--`; --dry-run prints what it would submit.
-    Launch(launch::LaunchArgs),
+    Launch(Box<launch::LaunchArgs>),
     /// Run one process of a foreign job (your command after `--`): join the job, wait
     /// for every process, start the command with its framework's environment, and
     /// stop it when another process fails. Started by `dlc launch … -- COMMAND`.
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
         Command::Worker(a) => train::worker(a),
         Command::Eval(a) => train::eval(a),
         Command::Plot(a) => curves::plot(a),
-        Command::Launch(a) => launch::launch(a),
+        Command::Launch(a) => launch::launch(*a),
         Command::Exec(a) => match exec::exec(a) {
             Ok(code) => return ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => Err(e),
