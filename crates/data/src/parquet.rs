@@ -371,6 +371,68 @@ fn read(
     })
 }
 
+impl crate::ImageDataset {
+    /// Writes the images as a Parquet table: a `label` column, then one `UInt8`
+    /// column per pixel (`p0`, `p1`, …, channel-major), zstd-compressed, in row
+    /// groups of at most 8192 images.
+    pub fn write_parquet(&self, path: &Path) -> Result<(), TableError> {
+        use std::sync::Arc;
+
+        use ::parquet::arrow::ArrowWriter;
+        use ::parquet::basic::{Compression, ZstdLevel};
+        use ::parquet::file::properties::WriterProperties;
+        use arrow_array::{ArrayRef, RecordBatch, UInt8Array};
+
+        let err = |message: String| TableError::Parquet {
+            path: path.to_path_buf(),
+            message,
+        };
+        let size = self.channels * self.height * self.width;
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(8192))
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
+        let file = File::create(path).map_err(|e| err(e.to_string()))?;
+        let mut writer: Option<ArrowWriter<File>> = None;
+        let mut file = Some(file);
+        for start in (0..self.len()).step_by(8192) {
+            let rows: Vec<usize> = (start..(start + 8192).min(self.len())).collect();
+            let mut columns: Vec<(String, ArrayRef)> = Vec::with_capacity(size + 1);
+            columns.push((
+                "label".into(),
+                Arc::new(UInt8Array::from_iter_values(
+                    rows.iter().map(|&r| self.label(r)),
+                )),
+            ));
+            for p in 0..size {
+                columns.push((
+                    format!("p{p}"),
+                    Arc::new(UInt8Array::from_iter_values(
+                        rows.iter().map(|&r| self.image(r)[p]),
+                    )),
+                ));
+            }
+            let batch = RecordBatch::try_from_iter(columns).map_err(|e| err(e.to_string()))?;
+            if writer.is_none() {
+                let f = file
+                    .take()
+                    .ok_or_else(|| err("file already taken".into()))?;
+                writer = Some(
+                    ArrowWriter::try_new(f, batch.schema(), Some(props.clone()))
+                        .map_err(|e| err(e.to_string()))?,
+                );
+            }
+            if let Some(w) = writer.as_mut() {
+                w.write(&batch).map_err(|e| err(e.to_string()))?;
+            }
+        }
+        match writer {
+            Some(w) => w.close().map(|_| ()).map_err(|e| err(e.to_string())),
+            None => Err(err("no images to write".into())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;

@@ -12,8 +12,9 @@ use dlc_data::ImageDataset;
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
     /// Write a job's IDX images (e.g. Fashion-MNIST) as an image folder
-    /// (`OUT/train/<class>/*.png`, `OUT/test/<class>/*.png`) or as CSV tables
-    /// (`OUT/train.csv`, `OUT/test.csv`: label, then raw pixels 0–255).
+    /// (`OUT/train/<class>/*.png`, `OUT/test/<class>/*.png`), or as CSV
+    /// or Parquet tables (`OUT/train.csv|parquet`, `OUT/test.…`: label, then raw
+    /// pixels 0–255).
     Export(ExportArgs),
 }
 
@@ -24,6 +25,8 @@ pub enum ExportFormat {
     Png,
     /// A CSV table per split.
     Csv,
+    /// A Parquet table per split (`label`, then one UInt8 column per pixel).
+    Parquet,
 }
 
 #[derive(Args, Debug)]
@@ -90,6 +93,11 @@ fn export(a: ExportArgs) -> Result<()> {
                 let file = a.out.join(format!("{split}.csv"));
                 ds.write_csv(&file)
                     .with_context(|| format!("writing {}", file.display()))?;
+                eprintln!("{split}: {} rows → {}", ds.len(), file.display());
+            }
+            ExportFormat::Parquet => {
+                let file = a.out.join(format!("{split}.parquet"));
+                ds.write_parquet(&file)?;
                 eprintln!("{split}: {} rows → {}", ds.len(), file.display());
             }
         }

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 
 #[test]
-fn exported_png_folder_and_csv_train_like_the_idx_data() {
+fn exported_png_folder_csv_and_parquet_train_like_the_idx_data() {
     let dir = tempfile::tempdir().unwrap();
     let idx_job = job(dir.path(), "idx.toml", &quick_mlp(3000, 1, 64));
     let png = dir.path().join("png");
@@ -116,6 +116,45 @@ fn exported_png_folder_and_csv_train_like_the_idx_data() {
     let s: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     let acc = s["test_accuracy"].as_f64().unwrap();
     assert!(acc > 0.7, "MLP on the CSV export: test accuracy {acc}");
+
+    // Parquet export: the same rows in the same (IDX) order as the CSV export, so
+    // training on it ends with exactly the CSV run's weights.
+    let pq = dir.path().join("pq");
+    ok(&[
+        "data",
+        "export",
+        idx_job.to_str().unwrap(),
+        "--to",
+        "parquet",
+        "--out",
+        pq.to_str().unwrap(),
+    ]);
+    let pq_job = job(
+        dir.path(),
+        "pq.toml",
+        &std::fs::read_to_string(&csv_job)
+            .unwrap()
+            .replace(
+                csv.join("train.csv").to_str().unwrap(),
+                pq.join("train.parquet").to_str().unwrap(),
+            )
+            .replace(
+                csv.join("test.csv").to_str().unwrap(),
+                pq.join("test.parquet").to_str().unwrap(),
+            ),
+    );
+    ok(&[
+        "train",
+        pq_job.to_str().unwrap(),
+        "-q",
+        "--out",
+        dir.path().join("pqrun").to_str().unwrap(),
+    ]);
+    let d = max_abs_diff(
+        &weights(&dir.path().join("csvrun/model.safetensors")),
+        &weights(&dir.path().join("pqrun/model.safetensors")),
+    );
+    assert_eq!(d, 0.0, "Parquet vs CSV of the same rows: max |Δw| = {d}");
 }
 
 #[test]
