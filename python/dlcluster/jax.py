@@ -20,12 +20,7 @@ import os
 import sys
 
 
-def _int(*names, default=0):
-    for n in names:
-        v = os.environ.get(n)
-        if v is not None and v.strip() != "":
-            return int(v)
-    return default
+from dlcluster import _int
 
 
 def coordinator_address():

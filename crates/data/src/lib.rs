@@ -39,6 +39,8 @@ pub trait Samples: Send + Sync {
     fn num_classes(&self) -> usize;
     /// Appends the model inputs and class labels of `indices` to the buffers.
     fn gather(&self, indices: &[usize], inputs: &mut Vec<f32>, labels: &mut Vec<i64>);
+    /// Keeps the first `n` samples.
+    fn truncate(&mut self, n: usize);
 }
 
 impl Samples for ImageDataset {
@@ -57,6 +59,9 @@ impl Samples for ImageDataset {
     fn gather(&self, indices: &[usize], inputs: &mut Vec<f32>, labels: &mut Vec<i64>) {
         ImageDataset::gather(self, indices, inputs, labels)
     }
+    fn truncate(&mut self, n: usize) {
+        ImageDataset::truncate(self, n)
+    }
 }
 
 impl Samples for TableDataset {
@@ -74,5 +79,8 @@ impl Samples for TableDataset {
     }
     fn gather(&self, indices: &[usize], inputs: &mut Vec<f32>, labels: &mut Vec<i64>) {
         TableDataset::gather(self, indices, inputs, labels)
+    }
+    fn truncate(&mut self, n: usize) {
+        TableDataset::truncate(self, n)
     }
 }

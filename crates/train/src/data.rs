@@ -108,20 +108,7 @@ impl JobData {
             }
             None => all.split(spec.test_fraction.unwrap_or(0.1), seed),
         };
-        if let Some(l) = spec.limit {
-            train.truncate(l);
-        }
-        if let Some(l) = spec.test_limit {
-            test.truncate(l);
-        }
-        if train.is_empty() || test.is_empty() {
-            return Err(TrainError::Usage(format!(
-                "{}: {} training and {} test rows; both need at least one",
-                path.display(),
-                train.len(),
-                test.len()
-            )));
-        }
+        apply_limits(spec, &path, "rows", &mut train, &mut test)?;
         let standardizer = spec.standardize.unwrap_or(true).then(|| {
             let s = train.statistics();
             train.standardize(&s);
@@ -166,20 +153,7 @@ impl JobData {
             }
             None => all.split(spec.test_fraction.unwrap_or(0.1), seed),
         };
-        if let Some(l) = spec.limit {
-            train.truncate(l);
-        }
-        if let Some(l) = spec.test_limit {
-            test.truncate(l);
-        }
-        if train.is_empty() || test.is_empty() {
-            return Err(TrainError::Usage(format!(
-                "{}: {} training and {} test images; both need at least one",
-                path.display(),
-                train.len(),
-                test.len()
-            )));
-        }
+        apply_limits(spec, &path, "images", &mut train, &mut test)?;
         Ok(Self {
             classes: names.len(),
             class_names: names,
@@ -208,6 +182,32 @@ impl JobData {
             self.classes,
         )?)
     }
+}
+
+/// Applies `limit`/`test_limit` and checks that both sets keep a sample; `unit`
+/// names the samples in the error (`rows`, `images`).
+fn apply_limits(
+    spec: &DataSpec,
+    path: &std::path::Path,
+    unit: &str,
+    train: &mut impl Samples,
+    test: &mut impl Samples,
+) -> Result<(), TrainError> {
+    if let Some(l) = spec.limit {
+        train.truncate(l);
+    }
+    if let Some(l) = spec.test_limit {
+        test.truncate(l);
+    }
+    if train.is_empty() || test.is_empty() {
+        return Err(TrainError::Usage(format!(
+            "{}: {} training and {} test {unit}; both need at least one",
+            path.display(),
+            train.len(),
+            test.len()
+        )));
+    }
+    Ok(())
 }
 
 fn req(p: &Option<std::path::PathBuf>, key: &str) -> Result<std::path::PathBuf, TrainError> {
