@@ -7,20 +7,26 @@
 //!   ([`TableDataset::read_parquet`]), with a deterministic test split and standardisation.
 //! * [`Samples`]: what training needs of any of them.
 //! * [`sampler`]: deterministic, rank-aware sample orders (the data model of a distributed job).
+//! * [`loader`]: a rank's batches step by step ([`BatchSource`]), made ahead on a
+//!   background thread ([`Prefetch`]); [`augment`]: random crop and flip.
 //!
 //! This crate knows nothing about tensors or models: it hands out bytes and indices.
 
+pub mod augment;
 pub mod dataset;
 pub mod folder;
 pub mod idx;
+pub mod loader;
 mod parquet;
 pub mod sampler;
 pub mod table;
 
+pub use augment::Augment;
 pub use dataset::{DataError, ImageDataset};
 pub use idx::{IdxArray, IdxError};
+pub use loader::{Batch, BatchSource, InMemory, LoadError, Prefetch};
 pub use sampler::ShardSampler;
-pub use table::{Column, CsvOptions, Standardizer, TableDataset, TableError};
+pub use table::{Column, CsvOptions, Standardizer, TableDataset, TableError, Targets};
 
 /// Labelled samples of one shape, as training reads them: the seam every data format
 /// sits behind.
@@ -35,10 +41,15 @@ pub trait Samples: Send + Sync {
     fn shape(&self) -> [usize; 3];
     /// The sample is a feature vector (dense layers apply directly), not an image.
     fn is_flat(&self) -> bool;
-    /// Number of classes.
+    /// Number of classes (0 when the task is regression).
     fn num_classes(&self) -> usize;
-    /// Appends the model inputs and class labels of `indices` to the buffers.
-    fn gather(&self, indices: &[usize], inputs: &mut Vec<f32>, labels: &mut Vec<i64>);
+    /// The labels are numbers to predict (regression), not classes.
+    fn is_regression(&self) -> bool {
+        false
+    }
+    /// Appends the model inputs and labels (or regression targets) of `indices` to
+    /// `batch`.
+    fn gather(&self, indices: &[usize], batch: &mut Batch);
     /// Keeps the first `n` samples.
     fn truncate(&mut self, n: usize);
 }
@@ -56,8 +67,8 @@ impl Samples for ImageDataset {
     fn num_classes(&self) -> usize {
         ImageDataset::num_classes(self)
     }
-    fn gather(&self, indices: &[usize], inputs: &mut Vec<f32>, labels: &mut Vec<i64>) {
-        ImageDataset::gather(self, indices, inputs, labels)
+    fn gather(&self, indices: &[usize], batch: &mut Batch) {
+        ImageDataset::gather(self, indices, &mut batch.inputs, &mut batch.labels)
     }
     fn truncate(&mut self, n: usize) {
         ImageDataset::truncate(self, n)
@@ -77,8 +88,11 @@ impl Samples for TableDataset {
     fn num_classes(&self) -> usize {
         TableDataset::num_classes(self)
     }
-    fn gather(&self, indices: &[usize], inputs: &mut Vec<f32>, labels: &mut Vec<i64>) {
-        TableDataset::gather(self, indices, inputs, labels)
+    fn is_regression(&self) -> bool {
+        matches!(self.targets(), Targets::Values(_))
+    }
+    fn gather(&self, indices: &[usize], batch: &mut Batch) {
+        TableDataset::gather(self, indices, batch)
     }
     fn truncate(&mut self, n: usize) {
         TableDataset::truncate(self, n)

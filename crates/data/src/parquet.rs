@@ -21,7 +21,7 @@ use arrow_array::types::{
 use arrow_array::Array;
 use arrow_schema::DataType;
 
-use crate::table::{class_ids, Column, TableDataset, TableError};
+use crate::table::{class_ids, Column, TableDataset, TableError, Targets};
 
 /// Rows decoded at a time (within one row group).
 const BATCH_ROWS: usize = 8192;
@@ -32,6 +32,8 @@ enum Labels {
     Ints(Vec<i128>),
     /// A string column's values.
     Strs(Vec<String>),
+    /// A numeric column's values, to predict (regression).
+    Values(Vec<f32>),
 }
 
 fn is_number(t: &DataType) -> bool {
@@ -178,6 +180,11 @@ fn put_labels(col: &dyn Array, labels: &mut Labels) -> Result<(), Bad> {
     first_null(col)?;
     let unsupported = || (0, format!("of type {}", col.data_type()));
     match labels {
+        Labels::Values(v) => {
+            let base = v.len();
+            v.resize(base + col.len(), 0.0);
+            put_feature(col, &mut v[base..], 0, 1)?;
+        }
         Labels::Ints(v) => v.extend(ints(col).ok_or_else(unsupported)?),
         Labels::Strs(v) => {
             let s = strs(col).ok_or_else(unsupported)?;
@@ -202,21 +209,24 @@ impl TableDataset {
         path: &Path,
         label: &Column,
         features: Option<&[Column]>,
+        regression: bool,
     ) -> Result<TableDataset, TableError> {
         // The `parquet` crate still asserts on some malformed files: a damaged file is
         // an error here, never a panic of the caller.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(path, label, features)))
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                Err(TableError::Parquet {
-                    path: path.to_path_buf(),
-                    message: format!("damaged Parquet file (the reader failed: {what})"),
-                })
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            read(path, label, features, regression)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(TableError::Parquet {
+                path: path.to_path_buf(),
+                message: format!("damaged Parquet file (the reader failed: {what})"),
             })
+        })
     }
 }
 
@@ -225,6 +235,7 @@ fn read(
     path: &Path,
     label: &Column,
     features: Option<&[Column]>,
+    regression: bool,
 ) -> Result<TableDataset, TableError> {
     let io = |source| TableError::Io {
         path: path.to_path_buf(),
@@ -296,7 +307,15 @@ fn read(
         }
     }
     let label_type = fields[label_col].data_type();
-    let mut labels = if label_type.is_integer() {
+    let mut labels = if regression && is_number(label_type) {
+        Labels::Values(Vec::new())
+    } else if regression {
+        return Err(fail(format!(
+            "label column `{}` has type {label_type}; task = \"regression\" predicts a \
+             number (an integer or floating-point column)",
+            names[label_col]
+        )));
+    } else if label_type.is_integer() {
         Labels::Ints(Vec::new())
     } else if is_string(label_type) {
         Labels::Strs(Vec::new())
@@ -355,16 +374,19 @@ fn read(
     if row == 0 {
         return Err(TableError::Empty(path.to_path_buf()));
     }
-    let (labels, classes) = match labels {
-        Labels::Ints(v) if v.iter().all(|&l| (0..10_000).contains(&l)) => {
-            (v.into_iter().map(|l| l as u32).collect(), Vec::new())
-        }
-        Labels::Ints(v) => class_ids(path, v.iter().map(i128::to_string).collect())?,
-        Labels::Strs(v) => class_ids(path, v)?,
+    let classes_of = |(ids, names)| (Targets::Classes(ids), names);
+    let (targets, classes) = match labels {
+        Labels::Values(v) => (Targets::Values(v), Vec::new()),
+        Labels::Ints(v) if v.iter().all(|&l| (0..10_000).contains(&l)) => (
+            Targets::Classes(v.into_iter().map(|l| l as u32).collect()),
+            Vec::new(),
+        ),
+        Labels::Ints(v) => classes_of(class_ids(path, v.iter().map(i128::to_string).collect())?),
+        Labels::Strs(v) => classes_of(class_ids(path, v)?),
     };
     Ok(TableDataset {
         values,
-        labels,
+        targets,
         features: width,
         feature_names: feature_cols.iter().map(|&c| names[c].to_string()).collect(),
         classes,
@@ -486,6 +508,43 @@ mod tests {
     }
 
     #[test]
+    fn regression_reads_a_numeric_label_as_values_and_refuses_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let n: i32 = 11;
+        let p = write(
+            &dir.path().join("r.parquet"),
+            vec![
+                (
+                    "x",
+                    Arc::new(Int32Array::from_iter_values(0..n)) as ArrayRef,
+                ),
+                (
+                    "price",
+                    Arc::new(Float64Array::from_iter_values(
+                        (0..n).map(|i| 100.0 + i as f64 * 0.25),
+                    )),
+                ),
+                (
+                    "kind",
+                    Arc::new(StringArray::from_iter_values(
+                        (0..n).map(|i| format!("k{i}")),
+                    )),
+                ),
+            ],
+            4,
+            Compression::SNAPPY,
+        );
+        let t = TableDataset::read_parquet(&p, &name("price"), Some(&[name("x")]), true).unwrap();
+        let want: Vec<f32> = (0..n).map(|i| 100.0 + i as f32 * 0.25).collect();
+        assert_eq!(t.targets(), &Targets::Values(want));
+        assert_eq!(t.num_classes(), 0);
+        let e = TableDataset::read_parquet(&p, &name("kind"), Some(&[name("x")]), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`kind`") && e.contains("regression"), "{e}");
+    }
+
+    #[test]
     fn reads_mixed_numeric_types_and_integer_labels_over_row_groups() {
         let dir = tempfile::tempdir().unwrap();
         let n = 23;
@@ -535,7 +594,7 @@ mod tests {
             Compression::UNCOMPRESSED,
         );
         assert_eq!(row_groups(&p), 5, "5+5+5+5+3 rows, across the two writes");
-        let t = TableDataset::read_parquet(&p, &name("y"), None).unwrap();
+        let t = TableDataset::read_parquet(&p, &name("y"), None, false).unwrap();
         assert_eq!((t.len(), t.features, t.num_classes()), (23, 7, 3));
         assert!(t.classes.is_empty(), "small integers are class numbers");
         assert_eq!(
@@ -560,9 +619,10 @@ mod tests {
             assert_eq!(t.label(i), i as u32 % 3);
         }
         // By position; the label may also be a feature.
-        let t2 = TableDataset::read_parquet(&p, &Column::Index(2), None).unwrap();
+        let t2 = TableDataset::read_parquet(&p, &Column::Index(2), None, false).unwrap();
         assert_eq!(t2, t);
-        let t3 = TableDataset::read_parquet(&p, &name("i8"), Some(&[Column::Index(2)])).unwrap();
+        let t3 =
+            TableDataset::read_parquet(&p, &name("i8"), Some(&[Column::Index(2)]), false).unwrap();
         assert_eq!(t3.row(4), [1.0]);
         assert_eq!(t3.classes.len(), 23, "negative integers are class names");
         assert_eq!(&t3.classes[..3], ["-1", "-10", "-2"], "sorted as text");
@@ -609,7 +669,7 @@ mod tests {
             let cols = [name("b"), Column::Index(0)];
             let mut seen = Vec::new();
             for label in ["kind", "big", "dict"] {
-                let t = TableDataset::read_parquet(&p, &name(label), Some(&cols)).unwrap();
+                let t = TableDataset::read_parquet(&p, &name(label), Some(&cols), false).unwrap();
                 assert_eq!(t.classes, ["cat", "dog", "emu"], "{label}");
                 assert_eq!(t.feature_names, ["b", "a"]);
                 assert_eq!(t.row(9), [9.25, 9.0]);
@@ -618,7 +678,7 @@ mod tests {
             }
             assert!(seen.windows(2).all(|w| w[0] == w[1]));
             // Default features: the numeric columns must then be all but the label.
-            let e = TableDataset::read_parquet(&p, &name("kind"), None)
+            let e = TableDataset::read_parquet(&p, &name("kind"), None, false)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("feature column `big` has type LargeUtf8"), "{e}");
@@ -647,7 +707,7 @@ mod tests {
         let bytes = std::fs::read(&p).unwrap();
         let cut = dir.path().join("cut.parquet");
         std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-        let e = TableDataset::read_parquet(&cut, &name("y"), None).unwrap_err();
+        let e = TableDataset::read_parquet(&cut, &name("y"), None, false).unwrap_err();
         assert!(matches!(e, TableError::Parquet { .. }), "{e:?}");
         let e = e.to_string();
         assert!(
@@ -664,7 +724,7 @@ mod tests {
         bad[start as usize..(start + len) as usize].fill(0xff);
         let broken = dir.path().join("broken.parquet");
         std::fs::write(&broken, &bad).unwrap();
-        let e = TableDataset::read_parquet(&broken, &name("y"), None)
+        let e = TableDataset::read_parquet(&broken, &name("y"), None, false)
             .unwrap_err()
             .to_string();
         assert!(
@@ -673,13 +733,14 @@ mod tests {
         );
         let csv = dir.path().join("table.csv");
         std::fs::write(&csv, "x,y\n1,0\n").unwrap();
-        let e = TableDataset::read_parquet(&csv, &name("y"), None)
+        let e = TableDataset::read_parquet(&csv, &name("y"), None, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("table.csv"), "{e}");
-        let e = TableDataset::read_parquet(&dir.path().join("nope.parquet"), &name("y"), None)
-            .unwrap_err()
-            .to_string();
+        let e =
+            TableDataset::read_parquet(&dir.path().join("nope.parquet"), &name("y"), None, false)
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("nope.parquet"), "{e}");
     }
 
@@ -721,7 +782,7 @@ mod tests {
         );
         let read = |label: &str, features: &[&str]| {
             let cols: Vec<Column> = features.iter().map(|&f| name(f)).collect();
-            TableDataset::read_parquet(&p, &name(label), Some(&cols))
+            TableDataset::read_parquet(&p, &name(label), Some(&cols), false)
                 .unwrap_err()
                 .to_string()
         };
@@ -730,7 +791,7 @@ mod tests {
             e.contains("t.parquet: no column `target`; the file has columns a, b, c, flag, y, z"),
             "{e}"
         );
-        let e = TableDataset::read_parquet(&p, &Column::Index(6), None)
+        let e = TableDataset::read_parquet(&p, &Column::Index(6), None, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("no column 6") && e.contains("a, b, c"), "{e}");
@@ -753,7 +814,7 @@ mod tests {
             e.contains("row group 0, row 1: column `c` is `1e300`, not a finite"),
             "{e}"
         );
-        let e = TableDataset::read_parquet(&p, &name("y"), Some(&[name("z")])).unwrap_err();
+        let e = TableDataset::read_parquet(&p, &name("y"), Some(&[name("z")]), false).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -778,21 +839,21 @@ mod tests {
             3,
             Compression::UNCOMPRESSED,
         );
-        let e = TableDataset::read_parquet(&q, &name("y"), Some(&[name("b")]))
+        let e = TableDataset::read_parquet(&q, &name("y"), Some(&[name("b")]), false)
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("n.parquet, row group 1, row 3: column `b` is null"),
             "{e}"
         );
-        let e = TableDataset::read_parquet(&q, &name("e"), Some(&[Column::Index(0)]))
+        let e = TableDataset::read_parquet(&q, &name("e"), Some(&[Column::Index(0)]), false)
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("row 1: label column `e` is an empty string"),
             "{e}"
         );
-        let e = TableDataset::read_parquet(&q, &name("y"), Some(&[]))
+        let e = TableDataset::read_parquet(&q, &name("y"), Some(&[]), false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("no feature columns"), "{e}");
@@ -808,7 +869,7 @@ mod tests {
             3,
             Compression::UNCOMPRESSED,
         );
-        let e = TableDataset::read_parquet(&empty, &name("y"), None)
+        let e = TableDataset::read_parquet(&empty, &name("y"), None, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("empty.parquet: no data rows"), "{e}");
@@ -927,7 +988,7 @@ mod tests {
         let (labels, classes) = class_ids(path, text).unwrap();
         TableDataset {
             values: expect.concat(),
-            labels,
+            targets: Targets::Classes(labels),
             features: cols.len(),
             feature_names: (0..cols.len()).map(|k| format!("f{k}")).collect(),
             classes,
@@ -942,7 +1003,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let p = dir.path().join("r.parquet");
             let expect = write_table(&p, &table);
-            let t = TableDataset::read_parquet(&p, &name("label"), None).unwrap();
+            let t = TableDataset::read_parquet(&p, &name("label"), None, false).unwrap();
             prop_assert_eq!(t, expect);
         }
 
@@ -966,7 +1027,7 @@ mod tests {
             }
             std::fs::write(&p, &bytes).unwrap();
             // Ok (a flip in an unread statistic) or Err; never a panic.
-            if let Err(e) = TableDataset::read_parquet(&p, &name("label"), None) {
+            if let Err(e) = TableDataset::read_parquet(&p, &name("label"), None, false) {
                 prop_assert!(e.to_string().contains("d.parquet"), "{}", e);
             }
         }

@@ -7,6 +7,8 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use crate::loader::Batch;
+
 /// A column, by header name or 0-based index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Column {
@@ -38,6 +40,8 @@ pub struct CsvOptions {
     pub label: Column,
     /// Feature columns (None: every column but the label).
     pub features: Option<Vec<Column>>,
+    /// The label is a number to predict (regression), not a class.
+    pub regression: bool,
 }
 
 /// Why a table could not be read.
@@ -104,7 +108,7 @@ pub enum TableError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableDataset {
     pub(crate) values: Vec<f32>,
-    pub(crate) labels: Vec<u32>,
+    pub(crate) targets: Targets,
     /// Number of features per row.
     pub features: usize,
     /// Feature names (the header's, or `col<i>`).
@@ -114,6 +118,38 @@ pub struct TableDataset {
     pub classes: Vec<String>,
 }
 
+/// A table's label column: class indices, or numbers to predict.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Targets {
+    /// The class of every row (classification).
+    Classes(Vec<u32>),
+    /// The value of every row (regression).
+    Values(Vec<f32>),
+}
+
+impl Targets {
+    fn len(&self) -> usize {
+        match self {
+            Targets::Classes(v) => v.len(),
+            Targets::Values(v) => v.len(),
+        }
+    }
+
+    fn truncate(&mut self, n: usize) {
+        match self {
+            Targets::Classes(v) => v.truncate(n),
+            Targets::Values(v) => v.truncate(n),
+        }
+    }
+
+    fn select(&self, rows: &[usize]) -> Self {
+        match self {
+            Targets::Classes(v) => Targets::Classes(rows.iter().map(|&r| v[r]).collect()),
+            Targets::Values(v) => Targets::Values(rows.iter().map(|&r| v[r]).collect()),
+        }
+    }
+}
+
 /// Per-feature mean and standard deviation (of the training split).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Standardizer {
@@ -121,6 +157,29 @@ pub struct Standardizer {
     pub mean: Vec<f32>,
     /// Standard deviations (1 where a feature is constant).
     pub std: Vec<f32>,
+    /// Mean and standard deviation of a regression target (the model predicts the
+    /// standardised target; [`Standardizer::target_value`] maps it back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<(f32, f32)>,
+}
+
+impl Standardizer {
+    /// A standardised regression target in the target's own units.
+    pub fn target_value(&self, z: f32) -> f32 {
+        match self.target {
+            Some((mean, std)) => z * std + mean,
+            None => z,
+        }
+    }
+}
+
+/// Mean and standard deviation (1 where the values are constant) of `values`.
+fn mean_std(values: impl Iterator<Item = f32> + Clone) -> (f32, f32) {
+    let n = values.clone().count().max(1) as f64;
+    let mean = values.clone().map(f64::from).sum::<f64>() / n;
+    let var = values.map(|v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+    let sd = var.sqrt();
+    (mean as f32, if sd > 1e-12 { sd as f32 } else { 1.0 })
 }
 
 /// Opens a file, transparently un-gzipping `*.gz`.
@@ -281,6 +340,7 @@ impl TableDataset {
         }
         let mut values = Vec::new();
         let mut raw_labels = Vec::new();
+        let mut target_values = Vec::new();
         let mut push = |rec: &csv::StringRecord| -> Result<(), TableError> {
             let line = line_of(rec.position());
             for &c in &feature_cols {
@@ -313,17 +373,40 @@ impl TableDataset {
                     message: format!("label column `{}` is empty", names[label_col]),
                 });
             }
-            raw_labels.push(label.to_string());
+            if opts.regression {
+                let v = label.parse::<f32>().ok().filter(|v| v.is_finite());
+                match v {
+                    Some(v) => target_values.push(v),
+                    None => {
+                        return Err(TableError::Parse {
+                            path: path.to_path_buf(),
+                            line,
+                            message: format!(
+                                "label column `{}` is `{label}`, not a finite number \
+                                 (task = \"regression\" predicts a number)",
+                                names[label_col]
+                            ),
+                        })
+                    }
+                }
+            } else {
+                raw_labels.push(label.to_string());
+            }
             Ok(())
         };
         push(&first)?;
         for rec in records {
             push(&rec.map_err(parse_err)?)?;
         }
-        let (labels, classes) = class_ids(path, raw_labels)?;
+        let (targets, classes) = if opts.regression {
+            (Targets::Values(target_values), Vec::new())
+        } else {
+            let (ids, classes) = class_ids(path, raw_labels)?;
+            (Targets::Classes(ids), classes)
+        };
         Ok(Self {
             values,
-            labels,
+            targets,
             features: feature_cols.len(),
             feature_names: feature_cols.iter().map(|&c| names[c].clone()).collect(),
             classes,
@@ -338,7 +421,7 @@ impl TableDataset {
         assert_eq!(values.len(), labels.len() * features);
         Self {
             values,
-            labels,
+            targets: Targets::Classes(labels),
             features,
             feature_names: (0..features).map(|i| format!("col{i}")).collect(),
             classes: Vec::new(),
@@ -347,21 +430,29 @@ impl TableDataset {
 
     /// Number of rows.
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.targets.len()
     }
 
     /// True when there are no rows.
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.len() == 0
     }
 
-    /// Number of classes: the named classes, else one more than the largest label.
+    /// Number of classes: the named classes, else one more than the largest label
+    /// (0 for a regression table).
     pub fn num_classes(&self) -> usize {
-        if self.classes.is_empty() {
-            self.labels.iter().max().map_or(0, |&m| m as usize + 1)
-        } else {
-            self.classes.len()
+        match &self.targets {
+            Targets::Values(_) => 0,
+            Targets::Classes(ids) if self.classes.is_empty() => {
+                ids.iter().max().map_or(0, |&m| m as usize + 1)
+            }
+            Targets::Classes(_) => self.classes.len(),
         }
+    }
+
+    /// The label column.
+    pub fn targets(&self) -> &Targets {
+        &self.targets
     }
 
     /// Row `i`'s features.
@@ -369,14 +460,18 @@ impl TableDataset {
         &self.values[i * self.features..(i + 1) * self.features]
     }
 
-    /// Row `i`'s class.
-    pub fn label(&self, i: usize) -> u32 {
-        self.labels[i]
+    /// Row `i`'s class (tests; a regression row has none).
+    #[cfg(test)]
+    pub(crate) fn label(&self, i: usize) -> u32 {
+        match &self.targets {
+            Targets::Classes(ids) => ids[i],
+            Targets::Values(_) => panic!("a regression table has no classes"),
+        }
     }
 
     /// Keeps the first `n` rows.
     pub fn truncate(&mut self, n: usize) {
-        self.labels.truncate(n);
+        self.targets.truncate(n);
         self.values.truncate(n * self.features);
     }
 
@@ -395,7 +490,7 @@ impl TableDataset {
         }
         Self {
             values,
-            labels: rows.iter().map(|&r| self.labels[r]).collect(),
+            targets: self.targets.select(rows),
             features: self.features,
             feature_names: self.feature_names.clone(),
             classes: self.classes.clone(),
@@ -435,46 +530,31 @@ impl TableDataset {
                 }
             }
         }
-        for l in &mut self.labels {
-            *l = map[*l as usize];
+        if let Targets::Classes(ids) = &mut self.targets {
+            for l in ids {
+                *l = map[*l as usize];
+            }
         }
         self.classes = classes.to_vec();
         Ok(())
     }
 
-    /// Mean and standard deviation of every feature.
+    /// Mean and standard deviation of every feature (and of a regression target).
     pub fn statistics(&self) -> Standardizer {
-        let (f, n) = (self.features, self.len().max(1) as f64);
-        let mut mean = vec![0f64; f];
-        for r in 0..self.len() {
-            for (m, &v) in mean.iter_mut().zip(self.row(r)) {
-                *m += v as f64;
-            }
-        }
-        mean.iter_mut().for_each(|m| *m /= n);
-        let mut var = vec![0f64; f];
-        for r in 0..self.len() {
-            for ((s, &v), m) in var.iter_mut().zip(self.row(r)).zip(&mean) {
-                *s += (v as f64 - m).powi(2);
-            }
-        }
+        let (mean, std) = (0..self.features)
+            .map(|f| mean_std((0..self.len()).map(move |r| self.values[r * self.features + f])))
+            .unzip();
         Standardizer {
-            mean: mean.iter().map(|&m| m as f32).collect(),
-            std: var
-                .iter()
-                .map(|&s| {
-                    let sd = (s / n).sqrt();
-                    if sd > 1e-12 {
-                        sd as f32
-                    } else {
-                        1.0
-                    }
-                })
-                .collect(),
+            mean,
+            std,
+            target: match &self.targets {
+                Targets::Values(v) => Some(mean_std(v.iter().copied())),
+                Targets::Classes(_) => None,
+            },
         }
     }
 
-    /// Applies `(x - mean) / std` to every feature.
+    /// Applies `(x - mean) / std` to every feature, and to a regression target.
     ///
     /// # Panics
     /// When `s` has another number of features.
@@ -485,15 +565,22 @@ impl TableDataset {
                 *v = (*v - m) / sd;
             }
         }
+        if let (Targets::Values(v), Some((m, sd))) = (&mut self.targets, s.target) {
+            v.iter_mut().for_each(|t| *t = (*t - m) / sd);
+        }
     }
 
-    /// Appends the features and labels of `indices` to the buffers.
-    pub fn gather(&self, indices: &[usize], values: &mut Vec<f32>, labels: &mut Vec<i64>) {
-        values.reserve(indices.len() * self.features);
-        labels.reserve(indices.len());
+    /// Appends the features and labels (or regression targets) of `indices` to `batch`.
+    pub fn gather(&self, indices: &[usize], batch: &mut Batch) {
+        batch.inputs.reserve(indices.len() * self.features);
         for &i in indices {
-            values.extend_from_slice(self.row(i));
-            labels.push(self.labels[i] as i64);
+            batch.inputs.extend_from_slice(self.row(i));
+        }
+        match &self.targets {
+            Targets::Classes(ids) => batch
+                .labels
+                .extend(indices.iter().map(|&i| i64::from(ids[i]))),
+            Targets::Values(v) => batch.targets.extend(indices.iter().map(|&i| v[i])),
         }
     }
 }
@@ -509,6 +596,7 @@ mod tests {
             skip_rows: 0,
             label,
             features: None,
+            regression: false,
         }
     }
 

@@ -16,6 +16,9 @@ pub enum BenchCommand {
     /// Time all-reduce over N local processes; report bus bandwidth against a memcpy
     /// and a TCP-loopback ceiling measured in the same run.
     Allreduce(AllreduceArgs),
+    /// Time a job's data pipeline with training switched off: loading (decoding)
+    /// the data, then one rank's batches through the prefetching loader.
+    Data(DataArgs),
     /// Time square matrix products on CPU and GPU over sizes and dtypes; print time,
     /// GFLOP/s and GPU/CPU speedup; write matmul.csv, matmul.json and plots.
     Matmul(MatmulArgs),
@@ -51,6 +54,21 @@ pub struct MatmulArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct DataArgs {
+    /// Job file whose `[data]` and `[train]` (batch size, seed) to use.
+    job: std::path::PathBuf,
+    /// Epochs to run through the loader.
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Time rank 0's share of this many workers (default: the job's workers).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct AllreduceArgs {
     /// Number of worker processes.
     #[arg(long, default_value_t = 2)]
@@ -80,8 +98,67 @@ pub struct AllreduceArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Allreduce(a) => allreduce_cmd(a),
+        BenchCommand::Data(a) => data_cmd(a),
         BenchCommand::Matmul(a) => matmul_cmd(a),
     }
+}
+
+fn data_cmd(a: DataArgs) -> Result<()> {
+    let job = crate::train::native_job(&a.job)?;
+    let workers = a.workers.unwrap_or(job.distributed.workers);
+    if workers == 0 || a.epochs == 0 {
+        bail!("--workers and --epochs must be at least 1");
+    }
+    let start = std::time::Instant::now();
+    let data = dlc_train::data::JobData::load(&job.data, job.train.seed)?;
+    let load_s = start.elapsed().as_secs_f64();
+    let samples = data.train.len() + data.test.len();
+    let source = data.batches(&job.train, 0, workers);
+    let mut batches = 0usize;
+    let mut delivered = 0usize;
+    let mut checksum = 0.0f64;
+    let start = std::time::Instant::now();
+    for epoch in 0..a.epochs {
+        let mut loader = dlc_data::Prefetch::start(source.epoch(epoch, 0), 4)?;
+        while let Some(batch) = loader.next_batch() {
+            let batch = batch?;
+            // Touch the batch so that nothing is optimised away.
+            checksum += batch.inputs.first().copied().unwrap_or(0.0) as f64;
+            delivered += batch.len();
+            batches += 1;
+        }
+    }
+    let loader_s = start.elapsed().as_secs_f64();
+    let row = serde_json::json!({
+        "job": job.display_name(),
+        "samples": samples,
+        "load_s": load_s,
+        "load_samples_per_sec": samples as f64 / load_s.max(1e-9),
+        "workers": workers,
+        "epochs": a.epochs,
+        "batches": batches,
+        "loader_samples_per_sec": delivered as f64 / loader_s.max(1e-9),
+        "augment": !data.augment.is_identity(),
+        "checksum": checksum,
+    });
+    if a.json {
+        println!("{row}");
+        return Ok(());
+    }
+    println!(
+        "load: {samples} samples (train + test) read and decoded in {load_s:.2} s = {:.0} samples/s",
+        samples as f64 / load_s.max(1e-9)
+    );
+    println!(
+        "loader: {batches} batches ({delivered} samples, rank 0 of {workers}, {} epoch(s){}) in {loader_s:.2} s = {:.0} samples/s",
+        a.epochs,
+        if data.augment.is_identity() { "" } else { ", augmented" },
+        delivered as f64 / loader_s.max(1e-9)
+    );
+    println!(
+        "compare with training's samples/s (metrics.jsonl) and `data_s`, the time a step waited for its batch"
+    );
+    Ok(())
 }
 
 fn allreduce_cmd(a: AllreduceArgs) -> Result<()> {

@@ -456,9 +456,9 @@ fn print_result(out: &Path) {
         .find(|v| v["kind"] == "epoch");
     if let Some(v) = last {
         eprintln!(
-            "epoch {}: test accuracy {:.2}% (loss {:.4}); run directory {}",
+            "epoch {}: {} (loss {:.4}); run directory {}",
             v["epoch"],
-            100.0 * v["test_accuracy"].as_f64().unwrap_or(f64::NAN),
+            crate::train::test_metrics(&v),
             v["test_loss"].as_f64().unwrap_or(f64::NAN),
             out.display()
         );

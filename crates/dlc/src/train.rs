@@ -238,9 +238,20 @@ fn summary_json(s: &TrainSummary) -> serde_json::Value {
     serde_json::json!({
         "run_dir": s.run_dir, "global_step": s.global_step,
         "epochs_completed": s.epochs_completed, "test_loss": s.test.loss,
-        "test_accuracy": s.test.accuracy, "samples_per_sec": s.samples_per_sec,
+        "test_accuracy": s.test.accuracy, "test_rmse": s.test.rmse, "test_mae": s.test.mae,
+        "samples_per_sec": s.samples_per_sec,
         "seconds": s.seconds, "params": s.params, "device": s.device,
     })
+}
+
+/// `test accuracy 84.30%`, or `test RMSE 3.2100, MAE 2.4000`, from a summary or an
+/// epoch line of `metrics.jsonl`.
+pub(crate) fn test_metrics(v: &serde_json::Value) -> String {
+    let num = |k: &str| v[k].as_f64();
+    match (num("test_accuracy"), num("test_rmse"), num("test_mae")) {
+        (_, Some(rmse), Some(mae)) => format!("test RMSE {rmse:.4}, MAE {mae:.4}"),
+        (a, _, _) => format!("test accuracy {:.2}%", 100.0 * a.unwrap_or(f64::NAN)),
+    }
 }
 
 fn print_summary(v: &serde_json::Value, json: bool) {
@@ -252,10 +263,10 @@ fn print_summary(v: &serde_json::Value, json: bool) {
         println!("{v}");
     } else {
         println!(
-            "done: {} steps on {}, test accuracy {:.2}% (loss {:.4}), {:.0} samples/s, {:.1}s; run dir {}",
+            "done: {} steps on {}, {} (loss {:.4}), {:.0} samples/s, {:.1}s; run dir {}",
             v["global_step"],
             v["device"].as_str().unwrap_or("?"),
-            100.0 * v["test_accuracy"].as_f64().unwrap_or(f64::NAN),
+            test_metrics(v),
             v["test_loss"].as_f64().unwrap_or(f64::NAN),
             v["samples_per_sec"].as_f64().unwrap_or(f64::NAN),
             v["seconds"].as_f64().unwrap_or(f64::NAN),
@@ -383,9 +394,9 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "test loss {:.4}, test accuracy {:.2}% ({} samples)",
+            "test loss {:.4}, {} ({} samples)",
             r.loss,
-            100.0 * r.accuracy,
+            r.describe(),
             r.samples
         );
     }

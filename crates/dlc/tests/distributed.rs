@@ -59,12 +59,14 @@ fn n_workers_match_one_worker_with_the_same_global_batch() {
             assert_eq!(s["global_step"], 30, "{name} {label}");
             let diff = max_abs_diff(&reference, &weights(&out.join("model.safetensors")));
             assert!(diff < 1e-4, "{name} {label}: max abs difference {diff}");
-            // metrics.jsonl reports compute and communication time per step.
+            // metrics.jsonl reports compute, communication and data-wait time per step.
             let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
             let step: serde_json::Value =
                 serde_json::from_str(text.lines().next().unwrap()).unwrap();
             assert!(step["comm_s"].as_f64().unwrap() > 0.0, "{label}: {step}");
             assert!(step["compute_s"].as_f64().unwrap() > 0.0, "{label}: {step}");
+            let data_s = step["data_s"].as_f64().unwrap();
+            assert!((0.0..60.0).contains(&data_s), "{label}: {step}");
         }
     }
 }

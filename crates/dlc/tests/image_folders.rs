@@ -194,3 +194,42 @@ fn broken_image_folders_are_named() {
     let e = fails(&["train", j.to_str().unwrap()]);
     assert!(e.contains("data.channels"), "{e}");
 }
+
+#[test]
+fn augmentation_is_the_same_on_any_number_of_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = quick_mlp(600, 1, 60);
+    let aug = job(
+        dir.path(),
+        "aug.toml",
+        &base.replace(
+            "limit = 600\n",
+            "limit = 600\nrandom_crop = 3\nrandom_flip = true\n",
+        ),
+    );
+    let plain = job(dir.path(), "plain.toml", &base);
+    let train = |j: &std::path::Path, out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut args = vec!["train", j.to_str().unwrap(), "-q", "--out"];
+        args.push(out.to_str().unwrap());
+        args.extend_from_slice(extra);
+        ok(&args);
+        weights(&out.join("model.safetensors"))
+    };
+    let one = train(&aug, "one", &[]);
+    let two = train(&aug, "two", &["--workers", "2"]);
+    let none = train(&plain, "none", &[]);
+    let d = max_abs_diff(&one, &two);
+    assert!(d < 1e-4, "augmented, 1 vs 2 workers: max |Δw| = {d}");
+    // The augmentation is applied: training without it ends elsewhere.
+    let d = max_abs_diff(&one, &none);
+    assert!(d > 1e-3, "augmented vs plain: max |Δw| = {d}");
+    // Tables have no pixels to crop.
+    let table = job(
+        dir.path(),
+        "t.toml",
+        "[model]\npreset = \"mlp\"\n[data]\npath = \"x.csv\"\nlabel = 0\nrandom_flip = true\n",
+    );
+    let e = fails(&["train", table.to_str().unwrap()]);
+    assert!(e.contains("data.random_flip"), "{e}");
+}

@@ -191,3 +191,113 @@ fn broken_tables_are_named_with_file_line_and_column() {
         "{e}"
     );
 }
+
+/// Mean and standard deviation of the Boston test split's target, from the file.
+fn medv_spread() -> (f64, usize) {
+    let text = std::fs::read_to_string(sklearn("boston_house_prices.csv")).unwrap();
+    let v: Vec<f64> = text
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.rsplit(',').next()?.trim().parse().ok())
+        .collect();
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
+    (var.sqrt(), v.len())
+}
+
+#[test]
+fn sklearn_boston_regression_learns_and_two_workers_match_one() {
+    let (sd, rows) = medv_spread();
+    assert_eq!(rows, 506);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |out: &str, epochs: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut args = vec![
+            "train",
+            &example("sklearn-boston.toml"),
+            "--json",
+            "-q",
+            "--epochs",
+            epochs,
+            "--out",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.push(out.to_str().unwrap().into());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        (summary(&ok(&args)), out)
+    };
+    let (s, one) = run("one", "40", &[]);
+    let rmse = s["test_rmse"].as_f64().unwrap();
+    let mae = s["test_mae"].as_f64().unwrap();
+    // Predicting the mean scores RMSE ≈ the target's deviation (9.2); the MLP does
+    // far better (a linear model gets ≈ 4.8).
+    assert!(rmse < 0.6 * sd, "Boston RMSE {rmse} vs deviation {sd}");
+    assert!(mae > 0.0 && mae < rmse, "MAE {mae} ≤ RMSE {rmse}");
+    assert!(s["test_accuracy"].is_null(), "{s}");
+    // metrics.jsonl's epoch lines carry RMSE and MAE instead of accuracy.
+    let text = std::fs::read_to_string(one.join("metrics.jsonl")).unwrap();
+    let epoch: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .rfind(|v| v["kind"] == "epoch")
+        .unwrap();
+    assert!(
+        (epoch["test_rmse"].as_f64().unwrap() - rmse).abs() < 1e-9,
+        "{epoch}"
+    );
+    assert!(epoch.get("test_accuracy").is_none(), "{epoch}");
+    // dlc eval reports the same errors in the target's units.
+    let ev = ok(&[
+        "eval",
+        &example("sklearn-boston.toml"),
+        "--model",
+        one.join("model.safetensors").to_str().unwrap(),
+        "--json",
+    ]);
+    let e: serde_json::Value = serde_json::from_str(ev.trim()).unwrap();
+    assert!(
+        (e["rmse"].as_f64().unwrap() - rmse).abs() < 1e-6,
+        "{e} vs {s}"
+    );
+    // Two workers with the same global batch end with one worker's weights (over 5
+    // epochs: |Δw| ≈ 4e-8; rounding differences of the all-reduce grow with Adam's
+    // normalised steps once the gradients are tiny, to ≈ 6e-5 after 20 epochs).
+    let (_, one) = run("one5", "5", &[]);
+    let (_, two) = run("two5", "5", &["--workers", "2"]);
+    let d = max_abs_diff(
+        &weights(&one.join("model.safetensors")),
+        &weights(&two.join("model.safetensors")),
+    );
+    assert!(d < 1e-4, "regression, 1 vs 2 workers: max |Δw| = {d}");
+}
+
+#[test]
+fn regression_needs_numeric_labels_and_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("r.csv");
+    std::fs::write(&csv, "a,b,y\n1,2,0.5\n3,4,1.5\n5,6,high\n7,8,2.5\n").unwrap();
+    let j = job(
+        dir.path(),
+        "r.toml",
+        &format!(
+            "[model]\npreset = \"tabular-mlp\"\n[data]\npath = \"{}\"\nlabel = \"y\"\n\
+             task = \"regression\"\n",
+            csv.display()
+        ),
+    );
+    let e = fails(&["train", j.to_str().unwrap()]);
+    assert!(
+        e.contains("r.csv") && e.contains("line 4") && e.contains("`high`"),
+        "{e}"
+    );
+    let j = job(
+        dir.path(),
+        "i.toml",
+        "[model]\npreset = \"mlp\"\n[data]\ndataset = \"fashion-mnist\"\ntask = \"regression\"\n",
+    );
+    let e = fails(&["train", j.to_str().unwrap()]);
+    assert!(e.contains("data.task"), "{e}");
+}

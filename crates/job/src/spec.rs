@@ -228,6 +228,29 @@ pub struct DataSpec {
     /// Image folders: 1 (grey) or 3 (RGB) [default: from the first image].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<usize>,
+    /// What the label is: `classification` (a class; cross-entropy, accuracy) or
+    /// `regression` (a number; mean squared error, RMSE and MAE) [default:
+    /// classification]. Regression reads tables only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<Task>,
+    /// Images: pad each side by this many pixels and crop the original size back at a
+    /// random offset, per training sample and epoch [default: 0, off].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random_crop: Option<usize>,
+    /// Images: mirror training samples left–right with probability ½ [default: false].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random_flip: Option<bool>,
+}
+
+/// What a job learns to predict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// A class out of several: cross-entropy loss, accuracy.
+    #[default]
+    Classification,
+    /// A number: mean squared error loss, RMSE and MAE.
+    Regression,
 }
 
 /// Data file formats.

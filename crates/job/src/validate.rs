@@ -62,6 +62,12 @@ pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
     if d.test_limit == Some(0) {
         bad("data.test_limit", "must be at least 1")?;
     }
+    if d.random_crop.is_some_and(|p| p > 64) {
+        bad(
+            "data.random_crop",
+            "is the padding in pixels; allowed: 0 to 64",
+        )?;
+    }
     check_train(job)
 }
 
@@ -98,25 +104,19 @@ fn check_table(d: &crate::DataSpec) -> Result<(), Problem> {
         )?;
     }
     if format == Some(crate::DataFormat::Images) {
-        for (key, set) in [
-            ("data.label", d.label.is_some()),
-            ("data.features", d.features.is_some()),
-            ("data.header", d.header.is_some()),
-            ("data.skip_rows", d.skip_rows.is_some()),
-            ("data.delimiter", d.delimiter.is_some()),
-            ("data.standardize", d.standardize.is_some()),
-        ] {
-            if set {
-                bad(
-                    key,
-                    format!(
-                        "is for tables, but `{}` is read as an image folder (class = \
-                         sub-folder); for a table say `format = \"csv\"` or \"parquet\"",
-                        path.display()
-                    ),
-                )?;
-            }
-        }
+        refuse(
+            &regression_key(d),
+            "is `regression`, which predicts a number from a table's columns; an image \
+             folder's label is its class",
+        )?;
+        refuse(
+            &table_keys(d),
+            &format!(
+                "is for tables, but `{}` is read as an image folder (class = sub-folder); \
+                 for a table say `format = \"csv\"` or \"parquet\"",
+                path.display()
+            ),
+        )?;
         if d.channels.is_some_and(|c| c != 1 && c != 3) {
             bad("data.channels", "must be 1 (grey) or 3 (RGB)")?;
         }
@@ -126,14 +126,11 @@ fn check_table(d: &crate::DataSpec) -> Result<(), Problem> {
             bad("data.image_size", "must be [height, width], each 1 to 4096")?;
         }
     } else {
-        for (key, set) in [
-            ("data.image_size", d.image_size.is_some()),
-            ("data.channels", d.channels.is_some()),
-        ] {
-            if set {
-                bad(key, "is for image folders")?;
-            }
-        }
+        refuse(&folder_keys(d), "is for image folders")?;
+        refuse(
+            &augment_keys(d),
+            "is an image augmentation; tables have no pixels",
+        )?;
     }
     if format == Some(crate::DataFormat::Parquet)
         && (d.header.is_some() || d.skip_rows.is_some() || d.delimiter.is_some())
@@ -171,24 +168,68 @@ fn check_table(d: &crate::DataSpec) -> Result<(), Problem> {
     Ok(())
 }
 
-/// Checks a `[data]` table of IDX files (named or explicit).
-fn check_idx(d: &crate::DataSpec) -> Result<(), Problem> {
-    for (key, set) in [
+/// `[data]` keys only tables read, each with whether it is set.
+fn table_keys(d: &crate::DataSpec) -> [(&'static str, bool); 6] {
+    [
         ("data.label", d.label.is_some()),
         ("data.features", d.features.is_some()),
-        ("data.test_path", d.test_path.is_some()),
-        ("data.test_fraction", d.test_fraction.is_some()),
         ("data.header", d.header.is_some()),
         ("data.skip_rows", d.skip_rows.is_some()),
         ("data.delimiter", d.delimiter.is_some()),
-    ] {
-        if set {
-            bad(
-                key,
-                "is for tables (`path = \"data.csv\"`); IDX data has no columns",
-            )?;
-        }
+        ("data.standardize", d.standardize.is_some()),
+    ]
+}
+
+/// `[data]` keys only tables read, beyond [`table_keys`] (which images refuse).
+fn regression_key(d: &crate::DataSpec) -> [(&'static str, bool); 1] {
+    [("data.task", d.task == Some(crate::Task::Regression))]
+}
+
+/// `[data]` keys only image folders read.
+fn folder_keys(d: &crate::DataSpec) -> [(&'static str, bool); 2] {
+    [
+        ("data.image_size", d.image_size.is_some()),
+        ("data.channels", d.channels.is_some()),
+    ]
+}
+
+/// `[data]` keys of image augmentation (image folders and IDX).
+fn augment_keys(d: &crate::DataSpec) -> [(&'static str, bool); 2] {
+    [
+        ("data.random_crop", d.random_crop.is_some()),
+        ("data.random_flip", d.random_flip.is_some()),
+    ]
+}
+
+/// Fails on the first of `keys` that is set, with `message`.
+fn refuse(keys: &[(&str, bool)], message: &str) -> Result<(), Problem> {
+    match keys.iter().find(|(_, set)| *set) {
+        Some((key, _)) => bad(key, message),
+        None => Ok(()),
     }
+}
+
+/// Checks a `[data]` table of IDX files (named or explicit).
+fn check_idx(d: &crate::DataSpec) -> Result<(), Problem> {
+    refuse(
+        &table_keys(d),
+        "is for tables (`path = \"data.csv\"`); IDX data has no columns",
+    )?;
+    refuse(
+        &regression_key(d),
+        "is `regression`, which reads tables (`path = \"data.csv\"`); IDX labels are classes",
+    )?;
+    refuse(
+        &[
+            ("data.test_path", d.test_path.is_some()),
+            ("data.test_fraction", d.test_fraction.is_some()),
+        ],
+        "is for `path` data; IDX data names its test files (`test_images`, `test_labels`)",
+    )?;
+    refuse(
+        &folder_keys(d),
+        "is for image folders (`path = \"folder\"`); IDX images keep their size and one channel",
+    )?;
     let paths = [
         &d.train_images,
         &d.train_labels,

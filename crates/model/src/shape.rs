@@ -53,8 +53,9 @@ pub enum ModelError {
     },
     /// The last layer does not produce one score per class.
     #[error(
-        "the model outputs {found} but the data has {classes} classes: end the layer list \
-         with `{{ type = \"dense\", units = {classes} }}`"
+        "the model outputs {found} but the data needs {classes} output(s) (one per class; \
+         one for task = \"regression\"): end the layer list with \
+         `{{ type = \"dense\", units = {classes} }}`"
     )]
     Output {
         /// Output shape found.

@@ -1,4 +1,4 @@
-//! Training curves: loss per step and test accuracy per epoch, for one run or several
+//! Training curves: loss per step and test accuracy (regression: RMSE) per epoch, for one run or several
 //! runs overlaid (`dlc plot RUN…`, and `curves.svg`/`curves.png` after `dlc train`).
 //!
 //! The data comes from each run directory's `metrics.jsonl` (step lines `{"kind":
@@ -55,8 +55,10 @@ pub struct Run {
     pub name: String,
     /// `(global step, training loss)`, ascending by step.
     pub loss: Vec<(f64, f64)>,
-    /// `(epochs completed, test accuracy)`, ascending by epoch.
+    /// `(epochs completed, test accuracy)` (regression: test RMSE), ascending by epoch.
     pub accuracy: Vec<(f64, f64)>,
+    /// The epoch metric: `accuracy`, or `RMSE` for a regression run.
+    pub metric: &'static str,
 }
 
 /// Reads `run_dir/metrics.jsonl`. A last line cut short by a run still writing it
@@ -71,6 +73,7 @@ pub fn load(run_dir: &Path) -> Result<Run, CurvesError> {
     let lines: Vec<&str> = text.lines().collect();
     let mut loss = BTreeMap::new();
     let mut accuracy = BTreeMap::new();
+    let mut metric = "accuracy";
     for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -94,7 +97,14 @@ pub fn load(run_dir: &Path) -> Result<Run, CurvesError> {
                 loss.insert(num("step")? as u64, num("loss")?);
             }
             Some("epoch") => {
-                accuracy.insert(num("epoch")? as u64, num("test_accuracy")?);
+                let value = match v["test_rmse"].as_f64() {
+                    Some(rmse) => {
+                        metric = "RMSE";
+                        rmse
+                    }
+                    None => num("test_accuracy")?,
+                };
+                accuracy.insert(num("epoch")? as u64, value);
             }
             _ => return Err(bad("\"kind\" is neither \"step\" nor \"epoch\"".into())),
         }
@@ -111,6 +121,7 @@ pub fn load(run_dir: &Path) -> Result<Run, CurvesError> {
         name,
         loss: pts(loss),
         accuracy: pts(accuracy),
+        metric,
     })
 }
 
@@ -180,13 +191,18 @@ where
     )?;
     // One label per epoch while they fit.
     let epochs = runs.iter().map(|r| r.accuracy.len()).max().unwrap_or(1);
+    let metric = runs.first().map_or("accuracy", |r| r.metric);
     panel(
         &right,
         runs,
-        "test accuracy",
-        ("epoch", "accuracy"),
+        &format!("test {metric}"),
+        ("epoch", metric),
         epochs.clamp(2, 10),
-        SeriesLabelPosition::LowerRight,
+        if metric == "accuracy" {
+            SeriesLabelPosition::LowerRight
+        } else {
+            SeriesLabelPosition::UpperRight
+        },
         |r| &r.accuracy,
     )?;
     root.present().map_err(|x| x.to_string())
@@ -271,6 +287,23 @@ mod tests {
         let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
         assert!(svg.contains("training loss") && svg.contains("test accuracy"));
         assert!(svg.contains("second-run") && svg.contains(&runs[0].name));
+    }
+
+    #[test]
+    fn regression_runs_plot_test_rmse() {
+        let a = run_dir(
+            "{\"kind\":\"step\",\"step\":5,\"loss\":0.9}\n\
+             {\"kind\":\"epoch\",\"epoch\":1,\"test_loss\":0.2,\"test_rmse\":3.5,\"test_mae\":2.5}\n",
+        );
+        let r = load(a.path()).unwrap();
+        assert_eq!(
+            (r.metric, r.accuracy.as_slice()),
+            ("RMSE", &[(1.0, 3.5)][..])
+        );
+        let stem = a.path().join("curves");
+        write_plot(&stem, &[r]).unwrap();
+        let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
+        assert!(svg.contains("test RMSE"), "the panel names its metric");
     }
 
     #[test]

@@ -1,33 +1,65 @@
 //! Loading a job's data and turning batches into tensors.
 
-use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
 use dlc_data::dataset::IdxFiles;
 use dlc_data::folder::{self, FolderOptions};
-use dlc_data::{Column, CsvOptions, ImageDataset, Samples, Standardizer, TableDataset};
-use dlc_job::{ColumnSpec, DataFormat, DataSpec, ModelSpec};
+use std::sync::Arc;
+
+use dlc_data::{
+    Augment, BatchSource, Column, CsvOptions, ImageDataset, InMemory, Samples, ShardSampler,
+    Standardizer, TableDataset,
+};
+use dlc_job::{ColumnSpec, DataFormat, DataSpec, ModelSpec, Task, TrainSpec};
 use dlc_model::{LayerPlan, Shape};
 
 use crate::TrainError;
 
 /// Training and test sets of a job, of whatever format `[data]` names.
 pub struct JobData {
-    /// Training samples.
-    pub train: Box<dyn Samples>,
+    /// Training samples (shared with the loader thread).
+    pub train: Arc<dyn Samples>,
     /// Test samples.
     pub test: Box<dyn Samples>,
-    /// Number of classes (from the training labels).
+    /// Number of classes (from the training labels; 0 for regression).
     pub classes: usize,
     /// Class names by index, when the labels were names (tables).
     pub class_names: Vec<String>,
     /// The standardisation applied to table features (training split's statistics).
     pub standardizer: Option<Standardizer>,
+    /// Augmentation of training images.
+    pub augment: Augment,
 }
 
 impl JobData {
     /// Loads the data that `[data]` names, applying `limit`/`test_limit`; `seed`
     /// decides a table's test split.
     pub fn load(spec: &DataSpec, seed: u64) -> Result<Self, TrainError> {
+        let mut data = Self::load_samples(spec, seed)?;
+        data.augment = Augment {
+            crop_padding: spec.random_crop.unwrap_or(0),
+            flip: spec.random_flip.unwrap_or(false),
+        };
+        Ok(data)
+    }
+
+    /// Rank `rank` of `workers`' training batches under `train` (batch size, seed,
+    /// drop_last): the exact global permutation of the samples in memory.
+    pub fn batches(&self, train: &TrainSpec, rank: usize, workers: usize) -> Box<dyn BatchSource> {
+        let sampler = ShardSampler {
+            num_samples: self.train.len(),
+            global_batch: train.batch_size,
+            rank,
+            world: workers,
+            seed: train.seed,
+            drop_last: train.drop_last,
+        };
+        Box::new(InMemory::new(
+            Arc::clone(&self.train),
+            sampler,
+            self.augment,
+        ))
+    }
+
+    fn load_samples(spec: &DataSpec, seed: u64) -> Result<Self, TrainError> {
         match spec.path_format() {
             Some(DataFormat::Images) => return Self::load_folder(spec, seed),
             Some(f @ (DataFormat::Csv | DataFormat::Parquet)) => {
@@ -55,11 +87,12 @@ impl JobData {
         }
         let classes = train.num_classes().max(test.num_classes());
         Ok(Self {
-            train: Box::new(train),
+            train: Arc::new(train),
             test: Box::new(test),
             classes,
             class_names: Vec::new(),
             standardizer: None,
+            augment: Augment::default(),
         })
     }
 
@@ -88,12 +121,16 @@ impl JobData {
                 .features
                 .as_ref()
                 .map(|f| f.iter().map(column).collect()),
+            regression: spec.task == Some(Task::Regression),
         };
         let table_err = |e: dlc_data::TableError| TrainError::Usage(e.to_string());
         let read = |p: &std::path::Path| match format {
-            DataFormat::Parquet => {
-                TableDataset::read_parquet(p, &opts.label, opts.features.as_deref())
-            }
+            DataFormat::Parquet => TableDataset::read_parquet(
+                p,
+                &opts.label,
+                opts.features.as_deref(),
+                opts.regression,
+            ),
             _ => TableDataset::read_csv(p, &opts),
         };
         let all = read(&path).map_err(table_err)?;
@@ -118,10 +155,11 @@ impl JobData {
         let classes = train.num_classes().max(test.num_classes());
         Ok(Self {
             class_names: train.classes.clone(),
-            train: Box::new(train),
+            train: Arc::new(train),
             test: Box::new(test),
             classes,
             standardizer,
+            augment: Augment::default(),
         })
     }
 
@@ -157,9 +195,10 @@ impl JobData {
         Ok(Self {
             classes: names.len(),
             class_names: names,
-            train: Box::new(train),
+            train: Arc::new(train),
             test: Box::new(test),
             standardizer: None,
+            augment: Augment::default(),
         })
     }
 
@@ -173,13 +212,22 @@ impl JobData {
         }
     }
 
+    /// Model outputs: one score per class, or one number for regression.
+    pub fn outputs(&self) -> usize {
+        if self.train.is_regression() {
+            1
+        } else {
+            self.classes
+        }
+    }
+
     /// The job's model laid out for this data: every layer with its shapes,
-    /// parameters and FLOPs (input shape and class count inferred from the data).
+    /// parameters and FLOPs (input shape and outputs inferred from the data).
     pub fn model_plan(&self, model: &ModelSpec) -> Result<Vec<LayerPlan>, TrainError> {
         Ok(dlc_model::plan(
-            &model.resolved_layers(self.classes),
+            &model.resolved_layers(self.outputs()),
             self.input_shape(),
-            self.classes,
+            self.outputs(),
         )?)
     }
 }
@@ -213,31 +261,4 @@ fn apply_limits(
 fn req(p: &Option<std::path::PathBuf>, key: &str) -> Result<std::path::PathBuf, TrainError> {
     p.clone()
         .ok_or_else(|| TrainError::Usage(format!("[data] lacks `{key}`")))
-}
-
-/// Reusable buffers that turn sample indices into input and label tensors.
-#[derive(Default)]
-pub struct Batcher {
-    pixels: Vec<f32>,
-    labels: Vec<i64>,
-}
-
-impl Batcher {
-    /// The tensors for `indices` of `ds` on `device`: inputs `[n, c, h, w]` (a table
-    /// row is `[features, 1, 1]`) and labels `[n]`.
-    pub fn batch<B: Backend>(
-        &mut self,
-        ds: &dyn Samples,
-        indices: &[usize],
-        device: &B::Device,
-    ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
-        self.pixels.clear();
-        self.labels.clear();
-        ds.gather(indices, &mut self.pixels, &mut self.labels);
-        let n = indices.len();
-        let [c, h, w] = ds.shape();
-        let images = Tensor::from_data(TensorData::new(self.pixels.clone(), [n, c, h, w]), device);
-        let labels = Tensor::from_data(TensorData::new(self.labels.clone(), [n]), device);
-        (images, labels)
-    }
 }

@@ -8,6 +8,9 @@ pub enum TrainError {
     /// The data could not be loaded.
     #[error(transparent)]
     Data(#[from] dlc_data::DataError),
+    /// A batch could not be made.
+    #[error(transparent)]
+    Loader(#[from] dlc_data::LoadError),
     /// The model does not fit the data.
     #[error("model does not fit the data: {0}")]
     Model(#[from] dlc_model::ModelError),

@@ -14,6 +14,7 @@ pub mod eval;
 pub mod metrics;
 pub mod optim;
 pub mod progress;
+pub mod task;
 pub mod tensorboard;
 pub mod trainer;
 pub mod worker;

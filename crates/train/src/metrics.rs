@@ -1,15 +1,17 @@
 //! `metrics.jsonl`: one JSON object per line, appended as training goes.
 //!
-//! Step lines: `{"kind":"step","epoch","step","loss","samples_per_sec","compute_s","comm_s"}`
+//! Step lines: `{"kind":"step","epoch","step","loss","samples_per_sec","compute_s","comm_s","data_s"}`
 //! (every `log_every` steps; `step` counts from the start of training; the times are
 //! per-step means over the window).
 //! Epoch lines: `{"kind":"epoch","epoch","train_loss","test_loss","test_accuracy","seconds"}`
-//! (`epoch` is 1-based: the number of epochs completed).
+//! (`epoch` is 1-based: the number of epochs completed); a regression job has
+//! `test_rmse` and `test_mae` instead of `test_accuracy`.
 //!
 //! The same values go to a TensorBoard event file next to it (see [`crate::tensorboard`]):
-//! step lines as `train/loss`, `train/samples_per_sec`, `train/compute_s` and
-//! `train/comm_s` at the global step; epoch lines as `epoch/train_loss`,
-//! `epoch/test_loss`, `epoch/test_accuracy` and `epoch/seconds` at the epoch number.
+//! step lines as `train/loss`, `train/samples_per_sec`, `train/compute_s`,
+//! `train/comm_s` and `train/data_s` at the global step; epoch lines as `epoch/train_loss`,
+//! `epoch/test_loss`, `epoch/test_accuracy` (or `epoch/test_rmse` and
+//! `epoch/test_mae`) and `epoch/seconds` at the epoch number.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -38,6 +40,8 @@ pub enum Record {
         compute_s: f64,
         /// Mean seconds per step spent exchanging gradients/parameters (0 for one worker).
         comm_s: f64,
+        /// Mean seconds per step the loop waited for its batch (the loader fell behind).
+        data_s: f64,
     },
     /// End of an epoch.
     Epoch {
@@ -47,8 +51,15 @@ pub enum Record {
         train_loss: f64,
         /// Mean test loss.
         test_loss: f64,
-        /// Fraction of test samples classified correctly.
-        test_accuracy: f64,
+        /// Fraction of test samples classified correctly (classification).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        test_accuracy: Option<f64>,
+        /// Root mean squared test error in the target's units (regression).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        test_rmse: Option<f64>,
+        /// Mean absolute test error in the target's units (regression).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        test_mae: Option<f64>,
         /// Wall time of the epoch's training and evaluation.
         seconds: f64,
     },
@@ -92,6 +103,7 @@ impl MetricsSink {
                 samples_per_sec,
                 compute_s,
                 comm_s,
+                data_s,
                 ..
             } => self.events.scalars(
                 step as u64,
@@ -100,6 +112,7 @@ impl MetricsSink {
                     ("train/samples_per_sec", samples_per_sec),
                     ("train/compute_s", compute_s),
                     ("train/comm_s", comm_s),
+                    ("train/data_s", data_s),
                 ],
             ),
             Record::Epoch {
@@ -107,16 +120,25 @@ impl MetricsSink {
                 train_loss,
                 test_loss,
                 test_accuracy,
+                test_rmse,
+                test_mae,
                 seconds,
-            } => self.events.scalars(
-                epoch as u64,
-                &[
+            } => {
+                let optional = [
+                    ("epoch/test_accuracy", test_accuracy),
+                    ("epoch/test_rmse", test_rmse),
+                    ("epoch/test_mae", test_mae),
+                ];
+                let values: Vec<(&str, f64)> = [
                     ("epoch/train_loss", train_loss),
                     ("epoch/test_loss", test_loss),
-                    ("epoch/test_accuracy", test_accuracy),
                     ("epoch/seconds", seconds),
-                ],
-            ),
+                ]
+                .into_iter()
+                .chain(optional.into_iter().filter_map(|(k, v)| Some((k, v?))))
+                .collect();
+                self.events.scalars(epoch as u64, &values)
+            }
         }
     }
 }

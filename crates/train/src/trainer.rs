@@ -4,23 +4,23 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ElementConversion;
-use dlc_data::ShardSampler;
+use dlc_data::Prefetch;
 use dlc_job::JobSpec;
 use dlc_model::Net;
 
 use crate::backend::{CpuTrain, GpuDevice, GpuTrain};
 use crate::checkpoint::{self, LoopState};
-use crate::data::{Batcher, JobData};
+use crate::data::JobData;
 use crate::device::Device;
 use crate::dist::GradSync;
 use crate::eval::{evaluate, save_safetensors, EvalResult};
 use crate::metrics::{MetricsSink, Record};
 use crate::optim::AnyOptim;
 use crate::progress::Progress;
+use crate::task::{self, to_tensors};
 use crate::TrainError;
 
 /// Command-line overrides and output choices for a training run.
@@ -101,6 +101,9 @@ pub fn default_run_dir(job: &JobSpec) -> PathBuf {
     PathBuf::from("runs").join(format!("{}-{stamp}", job.display_name()))
 }
 
+/// Batches the loader thread prepares ahead of the training loop.
+const PREFETCH_BATCHES: usize = 4;
+
 /// Mixes the job seed with a counter into a per-step RNG seed.
 fn step_seed(seed: u64, step: usize) -> u64 {
     let mut z = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -134,6 +137,7 @@ pub fn train_on<B: AutodiffBackend>(
 
     let data = JobData::load(&job.data, job.train.seed)?;
     let plan = data.model_plan(&job.model)?;
+    let scale = data.standardizer.as_ref();
     let params: usize = plan.iter().map(|l| l.params).sum();
 
     let run_dir = if lead {
@@ -170,15 +174,9 @@ pub fn train_on<B: AutodiffBackend>(
         None
     };
 
-    let sampler = ShardSampler {
-        num_samples: data.train.len(),
-        global_batch: spec.batch_size,
-        rank,
-        world: workers,
-        seed: spec.seed,
-        drop_last: spec.drop_last,
-    };
-    let steps_per_epoch = sampler.steps_per_epoch();
+    let source = data.batches(&spec, rank, workers);
+    let shape = source.sample_shape();
+    let steps_per_epoch = source.steps_per_epoch();
     if steps_per_epoch == 0 {
         return Err(TrainError::Usage(format!(
             "{} training samples make no full batch of {} (drop_last is on)",
@@ -203,8 +201,6 @@ pub fn train_on<B: AutodiffBackend>(
         .saturating_sub(state.global_step);
     model = sync.init(model, total_steps)?;
 
-    let loss_fn = CrossEntropyLossConfig::new().init(device);
-    let mut batcher = Batcher::default();
     let mut trained_samples = 0usize;
     let mut train_seconds = 0.0f64;
     let mut stopped_early = false;
@@ -212,7 +208,10 @@ pub fn train_on<B: AutodiffBackend>(
 
     while state.epoch < spec.epochs {
         let epoch_start = Instant::now();
-        let order = sampler.epoch_order(state.epoch);
+        let mut loader = Prefetch::start(
+            source.epoch(state.epoch, state.step_in_epoch),
+            PREFETCH_BATCHES,
+        )?;
         progress.start_epoch(
             state.epoch + 1,
             spec.epochs,
@@ -221,23 +220,30 @@ pub fn train_on<B: AutodiffBackend>(
         );
         let (mut loss_sum, mut loss_steps) = (0.0f64, 0usize);
         let (mut window_start, mut window_samples) = (Instant::now(), 0usize);
-        let mut window_comm = 0.0f64;
+        let (mut window_comm, mut window_data) = (0.0f64, 0.0f64);
         while state.step_in_epoch < steps_per_epoch {
             if opts.max_steps.is_some_and(|m| state.global_step >= m) {
                 stopped_early = true;
                 break;
             }
-            let idx = sampler.local_batch(&order, state.step_in_epoch);
-            let global_n = sampler.global_batch_of(&order, state.step_in_epoch).len();
+            let batch = loader.next_batch().ok_or_else(|| {
+                TrainError::Usage(format!(
+                    "the data loader ended at step {} of {steps_per_epoch} in epoch {}",
+                    state.step_in_epoch,
+                    state.epoch + 1
+                ))
+            })??;
+            window_data += loader.take_waited().as_secs_f64();
+            let (local_n, global_n) = (batch.len(), batch.global_len);
             B::seed(
                 device,
                 step_seed(spec.seed, state.global_step * workers + rank),
             );
-            let (grads, local_loss) = if idx.is_empty() {
+            let (grads, local_loss) = if batch.is_empty() {
                 (None, 0.0)
             } else {
-                let (x, y) = batcher.batch::<B>(data.train.as_ref(), idx, device);
-                let loss = loss_fn.forward(model.forward(x), y);
+                let (x, y) = to_tensors::<B>(batch, shape, device);
+                let loss = task::loss(model.forward(x), y);
                 let loss_value: f64 = loss.clone().into_scalar().elem();
                 if !loss_value.is_finite() {
                     return Err(TrainError::Usage(format!(
@@ -258,14 +264,7 @@ pub fn train_on<B: AutodiffBackend>(
             );
             let comm_start = Instant::now();
             let stepped = sync.step(
-                model,
-                grads,
-                local_loss,
-                idx.len(),
-                global_n,
-                lr,
-                &mut optim,
-                device,
+                model, grads, local_loss, local_n, global_n, lr, &mut optim, device,
             )?;
             if !matches!(sync, GradSync::Local) {
                 window_comm += comm_start.elapsed().as_secs_f64();
@@ -290,8 +289,9 @@ pub fn train_on<B: AutodiffBackend>(
                         step: state.global_step,
                         loss: loss_value,
                         samples_per_sec: sps,
-                        compute_s: (secs - window_comm).max(0.0) / steps,
+                        compute_s: (secs - window_comm - window_data).max(0.0) / steps,
                         comm_s: window_comm / steps,
+                        data_s: window_data / steps,
                     })?;
                 }
                 progress.step(
@@ -299,7 +299,8 @@ pub fn train_on<B: AutodiffBackend>(
                     &format!("loss {loss_value:.4} · {sps:.0} samples/s"),
                     true,
                 );
-                (window_start, window_samples, window_comm) = (Instant::now(), 0, 0.0);
+                (window_start, window_samples) = (Instant::now(), 0);
+                (window_comm, window_data) = (0.0, 0.0);
             } else {
                 progress.step(state.step_in_epoch, "", false);
             }
@@ -314,7 +315,7 @@ pub fn train_on<B: AutodiffBackend>(
             state.step_in_epoch = 0;
             continue;
         }
-        let test = evaluate(&model.valid(), data.test.as_ref(), device);
+        let test = evaluate(&model.valid(), data.test.as_ref(), scale, device);
         state.epoch += 1;
         state.step_in_epoch = 0;
         let train_loss = loss_sum / loss_steps.max(1) as f64;
@@ -324,15 +325,17 @@ pub fn train_on<B: AutodiffBackend>(
                 train_loss,
                 test_loss: test.loss,
                 test_accuracy: test.accuracy,
+                test_rmse: test.rmse,
+                test_mae: test.mae,
                 seconds: epoch_start.elapsed().as_secs_f64(),
             })?;
         }
         progress.println(&format!(
-            "epoch {}/{}: train loss {train_loss:.4}, test loss {:.4}, test accuracy {:.2}% ({:.1}s)",
+            "epoch {}/{}: train loss {train_loss:.4}, test loss {:.4}, {} ({:.1}s)",
             state.epoch,
             spec.epochs,
             test.loss,
-            100.0 * test.accuracy,
+            test.describe(),
             epoch_start.elapsed().as_secs_f64()
         ));
         if !matches!(sync, GradSync::Ps { .. }) {
@@ -351,16 +354,12 @@ pub fn train_on<B: AutodiffBackend>(
         }
         let test = match last_eval {
             Some(t) => t,
-            None => evaluate(&model.valid(), data.test.as_ref(), device),
+            None => evaluate(&model.valid(), data.test.as_ref(), scale, device),
         };
         save_safetensors(&model.valid(), &run_dir.join("model.safetensors"))?;
         test
     } else {
-        EvalResult {
-            loss: f64::NAN,
-            accuracy: f64::NAN,
-            samples: 0,
-        }
+        EvalResult::none()
     };
     Ok(TrainSummary {
         run_dir,
