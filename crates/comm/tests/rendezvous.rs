@@ -132,11 +132,21 @@ fn a_rank_behind_a_loopback_name_is_advertised_by_a_routable_address() {
     // The peer table alone.
     let coord = Coordinator::start("0.0.0.0:0", key(), 2, t).unwrap();
     let port = coord.addr().port();
-    let local = std::thread::spawn(move || join(&format!("{name}:{port}"), 0, 2, t));
+    // Rank 0 keeps its connection until both ranks have their peers: a rank that
+    // closes it without leaving has failed, and the coordinator may then send rank 1
+    // that abort before (instead of) the peer table.
+    let local = std::thread::spawn(move || {
+        let mut c = CoordClient::connect(&format!("{name}:{port}"), &key(), 0, t).unwrap();
+        let peers = c.join(&key(), 2, "127.0.0.1:1", t);
+        (c, peers)
+    });
     let mut remote = CoordClient::connect(&format!("{ip}:{port}"), &key(), 1, t).unwrap();
     let peers = remote.join(&key(), 2, &format!("{ip}:2"), t).unwrap();
     assert_eq!(peers, [format!("{ip}:1"), format!("{ip}:2")]);
-    assert!(local.join().unwrap().is_ok());
+    let (mut c0, p0) = local.join().unwrap();
+    assert!(p0.is_ok(), "{p0:?}");
+    c0.leave();
+    remote.leave();
     drop(coord);
 
     // And the links work: rank 0 listens on every interface, rank 1 dials the routable address.

@@ -45,7 +45,7 @@ fn model_that_does_not_fit_the_data_is_explained() {
         dir.path().join("o").to_str().unwrap(),
     ]);
     assert!(
-        err.contains("10 classes") && err.contains("units = 10"),
+        err.contains("needs 10 output(s)") && err.contains("units = 10"),
         "{err}"
     );
 }

@@ -128,6 +128,53 @@ fn header_names_string_labels_and_a_test_file() {
     ]));
     let acc = s["test_accuracy"].as_f64().unwrap();
     assert!(acc > 0.85, "string-labelled classes: test accuracy {acc}");
+
+    // The run saves its class mapping and standardisation (data.json), and dlc eval
+    // uses them: a job whose own training file holds one class only, at another
+    // scale, scores the model on test.csv exactly as training did.
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("data.json")).unwrap()).unwrap();
+    assert_eq!(
+        info["class_names"],
+        serde_json::json!(["big", "small"]),
+        "{info}"
+    );
+    assert_eq!(
+        info["standardizer"]["mean"].as_array().unwrap().len(),
+        2,
+        "{info}"
+    );
+    let mut small = String::from("x1;x2;note;kind\n");
+    for line in train.lines().skip(1).filter(|l| l.ends_with(";small")) {
+        let f: Vec<&str> = line.split(';').collect();
+        let (a, b): (f32, f32) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+        small.push_str(&format!("{};{};{};small\n", a * 10.0, b * 10.0 + 3.0, f[2]));
+    }
+    std::fs::write(dir.path().join("small.csv"), small).unwrap();
+    let other = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace("path = \"train.csv\"", "path = \"small.csv\"");
+    let other = common::job(dir.path(), "other.toml", &other);
+    let eval = || {
+        ok(&[
+            "eval",
+            other.to_str().unwrap(),
+            "--model",
+            run.join("model.safetensors").to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let e: serde_json::Value = serde_json::from_str(eval().trim()).unwrap();
+    assert_eq!(e["accuracy"].as_f64().unwrap(), acc, "{e}");
+    // Without data.json the other job's own (one-class) mapping cannot hold test.csv.
+    std::fs::remove_file(run.join("data.json")).unwrap();
+    let err = fails(&[
+        "eval",
+        other.to_str().unwrap(),
+        "--model",
+        run.join("model.safetensors").to_str().unwrap(),
+    ]);
+    assert!(err.contains("`big`"), "{err}");
 }
 
 #[test]

@@ -2,7 +2,10 @@
 
 use dlc_data::dataset::IdxFiles;
 use dlc_data::folder::{self, FolderOptions};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use dlc_data::{
     Augment, BatchSource, Column, CsvOptions, ImageDataset, InMemory, Samples, ShardSampler,
@@ -29,11 +32,78 @@ pub struct JobData {
     pub augment: Augment,
 }
 
+/// What training fixed about its data, saved as `data.json` in the run directory so
+/// that `dlc eval` maps classes and standardises features exactly as training did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataInfo {
+    /// Classification or regression.
+    pub task: Task,
+    /// Number of classes (0 for regression).
+    pub classes: usize,
+    /// Class names by index, when the labels were names (tables, image folders).
+    pub class_names: Vec<String>,
+    /// Shape of one input sample, `[channels, height, width]`.
+    pub input_shape: [usize; 3],
+    /// The training split's feature (and target) statistics.
+    pub standardizer: Option<Standardizer>,
+}
+
+impl DataInfo {
+    /// The file in a run directory.
+    pub fn path(run_dir: &Path) -> PathBuf {
+        run_dir.join("data.json")
+    }
+
+    /// Writes `run_dir/data.json`.
+    pub fn save(&self, run_dir: &Path) -> Result<(), TrainError> {
+        let path = Self::path(run_dir);
+        let json = serde_json::to_string_pretty(self).expect("DataInfo serialises");
+        std::fs::write(&path, json).map_err(TrainError::io(path))
+    }
+
+    /// Reads `run_dir/data.json`; `None` when the run has none (runs from before it).
+    pub fn load(run_dir: &Path) -> Result<Option<Self>, TrainError> {
+        let path = Self::path(run_dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(TrainError::io(path)(e)),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| TrainError::BadState {
+                path,
+                message: format!("corrupt data description: {e}"),
+            })
+    }
+}
+
 impl JobData {
     /// Loads the data that `[data]` names, applying `limit`/`test_limit`; `seed`
     /// decides a table's test split.
     pub fn load(spec: &DataSpec, seed: u64) -> Result<Self, TrainError> {
-        let mut data = Self::load_samples(spec, seed)?;
+        Self::load_as(spec, seed, None)
+    }
+
+    /// [`JobData::load`], with the class mapping and standardisation of a training run
+    /// (`saved`) instead of ones derived from this data: what `dlc eval` needs to
+    /// score a model on data other than its training run's.
+    pub fn load_as(
+        spec: &DataSpec,
+        seed: u64,
+        saved: Option<&DataInfo>,
+    ) -> Result<Self, TrainError> {
+        let mut data = Self::load_samples(spec, seed, saved)?;
+        if let Some(info) = saved {
+            if data.train.shape() != info.input_shape {
+                return Err(TrainError::Usage(format!(
+                    "the model was trained on samples of shape {:?} (data.json) but this \
+                     job's data has {:?}",
+                    info.input_shape,
+                    data.train.shape()
+                )));
+            }
+        }
         data.augment = Augment {
             crop_padding: spec.random_crop.unwrap_or(0),
             flip: spec.random_flip.unwrap_or(false),
@@ -59,11 +129,30 @@ impl JobData {
         ))
     }
 
-    fn load_samples(spec: &DataSpec, seed: u64) -> Result<Self, TrainError> {
+    /// What training fixed about this data (saved in the run directory).
+    pub fn info(&self) -> DataInfo {
+        DataInfo {
+            task: if self.train.is_regression() {
+                Task::Regression
+            } else {
+                Task::Classification
+            },
+            classes: self.classes,
+            class_names: self.class_names.clone(),
+            input_shape: self.train.shape(),
+            standardizer: self.standardizer.clone(),
+        }
+    }
+
+    fn load_samples(
+        spec: &DataSpec,
+        seed: u64,
+        saved: Option<&DataInfo>,
+    ) -> Result<Self, TrainError> {
         match spec.path_format() {
-            Some(DataFormat::Images) => return Self::load_folder(spec, seed),
+            Some(DataFormat::Images) => return Self::load_folder(spec, seed, saved),
             Some(f @ (DataFormat::Csv | DataFormat::Parquet)) => {
-                return Self::load_table(spec, f, seed)
+                return Self::load_table(spec, f, seed, saved)
             }
             Some(DataFormat::Idx) | None => {}
         }
@@ -98,7 +187,12 @@ impl JobData {
 
     /// A CSV table: read, split (or a test file), standardised with the training
     /// split's statistics.
-    fn load_table(spec: &DataSpec, format: DataFormat, seed: u64) -> Result<Self, TrainError> {
+    fn load_table(
+        spec: &DataSpec,
+        format: DataFormat,
+        seed: u64,
+        saved: Option<&DataInfo>,
+    ) -> Result<Self, TrainError> {
         let path = req(&spec.path, "path")?;
         let column = |c: &ColumnSpec| match c {
             ColumnSpec::Index(i) => Column::Index(*i),
@@ -137,8 +231,10 @@ impl JobData {
         let (mut train, mut test) = match &spec.test_path {
             Some(tp) => {
                 let mut test = read(tp).map_err(table_err)?;
-                if all.classes != test.classes {
-                    test.align_classes(&all.classes, &tp.display().to_string())
+                // The training run's classes when evaluating it, else this file's.
+                let classes = saved.map_or(&all.classes, |info| &info.class_names);
+                if *classes != test.classes {
+                    test.align_classes(classes, &tp.display().to_string())
                         .map_err(table_err)?;
                 }
                 (all, test)
@@ -146,12 +242,34 @@ impl JobData {
             None => all.split(spec.test_fraction.unwrap_or(0.1), seed),
         };
         apply_limits(spec, &path, "rows", &mut train, &mut test)?;
-        let standardizer = spec.standardize.unwrap_or(true).then(|| {
-            let s = train.statistics();
-            train.standardize(&s);
-            test.standardize(&s);
-            s
-        });
+        let standardizer = match saved {
+            Some(info) => {
+                let what =
+                    |p: &Path| format!("{} (against the training run's data.json)", p.display());
+                train
+                    .align_classes(&info.class_names, &what(&path))
+                    .map_err(table_err)?;
+                let test_file = spec.test_path.as_deref().unwrap_or(&path);
+                test.align_classes(&info.class_names, &what(test_file))
+                    .map_err(table_err)?;
+                if let Some(s) = &info.standardizer {
+                    if s.mean.len() != train.features {
+                        return Err(TrainError::Usage(format!(
+                            "{}: {} feature columns, but the model was trained on {}",
+                            path.display(),
+                            train.features,
+                            s.mean.len()
+                        )));
+                    }
+                }
+                info.standardizer.clone()
+            }
+            None => spec.standardize.unwrap_or(true).then(|| train.statistics()),
+        };
+        if let Some(s) = &standardizer {
+            train.standardize(s);
+            test.standardize(s);
+        }
         let classes = train.num_classes().max(test.num_classes());
         Ok(Self {
             class_names: train.classes.clone(),
@@ -165,7 +283,11 @@ impl JobData {
 
     /// An image folder (`<class>/*`): decoded into memory, a test folder or a
     /// deterministic split; pixels scaled to [-1, 1] as IDX images are.
-    fn load_folder(spec: &DataSpec, seed: u64) -> Result<Self, TrainError> {
+    fn load_folder(
+        spec: &DataSpec,
+        seed: u64,
+        saved: Option<&DataInfo>,
+    ) -> Result<Self, TrainError> {
         let path = req(&spec.path, "path")?;
         if !path.is_dir() {
             return Err(TrainError::Usage(format!(
@@ -179,7 +301,8 @@ impl JobData {
             channels: spec.channels,
         };
         let err = |e: dlc_data::folder::FolderError| TrainError::Usage(e.to_string());
-        let (all, names) = folder::read_folder(&path, None, &opts).map_err(err)?;
+        let saved_names = saved.map(|info| info.class_names.as_slice());
+        let (all, names) = folder::read_folder(&path, saved_names, &opts).map_err(err)?;
         let (mut train, mut test) = match &spec.test_path {
             Some(tp) => {
                 let opts = FolderOptions {

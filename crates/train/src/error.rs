@@ -13,7 +13,7 @@ pub enum TrainError {
     Loader(#[from] dlc_data::LoadError),
     /// The model does not fit the data.
     #[error("model does not fit the data: {0}")]
-    Model(#[from] dlc_model::ModelError),
+    Model(dlc_model::ModelError),
     /// A file in the run directory could not be written or read.
     #[error("{path}: {source}")]
     Io {
@@ -36,6 +36,14 @@ pub enum TrainError {
     /// Options contradict each other.
     #[error("{0}")]
     Usage(String),
+}
+
+// Not `#[from]`: that would make the model error this one's source too, and error
+// chains (`{:#}`) would print its message twice.
+impl From<dlc_model::ModelError> for TrainError {
+    fn from(e: dlc_model::ModelError) -> Self {
+        TrainError::Model(e)
+    }
 }
 
 impl TrainError {

@@ -10,7 +10,7 @@ use dlc_model::Net;
 use serde::Serialize;
 
 use crate::backend::Cpu;
-use crate::data::JobData;
+use crate::data::{DataInfo, JobData};
 use crate::task::{to_tensors, Totals};
 use crate::TrainError;
 
@@ -74,9 +74,15 @@ pub fn evaluate<B: Backend>(
 }
 
 /// Loads `model.safetensors` written by training into the job's model and evaluates
-/// it on the job's test set (CPU).
+/// it on the job's test set (CPU), mapping classes and standardising features as
+/// training did when the weights' directory holds the run's `data.json`.
 pub fn evaluate_file(job: &JobSpec, weights: &Path) -> Result<EvalResult, TrainError> {
-    let data = JobData::load(&job.data, job.train.seed)?;
+    // The run's class mapping and standardisation, when it saved them (data.json).
+    let saved = match weights.parent() {
+        Some(dir) => DataInfo::load(dir)?,
+        None => None,
+    };
+    let data = JobData::load_as(&job.data, job.train.seed, saved.as_ref())?;
     let plan = data.model_plan(&job.model)?;
     let device = Default::default();
     let mut model = Net::<Cpu>::new(&plan, &device);

@@ -141,7 +141,9 @@ pub fn train_on<B: AutodiffBackend>(
     let params: usize = plan.iter().map(|l| l.params).sum();
 
     let run_dir = if lead {
-        prepare_run_dir(job, opts)?
+        let dir = prepare_run_dir(job, opts)?;
+        data.info().save(&dir)?;
+        dir
     } else {
         opts.resume
             .clone()
