@@ -241,3 +241,56 @@ fn resume_without_checkpoint_is_a_clear_error() {
     ]);
     assert!(err.contains("no checkpoint"), "{err}");
 }
+
+#[test]
+fn average_pooling_and_layer_norm_train_and_save_their_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(
+        dir.path(),
+        "pool.toml",
+        "[model]\nlayers = [\n\
+           { type = \"conv2d\", filters = 8, kernel = 3, padding = \"same\" },\n\
+           { type = \"relu\" },\n\
+           { type = \"avgpool2d\", size = 2 },\n\
+           { type = \"conv2d\", filters = 16, kernel = 3, padding = \"same\" },\n\
+           { type = \"relu\" },\n\
+           { type = \"global_avgpool\" },\n\
+           { type = \"layernorm\" },\n\
+           { type = \"dense\", units = 10 },\n]\n\
+         [data]\ndataset = \"fashion-mnist\"\nlimit = 2000\ntest_limit = 1000\n\
+         [train]\nepochs = 2\nbatch_size = 32\nlearning_rate = 0.01\n",
+    );
+    let out = dir.path().join("run");
+    let s: serde_json::Value = serde_json::from_str(
+        ok(&[
+            "train",
+            job.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+            "-q",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    // 16 channel means are a weak summary, but far above chance (10 %).
+    let acc = s["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.3, "test accuracy {acc}");
+    let w = weights(&out.join("model.safetensors"));
+    let names: Vec<&str> = w.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"layers.6.gamma") && names.contains(&"layers.6.beta"),
+        "{names:?}"
+    );
+    // A layer in the wrong place is named with the shapes.
+    let bad = job.with_file_name("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&job)
+            .unwrap()
+            .replace("{ type = \"global_avgpool\" },\n", ""),
+    )
+    .unwrap();
+    let e = fails(&["train", bad.to_str().unwrap()]);
+    assert!(e.contains("layernorm") && e.contains("[16, 14, 14]"), "{e}");
+}

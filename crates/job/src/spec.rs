@@ -147,6 +147,18 @@ pub enum LayerSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stride: Option<usize>,
     },
+    /// 2-D average pooling.
+    Avgpool2d {
+        /// Square window (default 2).
+        #[serde(default = "two")]
+        size: usize,
+        /// Stride (default: the window size).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stride: Option<usize>,
+    },
+    /// The mean of every channel over height and width: `[c, h, w]` → `c` features.
+    #[serde(rename = "global_avgpool")]
+    GlobalAvgpool,
     /// Flattens `[channels, height, width]` into features.
     Flatten,
     /// Rectified linear unit.
@@ -158,6 +170,9 @@ pub enum LayerSpec {
     },
     /// Batch normalisation over channels (after conv) or features (after dense).
     Batchnorm,
+    /// Layer normalisation over a sample's features (flat input), with a learned
+    /// scale and shift per feature.
+    Layernorm,
 }
 
 /// `[data]`: a named dataset or explicit IDX paths.

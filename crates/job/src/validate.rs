@@ -39,8 +39,10 @@ pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
                 &key,
                 "conv2d `filters`, `kernel` and `stride` must be at least 1",
             )?,
-            LayerSpec::Maxpool2d { size, stride } if size == 0 || stride == Some(0) => {
-                bad(&key, "maxpool2d `size` and `stride` must be at least 1")?
+            LayerSpec::Maxpool2d { size, stride } | LayerSpec::Avgpool2d { size, stride }
+                if size == 0 || stride == Some(0) =>
+            {
+                bad(&key, "pooling `size` and `stride` must be at least 1")?
             }
             LayerSpec::Dropout { rate } if !(0.0..1.0).contains(&rate) => bad(
                 &key,

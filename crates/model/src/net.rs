@@ -2,9 +2,10 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{
-    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d, Relu,
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig, PaddingConfig2d, Relu,
 };
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -16,6 +17,10 @@ use crate::shape::{LayerPlan, Shape};
 #[derive(Module, Clone, Debug, Default)]
 pub struct Flatten;
 
+/// Means each channel over height and width: `[batch, c, h, w]` → `[batch, c]`.
+#[derive(Module, Clone, Debug, Default)]
+pub struct GlobalAvgpool;
+
 /// One layer of a [`Net`].
 #[derive(Module, Debug)]
 #[allow(clippy::large_enum_variant)]
@@ -26,6 +31,10 @@ pub enum Layer<B: Backend> {
     Conv2d(Conv2d<B>),
     /// 2-D max pooling.
     Maxpool2d(MaxPool2d),
+    /// 2-D average pooling.
+    Avgpool2d(AvgPool2d),
+    /// Global average pooling.
+    GlobalAvgpool(GlobalAvgpool),
     /// Flatten.
     Flatten(Flatten),
     /// ReLU.
@@ -34,6 +43,8 @@ pub enum Layer<B: Backend> {
     Dropout(Dropout),
     /// Batch normalisation.
     Batchnorm(BatchNorm<B>),
+    /// Layer normalisation.
+    Layernorm(LayerNorm<B>),
 }
 
 /// A sequential network of [`Layer`]s taking `[batch, c, h, w]` images and producing
@@ -97,6 +108,18 @@ impl<B: Backend> Net<B> {
                             .init(),
                     )
                 }
+                (LayerSpec::Avgpool2d { size, stride }, _) => {
+                    let s = stride.unwrap_or(size);
+                    Layer::Avgpool2d(
+                        AvgPool2dConfig::new([size, size])
+                            .with_strides([s, s])
+                            .init(),
+                    )
+                }
+                (LayerSpec::GlobalAvgpool, _) => Layer::GlobalAvgpool(GlobalAvgpool),
+                (LayerSpec::Layernorm, Shape::Flat(f)) => {
+                    Layer::Layernorm(LayerNormConfig::new(f).init(device))
+                }
                 (LayerSpec::Flatten, _) => Layer::Flatten(Flatten),
                 (LayerSpec::Relu, _) => Layer::Relu(Relu::new()),
                 (LayerSpec::Dropout { rate }, _) => Layer::Dropout(DropoutConfig::new(rate).init()),
@@ -130,6 +153,13 @@ impl<B: Backend> Net<B> {
                 (Layer::Dense(l), Act::Spatial(t)) => Act::Flat(l.forward(t.flatten(1, 3))),
                 (Layer::Conv2d(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
                 (Layer::Maxpool2d(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
+                (Layer::Avgpool2d(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
+                (Layer::GlobalAvgpool(_), Act::Spatial(t)) => {
+                    Act::Flat(t.mean_dim(3).mean_dim(2).flatten(1, 3))
+                }
+                (Layer::Layernorm(l), Act::Flat(t)) => Act::Flat(l.forward(t)),
+                // A feature vector arrives as `[batch, features, 1, 1]`.
+                (Layer::Layernorm(l), Act::Spatial(t)) => Act::Flat(l.forward(t.flatten(1, 3))),
                 (Layer::Flatten(_), Act::Spatial(t)) => Act::Flat(t.flatten(1, 3)),
                 (Layer::Flatten(_), Act::Flat(t)) => Act::Flat(t),
                 (Layer::Relu(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),

@@ -86,10 +86,13 @@ pub fn kind(spec: &LayerSpec) -> &'static str {
         LayerSpec::Dense { .. } => "dense",
         LayerSpec::Conv2d { .. } => "conv2d",
         LayerSpec::Maxpool2d { .. } => "maxpool2d",
+        LayerSpec::Avgpool2d { .. } => "avgpool2d",
+        LayerSpec::GlobalAvgpool => "global_avgpool",
         LayerSpec::Flatten => "flatten",
         LayerSpec::Relu => "relu",
         LayerSpec::Dropout { .. } => "dropout",
         LayerSpec::Batchnorm => "batchnorm",
+        LayerSpec::Layernorm => "layernorm",
     }
 }
 
@@ -149,7 +152,10 @@ pub fn plan(
                     2 * (per_out * filters * oh * ow) as u64,
                 )
             }
-            (LayerSpec::Maxpool2d { size, stride }, Shape::Spatial { c, h, w }) => {
+            (
+                LayerSpec::Maxpool2d { size, stride } | LayerSpec::Avgpool2d { size, stride },
+                Shape::Spatial { c, h, w },
+            ) => {
                 let stride = stride.unwrap_or(size);
                 if h < size || w < size {
                     return Err(err(format!(
@@ -163,9 +169,25 @@ pub fn plan(
                     (c * oh * ow * size * size) as u64,
                 )
             }
-            (LayerSpec::Conv2d { .. } | LayerSpec::Maxpool2d { .. }, s) => {
+            (LayerSpec::GlobalAvgpool, Shape::Spatial { c, h, w }) => {
+                (Shape::Flat(c), 0, (c * h * w) as u64)
+            }
+            (
+                LayerSpec::Conv2d { .. }
+                | LayerSpec::Maxpool2d { .. }
+                | LayerSpec::Avgpool2d { .. }
+                | LayerSpec::GlobalAvgpool,
+                s,
+            ) => {
                 return Err(err(format!(
                     "needs [channels, height, width] input but gets {s}"
+                )))
+            }
+            (LayerSpec::Layernorm, Shape::Flat(f)) => (Shape::Flat(f), 2 * f, 8 * f as u64),
+            (LayerSpec::Layernorm, s) => {
+                return Err(err(format!(
+                    "normalises a flat feature vector but gets {s}; put it after `flatten`, \
+                     `global_avgpool` or `dense` (for images use `batchnorm`)"
                 )))
             }
             (LayerSpec::Flatten, s) => (Shape::Flat(s.numel()), 0, 0),
@@ -228,6 +250,36 @@ mod tests {
         let p = plan(&Preset::Mlp.layers(10), MNIST, 10).unwrap();
         let params: usize = p.iter().map(|l| l.params).sum();
         assert_eq!(params, 784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10);
+    }
+
+    #[test]
+    fn pooling_and_layernorm_shapes() {
+        let layers = [
+            LayerSpec::Conv2d {
+                filters: 8,
+                kernel: 3,
+                stride: 1,
+                padding: Padding::Same,
+            },
+            LayerSpec::Avgpool2d {
+                size: 2,
+                stride: None,
+            },
+            LayerSpec::GlobalAvgpool,
+            LayerSpec::Layernorm,
+            LayerSpec::Dense { units: 10 },
+        ];
+        let p = plan(&layers, MNIST, 10).unwrap();
+        assert_eq!(p[1].output, Shape::Spatial { c: 8, h: 14, w: 14 });
+        assert_eq!(p[2].output, Shape::Flat(8));
+        assert_eq!((p[3].output, p[3].params), (Shape::Flat(8), 16));
+        let e = plan(&[LayerSpec::Layernorm], MNIST, 10).unwrap_err();
+        assert!(
+            e.to_string().contains("layer 0 (layernorm)") || e.to_string().contains("layernorm"),
+            "{e}"
+        );
+        let e = plan(&[LayerSpec::Flatten, LayerSpec::GlobalAvgpool], MNIST, 10).unwrap_err();
+        assert!(e.to_string().contains("global_avgpool"), "{e}");
     }
 
     #[test]
