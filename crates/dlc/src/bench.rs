@@ -137,6 +137,7 @@ fn data_cmd(a: DataArgs) -> Result<()> {
         "workers": workers,
         "epochs": a.epochs,
         "batches": batches,
+        "loader_samples": delivered,
         "loader_samples_per_sec": delivered as f64 / loader_s.max(1e-9),
         "augment": !data.augment.is_identity(),
         "checksum": checksum,

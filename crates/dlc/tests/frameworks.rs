@@ -355,7 +355,9 @@ fn launch_example(run: &Path, launch: &[&str], script: &str, args: &[&str]) -> O
         .unwrap()
 }
 
-const DDP_ARGS: [&str; 8] = [
+/// The arguments every example training script of these tests takes: a small,
+/// seeded run that two processes and one process can both do.
+const SCRIPT_ARGS: [&str; 8] = [
     "--limit",
     "2560",
     "--batch-size",
@@ -378,7 +380,7 @@ fn torch_ddp_on_two_processes_matches_one_process() {
         .env("PYTHONPATH", repo().join("python"))
         .env("OMP_NUM_THREADS", "1")
         .arg(example("torch_ddp.py"))
-        .args(DDP_ARGS)
+        .args(SCRIPT_ARGS)
         .arg("--out")
         .arg(&one)
         .output()
@@ -388,7 +390,7 @@ fn torch_ddp_on_two_processes_matches_one_process() {
     assert!(stdout.contains("on 1 process(es)"), "{stdout}");
     // Two processes under dlc (the framework detected from the script's imports).
     let two = dir.path().join("two");
-    let o = launch_example(&two, &["--workers", "2"], "torch_ddp.py", &DDP_ARGS);
+    let o = launch_example(&two, &["--workers", "2"], "torch_ddp.py", &SCRIPT_ARGS);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     assert!(
@@ -443,7 +445,7 @@ fn torch_ddp_under_slurm_matches_the_local_run() {
     }
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("local");
-    let o = launch_example(&local, &["--workers", "2"], "torch_ddp.py", &DDP_ARGS);
+    let o = launch_example(&local, &["--workers", "2"], "torch_ddp.py", &SCRIPT_ARGS);
     assert!(o.status.success(), "{:?}", text(&o));
     let slurm = dir.path().join("slurm");
     let o = launch_example(
@@ -458,7 +460,7 @@ fn torch_ddp_under_slurm_matches_the_local_run() {
             "10m",
         ],
         "torch_ddp.py",
-        &DDP_ARGS,
+        &SCRIPT_ARGS,
     );
     let (stdout, stderr) = text(&o);
     let log = std::fs::read_dir(&slurm)
@@ -553,17 +555,6 @@ fn python_has_keras_jax() -> bool {
     )
 }
 
-const KERAS_JAX_ARGS: [&str; 8] = [
-    "--limit",
-    "2560",
-    "--batch-size",
-    "64",
-    "--steps",
-    "30",
-    "--seed",
-    "5",
-];
-
 #[test]
 fn keras_jax_data_parallel_on_two_processes_matches_one_process() {
     if !python_has_keras_jax() {
@@ -576,7 +567,7 @@ fn keras_jax_data_parallel_on_two_processes_matches_one_process() {
         .env("PYTHONPATH", repo().join("python"))
         .env_remove("KERAS_BACKEND")
         .arg(example("keras_jax_train.py"))
-        .args(KERAS_JAX_ARGS)
+        .args(SCRIPT_ARGS)
         .arg("--out")
         .arg(&one)
         .output()
@@ -594,7 +585,7 @@ fn keras_jax_data_parallel_on_two_processes_matches_one_process() {
         &two,
         &["--workers", "2"],
         "keras_jax_train.py",
-        &KERAS_JAX_ARGS,
+        &SCRIPT_ARGS,
     );
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");

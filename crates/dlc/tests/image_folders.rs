@@ -233,3 +233,37 @@ fn augmentation_is_the_same_on_any_number_of_workers() {
     let e = fails(&["train", table.to_str().unwrap()]);
     assert!(e.contains("data.random_flip"), "{e}");
 }
+
+#[test]
+fn bench_data_times_the_loader_without_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = job(
+        dir.path(),
+        "b.toml",
+        &quick_mlp(600, 1, 60).replace("limit = 600\n", "limit = 600\nrandom_flip = true\n"),
+    );
+    let out = ok(&[
+        "bench",
+        "data",
+        j.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--workers",
+        "3",
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(r["samples"], 600 + 2000, "{r}");
+    // 10 steps per epoch; rank 0 of 3 gets 20 of every 60 samples.
+    assert_eq!(r["batches"], 20, "{r}");
+    assert_eq!(r["loader_samples"], 2 * 10 * 20, "{r}");
+    assert_eq!(r["augment"], true, "{r}");
+    for k in ["load_samples_per_sec", "loader_samples_per_sec"] {
+        assert!(r[k].as_f64().unwrap() > 0.0, "{k}: {r}");
+    }
+    let text = ok(&["bench", "data", j.to_str().unwrap(), "--epochs", "1"]);
+    assert!(
+        text.contains("loader:") && text.contains("samples/s"),
+        "{text}"
+    );
+}
