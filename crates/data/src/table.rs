@@ -341,54 +341,48 @@ impl TableDataset {
         let mut values = Vec::new();
         let mut raw_labels = Vec::new();
         let mut target_values = Vec::new();
+        let finite = |field: &str| field.parse::<f32>().ok().filter(|v| v.is_finite());
+        let bad = |line: u64, message: String| TableError::Parse {
+            path: path.to_path_buf(),
+            line,
+            message,
+        };
         let mut push = |rec: &csv::StringRecord| -> Result<(), TableError> {
             let line = line_of(rec.position());
             for &c in &feature_cols {
                 let field = rec.get(c).unwrap_or("");
-                let v = field.parse::<f32>().ok().filter(|v| v.is_finite());
-                match v {
-                    Some(v) => values.push(v),
-                    None => {
-                        return Err(TableError::Parse {
-                            path: path.to_path_buf(),
-                            line,
-                            message: format!(
-                                "column `{}` is {}, not a finite number",
-                                names[c],
-                                if field.is_empty() {
-                                    "empty".to_string()
-                                } else {
-                                    format!("`{field}`")
-                                }
-                            ),
-                        })
-                    }
-                }
+                let v = finite(field).ok_or_else(|| {
+                    let shown = if field.is_empty() {
+                        "empty".to_string()
+                    } else {
+                        format!("`{field}`")
+                    };
+                    bad(
+                        line,
+                        format!("column `{}` is {shown}, not a finite number", names[c]),
+                    )
+                })?;
+                values.push(v);
             }
             let label = rec.get(label_col).unwrap_or("");
             if label.is_empty() {
-                return Err(TableError::Parse {
-                    path: path.to_path_buf(),
+                return Err(bad(
                     line,
-                    message: format!("label column `{}` is empty", names[label_col]),
-                });
+                    format!("label column `{}` is empty", names[label_col]),
+                ));
             }
             if opts.regression {
-                let v = label.parse::<f32>().ok().filter(|v| v.is_finite());
-                match v {
-                    Some(v) => target_values.push(v),
-                    None => {
-                        return Err(TableError::Parse {
-                            path: path.to_path_buf(),
-                            line,
-                            message: format!(
-                                "label column `{}` is `{label}`, not a finite number \
-                                 (task = \"regression\" predicts a number)",
-                                names[label_col]
-                            ),
-                        })
-                    }
-                }
+                let v = finite(label).ok_or_else(|| {
+                    bad(
+                        line,
+                        format!(
+                            "label column `{}` is `{label}`, not a finite number \
+                             (task = \"regression\" predicts a number)",
+                            names[label_col]
+                        ),
+                    )
+                })?;
+                target_values.push(v);
             } else {
                 raw_labels.push(label.to_string());
             }

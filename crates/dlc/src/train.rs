@@ -248,10 +248,14 @@ fn summary_json(s: &TrainSummary) -> serde_json::Value {
 /// epoch line of `metrics.jsonl`.
 pub(crate) fn test_metrics(v: &serde_json::Value) -> String {
     let num = |k: &str| v[k].as_f64();
-    match (num("test_accuracy"), num("test_rmse"), num("test_mae")) {
-        (_, Some(rmse), Some(mae)) => format!("test RMSE {rmse:.4}, MAE {mae:.4}"),
-        (a, _, _) => format!("test accuracy {:.2}%", 100.0 * a.unwrap_or(f64::NAN)),
+    dlc_train::EvalResult {
+        loss: num("test_loss").unwrap_or(f64::NAN),
+        accuracy: num("test_accuracy"),
+        rmse: num("test_rmse"),
+        mae: num("test_mae"),
+        samples: 0,
     }
+    .describe()
 }
 
 fn print_summary(v: &serde_json::Value, json: bool) {

@@ -227,14 +227,20 @@ impl JobData {
             ),
             _ => TableDataset::read_csv(p, &opts),
         };
-        let all = read(&path).map_err(table_err)?;
+        let mut all = read(&path).map_err(table_err)?;
+        if let Some(info) = saved {
+            // Evaluating a run: its classes, whatever this file holds.
+            all.align_classes(
+                &info.class_names,
+                &format!("{} (against the training run's data.json)", path.display()),
+            )
+            .map_err(table_err)?;
+        }
         let (mut train, mut test) = match &spec.test_path {
             Some(tp) => {
                 let mut test = read(tp).map_err(table_err)?;
-                // The training run's classes when evaluating it, else this file's.
-                let classes = saved.map_or(&all.classes, |info| &info.class_names);
-                if *classes != test.classes {
-                    test.align_classes(classes, &tp.display().to_string())
+                if all.classes != test.classes {
+                    test.align_classes(&all.classes, &tp.display().to_string())
                         .map_err(table_err)?;
                 }
                 (all, test)
@@ -244,14 +250,6 @@ impl JobData {
         apply_limits(spec, &path, "rows", &mut train, &mut test)?;
         let standardizer = match saved {
             Some(info) => {
-                let what =
-                    |p: &Path| format!("{} (against the training run's data.json)", p.display());
-                train
-                    .align_classes(&info.class_names, &what(&path))
-                    .map_err(table_err)?;
-                let test_file = spec.test_path.as_deref().unwrap_or(&path);
-                test.align_classes(&info.class_names, &what(test_file))
-                    .map_err(table_err)?;
                 if let Some(s) = &info.standardizer {
                     if s.mean.len() != train.features {
                         return Err(TrainError::Usage(format!(

@@ -44,7 +44,7 @@ impl EvalResult {
         }
     }
 
-    /// `test accuracy 84.30%`, or `test RMSE 3.210, MAE 2.400`.
+    /// `test accuracy 84.30%`, or `test RMSE 3.2100, MAE 2.4000`.
     pub fn describe(&self) -> String {
         match (self.accuracy, self.rmse, self.mae) {
             (Some(a), _, _) => format!("test accuracy {:.2}%", 100.0 * a),
