@@ -9,6 +9,8 @@
 //! * [`sampler`]: deterministic, rank-aware sample orders (the data model of a distributed job).
 //! * [`loader`]: a rank's batches step by step ([`BatchSource`]), made ahead on a
 //!   background thread ([`Prefetch`]); [`augment`]: random crop and flip.
+//! * [`stream`]: a Parquet table larger than memory, read as it trains, each rank
+//!   reading its own row groups.
 //!
 //! This crate knows nothing about tensors or models: it hands out bytes and indices.
 
@@ -19,13 +21,15 @@ pub mod idx;
 pub mod loader;
 mod parquet;
 pub mod sampler;
+pub mod stream;
 pub mod table;
 
 pub use augment::Augment;
 pub use dataset::{DataError, ImageDataset};
 pub use idx::{IdxArray, IdxError};
-pub use loader::{Batch, BatchSource, InMemory, LoadError, Prefetch};
+pub use loader::{Batch, BatchSource, InMemory, LoadError, Prefetch, Sharding, TrainSet};
 pub use sampler::ShardSampler;
+pub use stream::{ParquetStream, StreamOptions};
 pub use table::{Column, CsvOptions, Standardizer, TableDataset, TableError, Targets};
 
 /// Labelled samples of one shape, as training reads them: the seam every data format

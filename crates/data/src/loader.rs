@@ -3,7 +3,8 @@
 //!
 //! A source yields one epoch of this rank's batches in step order, each with the size
 //! of the step's global batch (every rank's part together), so that the training loop
-//! can weight its gradient without asking its peers. [`InMemory`] is the exact global
+//! can weight its gradient without asking its peers. A job's training data is a
+//! [`TrainSet`], which makes each rank's source: [`InMemory`] is the exact global
 //! permutation of [`crate::sampler`] over samples held in memory.
 
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -59,29 +60,113 @@ pub trait BatchSource: Send + Sync {
     fn epoch(&self, epoch: usize, first_step: usize) -> EpochBatches;
 }
 
+/// How a job's samples are divided among its ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sharding {
+    /// Samples per optimizer step, summed over all ranks.
+    pub global_batch: usize,
+    /// This rank.
+    pub rank: usize,
+    /// Number of ranks.
+    pub world: usize,
+    /// Shuffle seed.
+    pub seed: u64,
+    /// Skip an epoch's final short global batch (in-memory data only: streamed data
+    /// spreads an epoch's samples evenly over its steps, so none is short).
+    pub drop_last: bool,
+}
+
+/// A job's training data, however it is held: its size and sample shape, and each
+/// rank's batches. [`InMemory`] holds samples in memory;
+/// [`crate::stream::ParquetStream`] reads a table larger than memory as it trains.
+pub trait TrainSet: Send + Sync {
+    /// Training samples (all ranks together).
+    fn len(&self) -> usize;
+    /// True when there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Shape of one sample, `[channels, height, width]` (a table row: `[features, 1, 1]`).
+    fn shape(&self) -> [usize; 3];
+    /// The sample is a feature vector (dense layers apply directly), not an image.
+    fn is_flat(&self) -> bool;
+    /// The labels are numbers to predict (regression), not classes.
+    fn is_regression(&self) -> bool;
+    /// One rank's batches.
+    fn batches(&self, sharding: Sharding) -> Box<dyn BatchSource>;
+    /// How the samples are held and read, for people (`in memory, augmented`).
+    fn describe(&self) -> String;
+}
+
 /// Samples held in memory, read in the exact global permutation of a [`ShardSampler`]
 /// (N workers see exactly the batches one worker with the same global batch sees),
 /// optionally augmented.
 pub struct InMemory {
     samples: Arc<dyn Samples>,
-    sampler: ShardSampler,
     augment: Augment,
 }
 
 impl InMemory {
-    /// Batches of `samples` in the order `sampler` gives this rank; `augment` is applied
-    /// to every training sample (deterministic from the sampler's seed, the epoch and
-    /// the sample's index, so independent of the number of workers).
-    pub fn new(samples: Arc<dyn Samples>, sampler: ShardSampler, augment: Augment) -> Self {
-        Self {
-            samples,
-            sampler,
-            augment,
-        }
+    /// `samples`, with `augment` applied to every training sample (deterministic from
+    /// the seed, the epoch and the sample's index, so independent of the number of
+    /// workers).
+    pub fn new(samples: Arc<dyn Samples>, augment: Augment) -> Self {
+        Self { samples, augment }
     }
 }
 
-impl BatchSource for InMemory {
+impl TrainSet for InMemory {
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    fn shape(&self) -> [usize; 3] {
+        self.samples.shape()
+    }
+
+    fn is_flat(&self) -> bool {
+        self.samples.is_flat()
+    }
+
+    fn is_regression(&self) -> bool {
+        self.samples.is_regression()
+    }
+
+    fn batches(&self, s: Sharding) -> Box<dyn BatchSource> {
+        Box::new(MemoryBatches {
+            samples: Arc::clone(&self.samples),
+            sampler: ShardSampler {
+                num_samples: self.samples.len(),
+                global_batch: s.global_batch,
+                rank: s.rank,
+                world: s.world,
+                seed: s.seed,
+                drop_last: s.drop_last,
+            },
+            augment: self.augment,
+        })
+    }
+
+    fn describe(&self) -> String {
+        let mut d = "in memory, an exact global permutation per epoch".to_string();
+        if self.augment.crop_padding > 0 {
+            d += &format!(", random crop (padding {})", self.augment.crop_padding);
+        }
+        if self.augment.flip {
+            d += ", random flip";
+        }
+        d
+    }
+}
+
+/// One rank's batches of an [`InMemory`] set.
+struct MemoryBatches {
+    samples: Arc<dyn Samples>,
+    sampler: ShardSampler,
+    augment: Augment,
+}
+
+impl BatchSource for MemoryBatches {
     fn steps_per_epoch(&self) -> usize {
         self.sampler.steps_per_epoch()
     }
@@ -189,16 +274,14 @@ mod tests {
         )
     }
 
-    fn source(n: usize, batch: usize, rank: usize, world: usize) -> InMemory {
-        let sampler = ShardSampler {
-            num_samples: n,
+    fn source(n: usize, batch: usize, rank: usize, world: usize) -> Box<dyn BatchSource> {
+        InMemory::new(Arc::new(dataset(n)), Augment::default()).batches(Sharding {
             global_batch: batch,
             rank,
             world,
             seed: 3,
             drop_last: false,
-        };
-        InMemory::new(Arc::new(dataset(n)), sampler, Augment::default())
+        })
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! read one row group at a time, only the columns asked for.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ::parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
 };
 use ::parquet::arrow::ProjectionMask;
 use arrow_array::cast::AsArray;
@@ -23,11 +25,11 @@ use arrow_schema::DataType;
 
 use crate::table::{class_ids, Column, TableDataset, TableError, Targets};
 
-/// Rows decoded at a time (within one row group).
+/// Rows decoded at a time (within one row group) when a whole file is read.
 const BATCH_ROWS: usize = 8192;
 
 /// Labels as read, before they become classes.
-enum Labels {
+pub(crate) enum Labels {
     /// An integer column's values.
     Ints(Vec<i128>),
     /// A string column's values.
@@ -211,153 +213,308 @@ impl TableDataset {
         features: Option<&[Column]>,
         regression: bool,
     ) -> Result<TableDataset, TableError> {
-        // The `parquet` crate still asserts on some malformed files: a damaged file is
-        // an error here, never a panic of the caller.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            read(path, label, features, regression)
-        }))
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(TableError::Parquet {
+        let table = Arc::new(ParquetTable::open(path, label, features, regression)?);
+        let mut values = Vec::new();
+        let mut labels = table.empty_labels();
+        for group in 0..table.groups.len() {
+            let mut reader = table.group(group, BATCH_ROWS)?;
+            while reader.next_into(&mut values, &mut labels)?.is_some() {}
+        }
+        if values.is_empty() {
+            return Err(TableError::Empty(path.to_path_buf()));
+        }
+        let classes_of = |(ids, names)| (Targets::Classes(ids), names);
+        let (targets, classes) = match labels {
+            Labels::Values(v) => (Targets::Values(v), Vec::new()),
+            Labels::Ints(v) if v.iter().all(|&l| (0..10_000).contains(&l)) => (
+                Targets::Classes(v.into_iter().map(|l| l as u32).collect()),
+                Vec::new(),
+            ),
+            Labels::Ints(v) => {
+                classes_of(class_ids(path, v.iter().map(i128::to_string).collect())?)
+            }
+            Labels::Strs(v) => classes_of(class_ids(path, v)?),
+        };
+        Ok(TableDataset {
+            values,
+            targets,
+            features: table.width(),
+            feature_names: table.feature_names(),
+            classes,
+        })
+    }
+}
+
+/// Runs `f`, turning a panic of the `parquet` crate (it still asserts on some
+/// malformed files) into an error naming `path`: a damaged file is an error of the
+/// caller, never a panic.
+fn guard<T>(path: &Path, f: impl FnOnce() -> Result<T, TableError>) -> Result<T, TableError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(TableError::Parquet {
+            path: path.to_path_buf(),
+            message: format!("damaged Parquet file (the reader failed: {what})"),
+        })
+    })
+}
+
+/// A Parquet file opened for its feature and label columns: the schema checked, the
+/// row groups listed, read one record batch at a time ([`ParquetTable::group`]).
+pub(crate) struct ParquetTable {
+    pub(crate) path: PathBuf,
+    file: File,
+    meta: ArrowReaderMetadata,
+    names: Vec<String>,
+    feature_cols: Vec<usize>,
+    label_col: usize,
+    /// Decoded columns, in schema order (a record batch holds them so).
+    roots: Vec<usize>,
+    mask: ProjectionMask,
+    /// Rows of each row group.
+    pub(crate) groups: Vec<usize>,
+    label_kind: LabelKind,
+}
+
+/// What the label column holds.
+#[derive(Clone, Copy)]
+enum LabelKind {
+    Values,
+    Ints,
+    Strs,
+}
+
+impl ParquetTable {
+    /// Opens `path`, resolving and type-checking the columns (see
+    /// [`TableDataset::read_parquet`]).
+    pub(crate) fn open(
+        path: &Path,
+        label: &Column,
+        features: Option<&[Column]>,
+        regression: bool,
+    ) -> Result<Self, TableError> {
+        guard(path, || {
+            Self::open_unguarded(path, label, features, regression)
+        })
+    }
+
+    fn open_unguarded(
+        path: &Path,
+        label: &Column,
+        features: Option<&[Column]>,
+        regression: bool,
+    ) -> Result<Self, TableError> {
+        let io = |source| TableError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let fail = |message: String| TableError::Parquet {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file = File::open(path).map_err(io)?;
+        let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+            .map_err(|e| fail(format!("not a readable Parquet file ({e})")))?;
+        // Column chunks must lie in the file (the reader asserts on negative ones).
+        let size = file.metadata().map_err(io)?.len();
+        for (g, group) in meta.metadata().row_groups().iter().enumerate() {
+            for chunk in group.columns() {
+                let start = chunk
+                    .dictionary_page_offset()
+                    .unwrap_or(chunk.data_page_offset());
+                let end = u64::try_from(start)
+                    .ok()
+                    .zip(u64::try_from(chunk.compressed_size()).ok())
+                    .and_then(|(start, len)| start.checked_add(len));
+                if end.is_none_or(|end| end > size) {
+                    return Err(fail(format!(
+                        "damaged Parquet file: row group {g}, column `{}` lies outside the \
+                         file's {size} bytes",
+                        chunk.column_path()
+                    )));
+                }
+            }
+        }
+        let fields = meta.schema().fields().clone();
+        let names: Vec<String> = fields.iter().map(|f| f.name().clone()).collect();
+        let resolve = |c: &Column| -> Result<usize, TableError> {
+            let found = match c {
+                Column::Index(i) => (*i < names.len()).then_some(*i),
+                Column::Name(n) => names.iter().position(|x| x == n),
+            };
+            found.ok_or_else(|| TableError::NoColumn {
                 path: path.to_path_buf(),
-                message: format!("damaged Parquet file (the reader failed: {what})"),
+                column: c.clone(),
+                available: if names.is_empty() {
+                    "no columns".into()
+                } else {
+                    format!("columns {}", names.join(", "))
+                },
+            })
+        };
+        let label_col = resolve(label)?;
+        let feature_cols: Vec<usize> = match features {
+            Some(cols) => cols.iter().map(resolve).collect::<Result<_, _>>()?,
+            None => (0..names.len()).filter(|&i| i != label_col).collect(),
+        };
+        if feature_cols.is_empty() {
+            return Err(TableError::Mismatch(format!(
+                "{}: no feature columns (only the label column {label})",
+                path.display(),
+            )));
+        }
+        for &c in &feature_cols {
+            let t = fields[c].data_type();
+            if !is_number(t) {
+                return Err(fail(format!(
+                    "feature column `{}` has type {t}; features must be integers or \
+                     floating-point numbers",
+                    names[c]
+                )));
+            }
+        }
+        let label_type = fields[label_col].data_type();
+        let label_kind = if regression && is_number(label_type) {
+            LabelKind::Values
+        } else if regression {
+            return Err(fail(format!(
+                "label column `{}` has type {label_type}; task = \"regression\" predicts a \
+                 number (an integer or floating-point column)",
+                names[label_col]
+            )));
+        } else if label_type.is_integer() {
+            LabelKind::Ints
+        } else if is_string(label_type) {
+            LabelKind::Strs
+        } else {
+            return Err(fail(format!(
+                "label column `{}` has type {label_type}; a label must be integers (class \
+                 numbers) or strings (class names)",
+                names[label_col]
+            )));
+        };
+        // Only the columns asked for are decoded; a batch holds them in schema order.
+        let mut roots: Vec<usize> = feature_cols.iter().copied().chain([label_col]).collect();
+        roots.sort_unstable();
+        roots.dedup();
+        let mask = ProjectionMask::roots(meta.parquet_schema(), roots.iter().copied());
+        let groups = meta
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| usize::try_from(g.num_rows()).unwrap_or(0))
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            meta,
+            names,
+            feature_cols,
+            label_col,
+            roots,
+            mask,
+            groups,
+            label_kind,
+        })
+    }
+
+    /// Features per row.
+    pub(crate) fn width(&self) -> usize {
+        self.feature_cols.len()
+    }
+
+    /// The feature columns' names.
+    pub(crate) fn feature_names(&self) -> Vec<String> {
+        self.feature_cols
+            .iter()
+            .map(|&c| self.names[c].clone())
+            .collect()
+    }
+
+    /// No labels yet, of the label column's kind.
+    pub(crate) fn empty_labels(&self) -> Labels {
+        match self.label_kind {
+            LabelKind::Values => Labels::Values(Vec::new()),
+            LabelKind::Ints => Labels::Ints(Vec::new()),
+            LabelKind::Strs => Labels::Strs(Vec::new()),
+        }
+    }
+
+    /// A reader of row group `group`'s record batches of `batch_rows` rows.
+    pub(crate) fn group(
+        self: &Arc<Self>,
+        group: usize,
+        batch_rows: usize,
+    ) -> Result<GroupReader, TableError> {
+        guard(&self.path, || {
+            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
+                self.file.try_clone().map_err(|source| TableError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?,
+                self.meta.clone(),
+            )
+            .with_projection(self.mask.clone())
+            .with_row_groups(vec![group])
+            .with_batch_size(batch_rows.max(1))
+            .build()
+            .map_err(|e| TableError::Parquet {
+                path: self.path.clone(),
+                message: format!("row group {group}: {e}"),
+            })?;
+            Ok(GroupReader {
+                table: Arc::clone(self),
+                reader,
+                group,
+                row: self.groups[..group].iter().map(|&n| n as u64).sum(),
             })
         })
     }
 }
 
-/// [`TableDataset::read_parquet`], which may panic on damaged files.
-fn read(
-    path: &Path,
-    label: &Column,
-    features: Option<&[Column]>,
-    regression: bool,
-) -> Result<TableDataset, TableError> {
-    let io = |source| TableError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let fail = |message: String| TableError::Parquet {
-        path: path.to_path_buf(),
-        message,
-    };
-    let file = File::open(path).map_err(io)?;
-    let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-        .map_err(|e| fail(format!("not a readable Parquet file ({e})")))?;
-    // Column chunks must lie in the file (the reader asserts on negative ones).
-    let size = file.metadata().map_err(io)?.len();
-    for (g, group) in meta.metadata().row_groups().iter().enumerate() {
-        for chunk in group.columns() {
-            let start = chunk
-                .dictionary_page_offset()
-                .unwrap_or(chunk.data_page_offset());
-            let end = u64::try_from(start)
-                .ok()
-                .zip(u64::try_from(chunk.compressed_size()).ok())
-                .and_then(|(start, len)| start.checked_add(len));
-            if end.is_none_or(|end| end > size) {
-                return Err(fail(format!(
-                    "damaged Parquet file: row group {g}, column `{}` lies outside the \
-                     file's {size} bytes",
-                    chunk.column_path()
-                )));
-            }
-        }
-    }
-    let fields = meta.schema().fields().clone();
-    let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
-    let resolve = |c: &Column| -> Result<usize, TableError> {
-        let found = match c {
-            Column::Index(i) => (*i < names.len()).then_some(*i),
-            Column::Name(n) => names.iter().position(|x| x == n),
-        };
-        found.ok_or_else(|| TableError::NoColumn {
-            path: path.to_path_buf(),
-            column: c.clone(),
-            available: if names.is_empty() {
-                "no columns".into()
-            } else {
-                format!("columns {}", names.join(", "))
-            },
-        })
-    };
-    let label_col = resolve(label)?;
-    let feature_cols: Vec<usize> = match features {
-        Some(cols) => cols.iter().map(resolve).collect::<Result<_, _>>()?,
-        None => (0..names.len()).filter(|&i| i != label_col).collect(),
-    };
-    if feature_cols.is_empty() {
-        return Err(TableError::Mismatch(format!(
-            "{}: no feature columns (only the label column {label})",
-            path.display(),
-        )));
-    }
-    for &c in &feature_cols {
-        let t = fields[c].data_type();
-        if !is_number(t) {
-            return Err(fail(format!(
-                "feature column `{}` has type {t}; features must be integers or \
-                 floating-point numbers",
-                names[c]
-            )));
-        }
-    }
-    let label_type = fields[label_col].data_type();
-    let mut labels = if regression && is_number(label_type) {
-        Labels::Values(Vec::new())
-    } else if regression {
-        return Err(fail(format!(
-            "label column `{}` has type {label_type}; task = \"regression\" predicts a \
-             number (an integer or floating-point column)",
-            names[label_col]
-        )));
-    } else if label_type.is_integer() {
-        Labels::Ints(Vec::new())
-    } else if is_string(label_type) {
-        Labels::Strs(Vec::new())
-    } else {
-        return Err(fail(format!(
-            "label column `{}` has type {label_type}; a label must be integers (class \
-             numbers) or strings (class names)",
-            names[label_col]
-        )));
-    };
+/// One row group of a [`ParquetTable`], read a record batch at a time.
+pub(crate) struct GroupReader {
+    table: Arc<ParquetTable>,
+    reader: ParquetRecordBatchReader,
+    group: usize,
+    /// The file row of the next record batch's first row.
+    pub(crate) row: u64,
+}
 
-    // Only the columns asked for are decoded; a batch holds them in schema order.
-    let mut roots: Vec<usize> = feature_cols.iter().copied().chain([label_col]).collect();
-    roots.sort_unstable();
-    roots.dedup();
-    let slot = |c: usize| roots.binary_search(&c).unwrap_or(0);
-    let mask = ProjectionMask::roots(meta.parquet_schema(), roots.iter().copied());
-    let width = feature_cols.len();
-    let mut values = Vec::new();
-    let mut row = 0u64;
-    for group in 0..meta.metadata().num_row_groups() {
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
-            file.try_clone().map_err(io)?,
-            meta.clone(),
-        )
-        .with_projection(mask.clone())
-        .with_row_groups(vec![group])
-        .with_batch_size(BATCH_ROWS)
-        .build()
-        .map_err(|e| fail(format!("row group {group}: {e}")))?;
-        for batch in reader {
-            let batch = batch.map_err(|e| fail(format!("row group {group}: {e}")))?;
+impl GroupReader {
+    /// Appends the next record batch's features (row-major) to `values` and its labels
+    /// to `labels`; the number of rows, or `None` at the end of the row group.
+    pub(crate) fn next_into(
+        &mut self,
+        values: &mut Vec<f32>,
+        labels: &mut Labels,
+    ) -> Result<Option<usize>, TableError> {
+        let t = Arc::clone(&self.table);
+        guard(&t.path, || {
+            let group = self.group;
+            let Some(batch) = self.reader.next() else {
+                return Ok(None);
+            };
+            let batch = batch.map_err(|e| TableError::Parquet {
+                path: t.path.clone(),
+                message: format!("row group {group}: {e}"),
+            })?;
             let n = batch.num_rows();
+            let row = self.row;
             let bad = |kind: &str, c: usize, (i, what): Bad| TableError::ParquetValue {
-                path: path.to_path_buf(),
+                path: t.path.clone(),
                 row_group: group,
                 row: row + i as u64,
-                message: format!("{kind} `{}` is {what}", names[c]),
+                message: format!("{kind} `{}` is {what}", t.names[c]),
             };
+            let slot = |c: usize| t.roots.binary_search(&c).unwrap_or(0);
+            let width = t.width();
             let base = values.len();
             values.resize(base + n * width, 0.0);
-            for (j, &c) in feature_cols.iter().enumerate() {
+            for (j, &c) in t.feature_cols.iter().enumerate() {
                 put_feature(
                     batch.column(slot(c)).as_ref(),
                     &mut values[base..],
@@ -366,31 +523,12 @@ fn read(
                 )
                 .map_err(|b| bad("column", c, b))?;
             }
-            put_labels(batch.column(slot(label_col)).as_ref(), &mut labels)
-                .map_err(|b| bad("label column", label_col, b))?;
-            row += n as u64;
-        }
+            put_labels(batch.column(slot(t.label_col)).as_ref(), labels)
+                .map_err(|b| bad("label column", t.label_col, b))?;
+            self.row += n as u64;
+            Ok(Some(n))
+        })
     }
-    if row == 0 {
-        return Err(TableError::Empty(path.to_path_buf()));
-    }
-    let classes_of = |(ids, names)| (Targets::Classes(ids), names);
-    let (targets, classes) = match labels {
-        Labels::Values(v) => (Targets::Values(v), Vec::new()),
-        Labels::Ints(v) if v.iter().all(|&l| (0..10_000).contains(&l)) => (
-            Targets::Classes(v.into_iter().map(|l| l as u32).collect()),
-            Vec::new(),
-        ),
-        Labels::Ints(v) => classes_of(class_ids(path, v.iter().map(i128::to_string).collect())?),
-        Labels::Strs(v) => classes_of(class_ids(path, v)?),
-    };
-    Ok(TableDataset {
-        values,
-        targets,
-        features: width,
-        feature_names: feature_cols.iter().map(|&c| names[c].to_string()).collect(),
-        classes,
-    })
 }
 
 impl crate::ImageDataset {
@@ -398,8 +536,6 @@ impl crate::ImageDataset {
     /// column per pixel (`p0`, `p1`, …, channel-major), zstd-compressed, in row
     /// groups of at most 8192 images.
     pub fn write_parquet(&self, path: &Path) -> Result<(), TableError> {
-        use std::sync::Arc;
-
         use ::parquet::arrow::ArrowWriter;
         use ::parquet::basic::{Compression, ZstdLevel};
         use ::parquet::file::properties::WriterProperties;

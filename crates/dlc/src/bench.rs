@@ -139,7 +139,7 @@ fn data_cmd(a: DataArgs) -> Result<()> {
         "batches": batches,
         "loader_samples": delivered,
         "loader_samples_per_sec": delivered as f64 / loader_s.max(1e-9),
-        "augment": !data.augment.is_identity(),
+        "train_set": data.train.describe(),
         "checksum": checksum,
     });
     if a.json {
@@ -151,9 +151,9 @@ fn data_cmd(a: DataArgs) -> Result<()> {
         samples as f64 / load_s.max(1e-9)
     );
     println!(
-        "loader: {batches} batches ({delivered} samples, rank 0 of {workers}, {} epoch(s){}) in {loader_s:.2} s = {:.0} samples/s",
+        "loader: {batches} batches ({delivered} samples, rank 0 of {workers}, {} epoch(s); {}) in {loader_s:.2} s = {:.0} samples/s",
         a.epochs,
-        if data.augment.is_identity() { "" } else { ", augmented" },
+        data.train.describe(),
         delivered as f64 / loader_s.max(1e-9)
     );
     println!(

@@ -241,6 +241,7 @@ fn summary_json(s: &TrainSummary) -> serde_json::Value {
         "test_accuracy": s.test.accuracy, "test_rmse": s.test.rmse, "test_mae": s.test.mae,
         "samples_per_sec": s.samples_per_sec,
         "seconds": s.seconds, "params": s.params, "device": s.device,
+        "peak_rss_mib": s.peak_rss_mib,
     })
 }
 

@@ -255,6 +255,14 @@ pub struct DataSpec {
     /// Images: mirror training samples left–right with probability ½ [default: false].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub random_flip: Option<bool>,
+    /// Parquet: read the training rows as training goes, each worker reading only its
+    /// own row groups, instead of loading the file into memory (for data larger than
+    /// memory) [default: false].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// With `stream`: rows each worker shuffles among [default: 10000].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shuffle_buffer: Option<usize>,
 }
 
 /// What a job learns to predict.

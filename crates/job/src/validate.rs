@@ -167,6 +167,39 @@ fn check_table(d: &crate::DataSpec) -> Result<(), Problem> {
             "is empty; omit it to use every column but the label",
         )?;
     }
+    check_stream(d, format)
+}
+
+/// Checks `stream` and `shuffle_buffer` (path data).
+fn check_stream(d: &crate::DataSpec, format: Option<crate::DataFormat>) -> Result<(), Problem> {
+    if d.stream == Some(true) {
+        if format != Some(crate::DataFormat::Parquet) {
+            bad(
+                "data.stream",
+                "works on Parquet files only (their row groups are what workers share \
+                 out): write the table as Parquet (pandas: `df.to_parquet(\"x.parquet\")`), \
+                 or remove `stream` to load the data into memory",
+            )?;
+        }
+        if d.limit.is_some() {
+            bad(
+                "data.limit",
+                "cannot cut a streamed file; remove `limit` (or `stream`)",
+            )?;
+        }
+    } else if d.shuffle_buffer.is_some() {
+        bad(
+            "data.shuffle_buffer",
+            "is for streamed data (`stream = true`); in memory every epoch is an exact \
+             permutation",
+        )?;
+    }
+    if d.shuffle_buffer == Some(0) {
+        bad(
+            "data.shuffle_buffer",
+            "must be at least 1 (1: rows in each row group's order)",
+        )?;
+    }
     Ok(())
 }
 
@@ -213,6 +246,7 @@ fn refuse(keys: &[(&str, bool)], message: &str) -> Result<(), Problem> {
 
 /// Checks a `[data]` table of IDX files (named or explicit).
 fn check_idx(d: &crate::DataSpec) -> Result<(), Problem> {
+    check_stream(d, Some(crate::DataFormat::Idx))?;
     refuse(
         &table_keys(d),
         "is for tables (`path = \"data.csv\"`); IDX data has no columns",

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use dlc_data::{
-    Augment, BatchSource, Column, CsvOptions, ImageDataset, InMemory, Samples, ShardSampler,
-    Standardizer, TableDataset,
+    Augment, BatchSource, Column, CsvOptions, ImageDataset, InMemory, ParquetStream, Samples,
+    Sharding, Standardizer, StreamOptions, TableDataset, TrainSet,
 };
 use dlc_job::{ColumnSpec, DataFormat, DataSpec, ModelSpec, Task, TrainSpec};
 use dlc_model::{LayerPlan, Shape};
@@ -18,8 +18,8 @@ use crate::TrainError;
 
 /// Training and test sets of a job, of whatever format `[data]` names.
 pub struct JobData {
-    /// Training samples (shared with the loader thread).
-    pub train: Arc<dyn Samples>,
+    /// Training samples: in memory, or streamed from storage.
+    pub train: Box<dyn TrainSet>,
     /// Test samples.
     pub test: Box<dyn Samples>,
     /// Number of classes (from the training labels; 0 for regression).
@@ -28,8 +28,6 @@ pub struct JobData {
     pub class_names: Vec<String>,
     /// The standardisation applied to table features (training split's statistics).
     pub standardizer: Option<Standardizer>,
-    /// Augmentation of training images.
-    pub augment: Augment,
 }
 
 /// What training fixed about its data, saved as `data.json` in the run directory so
@@ -93,7 +91,7 @@ impl JobData {
         seed: u64,
         saved: Option<&DataInfo>,
     ) -> Result<Self, TrainError> {
-        let mut data = Self::load_samples(spec, seed, saved)?;
+        let data = Self::load_samples(spec, seed, saved)?;
         if let Some(info) = saved {
             if data.train.shape() != info.input_shape {
                 return Err(TrainError::Usage(format!(
@@ -104,29 +102,19 @@ impl JobData {
                 )));
             }
         }
-        data.augment = Augment {
-            crop_padding: spec.random_crop.unwrap_or(0),
-            flip: spec.random_flip.unwrap_or(false),
-        };
         Ok(data)
     }
 
     /// Rank `rank` of `workers`' training batches under `train` (batch size, seed,
-    /// drop_last): the exact global permutation of the samples in memory.
+    /// drop_last).
     pub fn batches(&self, train: &TrainSpec, rank: usize, workers: usize) -> Box<dyn BatchSource> {
-        let sampler = ShardSampler {
-            num_samples: self.train.len(),
+        self.train.batches(Sharding {
             global_batch: train.batch_size,
             rank,
             world: workers,
             seed: train.seed,
             drop_last: train.drop_last,
-        };
-        Box::new(InMemory::new(
-            Arc::clone(&self.train),
-            sampler,
-            self.augment,
-        ))
+        })
     }
 
     /// What training fixed about this data (saved in the run directory).
@@ -176,12 +164,11 @@ impl JobData {
         }
         let classes = train.num_classes().max(test.num_classes());
         Ok(Self {
-            train: Arc::new(train),
+            train: Box::new(InMemory::new(Arc::new(train), augment(spec))),
             test: Box::new(test),
             classes,
             class_names: Vec::new(),
             standardizer: None,
-            augment: Augment::default(),
         })
     }
 
@@ -218,6 +205,9 @@ impl JobData {
             regression: spec.task == Some(Task::Regression),
         };
         let table_err = |e: dlc_data::TableError| TrainError::Usage(e.to_string());
+        if spec.stream == Some(true) {
+            return Self::load_stream(spec, &path, opts, seed, saved);
+        }
         let read = |p: &std::path::Path| match format {
             DataFormat::Parquet => TableDataset::read_parquet(
                 p,
@@ -271,11 +261,89 @@ impl JobData {
         let classes = train.num_classes().max(test.num_classes());
         Ok(Self {
             class_names: train.classes.clone(),
-            train: Arc::new(train),
+            train: Box::new(InMemory::new(Arc::new(train), Augment::default())),
             test: Box::new(test),
             classes,
             standardizer,
-            augment: Augment::default(),
+        })
+    }
+
+    /// A Parquet table streamed while training (`stream = true`): scanned once for
+    /// classes, statistics and test rows; the test set (a hash split, or
+    /// `test_path`) held in memory.
+    fn load_stream(
+        spec: &DataSpec,
+        path: &Path,
+        opts: CsvOptions,
+        seed: u64,
+        saved: Option<&DataInfo>,
+    ) -> Result<Self, TrainError> {
+        let table_err = |e: dlc_data::TableError| TrainError::Usage(e.to_string());
+        let stream_opts = StreamOptions {
+            label: opts.label.clone(),
+            features: opts.features.clone(),
+            regression: opts.regression,
+            test_fraction: match spec.test_path {
+                Some(_) => 0.0,
+                None => spec.test_fraction.unwrap_or(0.1),
+            },
+            seed,
+            shuffle_buffer: spec.shuffle_buffer.unwrap_or(10_000),
+        };
+        let (mut train, mut test) = ParquetStream::open(path, &stream_opts).map_err(table_err)?;
+        let names = match saved {
+            Some(info) => info.class_names.clone(),
+            None => train.class_names(),
+        };
+        if let Some(tp) = &spec.test_path {
+            test = TableDataset::read_parquet(
+                tp,
+                &opts.label,
+                opts.features.as_deref(),
+                opts.regression,
+            )
+            .map_err(table_err)?;
+        }
+        if test.classes != names {
+            test.align_classes(&names, &spec_path_name(spec, path))
+                .map_err(table_err)?;
+        }
+        if let Some(l) = spec.test_limit {
+            test.truncate(l);
+        }
+        if test.is_empty() {
+            return Err(TrainError::Usage(format!(
+                "{}: no test rows; set `test_fraction` or `test_path`",
+                path.display()
+            )));
+        }
+        let standardizer = match saved {
+            Some(info) => info.standardizer.clone(),
+            None => spec
+                .standardize
+                .unwrap_or(true)
+                .then(|| train.statistics().cloned())
+                .flatten(),
+        };
+        if let Some(s) = &standardizer {
+            if s.mean.len() != test.features {
+                return Err(TrainError::Usage(format!(
+                    "{}: {} feature columns, but the model was trained on {}",
+                    path.display(),
+                    test.features,
+                    s.mean.len()
+                )));
+            }
+            test.standardize(s);
+        }
+        train.set_standardizer(standardizer.clone());
+        let classes = train.num_classes().max(test.num_classes());
+        Ok(Self {
+            class_names: names,
+            train: Box::new(train),
+            test: Box::new(test),
+            classes,
+            standardizer,
         })
     }
 
@@ -316,10 +384,9 @@ impl JobData {
         Ok(Self {
             classes: names.len(),
             class_names: names,
-            train: Arc::new(train),
+            train: Box::new(InMemory::new(Arc::new(train), augment(spec))),
             test: Box::new(test),
             standardizer: None,
-            augment: Augment::default(),
         })
     }
 
@@ -351,6 +418,23 @@ impl JobData {
             self.outputs(),
         )?)
     }
+}
+
+/// The augmentation `[data]` asks for (images).
+fn augment(spec: &DataSpec) -> Augment {
+    Augment {
+        crop_padding: spec.random_crop.unwrap_or(0),
+        flip: spec.random_flip.unwrap_or(false),
+    }
+}
+
+/// What to call the test data in an error: `test_path`, else `path`.
+fn spec_path_name(spec: &DataSpec, path: &Path) -> String {
+    spec.test_path
+        .as_deref()
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 /// Applies `limit`/`test_limit` and checks that both sets keep a sample; `unit`

@@ -61,6 +61,16 @@ pub struct TrainSummary {
     pub params: usize,
     /// Device trained on (`cpu`, `cuda:N`).
     pub device: String,
+    /// This process's peak resident memory in MiB (Linux; None elsewhere).
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// This process's peak resident set size (`VmHWM`) in MiB, where Linux reports it.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Trains `job` as a single worker on the device `[train] device` names.
@@ -187,9 +197,10 @@ pub fn train_on<B: AutodiffBackend>(
         )));
     }
     progress.println(&format!(
-        "training {} ({params} parameters) on {} samples, {} test; {} steps/epoch × {} epochs; {}; run dir {}",
+        "training {} ({params} parameters) on {} samples ({}), {} test; {} steps/epoch × {} epochs; {}; run dir {}",
         job.display_name(),
         data.train.len(),
+        data.train.describe(),
         data.test.len(),
         steps_per_epoch,
         spec.epochs,
@@ -372,6 +383,7 @@ pub fn train_on<B: AutodiffBackend>(
         seconds: started.elapsed().as_secs_f64(),
         params,
         device: String::new(),
+        peak_rss_mib: peak_rss_mib(),
     })
 }
 
