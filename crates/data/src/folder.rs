@@ -106,6 +106,58 @@ pub fn class_names(root: &Path) -> Result<Vec<String>, FolderError> {
     Ok(names)
 }
 
+/// The sample every decoded image becomes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SampleShape {
+    pub(crate) channels: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    /// Resize images of another size (else they are an error).
+    pub(crate) resize: bool,
+}
+
+impl SampleShape {
+    /// The shape `opts` asks for, the first image `probe` filling in what it leaves open.
+    pub(crate) fn of(probe: &image::DynamicImage, opts: &FolderOptions) -> Self {
+        let [h, w] = opts
+            .size
+            .unwrap_or([probe.height() as usize, probe.width() as usize]);
+        Self {
+            channels: opts
+                .channels
+                .unwrap_or(if probe.color().has_color() { 3 } else { 1 }),
+            h,
+            w,
+            resize: opts.size.is_some(),
+        }
+    }
+
+    /// `img` as channel-major bytes of this shape; `Err((height, width))` when its size
+    /// differs and resizing is off.
+    pub(crate) fn sample(&self, mut img: image::DynamicImage) -> Result<Vec<u8>, (usize, usize)> {
+        let (h, w) = (self.h, self.w);
+        if (img.height() as usize, img.width() as usize) != (h, w) {
+            if !self.resize {
+                return Err((img.height() as usize, img.width() as usize));
+            }
+            img = img.resize_exact(w as u32, h as u32, FilterType::Triangle);
+        }
+        Ok(if self.channels == 1 {
+            img.into_luma8().into_raw()
+        } else {
+            // Interleaved RGB → channel-major.
+            let rgb = img.into_rgb8().into_raw();
+            let mut planar = vec![0u8; 3 * h * w];
+            for (i, px) in rgb.chunks_exact(3).enumerate() {
+                for c in 0..3 {
+                    planar[c * h * w + i] = px[c];
+                }
+            }
+            planar
+        })
+    }
+}
+
 /// Reads `root/<class>/*` with the classes `classes` (a training folder's, for a
 /// test folder; None: this folder's own). Samples are ordered by class, then file name.
 pub fn read_folder(
@@ -160,43 +212,21 @@ pub fn read_folder(
                 message: e.to_string(),
             })
     };
-    let probe = decode(first)?;
-    let channels = opts
-        .channels
-        .unwrap_or(if probe.color().has_color() { 3 } else { 1 });
-    let [h, w] = opts
-        .size
-        .unwrap_or([probe.height() as usize, probe.width() as usize]);
+    let shape = SampleShape::of(&decode(first)?, opts);
+    let SampleShape { channels, h, w, .. } = shape;
     let size = channels * h * w;
     let images: Vec<Vec<u8>> = files
         .par_iter()
         .map(|(p, _)| {
-            let mut img = decode(p)?;
-            if (img.height() as usize, img.width() as usize) != (h, w) {
-                if opts.size.is_none() {
-                    return Err(FolderError::Size {
-                        path: p.clone(),
-                        got_h: img.height() as usize,
-                        got_w: img.width() as usize,
-                        h,
-                        w,
-                    });
-                }
-                img = img.resize_exact(w as u32, h as u32, FilterType::Triangle);
-            }
-            Ok(if channels == 1 {
-                img.into_luma8().into_raw()
-            } else {
-                // Interleaved RGB → channel-major.
-                let rgb = img.into_rgb8().into_raw();
-                let mut planar = vec![0u8; size];
-                for (i, px) in rgb.chunks_exact(3).enumerate() {
-                    for c in 0..3 {
-                        planar[c * h * w + i] = px[c];
-                    }
-                }
-                planar
-            })
+            shape
+                .sample(decode(p)?)
+                .map_err(|(got_h, got_w)| FolderError::Size {
+                    path: p.clone(),
+                    got_h,
+                    got_w,
+                    h,
+                    w,
+                })
         })
         .collect::<Result<_, _>>()?;
     let mut pixels = Vec::with_capacity(files.len() * size);
@@ -219,37 +249,43 @@ pub fn write_folder(ds: &ImageDataset, dir: &Path) -> Result<usize, FolderError>
         let d = dir.join(format!("{c:0digits$}"));
         std::fs::create_dir_all(&d).map_err(io(&d))?;
     }
-    let (c, h, w) = (ds.channels, ds.height, ds.width);
     let index_digits = ds.len().max(1).to_string().len();
     (0..ds.len()).into_par_iter().try_for_each(|i| {
-        let px = ds.image(i);
         let path = dir
             .join(format!("{:0digits$}", ds.label(i)))
             .join(format!("{i:0index_digits$}.png"));
-        let saved = if c == 1 {
-            image::GrayImage::from_raw(w as u32, h as u32, px.to_vec()).map(|img| img.save(&path))
-        } else {
-            let mut rgb = vec![0u8; h * w * 3];
-            for j in 0..h * w {
-                for k in 0..3 {
-                    rgb[j * 3 + k] = px[k * h * w + j];
-                }
-            }
-            image::RgbImage::from_raw(w as u32, h as u32, rgb).map(|img| img.save(&path))
-        };
-        match saved {
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(FolderError::Decode {
-                path: path.clone(),
-                message: e.to_string(),
-            }),
-            None => Err(FolderError::Classes(format!(
-                "image {i} has {} bytes, not {c}×{h}×{w}",
-                px.len()
-            ))),
-        }
+        let png = encode_png(ds, i).map_err(|message| FolderError::Decode {
+            path: path.clone(),
+            message,
+        })?;
+        std::fs::write(&path, png).map_err(io(&path))
     })?;
     Ok(ds.len())
+}
+
+/// Image `i` of `ds` as PNG bytes (lossless: decoding gives the sample back).
+pub(crate) fn encode_png(ds: &ImageDataset, i: usize) -> Result<Vec<u8>, String> {
+    let (c, h, w) = (ds.channels, ds.height, ds.width);
+    let px = ds.image(i);
+    let mut out = std::io::Cursor::new(Vec::new());
+    let written = if c == 1 {
+        image::GrayImage::from_raw(w as u32, h as u32, px.to_vec())
+            .map(|img| img.write_to(&mut out, image::ImageFormat::Png))
+    } else {
+        let mut rgb = vec![0u8; h * w * 3];
+        for j in 0..h * w {
+            for k in 0..3 {
+                rgb[j * 3 + k] = px[k * h * w + j];
+            }
+        }
+        image::RgbImage::from_raw(w as u32, h as u32, rgb)
+            .map(|img| img.write_to(&mut out, image::ImageFormat::Png))
+    };
+    match written {
+        Some(Ok(())) => Ok(out.into_inner()),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err(format!("image {i} has {} bytes, not {c}×{h}×{w}", px.len())),
+    }
 }
 
 #[cfg(test)]

@@ -307,54 +307,13 @@ impl ParquetTable {
         features: Option<&[Column]>,
         regression: bool,
     ) -> Result<Self, TableError> {
-        let io = |source| TableError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
         let fail = |message: String| TableError::Parquet {
             path: path.to_path_buf(),
             message,
         };
-        let file = File::open(path).map_err(io)?;
-        let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-            .map_err(|e| fail(format!("not a readable Parquet file ({e})")))?;
-        // Column chunks must lie in the file (the reader asserts on negative ones).
-        let size = file.metadata().map_err(io)?.len();
-        for (g, group) in meta.metadata().row_groups().iter().enumerate() {
-            for chunk in group.columns() {
-                let start = chunk
-                    .dictionary_page_offset()
-                    .unwrap_or(chunk.data_page_offset());
-                let end = u64::try_from(start)
-                    .ok()
-                    .zip(u64::try_from(chunk.compressed_size()).ok())
-                    .and_then(|(start, len)| start.checked_add(len));
-                if end.is_none_or(|end| end > size) {
-                    return Err(fail(format!(
-                        "damaged Parquet file: row group {g}, column `{}` lies outside the \
-                         file's {size} bytes",
-                        chunk.column_path()
-                    )));
-                }
-            }
-        }
+        let (file, meta, names) = open_checked(path)?;
         let fields = meta.schema().fields().clone();
-        let names: Vec<String> = fields.iter().map(|f| f.name().clone()).collect();
-        let resolve = |c: &Column| -> Result<usize, TableError> {
-            let found = match c {
-                Column::Index(i) => (*i < names.len()).then_some(*i),
-                Column::Name(n) => names.iter().position(|x| x == n),
-            };
-            found.ok_or_else(|| TableError::NoColumn {
-                path: path.to_path_buf(),
-                column: c.clone(),
-                available: if names.is_empty() {
-                    "no columns".into()
-                } else {
-                    format!("columns {}", names.join(", "))
-                },
-            })
-        };
+        let resolve = |c: &Column| resolve(path, &names, c);
         let label_col = resolve(label)?;
         let feature_cols: Vec<usize> = match features {
             Some(cols) => cols.iter().map(resolve).collect::<Result<_, _>>()?,
@@ -475,6 +434,66 @@ impl ParquetTable {
     }
 }
 
+/// Opens `path` and reads its footer, checking that every column chunk lies in the
+/// file (the reader asserts on negative offsets); the file, its metadata and its
+/// top-level column names.
+fn open_checked(path: &Path) -> Result<(File, ArrowReaderMetadata, Vec<String>), TableError> {
+    let io = |source| TableError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let fail = |message: String| TableError::Parquet {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = File::open(path).map_err(io)?;
+    let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+        .map_err(|e| fail(format!("not a readable Parquet file ({e})")))?;
+    let size = file.metadata().map_err(io)?.len();
+    for (g, group) in meta.metadata().row_groups().iter().enumerate() {
+        for chunk in group.columns() {
+            let start = chunk
+                .dictionary_page_offset()
+                .unwrap_or(chunk.data_page_offset());
+            let end = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(chunk.compressed_size()).ok())
+                .and_then(|(start, len)| start.checked_add(len));
+            if end.is_none_or(|end| end > size) {
+                return Err(fail(format!(
+                    "damaged Parquet file: row group {g}, column `{}` lies outside the \
+                     file's {size} bytes",
+                    chunk.column_path()
+                )));
+            }
+        }
+    }
+    let names = meta
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    Ok((file, meta, names))
+}
+
+/// The position of column `c` among `names`.
+fn resolve(path: &Path, names: &[String], c: &Column) -> Result<usize, TableError> {
+    let found = match c {
+        Column::Index(i) => (*i < names.len()).then_some(*i),
+        Column::Name(n) => names.iter().position(|x| x == n),
+    };
+    found.ok_or_else(|| TableError::NoColumn {
+        path: path.to_path_buf(),
+        column: c.clone(),
+        available: if names.is_empty() {
+            "no columns".into()
+        } else {
+            format!("columns {}", names.join(", "))
+        },
+    })
+}
+
 /// One row group of a [`ParquetTable`], read a record batch at a time.
 pub(crate) struct GroupReader {
     table: Arc<ParquetTable>,
@@ -589,6 +608,249 @@ impl crate::ImageDataset {
             None => Err(err("no images to write".into())),
         }
     }
+}
+
+impl crate::ImageDataset {
+    /// Writes the images as a Parquet table of PNG bytes: an `image` (binary) column
+    /// and a `label` (UInt8) column, in row groups of at most 8192 images — the layout
+    /// [`crate::ImageDataset::read_parquet_images`] reads.
+    pub fn write_parquet_images(&self, path: &Path) -> Result<(), TableError> {
+        use ::parquet::arrow::ArrowWriter;
+        use arrow_array::{ArrayRef, BinaryArray, RecordBatch, UInt8Array};
+        use rayon::prelude::*;
+
+        let err = |message: String| TableError::Parquet {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file = File::create(path).map_err(|e| err(e.to_string()))?;
+        let mut writer: Option<ArrowWriter<File>> = None;
+        let mut file = Some(file);
+        for start in (0..self.len()).step_by(8192) {
+            let rows = start..(start + 8192).min(self.len());
+            let pngs: Vec<Vec<u8>> = rows
+                .clone()
+                .into_par_iter()
+                .map(|i| crate::folder::encode_png(self, i))
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
+            let batch = RecordBatch::try_from_iter([
+                (
+                    "image",
+                    Arc::new(BinaryArray::from_iter_values(
+                        pngs.iter().map(Vec::as_slice),
+                    )) as ArrayRef,
+                ),
+                (
+                    "label",
+                    Arc::new(UInt8Array::from_iter_values(rows.map(|r| self.label(r)))),
+                ),
+            ])
+            .map_err(|e| err(e.to_string()))?;
+            if writer.is_none() {
+                let f = file
+                    .take()
+                    .ok_or_else(|| err("file already taken".into()))?;
+                writer = Some(
+                    ArrowWriter::try_new(f, batch.schema(), None)
+                        .map_err(|e| err(e.to_string()))?,
+                );
+            }
+            if let Some(w) = writer.as_mut() {
+                w.write(&batch).map_err(|e| err(e.to_string()))?;
+                w.flush().map_err(|e| err(e.to_string()))?;
+            }
+        }
+        match writer {
+            Some(w) => w.close().map(|_| ()).map_err(|e| err(e.to_string())),
+            None => Err(err("no images to write".into())),
+        }
+    }
+}
+
+/// The encoded images of a binary column (or of the `bytes` field of a struct column,
+/// as Hugging Face `datasets` writes images); `Err` names what the column is instead.
+fn encoded(col: &dyn Array) -> Result<Vec<Option<&[u8]>>, String> {
+    Ok(match col.data_type() {
+        DataType::Binary => col.as_binary::<i32>().iter().collect(),
+        DataType::LargeBinary => col.as_binary::<i64>().iter().collect(),
+        DataType::BinaryView => col.as_binary_view().iter().collect(),
+        DataType::Struct(_) => {
+            let st = col.as_struct();
+            let bytes = st
+                .column_by_name("bytes")
+                .ok_or_else(|| format!("a struct without a `bytes` field ({})", col.data_type()))?;
+            let mut v = encoded(bytes.as_ref())?;
+            if let Some(nulls) = st.logical_nulls() {
+                v.iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| nulls.is_null(*i))
+                    .for_each(|(_, b)| *b = None);
+            }
+            v
+        }
+        t => return Err(format!("of type {t}, not encoded images (binary)")),
+    })
+}
+
+impl crate::ImageDataset {
+    /// Reads a Parquet table of encoded images (PNG, JPEG, … in a binary column, or in
+    /// the `bytes` field of a struct column) and their `label` (integers or strings,
+    /// mapped to classes as tables map them; with `classes`, a training set's names).
+    /// Images are decoded in parallel into samples as an image folder's are.
+    pub fn read_parquet_images(
+        path: &Path,
+        image: &Column,
+        label: &Column,
+        opts: &crate::folder::FolderOptions,
+        classes: Option<&[String]>,
+    ) -> Result<(Self, Vec<String>), TableError> {
+        guard(path, || read_images(path, image, label, opts, classes))
+    }
+}
+
+/// [`crate::ImageDataset::read_parquet_images`], which may panic on damaged files.
+fn read_images(
+    path: &Path,
+    image: &Column,
+    label: &Column,
+    opts: &crate::folder::FolderOptions,
+    classes: Option<&[String]>,
+) -> Result<(crate::ImageDataset, Vec<String>), TableError> {
+    use rayon::prelude::*;
+
+    let fail = |message: String| TableError::Parquet {
+        path: path.to_path_buf(),
+        message,
+    };
+    let (file, meta, names) = open_checked(path)?;
+    let (image_col, label_col) = (resolve(path, &names, image)?, resolve(path, &names, label)?);
+    let label_type = meta.schema().field(label_col).data_type().clone();
+    let mut labels = if label_type.is_integer() {
+        Labels::Ints(Vec::new())
+    } else if is_string(&label_type) {
+        Labels::Strs(Vec::new())
+    } else {
+        return Err(fail(format!(
+            "label column `{}` has type {label_type}; a label must be integers (class \
+             numbers) or strings (class names)",
+            names[label_col]
+        )));
+    };
+    if image_col == label_col {
+        return Err(TableError::Mismatch(format!(
+            "{}: the image column is the label column ({label})",
+            path.display()
+        )));
+    }
+    let mut roots = [image_col, label_col];
+    roots.sort_unstable();
+    let slot = |c: usize| usize::from(roots[0] != c);
+    let mask = ProjectionMask::roots(meta.parquet_schema(), roots.iter().copied());
+    // (row group, file row, encoded bytes) of every image.
+    let mut images: Vec<(usize, u64, Vec<u8>)> = Vec::new();
+    let mut row = 0u64;
+    for group in 0..meta.metadata().num_row_groups() {
+        let group_err = |e: &dyn std::fmt::Display| fail(format!("row group {group}: {e}"));
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
+            file.try_clone().map_err(|source| TableError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?,
+            meta.clone(),
+        )
+        .with_projection(mask.clone())
+        .with_row_groups(vec![group])
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|e| group_err(&e))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| group_err(&e))?;
+            let bad = |c: usize, (i, what): Bad| TableError::ParquetValue {
+                path: path.to_path_buf(),
+                row_group: group,
+                row: row + i as u64,
+                message: format!("column `{}` is {what}", names[c]),
+            };
+            let bytes = encoded(batch.column(slot(image_col)).as_ref())
+                .map_err(|what| bad(image_col, (0, what)))?;
+            for (i, b) in bytes.into_iter().enumerate() {
+                let b = b.ok_or_else(|| bad(image_col, (i, "null".into())))?;
+                images.push((group, row + i as u64, b.to_vec()));
+            }
+            put_labels(batch.column(slot(label_col)).as_ref(), &mut labels)
+                .map_err(|b| bad(label_col, b))?;
+            row += batch.num_rows() as u64;
+        }
+    }
+    if images.is_empty() {
+        return Err(TableError::Empty(path.to_path_buf()));
+    }
+    let (ids, mut class_names) = match labels {
+        Labels::Ints(v) => class_ids(path, v.iter().map(i128::to_string).collect())?,
+        Labels::Strs(v) => class_ids(path, v)?,
+        Labels::Values(_) => (Vec::new(), Vec::new()),
+    };
+    let mut ids: Vec<u32> = ids;
+    if let Some(want) = classes.filter(|w| !w.is_empty() && *w != class_names.as_slice()) {
+        for id in &mut ids {
+            let name = class_names
+                .get(*id as usize)
+                .cloned()
+                .unwrap_or_else(|| id.to_string());
+            *id = want.iter().position(|w| *w == name).ok_or_else(|| {
+                TableError::Mismatch(format!(
+                    "{}: class `{name}` is not one of the training classes ({})",
+                    path.display(),
+                    want.join(", ")
+                ))
+            })? as u32;
+        }
+        class_names = want.to_vec();
+    }
+    let labels: Vec<u8> = ids
+        .iter()
+        .map(|&c| u8::try_from(c))
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            TableError::Mismatch(format!(
+                "{}: image labels must be fewer than 256 classes",
+                path.display()
+            ))
+        })?;
+    let decode = |(group, row, bytes): &(usize, u64, Vec<u8>)| {
+        image::load_from_memory(bytes).map_err(|e| TableError::ParquetValue {
+            path: path.to_path_buf(),
+            row_group: *group,
+            row: *row,
+            message: format!(
+                "column `{}`: cannot decode the image: {e}",
+                names[image_col]
+            ),
+        })
+    };
+    let shape = crate::folder::SampleShape::of(&decode(&images[0])?, opts);
+    let samples: Vec<Vec<u8>> = images
+        .par_iter()
+        .map(|img| {
+            shape
+                .sample(decode(img)?)
+                .map_err(|(h, w)| TableError::ParquetValue {
+                    path: path.to_path_buf(),
+                    row_group: img.0,
+                    row: img.1,
+                    message: format!(
+                        "the image is {h}×{w} but the first is {}×{}; set `image_size = [{}, {}]` \
+                     in [data] to resize",
+                        shape.h, shape.w, shape.h, shape.w
+                    ),
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((
+        crate::ImageDataset::from_parts(samples.concat(), labels, shape.channels, shape.h, shape.w),
+        class_names,
+    ))
 }
 
 #[cfg(test)]
@@ -1167,5 +1429,170 @@ mod tests {
                 prop_assert!(e.to_string().contains("d.parquet"), "{}", e);
             }
         }
+    }
+
+    /// PNG bytes of a `h`×`w` grey image whose pixels start at `seed`.
+    fn png(h: u32, w: u32, seed: u8) -> Vec<u8> {
+        let img = image::GrayImage::from_fn(w, h, |x, y| {
+            image::Luma([seed.wrapping_add((x * 7 + y * 13) as u8)])
+        });
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn encoded_image_columns_decode_into_the_samples_with_classes_and_named_failures() {
+        use arrow_array::{BinaryArray, StructArray};
+        use arrow_schema::{Field, Fields};
+
+        use crate::folder::FolderOptions;
+
+        let dir = tempfile::tempdir().unwrap();
+        let n = 12;
+        let pngs: Vec<Vec<u8>> = (0..n).map(|i| png(4, 5, i as u8 * 9)).collect();
+        let names = ["shirt", "bag", "coat"];
+        let label = || -> ArrayRef {
+            Arc::new(StringArray::from_iter_values((0..n).map(|i| names[i % 3])))
+        };
+        let binary = || -> ArrayRef {
+            Arc::new(BinaryArray::from_iter_values(
+                pngs.iter().map(Vec::as_slice),
+            ))
+        };
+        // A plain binary column, and Hugging Face's struct<bytes, path>.
+        let plain = write(
+            &dir.path().join("plain.parquet"),
+            vec![("image", binary()), ("label", label())],
+            5,
+            Compression::SNAPPY,
+        );
+        let hf_struct = StructArray::new(
+            Fields::from(vec![
+                Field::new("bytes", arrow_schema::DataType::Binary, true),
+                Field::new("path", arrow_schema::DataType::Utf8, true),
+            ]),
+            vec![
+                binary(),
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("{i}.png")),
+                )),
+            ],
+            None,
+        );
+        let hf = write(
+            &dir.path().join("hf.parquet"),
+            vec![("label", label()), ("img", Arc::new(hf_struct) as ArrayRef)],
+            5,
+            Compression::UNCOMPRESSED,
+        );
+        let opts = FolderOptions::default();
+        for (p, col) in [(&plain, "image"), (&hf, "img")] {
+            let (ds, classes) = crate::ImageDataset::read_parquet_images(
+                p,
+                &name(col),
+                &name("label"),
+                &opts,
+                None,
+            )
+            .unwrap();
+            assert_eq!(classes, ["bag", "coat", "shirt"]);
+            assert_eq!((ds.len(), ds.channels, ds.height, ds.width), (n, 1, 4, 5));
+            for i in 0..n {
+                let want = image::load_from_memory(&pngs[i])
+                    .unwrap()
+                    .into_luma8()
+                    .into_raw();
+                assert_eq!(ds.image(i), want.as_slice(), "image {i}");
+                let class = classes.iter().position(|c| c == names[i % 3]).unwrap();
+                assert_eq!(ds.label(i) as usize, class);
+            }
+            // A training run's classes re-map a test file's; resizing and RGB apply.
+            let opts = FolderOptions {
+                size: Some([8, 8]),
+                channels: Some(3),
+            };
+            let train = [
+                "coat".to_string(),
+                "shirt".into(),
+                "bag".into(),
+                "hat".into(),
+            ];
+            let (ds, classes) = crate::ImageDataset::read_parquet_images(
+                p,
+                &name(col),
+                &name("label"),
+                &opts,
+                Some(&train),
+            )
+            .unwrap();
+            assert_eq!(classes, train);
+            assert_eq!((ds.channels, ds.height, ds.width), (3, 8, 8));
+            assert_eq!(ds.label(0) as usize, 1); // shirt
+        }
+        // A damaged image, a null and a wrong column type name the row.
+        let mut broken = pngs.clone();
+        broken[7].truncate(20);
+        let bad = write(
+            &dir.path().join("bad.parquet"),
+            vec![
+                (
+                    "image",
+                    Arc::new(BinaryArray::from_iter_values(
+                        broken.iter().map(Vec::as_slice),
+                    )) as ArrayRef,
+                ),
+                ("label", label()),
+            ],
+            5,
+            Compression::SNAPPY,
+        );
+        let e = crate::ImageDataset::read_parquet_images(
+            &bad,
+            &name("image"),
+            &name("label"),
+            &FolderOptions::default(),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("bad.parquet") && e.contains("row 7") && e.contains("decode"),
+            "{e}"
+        );
+        let null = write(
+            &dir.path().join("null.parquet"),
+            vec![
+                (
+                    "image",
+                    Arc::new(BinaryArray::from_iter(
+                        (0..n).map(|i| (i != 3).then_some(pngs[i].as_slice())),
+                    )) as ArrayRef,
+                ),
+                ("label", label()),
+            ],
+            5,
+            Compression::SNAPPY,
+        );
+        let e = crate::ImageDataset::read_parquet_images(
+            &null,
+            &name("image"),
+            &name("label"),
+            &FolderOptions::default(),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("row 3") && e.contains("null"), "{e}");
+        let e = crate::ImageDataset::read_parquet_images(
+            &plain,
+            &name("label"),
+            &name("image"),
+            &FolderOptions::default(),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("label column `image`"), "{e}");
     }
 }

@@ -14,7 +14,7 @@ pub enum DataCommand {
     /// Write a job's IDX images (e.g. Fashion-MNIST) as an image folder
     /// (`OUT/train/<class>/*.png`, `OUT/test/<class>/*.png`), or as CSV
     /// or Parquet tables (`OUT/train.csv|parquet`, `OUT/test.…`: label, then raw
-    /// pixels 0–255).
+    /// pixels 0–255; or `image` PNG bytes and `label`).
     Export(ExportArgs),
 }
 
@@ -27,6 +27,9 @@ pub enum ExportFormat {
     Csv,
     /// A Parquet table per split (`label`, then one UInt8 column per pixel).
     Parquet,
+    /// A Parquet table per split of PNG-encoded images (`image`, `label`): train on it
+    /// with `image_column = "image"`.
+    ParquetPng,
 }
 
 #[derive(Args, Debug)]
@@ -99,6 +102,11 @@ fn export(a: ExportArgs) -> Result<()> {
                 let file = a.out.join(format!("{split}.parquet"));
                 ds.write_parquet(&file)?;
                 eprintln!("{split}: {} rows → {}", ds.len(), file.display());
+            }
+            ExportFormat::ParquetPng => {
+                let file = a.out.join(format!("{split}.parquet"));
+                ds.write_parquet_images(&file)?;
+                eprintln!("{split}: {} PNG images → {}", ds.len(), file.display());
             }
         }
     }

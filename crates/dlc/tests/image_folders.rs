@@ -268,3 +268,78 @@ fn bench_data_times_the_loader_without_training() {
         "{text}"
     );
 }
+
+#[test]
+fn a_parquet_table_of_png_bytes_trains_to_the_idx_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx_job = job(
+        dir.path(),
+        "idx.toml",
+        &quick_mlp(1200, 1, 64).replace("test_limit = 2000", "test_limit = 300"),
+    );
+    let pq = dir.path().join("pq");
+    let err = String::from_utf8_lossy(
+        &dlc()
+            .args([
+                "data",
+                "export",
+                idx_job.to_str().unwrap(),
+                "--to",
+                "parquet-png",
+                "--out",
+            ])
+            .arg(&pq)
+            .output()
+            .unwrap()
+            .stderr,
+    )
+    .into_owned();
+    assert!(err.contains("train: 1200 PNG images"), "{err}");
+    // The table keeps IDX's order and PNG is lossless: the same batches, the same weights.
+    let pq_job = job(
+        dir.path(),
+        "pq.toml",
+        &format!(
+            "[model]\npreset = \"mlp\"\n[data]\npath = \"{}\"\ntest_path = \"{}\"\n\
+             image_column = \"image\"\nlabel = \"label\"\n[train]\nepochs = 1\nbatch_size = 64\n\
+             optimizer = \"adam\"\nlearning_rate = 0.002\nlog_every = 5\nseed = 3\n",
+            pq.join("train.parquet").display(),
+            pq.join("test.parquet").display()
+        ),
+    );
+    let mut runs = Vec::new();
+    for (name, j) in [("idx", &idx_job), ("pq", &pq_job)] {
+        let run = dir.path().join(name);
+        let out = ok(&[
+            "train",
+            j.to_str().unwrap(),
+            "--json",
+            "-q",
+            "--out",
+            run.to_str().unwrap(),
+        ]);
+        let s: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        runs.push((
+            s["test_accuracy"].as_f64().unwrap(),
+            weights(&run.join("model.safetensors")),
+        ));
+    }
+    let d = max_abs_diff(&runs[0].1, &runs[1].1);
+    assert!(d < 1e-6, "IDX vs Parquet PNG: max |Δw| = {d}");
+    assert_eq!(runs[0].0, runs[1].0);
+    // Augmentation and resizing apply to a Parquet image column; numeric-table keys do not.
+    let bad = job(
+        dir.path(),
+        "bad.toml",
+        &format!(
+            "[model]\npreset = \"mlp\"\n[data]\npath = \"{}\"\nimage_column = \"image\"\n\
+             label = \"label\"\nstandardize = true\n",
+            pq.join("train.parquet").display()
+        ),
+    );
+    let e = fails(&["train", bad.to_str().unwrap()]);
+    assert!(
+        e.contains("data.standardize") && e.contains("image_column"),
+        "{e}"
+    );
+}

@@ -260,6 +260,11 @@ pub struct DataSpec {
     /// memory) [default: false].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
+    /// Parquet: the column of encoded images (PNG, JPEG, …; binary, or a struct with a
+    /// `bytes` field as Hugging Face `datasets` writes) to train on with `label`,
+    /// decoded as an image folder's files are (`image_size`, `channels`, augmentation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_column: Option<ColumnSpec>,
     /// With `stream`: rows each worker shuffles among [default: 10000].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shuffle_buffer: Option<usize>,

@@ -105,6 +105,28 @@ fn check_table(d: &crate::DataSpec) -> Result<(), Problem> {
              index, `label = 4`, when there is no header)",
         )?;
     }
+    if d.image_column.is_some() {
+        if format != Some(crate::DataFormat::Parquet) {
+            bad(
+                "data.image_column",
+                "is for Parquet tables of encoded images; an image folder's images are its \
+                 files, a CSV table holds numbers",
+            )?;
+        }
+        refuse(
+            &[
+                ("data.features", d.features.is_some()),
+                ("data.standardize", d.standardize.is_some()),
+                ("data.stream", d.stream.is_some()),
+            ],
+            "is for numeric tables; with `image_column` the features are the image's pixels",
+        )?;
+        refuse(
+            &regression_key(d),
+            "is `regression`; with `image_column` the label is a class",
+        )?;
+    }
+    let images = format == Some(crate::DataFormat::Images) || d.image_column.is_some();
     if format == Some(crate::DataFormat::Images) {
         refuse(
             &regression_key(d),
@@ -119,6 +141,18 @@ fn check_table(d: &crate::DataSpec) -> Result<(), Problem> {
                 path.display()
             ),
         )?;
+    } else if !images {
+        refuse(
+            &folder_keys(d),
+            "is for images (an image folder, or a Parquet `image_column`)",
+        )?;
+        refuse(
+            &augment_keys(d),
+            "is an image augmentation; tables have no pixels (unless `image_column` names \
+             a column of images)",
+        )?;
+    }
+    if images {
         if d.channels.is_some_and(|c| c != 1 && c != 3) {
             bad("data.channels", "must be 1 (grey) or 3 (RGB)")?;
         }
@@ -127,12 +161,6 @@ fn check_table(d: &crate::DataSpec) -> Result<(), Problem> {
         {
             bad("data.image_size", "must be [height, width], each 1 to 4096")?;
         }
-    } else {
-        refuse(&folder_keys(d), "is for image folders")?;
-        refuse(
-            &augment_keys(d),
-            "is an image augmentation; tables have no pixels",
-        )?;
     }
     if format == Some(crate::DataFormat::Parquet)
         && (d.header.is_some() || d.skip_rows.is_some() || d.delimiter.is_some())
@@ -204,8 +232,9 @@ fn check_stream(d: &crate::DataSpec, format: Option<crate::DataFormat>) -> Resul
 }
 
 /// `[data]` keys only tables read, each with whether it is set.
-fn table_keys(d: &crate::DataSpec) -> [(&'static str, bool); 6] {
+fn table_keys(d: &crate::DataSpec) -> [(&'static str, bool); 7] {
     [
+        ("data.image_column", d.image_column.is_some()),
         ("data.label", d.label.is_some()),
         ("data.features", d.features.is_some()),
         ("data.header", d.header.is_some()),

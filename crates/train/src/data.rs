@@ -208,6 +208,16 @@ impl JobData {
         if spec.stream == Some(true) {
             return Self::load_stream(spec, &path, opts, seed, saved);
         }
+        if let Some(image) = &spec.image_column {
+            return Self::load_parquet_images(
+                spec,
+                &path,
+                &column(image),
+                &opts.label,
+                seed,
+                saved,
+            );
+        }
         let read = |p: &std::path::Path| match format {
             DataFormat::Parquet => TableDataset::read_parquet(
                 p,
@@ -344,6 +354,53 @@ impl JobData {
             test: Box::new(test),
             classes,
             standardizer,
+        })
+    }
+
+    /// A Parquet table of encoded images (`image_column`) and labels: decoded into
+    /// memory as an image folder is, a test file or a deterministic split.
+    fn load_parquet_images(
+        spec: &DataSpec,
+        path: &Path,
+        image: &Column,
+        label: &Column,
+        seed: u64,
+        saved: Option<&DataInfo>,
+    ) -> Result<Self, TrainError> {
+        let opts = FolderOptions {
+            size: spec.image_size,
+            channels: spec.channels,
+        };
+        let err = |e: dlc_data::TableError| TrainError::Usage(e.to_string());
+        let saved_names = saved.map(|info| info.class_names.as_slice());
+        let (all, names) =
+            ImageDataset::read_parquet_images(path, image, label, &opts, saved_names)
+                .map_err(err)?;
+        let (mut train, mut test) = match &spec.test_path {
+            Some(tp) => {
+                let opts = FolderOptions {
+                    size: Some([all.height, all.width]),
+                    channels: Some(all.channels),
+                };
+                let (test, _) =
+                    ImageDataset::read_parquet_images(tp, image, label, &opts, Some(&names))
+                        .map_err(err)?;
+                (all, test)
+            }
+            None => all.split(spec.test_fraction.unwrap_or(0.1), seed),
+        };
+        apply_limits(spec, path, "images", &mut train, &mut test)?;
+        let classes = if names.is_empty() {
+            train.num_classes().max(test.num_classes())
+        } else {
+            names.len()
+        };
+        Ok(Self {
+            classes,
+            class_names: names,
+            train: Box::new(InMemory::new(Arc::new(train), augment(spec))),
+            test: Box::new(test),
+            standardizer: None,
         })
     }
 
