@@ -23,7 +23,7 @@ use arrow_array::types::{
 use arrow_array::Array;
 use arrow_schema::DataType;
 
-use crate::table::{class_ids, Column, TableDataset, TableError, Targets};
+use crate::table::{class_ids, Column, TableDataset, TableError, Targets, MAX_CLASSES};
 
 /// Rows decoded at a time (within one row group) when a whole file is read.
 const BATCH_ROWS: usize = 8192;
@@ -226,7 +226,7 @@ impl TableDataset {
         let classes_of = |(ids, names)| (Targets::Classes(ids), names);
         let (targets, classes) = match labels {
             Labels::Values(v) => (Targets::Values(v), Vec::new()),
-            Labels::Ints(v) if v.iter().all(|&l| (0..10_000).contains(&l)) => (
+            Labels::Ints(v) if v.iter().all(|&l| (0..MAX_CLASSES as i128).contains(&l)) => (
                 Targets::Classes(v.into_iter().map(|l| l as u32).collect()),
                 Vec::new(),
             ),
@@ -287,6 +287,48 @@ enum LabelKind {
     Strs,
 }
 
+impl LabelKind {
+    /// No labels yet, of this kind.
+    fn empty(self) -> Labels {
+        match self {
+            LabelKind::Values => Labels::Values(Vec::new()),
+            LabelKind::Ints => Labels::Ints(Vec::new()),
+            LabelKind::Strs => Labels::Strs(Vec::new()),
+        }
+    }
+}
+
+/// What the label column `name` of type `t` can be: numbers to predict (regression),
+/// class numbers (integers) or class names (strings); any other type is an error.
+fn label_kind(
+    path: &Path,
+    name: &str,
+    t: &DataType,
+    regression: bool,
+) -> Result<LabelKind, TableError> {
+    let fail = |message: String| TableError::Parquet {
+        path: path.to_path_buf(),
+        message,
+    };
+    if regression && is_number(t) {
+        Ok(LabelKind::Values)
+    } else if regression {
+        Err(fail(format!(
+            "label column `{name}` has type {t}; task = \"regression\" predicts a \
+             number (an integer or floating-point column)"
+        )))
+    } else if t.is_integer() {
+        Ok(LabelKind::Ints)
+    } else if is_string(t) {
+        Ok(LabelKind::Strs)
+    } else {
+        Err(fail(format!(
+            "label column `{name}` has type {t}; a label must be integers (class \
+             numbers) or strings (class names)"
+        )))
+    }
+}
+
 impl ParquetTable {
     /// Opens `path`, resolving and type-checking the columns (see
     /// [`TableDataset::read_parquet`]).
@@ -335,26 +377,12 @@ impl ParquetTable {
                 )));
             }
         }
-        let label_type = fields[label_col].data_type();
-        let label_kind = if regression && is_number(label_type) {
-            LabelKind::Values
-        } else if regression {
-            return Err(fail(format!(
-                "label column `{}` has type {label_type}; task = \"regression\" predicts a \
-                 number (an integer or floating-point column)",
-                names[label_col]
-            )));
-        } else if label_type.is_integer() {
-            LabelKind::Ints
-        } else if is_string(label_type) {
-            LabelKind::Strs
-        } else {
-            return Err(fail(format!(
-                "label column `{}` has type {label_type}; a label must be integers (class \
-                 numbers) or strings (class names)",
-                names[label_col]
-            )));
-        };
+        let label_kind = label_kind(
+            path,
+            &names[label_col],
+            fields[label_col].data_type(),
+            regression,
+        )?;
         // Only the columns asked for are decoded; a batch holds them in schema order.
         let mut roots: Vec<usize> = feature_cols.iter().copied().chain([label_col]).collect();
         roots.sort_unstable();
@@ -395,11 +423,7 @@ impl ParquetTable {
 
     /// No labels yet, of the label column's kind.
     pub(crate) fn empty_labels(&self) -> Labels {
-        match self.label_kind {
-            LabelKind::Values => Labels::Values(Vec::new()),
-            LabelKind::Ints => Labels::Ints(Vec::new()),
-            LabelKind::Strs => Labels::Strs(Vec::new()),
-        }
+        self.label_kind.empty()
     }
 
     /// A reader of row group `group`'s record batches of `batch_rows` rows.
@@ -725,18 +749,13 @@ fn read_images(
     };
     let (file, meta, names) = open_checked(path)?;
     let (image_col, label_col) = (resolve(path, &names, image)?, resolve(path, &names, label)?);
-    let label_type = meta.schema().field(label_col).data_type().clone();
-    let mut labels = if label_type.is_integer() {
-        Labels::Ints(Vec::new())
-    } else if is_string(&label_type) {
-        Labels::Strs(Vec::new())
-    } else {
-        return Err(fail(format!(
-            "label column `{}` has type {label_type}; a label must be integers (class \
-             numbers) or strings (class names)",
-            names[label_col]
-        )));
-    };
+    let mut labels = label_kind(
+        path,
+        &names[label_col],
+        meta.schema().field(label_col).data_type(),
+        false,
+    )?
+    .empty();
     if image_col == label_col {
         return Err(TableError::Mismatch(format!(
             "{}: the image column is the label column ({label})",

@@ -31,10 +31,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::augment::mix;
 use crate::loader::{Batch, BatchSource, EpochBatches, LoadError, Sharding, TrainSet};
 use crate::parquet::{GroupReader, Labels, ParquetTable};
-use crate::table::{Column, Standardizer, TableDataset, TableError, Targets};
+use crate::table::{Column, Standardizer, TableDataset, TableError, Targets, MAX_CLASSES};
 
-/// A classification label needs at most this many distinct values.
-const MAX_CLASSES: usize = 10_000;
 /// Keeps the row groups' permutation apart from other uses of the seed.
 const GROUP_SALT: u64 = 0x6772_6f75_7073;
 /// Keeps the test split apart from other uses of the seed.

@@ -198,6 +198,10 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>, TableError> {
     })
 }
 
+/// A classification label has at most this many classes; small non-negative integers
+/// below it are class indices already.
+pub(crate) const MAX_CLASSES: usize = 10_000;
+
 /// A raw label, kept as text until every row is read.
 pub(crate) fn class_ids(
     path: &Path,
@@ -206,7 +210,12 @@ pub(crate) fn class_ids(
     // Small non-negative integers are class indices already (0/1 targets, digits).
     let ints: Option<Vec<u32>> = raw
         .iter()
-        .map(|s| s.trim().parse::<u32>().ok().filter(|&v| v < 10_000))
+        .map(|s| {
+            s.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|&v| (v as usize) < MAX_CLASSES)
+        })
         .collect();
     if let Some(ids) = ints {
         return Ok((ids, Vec::new()));
@@ -214,10 +223,10 @@ pub(crate) fn class_ids(
     let mut names: Vec<String> = raw.iter().map(|s| s.trim().to_string()).collect();
     names.sort();
     names.dedup();
-    if names.len() > 10_000 {
+    if names.len() > MAX_CLASSES {
         return Err(TableError::Mismatch(format!(
             "{}: the label column has {} distinct values; a classification label needs \
-             at most 10000 (is it the right column?)",
+             at most {MAX_CLASSES} (is it the right column?)",
             path.display(),
             names.len()
         )));
