@@ -294,3 +294,81 @@ fn average_pooling_and_layer_norm_train_and_save_their_parameters() {
     let e = fails(&["train", bad.to_str().unwrap()]);
     assert!(e.contains("layernorm") && e.contains("[16, 14, 14]"), "{e}");
 }
+
+#[test]
+fn resnet_small_trains_saves_its_blocks_and_evaluates_from_the_saved_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(
+        dir.path(),
+        "resnet.toml",
+        "[model]\npreset = \"resnet-small\"\n\
+         [data]\ndataset = \"fashion-mnist\"\nlimit = 384\ntest_limit = 200\n\
+         [train]\nepochs = 1\nbatch_size = 64\noptimizer = \"adam\"\nlearning_rate = 0.002\n",
+    );
+    let out = dir.path().join("run");
+    let s: serde_json::Value = serde_json::from_str(
+        ok(&[
+            "train",
+            job.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+            "-q",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(s["global_step"], 6, "{s}");
+    let w = weights(&out.join("model.safetensors"));
+    let names: Vec<&str> = w.iter().map(|(n, _)| n.as_str()).collect();
+    // Block 5 (16 → 32 channels, stride 2): its layers, then the 1×1 projection.
+    for name in [
+        "layers.3.layers.0.weight",
+        "layers.3.layers.1.running_var",
+        "layers.5.layers.3.weight",
+        "layers.5.projection.weight",
+        "layers.10.weight",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    assert!(
+        !names.iter().any(|n| n.starts_with("layers.3.projection")),
+        "{names:?}"
+    );
+    let projection = &w
+        .iter()
+        .find(|(n, _)| n == "layers.5.projection.weight")
+        .unwrap()
+        .1;
+    assert_eq!(projection.len(), 32 * 16);
+    // Evaluation rebuilds the blocks, loads every tensor (batch-norm statistics
+    // included) and scores exactly what training scored.
+    let e = ok(&[
+        "eval",
+        job.to_str().unwrap(),
+        "--model",
+        out.join("model.safetensors").to_str().unwrap(),
+        "--json",
+    ]);
+    let e: serde_json::Value = serde_json::from_str(e.trim()).unwrap();
+    let acc = s["test_accuracy"].as_f64().unwrap();
+    assert!(
+        (e["accuracy"].as_f64().unwrap() - acc).abs() < 1e-9,
+        "{e} vs {s}"
+    );
+    // Nested blocks are refused with the layer's place.
+    let bad = job.with_file_name("nested.toml");
+    std::fs::write(
+        &bad,
+        "[model]\nlayers = [\n\
+           { type = \"residual\", layers = [{ type = \"residual\", layers = [{ type = \"relu\" }] }] },\n\
+           { type = \"flatten\" },\n{ type = \"dense\", units = 10 },\n]\n\
+         [data]\ndataset = \"fashion-mnist\"\nlimit = 64\n",
+    )
+    .unwrap();
+    let e = fails(&["train", bad.to_str().unwrap()]);
+    assert!(
+        e.contains("layer 0 (residual)") && e.contains("do not nest"),
+        "{e}"
+    );
+}

@@ -44,6 +44,12 @@ pub enum Preset {
     /// For tables of features: dense 128 → relu → dense 64 → relu → dense classes.
     #[serde(rename = "tabular-mlp")]
     TabularMlp,
+    /// A small CIFAR-style ResNet: conv 16@3×3 → batchnorm → relu, then three residual
+    /// blocks of two 3×3 convolutions with batchnorm (16, 32 and 64 filters; the
+    /// second and third halve the size with stride 2 and a 1×1 projection), each
+    /// followed by relu → global average pool → dense classes.
+    #[serde(rename = "resnet-small")]
+    ResnetSmall,
 }
 
 impl Preset {
@@ -94,6 +100,36 @@ impl Preset {
                 Relu,
                 Dense { units: classes },
             ],
+            Preset::ResnetSmall => {
+                let conv = |filters, stride| Conv2d {
+                    filters,
+                    kernel: 3,
+                    stride,
+                    padding: Padding::Same,
+                };
+                let block = |filters, stride| Residual {
+                    layers: vec![
+                        conv(filters, stride),
+                        Batchnorm,
+                        Relu,
+                        conv(filters, 1),
+                        Batchnorm,
+                    ],
+                };
+                vec![
+                    conv(16, 1),
+                    Batchnorm,
+                    Relu,
+                    block(16, 1),
+                    Relu,
+                    block(32, 2),
+                    Relu,
+                    block(64, 2),
+                    Relu,
+                    GlobalAvgpool,
+                    Dense { units: classes },
+                ]
+            }
         }
     }
 }
@@ -117,7 +153,7 @@ fn two() -> usize {
 }
 
 /// One layer of a `layers` list; `type` selects the kind.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum LayerSpec {
     /// Fully connected layer (input must be flat: put `flatten` before it).
@@ -173,6 +209,14 @@ pub enum LayerSpec {
     /// Layer normalisation over a sample's features (flat input), with a learned
     /// scale and shift per feature.
     Layernorm,
+    /// A block whose output is its layers' output plus its input (ResNet's skip
+    /// connection). When the layers change the shape, the input passes through a
+    /// learned projection first: a 1×1 convolution (with the stride that matches the
+    /// spatial size) for images, a dense layer for feature vectors.
+    Residual {
+        /// The block's layers, applied in order to the block's input.
+        layers: Vec<LayerSpec>,
+    },
 }
 
 /// `[data]`: a named dataset or explicit IDX paths.
@@ -197,10 +241,12 @@ pub struct DataSpec {
     /// Test labels (IDX).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_labels: Option<PathBuf>,
-    /// Use at most this many training samples (quick runs).
+    /// Use at most this many training samples (quick runs): the first ones in file
+    /// order; from an image folder (read class by class) evenly spaced ones, so every
+    /// class stays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
-    /// Use at most this many test samples.
+    /// Use at most this many test samples (chosen as `limit` chooses).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_limit: Option<usize>,
     /// `idx`, `csv`, `parquet` or `images` [default: from `path`: `.csv`/`.tsv`/`.txt`

@@ -73,6 +73,57 @@ dataset = "fashion-mnist"
 }
 
 #[test]
+fn residual_blocks_parse_from_arrays_of_tables_and_empty_ones_are_refused() {
+    let text = r#"
+[model]
+[[model.layers]]
+type = "conv2d"
+filters = 8
+kernel = 3
+[[model.layers]]
+type = "residual"
+[[model.layers.layers]]
+type = "conv2d"
+filters = 16
+kernel = 3
+stride = 2
+padding = "same"
+[[model.layers.layers]]
+type = "relu"
+[[model.layers]]
+type = "global_avgpool"
+[[model.layers]]
+type = "dense"
+units = 10
+[data]
+dataset = "fashion-mnist"
+"#;
+    let job = JobSpec::from_toml_str(text, "j").unwrap();
+    let layers = job.model.layers.unwrap();
+    assert_eq!(layers.len(), 4);
+    let LayerSpec::Residual { layers: block } = &layers[1] else {
+        panic!("{:?}", layers[1]);
+    };
+    assert_eq!(block.len(), 2);
+    assert_eq!(block[1], LayerSpec::Relu);
+    let e = err(&text.replace("stride = 2", "stride = 0"));
+    assert!(
+        e.contains("model.layers[1].layers[0]") && e.contains("stride"),
+        "{e}"
+    );
+    let e = err(r#"
+[model]
+layers = [{ type = "residual", layers = [] }, { type = "dense", units = 10 }]
+[data]
+dataset = "fashion-mnist"
+"#);
+    assert!(
+        e.contains("model.layers[0]") && e.contains("residual `layers` is empty"),
+        "{e}"
+    );
+}
+
+#[test]
 fn unknown_key_names_key_line_and_allowed() {
     let e = err(&GOOD.replace("epochs = 2", "epochs = 2\nepoch = 3"));
     assert!(e.contains("epoch"), "{e}");

@@ -9,25 +9,11 @@ fn bad(key: &str, message: impl Into<String>) -> Result<(), Problem> {
     Err((key.to_string(), message.into()))
 }
 
-/// Checks a parsed job; on failure returns the dotted key and what is allowed.
-pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
-    if let Some(c) = &job.command {
-        return check_command(job, c);
-    }
-    let m = &job.model;
-    match (&m.preset, &m.layers) {
-        (Some(_), Some(_)) => bad("model", "has both `preset` and `layers`; give one")?,
-        (None, None) => bad(
-            "model",
-            "needs `preset = \"mlp\"`, `\"lenet\"` or `\"tabular-mlp\"`, or a `layers` list",
-        )?,
-        (None, Some(layers)) if layers.is_empty() => {
-            bad("model.layers", "is empty; give at least one layer")?
-        }
-        _ => {}
-    }
-    for (i, layer) in m.layers.iter().flatten().enumerate() {
-        let key = format!("model.layers[{i}]");
+/// Checks every layer of `layers` (and of residual blocks inside it); `key` is the
+/// list's dotted key.
+fn check_layers(layers: &[LayerSpec], key: &str) -> Result<(), Problem> {
+    for (i, layer) in layers.iter().enumerate() {
+        let key = format!("{key}[{i}]");
         match *layer {
             LayerSpec::Dense { units: 0 } => bad(&key, "dense `units` must be at least 1")?,
             LayerSpec::Conv2d {
@@ -48,8 +34,37 @@ pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
                 &key,
                 format!("dropout `rate` is {rate}; allowed: 0 <= rate < 1"),
             )?,
+            LayerSpec::Residual { ref layers } if layers.is_empty() => bad(
+                &key,
+                "residual `layers` is empty; give the block's layers (its input is added to their output)",
+            )?,
+            LayerSpec::Residual { ref layers } => check_layers(layers, &format!("{key}.layers"))?,
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// Checks a parsed job; on failure returns the dotted key and what is allowed.
+pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
+    if let Some(c) = &job.command {
+        return check_command(job, c);
+    }
+    let m = &job.model;
+    match (&m.preset, &m.layers) {
+        (Some(_), Some(_)) => bad("model", "has both `preset` and `layers`; give one")?,
+        (None, None) => bad(
+            "model",
+            "needs `preset = \"mlp\"`, `\"lenet\"`, `\"resnet-small\"` or `\"tabular-mlp\"`, or a \
+             `layers` list",
+        )?,
+        (None, Some(layers)) if layers.is_empty() => {
+            bad("model.layers", "is empty; give at least one layer")?
+        }
+        _ => {}
+    }
+    if let Some(layers) = &m.layers {
+        check_layers(layers, "model.layers")?;
     }
 
     let d = &job.data;

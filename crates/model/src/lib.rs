@@ -5,10 +5,14 @@
 //! `layers.<i>.weight` and `layers.<i>.bias` for dense and conv2d layers,
 //! `layers.<i>.gamma`, `layers.<i>.beta`, `layers.<i>.running_mean`,
 //! `layers.<i>.running_var` for batchnorm, where `<i>` is the layer's index in the
-//! resolved layer list (presets expanded; see [`dlc_job::Preset`]).
+//! resolved layer list (presets expanded; see [`dlc_job::Preset`]). Inside residual
+//! block `<i>`: `layers.<i>.layers.<j>.…` for its layers and
+//! `layers.<i>.projection.weight` / `.bias` for its shortcut's projection.
 
 mod net;
+mod norm;
 mod shape;
 
-pub use net::{Layer, Net};
-pub use shape::{plan, LayerPlan, ModelError, Shape};
+pub use net::{Layer, Net, Op, Residual, Shortcut};
+pub use norm::BatchNorm;
+pub use shape::{plan, Block, LayerPlan, ModelError, Projection, Shape};

@@ -4,14 +4,14 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{
-    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear,
-    LinearConfig, PaddingConfig2d, Relu,
+    Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu,
 };
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use dlc_job::{LayerSpec, Padding};
 
-use crate::shape::{LayerPlan, Shape};
+use crate::norm::BatchNorm;
+use crate::shape::{LayerPlan, Projection, Shape};
 
 /// Flattens `[batch, c, h, w]` into `[batch, c*h*w]`. Has no parameters.
 #[derive(Module, Clone, Debug, Default)]
@@ -21,10 +21,21 @@ pub struct Flatten;
 #[derive(Module, Clone, Debug, Default)]
 pub struct GlobalAvgpool;
 
-/// One layer of a [`Net`].
+/// One layer of a [`Net`]: an operation or a residual block of operations.
 #[derive(Module, Debug)]
 #[allow(clippy::large_enum_variant)]
 pub enum Layer<B: Backend> {
+    /// An operation.
+    Op(Op<B>),
+    /// A residual block.
+    Residual(Residual<B>),
+}
+
+/// An operation (every layer kind but the residual block, which holds operations;
+/// blocks do not nest, which keeps burn's record types finite).
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Op<B: Backend> {
     /// Fully connected.
     Dense(Linear<B>),
     /// 2-D convolution.
@@ -45,6 +56,25 @@ pub enum Layer<B: Backend> {
     Batchnorm(BatchNorm<B>),
     /// Layer normalisation.
     Layernorm(LayerNorm<B>),
+}
+
+/// A residual block: its layers' output plus its input, projected to the output's
+/// shape when the two differ.
+#[derive(Module, Debug)]
+pub struct Residual<B: Backend> {
+    /// The block's layers, in order.
+    pub layers: Vec<Op<B>>,
+    /// The input's projection, when the layers change the shape.
+    pub projection: Option<Shortcut<B>>,
+}
+
+/// The learned projection on a residual block's skip path.
+#[derive(Module, Debug)]
+pub enum Shortcut<B: Backend> {
+    /// 1×1 convolution (images).
+    Conv(Conv2d<B>),
+    /// Dense layer (feature vectors).
+    Dense(Linear<B>),
 }
 
 /// A sequential network of [`Layer`]s taking `[batch, c, h, w]` images and producing
@@ -74,66 +104,9 @@ impl<B: Backend> Net<B> {
     /// initialised parameters drawn from the backend's RNG (seed it first for
     /// reproducible weights).
     pub fn new(plan: &[LayerPlan], device: &B::Device) -> Self {
-        let layers = plan
-            .iter()
-            .map(|lp| match (lp.spec, lp.input) {
-                (LayerSpec::Dense { units }, Shape::Flat(f)) => {
-                    Layer::Dense(LinearConfig::new(f, units).init(device))
-                }
-                (
-                    LayerSpec::Conv2d {
-                        filters,
-                        kernel,
-                        stride,
-                        padding,
-                    },
-                    Shape::Spatial { c, .. },
-                ) => {
-                    let pad = match padding {
-                        Padding::Valid => 0,
-                        Padding::Same => (kernel - 1) / 2,
-                    };
-                    Layer::Conv2d(
-                        Conv2dConfig::new([c, filters], [kernel, kernel])
-                            .with_stride([stride, stride])
-                            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
-                            .init(device),
-                    )
-                }
-                (LayerSpec::Maxpool2d { size, stride }, _) => {
-                    let s = stride.unwrap_or(size);
-                    Layer::Maxpool2d(
-                        MaxPool2dConfig::new([size, size])
-                            .with_strides([s, s])
-                            .init(),
-                    )
-                }
-                (LayerSpec::Avgpool2d { size, stride }, _) => {
-                    let s = stride.unwrap_or(size);
-                    Layer::Avgpool2d(
-                        AvgPool2dConfig::new([size, size])
-                            .with_strides([s, s])
-                            .init(),
-                    )
-                }
-                (LayerSpec::GlobalAvgpool, _) => Layer::GlobalAvgpool(GlobalAvgpool),
-                (LayerSpec::Layernorm, Shape::Flat(f)) => {
-                    Layer::Layernorm(LayerNormConfig::new(f).init(device))
-                }
-                (LayerSpec::Flatten, _) => Layer::Flatten(Flatten),
-                (LayerSpec::Relu, _) => Layer::Relu(Relu::new()),
-                (LayerSpec::Dropout { rate }, _) => Layer::Dropout(DropoutConfig::new(rate).init()),
-                (LayerSpec::Batchnorm, s) => {
-                    let ch = match s {
-                        Shape::Spatial { c, .. } => c,
-                        Shape::Flat(f) => f,
-                    };
-                    Layer::Batchnorm(BatchNormConfig::new(ch).init(device))
-                }
-                (spec, input) => unreachable!("plan() rejects {spec:?} on {input}"),
-            })
-            .collect();
-        let net = Self { layers };
+        let net = Self {
+            layers: build(plan, device),
+        };
         // burn initialises parameters lazily, on first use, from whatever the RNG holds
         // then. Touch them now so that the weights depend on the seed set before
         // `new`, not on what ran in between.
@@ -145,35 +118,162 @@ impl<B: Backend> Net<B> {
     /// (tables) come as `[batch, features, 1, 1]`; element-wise layers and batch norm
     /// treat that like a flat vector, and dense layers flatten it.
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut x = Act::Spatial(images);
-        for layer in &self.layers {
-            x = match (layer, x) {
-                (Layer::Dense(l), Act::Flat(t)) => Act::Flat(l.forward(t)),
-                // A feature vector arrives as `[batch, features, 1, 1]`.
-                (Layer::Dense(l), Act::Spatial(t)) => Act::Flat(l.forward(t.flatten(1, 3))),
-                (Layer::Conv2d(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
-                (Layer::Maxpool2d(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
-                (Layer::Avgpool2d(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
-                (Layer::GlobalAvgpool(_), Act::Spatial(t)) => {
-                    Act::Flat(t.mean_dim(3).mean_dim(2).flatten(1, 3))
-                }
-                (Layer::Layernorm(l), Act::Flat(t)) => Act::Flat(l.forward(t)),
-                // A feature vector arrives as `[batch, features, 1, 1]`.
-                (Layer::Layernorm(l), Act::Spatial(t)) => Act::Flat(l.forward(t.flatten(1, 3))),
-                (Layer::Flatten(_), Act::Spatial(t)) => Act::Flat(t.flatten(1, 3)),
-                (Layer::Flatten(_), Act::Flat(t)) => Act::Flat(t),
-                (Layer::Relu(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
-                (Layer::Relu(l), Act::Flat(t)) => Act::Flat(l.forward(t)),
-                (Layer::Dropout(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
-                (Layer::Dropout(l), Act::Flat(t)) => Act::Flat(l.forward(t)),
-                (Layer::Batchnorm(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
-                (Layer::Batchnorm(l), Act::Flat(t)) => Act::Flat(l.forward(t)),
-                (_, _) => panic!("layer does not match its input; build Net from crate::plan"),
-            };
-        }
-        match x {
+        match run(&self.layers, Act::Spatial(images)) {
             Act::Flat(t) => t,
             Act::Spatial(t) => t.flatten(1, 3),
+        }
+    }
+}
+
+/// The layers of a checked plan, parameters freshly initialised.
+fn build<B: Backend>(plan: &[LayerPlan], device: &B::Device) -> Vec<Layer<B>> {
+    plan.iter()
+        .map(|lp| match &lp.block {
+            Some(block) => Layer::Residual(Residual {
+                layers: block.layers.iter().map(|l| op(l, device)).collect(),
+                projection: block.projection.map(|p| match p {
+                    Projection::Conv { from, to, stride } => Shortcut::Conv(
+                        Conv2dConfig::new([from, to], [1, 1])
+                            .with_stride([stride, stride])
+                            .init(device),
+                    ),
+                    Projection::Dense { from, to } => {
+                        Shortcut::Dense(LinearConfig::new(from, to).init(device))
+                    }
+                }),
+            }),
+            None => Layer::Op(op(lp, device)),
+        })
+        .collect()
+}
+
+/// The operation of a checked plan's (non-residual) layer.
+fn op<B: Backend>(lp: &LayerPlan, device: &B::Device) -> Op<B> {
+    match (&lp.spec, lp.input) {
+        (&LayerSpec::Dense { units }, Shape::Flat(f)) => {
+            Op::Dense(LinearConfig::new(f, units).init(device))
+        }
+        (
+            &LayerSpec::Conv2d {
+                filters,
+                kernel,
+                stride,
+                padding,
+            },
+            Shape::Spatial { c, .. },
+        ) => {
+            let pad = match padding {
+                Padding::Valid => 0,
+                Padding::Same => (kernel - 1) / 2,
+            };
+            Op::Conv2d(
+                Conv2dConfig::new([c, filters], [kernel, kernel])
+                    .with_stride([stride, stride])
+                    .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+                    .init(device),
+            )
+        }
+        (&LayerSpec::Maxpool2d { size, stride }, _) => {
+            let s = stride.unwrap_or(size);
+            Op::Maxpool2d(
+                MaxPool2dConfig::new([size, size])
+                    .with_strides([s, s])
+                    .init(),
+            )
+        }
+        (&LayerSpec::Avgpool2d { size, stride }, _) => {
+            let s = stride.unwrap_or(size);
+            Op::Avgpool2d(
+                AvgPool2dConfig::new([size, size])
+                    .with_strides([s, s])
+                    .init(),
+            )
+        }
+        (LayerSpec::GlobalAvgpool, _) => Op::GlobalAvgpool(GlobalAvgpool),
+        (LayerSpec::Layernorm, Shape::Flat(f)) => {
+            Op::Layernorm(LayerNormConfig::new(f).init(device))
+        }
+        (LayerSpec::Flatten, _) => Op::Flatten(Flatten),
+        (LayerSpec::Relu, _) => Op::Relu(Relu::new()),
+        (&LayerSpec::Dropout { rate }, _) => Op::Dropout(DropoutConfig::new(rate).init()),
+        (LayerSpec::Batchnorm, s) => {
+            let ch = match s {
+                Shape::Spatial { c, .. } => c,
+                Shape::Flat(f) => f,
+            };
+            Op::Batchnorm(BatchNorm::new(ch, device))
+        }
+        (spec, input) => unreachable!("plan() rejects {spec:?} on {input}"),
+    }
+}
+
+/// Runs `layers` in order on `x`.
+fn run<B: Backend>(layers: &[Layer<B>], mut x: Act<B>) -> Act<B> {
+    for layer in layers {
+        x = match layer {
+            Layer::Op(op) => apply(op, x),
+            Layer::Residual(r) => {
+                let y = r.layers.iter().fold(x.clone(), |a, op| apply(op, a));
+                let skip = match (&r.projection, x) {
+                    (None, x) => x,
+                    (Some(Shortcut::Conv(c)), Act::Spatial(t)) => Act::Spatial(c.forward(t)),
+                    (Some(Shortcut::Dense(l)), x) => Act::Flat(l.forward(x.flat())),
+                    (Some(Shortcut::Conv(_)), Act::Flat(_)) => {
+                        panic!("a convolution shortcut on a flat input; build Net from crate::plan")
+                    }
+                };
+                match (y, skip) {
+                    (Act::Spatial(a), Act::Spatial(b)) => Act::Spatial(a + b),
+                    (a, b) => Act::Flat(a.flat() + b.flat()),
+                }
+            }
+        };
+    }
+    x
+}
+
+/// Applies one operation. A feature vector arrives as `[batch, features, 1, 1]`;
+/// element-wise layers and batch norm treat that like a flat vector, and dense and
+/// layer-norm layers flatten it.
+fn apply<B: Backend>(op: &Op<B>, x: Act<B>) -> Act<B> {
+    match (op, x) {
+        (Op::Dense(l), x) => Act::Flat(l.forward(x.flat())),
+        (Op::Conv2d(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
+        (Op::Maxpool2d(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
+        (Op::Avgpool2d(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
+        (Op::GlobalAvgpool(_), Act::Spatial(t)) => {
+            Act::Flat(t.mean_dim(3).mean_dim(2).flatten(1, 3))
+        }
+        (Op::Layernorm(l), x) => Act::Flat(l.forward(x.flat())),
+        (Op::Flatten(_), x) => Act::Flat(x.flat()),
+        (Op::Relu(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
+        (Op::Relu(l), Act::Flat(t)) => Act::Flat(l.forward(t)),
+        (Op::Dropout(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
+        (Op::Dropout(l), Act::Flat(t)) => Act::Flat(l.forward(t)),
+        (Op::Batchnorm(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
+        (Op::Batchnorm(l), Act::Flat(t)) => {
+            let [b, f] = t.dims();
+            Act::Flat(l.forward(t.reshape([b, f, 1, 1])).reshape([b, f]))
+        }
+        (_, _) => panic!("layer does not match its input; build Net from crate::plan"),
+    }
+}
+
+impl<B: Backend> Act<B> {
+    /// The activation as `[batch, features]`.
+    fn flat(self) -> Tensor<B, 2> {
+        match self {
+            Act::Flat(t) => t,
+            Act::Spatial(t) => t.flatten(1, 3),
+        }
+    }
+}
+
+impl<B: Backend> Clone for Act<B> {
+    fn clone(&self) -> Self {
+        match self {
+            Act::Spatial(t) => Act::Spatial(t.clone()),
+            Act::Flat(t) => Act::Flat(t.clone()),
         }
     }
 }

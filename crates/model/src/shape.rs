@@ -44,8 +44,8 @@ pub enum ModelError {
     /// A layer cannot take the shape its predecessor produces.
     #[error("layer {index} ({layer}): {message}")]
     Layer {
-        /// Index in the resolved layer list.
-        index: usize,
+        /// Index in the resolved layer list; `3.1` is layer 1 of residual block 3.
+        index: String,
         /// Layer kind.
         layer: &'static str,
         /// What is wrong.
@@ -74,10 +74,73 @@ pub struct LayerPlan {
     pub input: Shape,
     /// Output shape.
     pub output: Shape,
-    /// Trainable parameters.
+    /// Trainable parameters (a residual block's include its layers' and projection's).
     pub params: usize,
     /// Forward floating-point operations per sample (multiply-add = 2).
     pub flops: u64,
+    /// A residual block's planned layers and projection; `None` for other layers.
+    pub block: Option<Block>,
+}
+
+/// The inside of a residual block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Block {
+    /// The block's layers, planned from the block's input.
+    pub layers: Vec<LayerPlan>,
+    /// How the block's input is brought to its output's shape before the sum, when
+    /// the two differ.
+    pub projection: Option<Projection>,
+}
+
+/// A residual block's learned projection of its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Projection {
+    /// A 1×1 convolution from `from` to `to` channels with `stride`.
+    Conv {
+        /// Input channels.
+        from: usize,
+        /// Output channels.
+        to: usize,
+        /// Stride (both directions).
+        stride: usize,
+    },
+    /// A dense layer from `from` to `to` features.
+    Dense {
+        /// Input features.
+        from: usize,
+        /// Output features.
+        to: usize,
+    },
+}
+
+impl Projection {
+    /// The projection that maps `input` onto `output`, if any does.
+    fn between(input: Shape, output: Shape) -> Option<Projection> {
+        match (input, output) {
+            (Shape::Flat(from), Shape::Flat(to)) => Some(Projection::Dense { from, to }),
+            (
+                Shape::Spatial { c, h, w },
+                Shape::Spatial {
+                    c: to,
+                    h: oh,
+                    w: ow,
+                },
+            ) => (1..=h.max(w))
+                .find(|s| (h - 1) / s + 1 == oh && (w - 1) / s + 1 == ow)
+                .map(|stride| Projection::Conv {
+                    from: c,
+                    to,
+                    stride,
+                }),
+            _ => None,
+        }
+    }
+
+    fn params(&self) -> usize {
+        match *self {
+            Projection::Conv { from, to, .. } | Projection::Dense { from, to } => from * to + to,
+        }
+    }
 }
 
 /// Name of a layer kind, as written in job files.
@@ -93,6 +156,7 @@ pub fn kind(spec: &LayerSpec) -> &'static str {
         LayerSpec::Dropout { .. } => "dropout",
         LayerSpec::Batchnorm => "batchnorm",
         LayerSpec::Layernorm => "layernorm",
+        LayerSpec::Residual { .. } => "residual",
     }
 }
 
@@ -102,27 +166,80 @@ pub fn plan(
     input: Shape,
     classes: usize,
 ) -> Result<Vec<LayerPlan>, ModelError> {
+    let out = plan_list(layers, input, "")?;
+    let shape = out.last().map_or(input, |l| l.output);
+    if shape != Shape::Flat(classes) {
+        return Err(ModelError::Output {
+            found: shape,
+            classes,
+        });
+    }
+    Ok(out)
+}
+
+/// Plans `layers` from `input`; `path` prefixes layer indices inside residual blocks
+/// (`"3."` for the layers of block 3), so errors name the nested layer.
+fn plan_list(layers: &[LayerSpec], input: Shape, path: &str) -> Result<Vec<LayerPlan>, ModelError> {
     let mut out = Vec::with_capacity(layers.len());
     let mut shape = input;
     for (index, spec) in layers.iter().enumerate() {
         let err = |message: String| ModelError::Layer {
-            index,
+            index: format!("{path}{index}"),
             layer: kind(spec),
             message,
         };
-        let (output, params, flops) = match (*spec, shape) {
-            (LayerSpec::Dense { units }, Shape::Flat(f)) => (
+        let mut block = None;
+        let (output, params, flops) = match (spec, shape) {
+            (LayerSpec::Residual { layers }, input) => {
+                if let Some(j) = layers
+                    .iter()
+                    .position(|l| matches!(l, LayerSpec::Residual { .. }))
+                {
+                    return Err(err(format!(
+                        "holds another residual block (its layer {j}); blocks do not nest: \
+                         put the inner block after this one"
+                    )));
+                }
+                let inner = plan_list(layers, input, &format!("{path}{index}."))?;
+                let output = inner.last().map_or(input, |l| l.output);
+                let projection = if output == input {
+                    None
+                } else {
+                    Some(Projection::between(input, output).ok_or_else(|| {
+                        err(format!(
+                            "its layers turn {input} into {output}, and no 1×1 projection of \
+                             the input matches that shape to add them; keep the input's \
+                             kind and divide height and width by one stride"
+                        ))
+                    })?)
+                };
+                let params = inner.iter().map(|l| l.params).sum::<usize>()
+                    + projection.as_ref().map_or(0, Projection::params);
+                let flops = inner.iter().map(|l| l.flops).sum::<u64>()
+                    + 2 * projection.as_ref().map_or(0, |p| p.params()) as u64
+                        * match output {
+                            Shape::Spatial { h, w, .. } => (h * w) as u64,
+                            Shape::Flat(_) => 1,
+                        }
+                    + output.numel() as u64;
+                block = Some(Block {
+                    layers: inner,
+                    projection,
+                });
+                (output, params, flops)
+            }
+            (&LayerSpec::Dense { units }, Shape::Flat(f)) => (
                 Shape::Flat(units),
                 f * units + units,
                 2 * (f * units) as u64,
             ),
-            (LayerSpec::Dense { .. }, s) => {
+            (&LayerSpec::Dense { .. }, s) => {
                 return Err(err(format!(
                     "needs flat input but gets {s}; put `{{ type = \"flatten\" }}` before it"
                 )))
             }
             (
-                LayerSpec::Conv2d {
+                &LayerSpec::Conv2d {
                     filters,
                     kernel,
                     stride,
@@ -153,7 +270,7 @@ pub fn plan(
                 )
             }
             (
-                LayerSpec::Maxpool2d { size, stride } | LayerSpec::Avgpool2d { size, stride },
+                &LayerSpec::Maxpool2d { size, stride } | &LayerSpec::Avgpool2d { size, stride },
                 Shape::Spatial { c, h, w },
             ) => {
                 let stride = stride.unwrap_or(size);
@@ -169,30 +286,30 @@ pub fn plan(
                     (c * oh * ow * size * size) as u64,
                 )
             }
-            (LayerSpec::GlobalAvgpool, Shape::Spatial { c, h, w }) => {
+            (&LayerSpec::GlobalAvgpool, Shape::Spatial { c, h, w }) => {
                 (Shape::Flat(c), 0, (c * h * w) as u64)
             }
             (
-                LayerSpec::Conv2d { .. }
-                | LayerSpec::Maxpool2d { .. }
-                | LayerSpec::Avgpool2d { .. }
-                | LayerSpec::GlobalAvgpool,
+                &LayerSpec::Conv2d { .. }
+                | &LayerSpec::Maxpool2d { .. }
+                | &LayerSpec::Avgpool2d { .. }
+                | &LayerSpec::GlobalAvgpool,
                 s,
             ) => {
                 return Err(err(format!(
                     "needs [channels, height, width] input but gets {s}"
                 )))
             }
-            (LayerSpec::Layernorm, Shape::Flat(f)) => (Shape::Flat(f), 2 * f, 8 * f as u64),
-            (LayerSpec::Layernorm, s) => {
+            (&LayerSpec::Layernorm, Shape::Flat(f)) => (Shape::Flat(f), 2 * f, 8 * f as u64),
+            (&LayerSpec::Layernorm, s) => {
                 return Err(err(format!(
                     "normalises a flat feature vector but gets {s}; put it after `flatten`, \
                      `global_avgpool` or `dense` (for images use `batchnorm`)"
                 )))
             }
-            (LayerSpec::Flatten, s) => (Shape::Flat(s.numel()), 0, 0),
-            (LayerSpec::Relu | LayerSpec::Dropout { .. }, s) => (s, 0, s.numel() as u64),
-            (LayerSpec::Batchnorm, s) => {
+            (&LayerSpec::Flatten, s) => (Shape::Flat(s.numel()), 0, 0),
+            (&LayerSpec::Relu | &LayerSpec::Dropout { .. }, s) => (s, 0, s.numel() as u64),
+            (&LayerSpec::Batchnorm, s) => {
                 let ch = match s {
                     Shape::Spatial { c, .. } => c,
                     Shape::Flat(f) => f,
@@ -204,19 +321,14 @@ pub fn plan(
             return Err(err(format!("produces an empty output {output}")));
         }
         out.push(LayerPlan {
-            spec: *spec,
+            spec: spec.clone(),
             input: shape,
             output,
             params,
             flops,
+            block,
         });
         shape = output;
-    }
-    if shape != Shape::Flat(classes) {
-        return Err(ModelError::Output {
-            found: shape,
-            classes,
-        });
     }
     Ok(out)
 }
@@ -280,6 +392,74 @@ mod tests {
         );
         let e = plan(&[LayerSpec::Flatten, LayerSpec::GlobalAvgpool], MNIST, 10).unwrap_err();
         assert!(e.to_string().contains("global_avgpool"), "{e}");
+    }
+
+    #[test]
+    fn resnet_small_blocks_project_when_the_shape_changes() {
+        let p = plan(&Preset::ResnetSmall.layers(10), MNIST, 10).unwrap();
+        let blocks: Vec<_> = p.iter().filter_map(|l| l.block.as_ref()).collect();
+        assert_eq!(blocks.len(), 3);
+        assert_eq!(blocks[0].projection, None);
+        assert_eq!(
+            blocks[1].projection,
+            Some(Projection::Conv {
+                from: 16,
+                to: 32,
+                stride: 2
+            })
+        );
+        // 14 → 7 with stride 2 ("same" padding rounds up: 7 → 4 would too).
+        assert_eq!(p[7].output, Shape::Spatial { c: 64, h: 7, w: 7 });
+        let conv = |i: usize, o: usize, k: usize| i * o * k * k + o;
+        let expected = conv(1, 16, 3)
+            + 32
+            + 2 * (conv(16, 16, 3) + 32)
+            + conv(16, 32, 3)
+            + conv(32, 32, 3)
+            + 2 * 64
+            + conv(16, 32, 1)
+            + conv(32, 64, 3)
+            + conv(64, 64, 3)
+            + 2 * 128
+            + conv(32, 64, 1)
+            + 64 * 10
+            + 10;
+        assert_eq!(p.iter().map(|l| l.params).sum::<usize>(), expected);
+
+        let flat = [LayerSpec::Residual {
+            layers: vec![LayerSpec::Dense { units: 10 }],
+        }];
+        let p = plan(&flat, Shape::Flat(4), 10).unwrap();
+        let projection = p[0].block.as_ref().unwrap().projection;
+        assert_eq!(projection, Some(Projection::Dense { from: 4, to: 10 }));
+        assert_eq!(p[0].params, 4 * 10 + 10 + 4 * 10 + 10);
+    }
+
+    #[test]
+    fn residual_blocks_that_cannot_add_are_explained() {
+        let nested = [LayerSpec::Residual {
+            layers: vec![LayerSpec::Residual {
+                layers: vec![LayerSpec::Relu],
+            }],
+        }];
+        let e = plan(&nested, Shape::Flat(10), 10).unwrap_err().to_string();
+        assert!(
+            e.contains("layer 0 (residual)") && e.contains("do not nest"),
+            "{e}"
+        );
+        let to_flat = [
+            LayerSpec::Residual {
+                layers: vec![LayerSpec::Flatten],
+            },
+            LayerSpec::Dense { units: 10 },
+        ];
+        let e = plan(&to_flat, MNIST, 10).unwrap_err().to_string();
+        assert!(e.contains("[1, 28, 28] into [784]"), "{e}");
+        let inner = [LayerSpec::Residual {
+            layers: vec![LayerSpec::Relu, LayerSpec::Dense { units: 3 }],
+        }];
+        let e = plan(&inner, MNIST, 10).unwrap_err().to_string();
+        assert!(e.starts_with("layer 0.1 (dense)"), "{e}");
     }
 
     #[test]

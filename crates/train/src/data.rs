@@ -426,7 +426,7 @@ impl JobData {
         let err = |e: dlc_data::folder::FolderError| TrainError::Usage(e.to_string());
         let saved_names = saved.map(|info| info.class_names.as_slice());
         let (all, names) = folder::read_folder(&path, saved_names, &opts).map_err(err)?;
-        let (mut train, mut test) = match &spec.test_path {
+        let (train, test) = match &spec.test_path {
             Some(tp) => {
                 let opts = FolderOptions {
                     size: Some([all.height, all.width]),
@@ -437,6 +437,15 @@ impl JobData {
             }
             None => all.split(spec.test_fraction.unwrap_or(0.1), seed),
         };
+        // A folder is read class by class: a limit keeps evenly spaced images so that
+        // every class stays in a quick run, where the first N would be one class.
+        let spread = |set: ImageDataset, limit: Option<usize>| match limit {
+            Some(n) if n < set.len() => {
+                set.select(&(0..n).map(|i| i * set.len() / n).collect::<Vec<_>>())
+            }
+            _ => set,
+        };
+        let (mut train, mut test) = (spread(train, spec.limit), spread(test, spec.test_limit));
         apply_limits(spec, &path, "images", &mut train, &mut test)?;
         Ok(Self {
             classes: names.len(),
