@@ -348,3 +348,86 @@ fn regression_needs_numeric_labels_and_a_table() {
     let e = fails(&["train", j.to_str().unwrap()]);
     assert!(e.contains("data.task"), "{e}");
 }
+
+/// Rows of 6 token ids (0..20); the class says whether token 7 is among them.
+fn token_csv(path: &Path, rows: usize, bad: Option<f32>) {
+    let mut text = String::from("t0,t1,t2,t3,t4,t5,y\n");
+    let mut x = 12345u64;
+    let mut next = |n: u64| {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) % n
+    };
+    for r in 0..rows {
+        let mut ids: Vec<u64> = (0..6)
+            .map(|_| {
+                let t = next(19);
+                t + u64::from(t >= 7) // never 7 by chance
+            })
+            .collect();
+        let class = r % 2;
+        if class == 1 {
+            ids[next(6) as usize] = 7;
+        }
+        let mut line: Vec<String> = ids.iter().map(|t| t.to_string()).collect();
+        if let (Some(v), true) = (bad, r == rows - 3) {
+            line[2] = v.to_string();
+        }
+        text += &format!("{},{class}\n", line.join(","));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn token_columns_train_through_embedding_and_mean_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    token_csv(&dir.path().join("tokens.csv"), 1200, None);
+    let text = "[model]\nlayers = [\n\
+                  { type = \"embedding\", vocab = 20, dim = 8 },\n\
+                  { type = \"mean_pool\" },\n\
+                  { type = \"dense\", units = 2 },\n]\n\
+                [data]\npath = \"tokens.csv\"\nlabel = \"y\"\nstandardize = false\n\
+                test_fraction = 0.25\n\
+                [train]\nepochs = 4\nbatch_size = 32\noptimizer = \"adam\"\nlearning_rate = 0.02\n";
+    let job = job(dir.path(), "tokens.toml", text);
+    let run = dir.path().join("run");
+    let s = summary(&ok(&[
+        "train",
+        job.to_str().unwrap(),
+        "--json",
+        "-q",
+        "--out",
+        run.to_str().unwrap(),
+    ]));
+    // Token 7's learned vector shifts the mean: a linear read-out finds it.
+    let acc = s["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.9, "token presence test accuracy {acc}: {s}");
+    let w = weights(&run.join("model.safetensors"));
+    let table = &w.iter().find(|(n, _)| n == "layers.0.weight").unwrap().1;
+    assert_eq!(table.len(), 20 * 8);
+
+    // Standardised token ids are refused before anything runs.
+    let scaled = job.with_file_name("scaled.toml");
+    std::fs::write(&scaled, text.replace("standardize = false\n", "")).unwrap();
+    let e = fails(&["train", scaled.to_str().unwrap()]);
+    assert!(
+        e.contains("data.standardize") && e.contains("embedding"),
+        "{e}"
+    );
+
+    // An id outside the vocabulary, or a fraction, is an error naming the value.
+    for bad in [20.0, 3.5] {
+        token_csv(&dir.path().join("tokens.csv"), 1200, Some(bad));
+        let e = fails(&[
+            "train",
+            job.to_str().unwrap(),
+            "--out",
+            dir.path().join(format!("bad{bad}")).to_str().unwrap(),
+        ]);
+        assert!(
+            e.contains(&format!("holds {bad}")) && e.contains("0 to 19"),
+            "{e}"
+        );
+    }
+}

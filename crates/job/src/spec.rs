@@ -209,6 +209,18 @@ pub enum LayerSpec {
     /// Layer normalisation over a sample's features (flat input), with a learned
     /// scale and shift per feature.
     Layernorm,
+    /// Looks up a learned vector of `dim` numbers for each of the sample's integer
+    /// token ids (`0 ≤ id < vocab`): `[tokens]` → a sequence of `tokens` vectors. Only
+    /// as the first layer, on feature columns of token ids (with `standardize = false`).
+    Embedding {
+        /// Number of distinct token ids.
+        vocab: usize,
+        /// Length of each token's vector.
+        dim: usize,
+    },
+    /// The mean of a sequence's vectors: `tokens × dim` → `dim` features.
+    #[serde(rename = "mean_pool")]
+    MeanPool,
     /// A block whose output is its layers' output plus its input (ResNet's skip
     /// connection). When the layers change the shape, the input passes through a
     /// learned projection first: a 1×1 convolution (with the stride that matches the

@@ -34,6 +34,10 @@ fn check_layers(layers: &[LayerSpec], key: &str) -> Result<(), Problem> {
                 &key,
                 format!("dropout `rate` is {rate}; allowed: 0 <= rate < 1"),
             )?,
+            LayerSpec::Embedding { vocab, dim } if vocab == 0 || dim == 0 => bad(
+                &key,
+                "embedding `vocab` and `dim` must be at least 1",
+            )?,
             LayerSpec::Residual { ref layers } if layers.is_empty() => bad(
                 &key,
                 "residual `layers` is empty; give the block's layers (its input is added to their output)",
@@ -65,6 +69,15 @@ pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
     }
     if let Some(layers) = &m.layers {
         check_layers(layers, "model.layers")?;
+        if matches!(layers.first(), Some(LayerSpec::Embedding { .. }))
+            && job.data.standardize != Some(false)
+        {
+            bad(
+                "data.standardize",
+                "must be false when the model starts with `embedding`: its inputs are token \
+                 ids, which standardising would turn into fractions",
+            )?;
+        }
     }
 
     let d = &job.data;

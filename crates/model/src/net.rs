@@ -4,7 +4,8 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{
-    Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu,
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig, PaddingConfig2d, Relu,
 };
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -20,6 +21,10 @@ pub struct Flatten;
 /// Means each channel over height and width: `[batch, c, h, w]` → `[batch, c]`.
 #[derive(Module, Clone, Debug, Default)]
 pub struct GlobalAvgpool;
+
+/// Means a sequence's vectors: `[batch, tokens, dim]` → `[batch, dim]`.
+#[derive(Module, Clone, Debug, Default)]
+pub struct MeanPool;
 
 /// One layer of a [`Net`]: an operation or a residual block of operations.
 #[derive(Module, Debug)]
@@ -56,6 +61,10 @@ pub enum Op<B: Backend> {
     Batchnorm(BatchNorm<B>),
     /// Layer normalisation.
     Layernorm(LayerNorm<B>),
+    /// Token embedding.
+    Embedding(Embedding<B>),
+    /// Mean over a sequence.
+    MeanPool(MeanPool),
 }
 
 /// A residual block: its layers' output plus its input, projected to the output's
@@ -93,10 +102,11 @@ impl<B: Backend> ModuleVisitor<B> for Materialize {
     }
 }
 
-/// Activation between layers: images or feature vectors.
+/// Activation between layers: images, feature vectors or sequences of vectors.
 enum Act<B: Backend> {
     Spatial(Tensor<B, 4>),
     Flat(Tensor<B, 2>),
+    Seq(Tensor<B, 3>),
 }
 
 impl<B: Backend> Net<B> {
@@ -114,14 +124,40 @@ impl<B: Backend> Net<B> {
         net
     }
 
+    /// The number of token ids the first layer takes when it is an `embedding`: inputs
+    /// must then be integers in `0..vocab` (see [`Net::check_tokens`]).
+    pub fn vocab(&self) -> Option<usize> {
+        match self.layers.first() {
+            Some(Layer::Op(Op::Embedding(e))) => Some(e.weight.dims()[0]),
+            _ => None,
+        }
+    }
+
+    /// Checks that `inputs` (a batch's feature values) are token ids the first-layer
+    /// embedding knows, so a bad id is an error, not an out-of-bounds lookup. Every
+    /// input passes when the net does not start with an embedding.
+    pub fn check_tokens(&self, inputs: &[f32]) -> Result<(), String> {
+        let Some(vocab) = self.vocab() else {
+            return Ok(());
+        };
+        match inputs
+            .iter()
+            .find(|&&v| !(v >= 0.0 && v.fract() == 0.0 && (v as usize) < vocab))
+        {
+            Some(v) => Err(format!(
+                "a sample holds {v}, which is not a token id of the first layer (`embedding` \
+                 takes integers 0 to {}): check the feature columns, or raise `vocab`",
+                vocab - 1
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Forward pass: `[batch, c, h, w]` → `[batch, classes]` logits. Feature vectors
     /// (tables) come as `[batch, features, 1, 1]`; element-wise layers and batch norm
     /// treat that like a flat vector, and dense layers flatten it.
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
-        match run(&self.layers, Act::Spatial(images)) {
-            Act::Flat(t) => t,
-            Act::Spatial(t) => t.flatten(1, 3),
-        }
+        run(&self.layers, Act::Spatial(images)).flat()
     }
 }
 
@@ -196,13 +232,13 @@ fn op<B: Backend>(lp: &LayerPlan, device: &B::Device) -> Op<B> {
         (LayerSpec::Flatten, _) => Op::Flatten(Flatten),
         (LayerSpec::Relu, _) => Op::Relu(Relu::new()),
         (&LayerSpec::Dropout { rate }, _) => Op::Dropout(DropoutConfig::new(rate).init()),
-        (LayerSpec::Batchnorm, s) => {
-            let ch = match s {
-                Shape::Spatial { c, .. } => c,
-                Shape::Flat(f) => f,
-            };
+        (LayerSpec::Batchnorm, Shape::Spatial { c: ch, .. } | Shape::Flat(ch)) => {
             Op::Batchnorm(BatchNorm::new(ch, device))
         }
+        (&LayerSpec::Embedding { vocab, dim }, _) => {
+            Op::Embedding(EmbeddingConfig::new(vocab, dim).init(device))
+        }
+        (LayerSpec::MeanPool, _) => Op::MeanPool(MeanPool),
         (spec, input) => unreachable!("plan() rejects {spec:?} on {input}"),
     }
 }
@@ -218,12 +254,13 @@ fn run<B: Backend>(layers: &[Layer<B>], mut x: Act<B>) -> Act<B> {
                     (None, x) => x,
                     (Some(Shortcut::Conv(c)), Act::Spatial(t)) => Act::Spatial(c.forward(t)),
                     (Some(Shortcut::Dense(l)), x) => Act::Flat(l.forward(x.flat())),
-                    (Some(Shortcut::Conv(_)), Act::Flat(_)) => {
+                    (Some(Shortcut::Conv(_)), Act::Flat(_) | Act::Seq(_)) => {
                         panic!("a convolution shortcut on a flat input; build Net from crate::plan")
                     }
                 };
                 match (y, skip) {
                     (Act::Spatial(a), Act::Spatial(b)) => Act::Spatial(a + b),
+                    (Act::Seq(a), Act::Seq(b)) => Act::Seq(a + b),
                     (a, b) => Act::Flat(a.flat() + b.flat()),
                 }
             }
@@ -251,6 +288,13 @@ fn apply<B: Backend>(op: &Op<B>, x: Act<B>) -> Act<B> {
         (Op::Dropout(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
         (Op::Dropout(l), Act::Flat(t)) => Act::Flat(l.forward(t)),
         (Op::Batchnorm(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
+        (Op::Embedding(l), x) => Act::Seq(l.forward(x.flat().int())),
+        (Op::MeanPool(_), Act::Seq(t)) => {
+            let [b, _, d] = t.dims();
+            Act::Flat(t.mean_dim(1).reshape([b, d]))
+        }
+        (Op::Relu(l), Act::Seq(t)) => Act::Seq(l.forward(t)),
+        (Op::Dropout(l), Act::Seq(t)) => Act::Seq(l.forward(t)),
         (Op::Batchnorm(l), Act::Flat(t)) => {
             let [b, f] = t.dims();
             Act::Flat(l.forward(t.reshape([b, f, 1, 1])).reshape([b, f]))
@@ -265,6 +309,7 @@ impl<B: Backend> Act<B> {
         match self {
             Act::Flat(t) => t,
             Act::Spatial(t) => t.flatten(1, 3),
+            Act::Seq(t) => t.flatten(1, 2),
         }
     }
 }
@@ -274,6 +319,7 @@ impl<B: Backend> Clone for Act<B> {
         match self {
             Act::Spatial(t) => Act::Spatial(t.clone()),
             Act::Flat(t) => Act::Flat(t.clone()),
+            Act::Seq(t) => Act::Seq(t.clone()),
         }
     }
 }

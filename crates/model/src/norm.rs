@@ -97,9 +97,12 @@ mod tests {
     #[test]
     fn matches_burns_batch_norm() {
         let device = Default::default();
+        <B as Backend>::seed(&device, 7);
         let ours = BatchNorm::<B>::new(3, &device);
         let theirs = BatchNormConfig::new(3).init::<B>(&device);
-        let tol = Tolerance::<f32>::rel_abs(1e-4, 1e-5);
+        // The two sum in different orders: γ's gradient, a sum of 120 products, differs
+        // in the fourth digit (1.5e-4 relative seen); a wrong formula differs in the first.
+        let tol = Tolerance::<f32>::rel_abs(1e-3, 1e-4);
         for step in 0..2 {
             let x = Tensor::<B, 4>::random([4, 3, 5, 6], Distribution::Normal(1.0, 2.0), &device);
             let weights = Tensor::<B, 4>::random([4, 3, 5, 6], Distribution::Default, &device);

@@ -17,6 +17,13 @@ pub enum Shape {
     },
     /// `[features]`.
     Flat(usize),
+    /// A sequence of `len` vectors of `dim` numbers (after `embedding`).
+    Seq {
+        /// Tokens.
+        len: usize,
+        /// Numbers per token.
+        dim: usize,
+    },
 }
 
 impl Shape {
@@ -25,6 +32,7 @@ impl Shape {
         match *self {
             Shape::Spatial { c, h, w } => c * h * w,
             Shape::Flat(f) => f,
+            Shape::Seq { len, dim } => len * dim,
         }
     }
 }
@@ -34,6 +42,7 @@ impl std::fmt::Display for Shape {
         match *self {
             Shape::Spatial { c, h, w } => write!(f, "[{c}, {h}, {w}]"),
             Shape::Flat(n) => write!(f, "[{n}]"),
+            Shape::Seq { len, dim } => write!(f, "[{len} tokens × {dim}]"),
         }
     }
 }
@@ -157,6 +166,8 @@ pub fn kind(spec: &LayerSpec) -> &'static str {
         LayerSpec::Batchnorm => "batchnorm",
         LayerSpec::Layernorm => "layernorm",
         LayerSpec::Residual { .. } => "residual",
+        LayerSpec::Embedding { .. } => "embedding",
+        LayerSpec::MeanPool => "mean_pool",
     }
 }
 
@@ -219,7 +230,7 @@ fn plan_list(layers: &[LayerSpec], input: Shape, path: &str) -> Result<Vec<Layer
                     + 2 * projection.as_ref().map_or(0, |p| p.params()) as u64
                         * match output {
                             Shape::Spatial { h, w, .. } => (h * w) as u64,
-                            Shape::Flat(_) => 1,
+                            _ => 1,
                         }
                     + output.numel() as u64;
                 block = Some(Block {
@@ -227,6 +238,26 @@ fn plan_list(layers: &[LayerSpec], input: Shape, path: &str) -> Result<Vec<Layer
                     projection,
                 });
                 (output, params, flops)
+            }
+            (&LayerSpec::Embedding { vocab, dim }, Shape::Flat(len))
+                if path.is_empty() && index == 0 =>
+            {
+                (Shape::Seq { len, dim }, vocab * dim, (len * dim) as u64)
+            }
+            (&LayerSpec::Embedding { .. }, _) => {
+                return Err(err(
+                    "takes the data's token ids, so it must be the first layer (outside \
+                     residual blocks)"
+                        .into(),
+                ))
+            }
+            (&LayerSpec::MeanPool, Shape::Seq { len, dim }) => {
+                (Shape::Flat(dim), 0, (len * dim) as u64)
+            }
+            (&LayerSpec::MeanPool, s) => {
+                return Err(err(format!(
+                    "averages the token vectors of an `embedding` but gets {s}"
+                )))
             }
             (&LayerSpec::Dense { units }, Shape::Flat(f)) => (
                 Shape::Flat(units),
@@ -309,12 +340,13 @@ fn plan_list(layers: &[LayerSpec], input: Shape, path: &str) -> Result<Vec<Layer
             }
             (&LayerSpec::Flatten, s) => (Shape::Flat(s.numel()), 0, 0),
             (&LayerSpec::Relu | &LayerSpec::Dropout { .. }, s) => (s, 0, s.numel() as u64),
+            (&LayerSpec::Batchnorm, Shape::Spatial { c: ch, .. } | Shape::Flat(ch)) => {
+                (shape, 2 * ch, 4 * shape.numel() as u64)
+            }
             (&LayerSpec::Batchnorm, s) => {
-                let ch = match s {
-                    Shape::Spatial { c, .. } => c,
-                    Shape::Flat(f) => f,
-                };
-                (s, 2 * ch, 4 * s.numel() as u64)
+                return Err(err(format!(
+                    "normalises channels or features but gets {s}; put it after `mean_pool`"
+                )))
             }
         };
         if output.numel() == 0 {

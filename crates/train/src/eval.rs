@@ -55,22 +55,26 @@ impl EvalResult {
 }
 
 /// Evaluates `model` on every sample of `ds`; `scale` maps standardised regression
-/// targets back to their units.
+/// targets back to their units. Fails only on inputs the model cannot take (token ids
+/// outside an embedding's vocabulary).
 pub fn evaluate<B: Backend>(
     model: &Net<B>,
     ds: &dyn Samples,
     scale: Option<&Standardizer>,
     device: &B::Device,
-) -> EvalResult {
+) -> Result<EvalResult, TrainError> {
     let mut totals = Totals::default();
     let all: Vec<usize> = (0..ds.len()).collect();
     for chunk in all.chunks(EVAL_BATCH) {
         let mut batch = Batch::default();
         ds.gather(chunk, &mut batch);
+        model
+            .check_tokens(&batch.inputs)
+            .map_err(|m| TrainError::Usage(format!("test samples {}..: {m}", chunk[0])))?;
         let (x, y) = to_tensors::<B>(batch, ds.shape(), device);
         totals.add(model.forward(x), y, scale);
     }
-    totals.finish()
+    Ok(totals.finish())
 }
 
 /// Loads `model.safetensors` written by training into the job's model and evaluates
@@ -87,12 +91,12 @@ pub fn evaluate_file(job: &JobSpec, weights: &Path) -> Result<EvalResult, TrainE
     let device = Default::default();
     let mut model = Net::<Cpu>::new(&plan, &device);
     load_safetensors(&mut model, weights)?;
-    Ok(evaluate(
+    evaluate(
         &model,
         data.test.as_ref(),
         data.standardizer.as_ref(),
         &device,
-    ))
+    )
 }
 
 /// Writes the model's parameters to `path` with stable names (see [`dlc_model`]).

@@ -255,6 +255,13 @@ pub fn train_on<B: AutodiffBackend>(
             let (grads, local_loss) = if batch.is_empty() {
                 (None, 0.0)
             } else {
+                model.check_tokens(&batch.inputs).map_err(|m| {
+                    TrainError::Usage(format!(
+                        "step {} of epoch {}: {m}",
+                        state.step_in_epoch + 1,
+                        state.epoch + 1
+                    ))
+                })?;
                 let (x, y) = to_tensors::<B>(batch, shape, device);
                 let loss = task::loss(model.forward(x), y);
                 let loss_value: f64 = loss.clone().into_scalar().elem();
@@ -328,7 +335,7 @@ pub fn train_on<B: AutodiffBackend>(
             state.step_in_epoch = 0;
             continue;
         }
-        let test = evaluate(&model.valid(), data.test.as_ref(), scale, device);
+        let test = evaluate(&model.valid(), data.test.as_ref(), scale, device)?;
         state.epoch += 1;
         state.step_in_epoch = 0;
         let train_loss = loss_sum / loss_steps.max(1) as f64;
@@ -367,7 +374,7 @@ pub fn train_on<B: AutodiffBackend>(
         }
         let test = match last_eval {
             Some(t) => t,
-            None => evaluate(&model.valid(), data.test.as_ref(), scale, device),
+            None => evaluate(&model.valid(), data.test.as_ref(), scale, device)?,
         };
         save_safetensors(&model.valid(), &run_dir.join("model.safetensors"))?;
         test
