@@ -372,3 +372,33 @@ fn resnet_small_trains_saves_its_blocks_and_evaluates_from_the_saved_weights() {
         "{e}"
     );
 }
+
+#[test]
+fn resuming_with_another_model_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mlp = job(dir.path(), "mlp.toml", &quick_mlp(100, 1, 50));
+    let run_dir = dir.path().join("run");
+    let run_dir = run_dir.to_str().unwrap();
+    ok(&[
+        "train",
+        mlp.to_str().unwrap(),
+        "--out",
+        run_dir,
+        "--steps",
+        "1",
+        "-q",
+    ]);
+    let lenet = job(
+        dir.path(),
+        "lenet.toml",
+        &quick_mlp(100, 1, 50).replace("preset = \"mlp\"", "preset = \"lenet\""),
+    );
+    let out = run(&["train", lenet.to_str().unwrap(), "--resume", run_dir]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("does the job's model match the checkpoint"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

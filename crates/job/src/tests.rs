@@ -365,3 +365,22 @@ fn command_workdir_is_relative_to_the_job_file() {
     assert_eq!(JobSpec::from_file(&p).unwrap().name.as_deref(), Some("j"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn embeddings_need_unscaled_ids_from_tables_only() {
+    let model = "[model]\nlayers = [{ type = \"embedding\", vocab = 9, dim = 2 }, \
+                 { type = \"mean_pool\" }, { type = \"dense\", units = 2 }]\n";
+    let e = err(&format!("{model}[data]\npath = \"t.csv\"\nlabel = \"y\"\n"));
+    assert!(
+        e.contains("data.standardize") && e.contains("embedding"),
+        "{e}"
+    );
+    let ok = format!("{model}[data]\npath = \"t.csv\"\nlabel = \"y\"\nstandardize = false\n");
+    JobSpec::from_toml_str(&ok, "j").unwrap();
+    // Images are not standardised at all: the shape check explains the misfit instead.
+    JobSpec::from_toml_str(
+        &format!("{model}[data]\ndataset = \"fashion-mnist\"\n"),
+        "j",
+    )
+    .unwrap();
+}

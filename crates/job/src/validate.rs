@@ -69,8 +69,14 @@ pub(crate) fn check(job: &JobSpec) -> Result<(), Problem> {
     }
     if let Some(layers) = &m.layers {
         check_layers(layers, "model.layers")?;
+        let d = &job.data;
+        let table = matches!(
+            d.path_format(),
+            Some(crate::DataFormat::Csv | crate::DataFormat::Parquet)
+        ) && d.image_column.is_none();
         if matches!(layers.first(), Some(LayerSpec::Embedding { .. }))
-            && job.data.standardize != Some(false)
+            && table
+            && d.standardize != Some(false)
         {
             bad(
                 "data.standardize",

@@ -7,7 +7,8 @@
 //! `layers.<i>.running_var` for batchnorm, where `<i>` is the layer's index in the
 //! resolved layer list (presets expanded; see [`dlc_job::Preset`]). Inside residual
 //! block `<i>`: `layers.<i>.layers.<j>.…` for its layers and
-//! `layers.<i>.projection.weight` / `.bias` for its shortcut's projection.
+//! `layers.<i>.projection.weight` / `.bias` for its shortcut's projection; an
+//! embedding's table is `layers.0.weight` (`[vocab, dim]`).
 
 mod net;
 mod norm;

@@ -65,6 +65,11 @@ impl<B: Backend> BatchNorm<B> {
             let running = |state: &RunningState<Tensor<B, 1>>, batch: &Tensor<B, 1>| {
                 let old = state.value_sync().to_device(&device);
                 state.update((old * (1.0 - m) + batch.clone().detach() * m).detach());
+                // `update` parks the value per thread until the next sync; fold it in
+                // now, so that module visitors and mappers (the ranks' averaging of
+                // running statistics) see and set the current value, and a later
+                // `valid()` does not replace their result with the parked one.
+                state.value_sync();
             };
             running(&self.running_mean, &mean);
             running(&self.running_var, &var);
@@ -86,7 +91,7 @@ impl<B: Backend> BatchNorm<B> {
 mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
-    use burn::module::AutodiffModule;
+    use burn::module::{AutodiffModule, ModuleMapper, Param};
     use burn::nn::BatchNormConfig;
     use burn::tensor::{Distribution, Tolerance};
 
@@ -129,5 +134,41 @@ mod tests {
         let a = ours.valid().forward(x.clone());
         let b = theirs.valid().forward(x);
         a.to_data().assert_approx_eq(&b.to_data(), tol);
+    }
+
+    /// Sets every tensor that does not require a gradient (the running statistics)
+    /// to a constant, as the ranks' averaging writes them.
+    struct SetBuffers(f32);
+
+    impl ModuleMapper<B> for SetBuffers {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            param.map(|t| {
+                if t.is_require_grad() {
+                    t
+                } else {
+                    Tensor::full(t.shape(), self.0, &t.device())
+                }
+            })
+        }
+    }
+
+    /// Running statistics written by a mapper after a training step are what
+    /// evaluation and the saved model use (burn's `update` alone would let the parked
+    /// batch statistics overwrite them at the next sync).
+    #[test]
+    fn mapped_running_statistics_survive_into_evaluation() {
+        let device = Default::default();
+        let bn = BatchNorm::<B>::new(2, &device);
+        bn.forward(Tensor::random(
+            [4, 2, 3, 3],
+            Distribution::Normal(3.0, 1.0),
+            &device,
+        ));
+        let bn = bn.map(&mut SetBuffers(0.5));
+        let eval = bn.valid();
+        let mean = eval.running_mean.value().into_data();
+        assert_eq!(mean.as_slice::<f32>().unwrap(), &[0.5, 0.5]);
+        let var = eval.running_var.value().into_data();
+        assert_eq!(var.as_slice::<f32>().unwrap(), &[0.5, 0.5]);
     }
 }

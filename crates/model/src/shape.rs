@@ -244,6 +244,11 @@ fn plan_list(layers: &[LayerSpec], input: Shape, path: &str) -> Result<Vec<Layer
             {
                 (Shape::Seq { len, dim }, vocab * dim, (len * dim) as u64)
             }
+            (&LayerSpec::Embedding { .. }, s) if path.is_empty() && index == 0 => {
+                return Err(err(format!(
+                    "takes a table's token-id columns, but this data's samples are {s}"
+                )))
+            }
             (&LayerSpec::Embedding { .. }, _) => {
                 return Err(err(
                     "takes the data's token ids, so it must be the first layer (outside \
@@ -492,6 +497,40 @@ mod tests {
         }];
         let e = plan(&inner, MNIST, 10).unwrap_err().to_string();
         assert!(e.starts_with("layer 0.1 (dense)"), "{e}");
+    }
+
+    #[test]
+    fn embeddings_take_token_columns_first() {
+        let tokens = [
+            LayerSpec::Embedding { vocab: 50, dim: 4 },
+            LayerSpec::MeanPool,
+            LayerSpec::Dense { units: 3 },
+        ];
+        let p = plan(&tokens, Shape::Flat(6), 3).unwrap();
+        assert_eq!(p[0].output, Shape::Seq { len: 6, dim: 4 });
+        assert_eq!((p[0].params, p[1].output), (200, Shape::Flat(4)));
+        let e = plan(&tokens, MNIST, 3).unwrap_err().to_string();
+        assert!(
+            e.contains("token-id columns") && e.contains("[1, 28, 28]"),
+            "{e}"
+        );
+        let late = [LayerSpec::Relu, tokens[0].clone(), LayerSpec::MeanPool];
+        let e = plan(&late, Shape::Flat(6), 4).unwrap_err().to_string();
+        assert!(
+            e.starts_with("layer 1 (embedding)") && e.contains("first layer"),
+            "{e}"
+        );
+        let e = plan(
+            &[tokens[0].clone(), LayerSpec::Batchnorm],
+            Shape::Flat(6),
+            4,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("[6 tokens × 4]") && e.contains("mean_pool"),
+            "{e}"
+        );
     }
 
     #[test]

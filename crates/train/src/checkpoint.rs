@@ -84,12 +84,29 @@ pub fn load<B: AutodiffBackend>(
         message: format!("corrupt checkpoint state: {e}"),
     })?;
     let rec = BinFileRecorder::<FullPrecisionSettings>::new();
-    let model = model
-        .load_file(d.join("model"), &rec, device)
-        .map_err(|e| TrainError::BadState {
-            path: d.join("model.bin"),
-            message: format!("cannot load model (does the job's model match the checkpoint?): {e}"),
-        })?;
+    let mismatch = |e: String| TrainError::BadState {
+        path: d.join("model.bin"),
+        message: format!("cannot load model (does the job's model match the checkpoint?): {e}"),
+    };
+    // burn's derived record loading panics when a layer's kind differs from the
+    // checkpoint's (a different model, or one written before a layer-format change).
+    // The panic is the answer here, not a crash: keep its report off the terminal.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        model.load_file(d.join("model"), &rec, device)
+    }));
+    std::panic::set_hook(hook);
+    let loaded = loaded.map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let first = what.lines().next().unwrap_or("").trim().to_string();
+        mismatch(format!("its layers differ from the job's ({first})"))
+    })?;
+    let model = loaded.map_err(|e| mismatch(e.to_string()))?;
     let optim = optim.load(&d.join("optim"), device)?;
     Ok((model, optim, state))
 }
