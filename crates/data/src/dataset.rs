@@ -263,10 +263,15 @@ impl ImageDataset {
         labels.reserve(indices.len());
         for &i in indices {
             let img = &self.pixels[i * size..(i + 1) * size];
-            pixels.extend(img.iter().map(|&p| p as f32 * (2.0 / 255.0) - 1.0));
+            pixels.extend(img.iter().map(|&p| scale(p)));
             labels.push(self.labels[i] as i64);
         }
     }
+}
+
+/// A pixel as a model input: 0–255 mapped to [-1, 1].
+pub(crate) fn scale(p: u8) -> f32 {
+    p as f32 * (2.0 / 255.0) - 1.0
 }
 
 #[cfg(test)]

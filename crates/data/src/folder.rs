@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use image::imageops::FilterType;
 use rayon::prelude::*;
 
-use crate::ImageDataset;
+use crate::{Batch, ImageDataset, LoadError, Samples};
 
 /// How to turn image files into samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -165,79 +165,197 @@ pub fn read_folder(
     classes: Option<&[String]>,
     opts: &FolderOptions,
 ) -> Result<(ImageDataset, Vec<String>), FolderError> {
-    let own = class_names(root)?;
-    let classes: Vec<String> = match classes {
-        None => own.clone(),
-        Some(c) => {
-            if let Some(extra) = own.iter().find(|n| !c.contains(n)) {
-                return Err(FolderError::Classes(format!(
-                    "{}: class folder `{extra}` is not one of the training classes ({})",
-                    root.display(),
-                    c.join(", ")
-                )));
+    let (files, classes) = ImageFiles::list(root, classes, opts)?;
+    Ok((files.read()?, classes))
+}
+
+/// An image folder's files and their classes, listed but not decoded: [`Samples`]
+/// whose images are decoded when a batch asks for them, so that a folder larger than
+/// memory trains in the same exact global permutation as one held in memory.
+#[derive(Debug, Clone)]
+pub struct ImageFiles {
+    files: Vec<PathBuf>,
+    labels: Vec<u8>,
+    shape: SampleShape,
+    classes: usize,
+}
+
+impl ImageFiles {
+    /// Lists `root/<class>/*` with the classes `classes` (a training folder's, for a
+    /// test folder; None: this folder's own), ordered by class, then file name. The
+    /// first image is decoded to fix the sample shape that `opts` leaves open.
+    pub fn list(
+        root: &Path,
+        classes: Option<&[String]>,
+        opts: &FolderOptions,
+    ) -> Result<(Self, Vec<String>), FolderError> {
+        let own = class_names(root)?;
+        let classes: Vec<String> = match classes {
+            None => own.clone(),
+            Some(c) => {
+                if let Some(extra) = own.iter().find(|n| !c.contains(n)) {
+                    return Err(FolderError::Classes(format!(
+                        "{}: class folder `{extra}` is not one of the training classes ({})",
+                        root.display(),
+                        c.join(", ")
+                    )));
+                }
+                c.to_vec()
             }
-            c.to_vec()
+        };
+        let mut files = Vec::new();
+        let mut labels = Vec::new();
+        for name in &own {
+            let label = classes.iter().position(|c| c == name).unwrap_or(0) as u8;
+            for p in sorted_entries(&root.join(name))? {
+                let ext = p
+                    .extension()
+                    .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                    .unwrap_or_default();
+                if p.is_file() && EXTENSIONS.contains(&ext.as_str()) {
+                    files.push(p);
+                    labels.push(label);
+                }
+            }
         }
-    };
-    let mut files: Vec<(PathBuf, u8)> = Vec::new();
-    for name in &own {
-        let label = classes.iter().position(|c| c == name).unwrap_or(0) as u8;
-        for p in sorted_entries(&root.join(name))? {
-            let ext = p
-                .extension()
-                .map(|e| e.to_string_lossy().to_ascii_lowercase())
-                .unwrap_or_default();
-            if p.is_file() && EXTENSIONS.contains(&ext.as_str()) {
-                files.push((p, label));
-            }
+        let Some(first) = files.first() else {
+            return Err(FolderError::Empty {
+                path: root.to_path_buf(),
+                message: format!(
+                    "the class folders hold no images ({})",
+                    EXTENSIONS.join(", ")
+                ),
+            });
+        };
+        let shape = SampleShape::of(&decode(first)?, opts);
+        let listed = Self {
+            files,
+            labels,
+            shape,
+            classes: classes.len(),
+        };
+        Ok((listed, classes))
+    }
+
+    /// The options that give another folder (a test folder) this folder's sample shape.
+    pub fn same_shape(&self) -> FolderOptions {
+        FolderOptions {
+            size: Some([self.shape.h, self.shape.w]),
+            channels: Some(self.shape.channels),
         }
     }
-    let Some((first, _)) = files.first() else {
-        return Err(FolderError::Empty {
-            path: root.to_path_buf(),
-            message: format!(
-                "the class folders hold no images ({})",
-                EXTENSIONS.join(", ")
-            ),
-        });
-    };
-    let decode = |p: &Path| {
-        image::ImageReader::open(p)
-            .map_err(io(p))?
-            .with_guessed_format()
-            .map_err(io(p))?
-            .decode()
-            .map_err(|e| FolderError::Decode {
+
+    /// The files `rows`, in that order.
+    pub fn select(&self, rows: &[usize]) -> Self {
+        Self {
+            files: rows.iter().map(|&r| self.files[r].clone()).collect(),
+            labels: rows.iter().map(|&r| self.labels[r]).collect(),
+            ..*self
+        }
+    }
+
+    /// Splits off a deterministic test set as [`ImageDataset::split`] does (the same
+    /// rows for the same listing).
+    pub fn split(self, fraction: f64, seed: u64) -> (Self, Self) {
+        let (train, test) = crate::sampler::split_rows(self.len(), fraction, seed);
+        (self.select(&train), self.select(&test))
+    }
+
+    /// Keeps `limit` evenly spaced files (all when None or more than there are): a
+    /// folder is listed class by class, so the first N would be one class.
+    pub fn spread(self, limit: Option<usize>) -> Self {
+        match limit {
+            Some(n) if n < self.len() => {
+                self.select(&(0..n).map(|i| i * self.len() / n).collect::<Vec<_>>())
+            }
+            _ => self,
+        }
+    }
+
+    /// Decodes every image, in parallel, into memory.
+    pub fn read(&self) -> Result<ImageDataset, FolderError> {
+        let SampleShape { channels, h, w, .. } = self.shape;
+        let images: Vec<Vec<u8>> = self
+            .files
+            .par_iter()
+            .map(|p| self.decode(p))
+            .collect::<Result<_, _>>()?;
+        let mut pixels = Vec::with_capacity(self.files.len() * channels * h * w);
+        for img in &images {
+            pixels.extend_from_slice(img);
+        }
+        Ok(ImageDataset::from_parts(
+            pixels,
+            self.labels.clone(),
+            channels,
+            h,
+            w,
+        ))
+    }
+
+    /// The sample that file `p` becomes (decoded, resized, converted).
+    fn decode(&self, p: &Path) -> Result<Vec<u8>, FolderError> {
+        let SampleShape { h, w, .. } = self.shape;
+        self.shape
+            .sample(decode(p)?)
+            .map_err(|(got_h, got_w)| FolderError::Size {
                 path: p.to_path_buf(),
-                message: e.to_string(),
+                got_h,
+                got_w,
+                h,
+                w,
             })
-    };
-    let shape = SampleShape::of(&decode(first)?, opts);
-    let SampleShape { channels, h, w, .. } = shape;
-    let size = channels * h * w;
-    let images: Vec<Vec<u8>> = files
-        .par_iter()
-        .map(|(p, _)| {
-            shape
-                .sample(decode(p)?)
-                .map_err(|(got_h, got_w)| FolderError::Size {
-                    path: p.clone(),
-                    got_h,
-                    got_w,
-                    h,
-                    w,
-                })
-        })
-        .collect::<Result<_, _>>()?;
-    let mut pixels = Vec::with_capacity(files.len() * size);
-    for img in &images {
-        pixels.extend_from_slice(img);
     }
-    let labels = files.iter().map(|(_, l)| *l).collect();
-    Ok((
-        ImageDataset::from_parts(pixels, labels, channels, h, w),
-        classes,
-    ))
+}
+
+impl Samples for ImageFiles {
+    fn len(&self) -> usize {
+        self.files.len()
+    }
+    fn shape(&self) -> [usize; 3] {
+        [self.shape.channels, self.shape.h, self.shape.w]
+    }
+    fn is_flat(&self) -> bool {
+        false
+    }
+    fn num_classes(&self) -> usize {
+        self.classes
+    }
+    fn storage(&self) -> &'static str {
+        "decoded from its files batch by batch"
+    }
+    fn gather(&self, indices: &[usize], batch: &mut Batch) -> Result<(), LoadError> {
+        let images: Vec<Vec<u8>> = indices
+            .par_iter()
+            .map(|&i| self.decode(&self.files[i]))
+            .collect::<Result<_, _>>()
+            .map_err(|e| LoadError(e.to_string()))?;
+        batch.inputs.reserve(images.iter().map(Vec::len).sum());
+        for (img, &i) in images.iter().zip(indices) {
+            batch
+                .inputs
+                .extend(img.iter().map(|&p| crate::dataset::scale(p)));
+            batch.labels.push(self.labels[i] as i64);
+        }
+        Ok(())
+    }
+    fn truncate(&mut self, n: usize) {
+        self.files.truncate(n);
+        self.labels.truncate(n);
+    }
+}
+
+/// Opens and decodes an image file, whatever its format.
+fn decode(p: &Path) -> Result<image::DynamicImage, FolderError> {
+    image::ImageReader::open(p)
+        .map_err(io(p))?
+        .with_guessed_format()
+        .map_err(io(p))?
+        .decode()
+        .map_err(|e| FolderError::Decode {
+            path: p.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
 /// Writes `ds` as `dir/<class>/<index>.png`, class folders named by zero-padded class
@@ -384,5 +502,28 @@ mod tests {
             e.contains("2.png is 4×5") && e.contains("image_size"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn listed_files_gather_what_the_decoded_set_gathers() {
+        let ds = synthetic(12, 3);
+        let dir = tempfile::tempdir().unwrap();
+        write_folder(&ds, dir.path()).unwrap();
+        let (files, _) = ImageFiles::list(dir.path(), None, &FolderOptions::default()).unwrap();
+        let (files, _) = files.split(0.25, 7);
+        let decoded = files.read().unwrap();
+        assert_eq!(Samples::shape(&files), Samples::shape(&decoded));
+        let picks = [5, 0, 8, 3];
+        let (mut a, mut b) = (Batch::default(), Batch::default());
+        files.gather(&picks, &mut a).unwrap();
+        Samples::gather(&decoded, &picks, &mut b).unwrap();
+        assert_eq!(a, b);
+        // A file broken after the listing fails the batch that reaches it, by name.
+        std::fs::write(&files.files[3], b"not an image").unwrap();
+        let e = files
+            .gather(&[1, 3], &mut Batch::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&files.files[3].display().to_string()), "{e}");
     }
 }

@@ -2,15 +2,16 @@
 //!
 //! * [`idx`]: readers for the IDX format used by MNIST and Fashion-MNIST (raw or gzip).
 //! * [`dataset`]: an in-memory labelled image dataset built from a pair of IDX files.
-//! * [`folder`]: image folders (`root/<class>/*.png|jpg`), read and written.
+//! * [`folder`]: image folders (`root/<class>/*.png|jpg`), read and written, or
+//!   listed and decoded batch by batch ([`ImageFiles`]).
 //! * [`table`]: numeric features and a class label from CSV (raw or gzip) or Parquet
 //!   ([`TableDataset::read_parquet`]), with a deterministic test split and standardisation.
 //! * [`Samples`]: what training needs of any of them.
 //! * [`sampler`]: deterministic, rank-aware sample orders (the data model of a distributed job).
 //! * [`loader`]: a rank's batches step by step ([`BatchSource`]), made ahead on a
 //!   background thread ([`Prefetch`]); [`augment`]: random crop and flip.
-//! * [`stream`]: a Parquet table larger than memory, read as it trains, each rank
-//!   reading its own row groups.
+//! * [`stream`]: a Parquet or CSV table larger than memory, read as it trains, each
+//!   rank reading its own row groups or blocks of rows.
 //!
 //! This crate knows nothing about tensors or models: it hands out bytes and indices.
 
@@ -26,10 +27,11 @@ pub mod table;
 
 pub use augment::Augment;
 pub use dataset::{DataError, ImageDataset};
+pub use folder::ImageFiles;
 pub use idx::{IdxArray, IdxError};
-pub use loader::{Batch, BatchSource, InMemory, LoadError, Prefetch, Sharding, TrainSet};
+pub use loader::{Batch, BatchSource, GlobalShuffle, LoadError, Prefetch, Sharding, TrainSet};
 pub use sampler::ShardSampler;
-pub use stream::{ParquetStream, StreamOptions};
+pub use stream::{StreamOptions, TableFormat, TableStream};
 pub use table::{Column, CsvOptions, Standardizer, TableDataset, TableError, Targets};
 
 /// Labelled samples of one shape, as training reads them: the seam every data format
@@ -52,8 +54,13 @@ pub trait Samples: Send + Sync {
         false
     }
     /// Appends the model inputs and labels (or regression targets) of `indices` to
-    /// `batch`.
-    fn gather(&self, indices: &[usize], batch: &mut Batch);
+    /// `batch`; fails only for samples read from storage on demand (a file that
+    /// turned out unreadable).
+    fn gather(&self, indices: &[usize], batch: &mut Batch) -> Result<(), LoadError>;
+    /// Where the samples are, for people (`in memory`).
+    fn storage(&self) -> &'static str {
+        "in memory"
+    }
     /// Keeps the first `n` samples.
     fn truncate(&mut self, n: usize);
 }
@@ -71,8 +78,9 @@ impl Samples for ImageDataset {
     fn num_classes(&self) -> usize {
         ImageDataset::num_classes(self)
     }
-    fn gather(&self, indices: &[usize], batch: &mut Batch) {
-        ImageDataset::gather(self, indices, &mut batch.inputs, &mut batch.labels)
+    fn gather(&self, indices: &[usize], batch: &mut Batch) -> Result<(), LoadError> {
+        ImageDataset::gather(self, indices, &mut batch.inputs, &mut batch.labels);
+        Ok(())
     }
     fn truncate(&mut self, n: usize) {
         ImageDataset::truncate(self, n)
@@ -95,8 +103,9 @@ impl Samples for TableDataset {
     fn is_regression(&self) -> bool {
         matches!(self.targets(), Targets::Values(_))
     }
-    fn gather(&self, indices: &[usize], batch: &mut Batch) {
-        TableDataset::gather(self, indices, batch)
+    fn gather(&self, indices: &[usize], batch: &mut Batch) -> Result<(), LoadError> {
+        TableDataset::gather(self, indices, batch);
+        Ok(())
     }
     fn truncate(&mut self, n: usize) {
         TableDataset::truncate(self, n)

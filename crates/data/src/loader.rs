@@ -4,8 +4,9 @@
 //! A source yields one epoch of this rank's batches in step order, each with the size
 //! of the step's global batch (every rank's part together), so that the training loop
 //! can weight its gradient without asking its peers. A job's training data is a
-//! [`TrainSet`], which makes each rank's source: [`InMemory`] is the exact global
-//! permutation of [`crate::sampler`] over samples held in memory.
+//! [`TrainSet`], which makes each rank's source: [`GlobalShuffle`] is the exact global
+//! permutation of [`crate::sampler`] over samples that can be read in any order (held
+//! in memory, or image files decoded as batches need them).
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -71,13 +72,14 @@ pub struct Sharding {
     pub world: usize,
     /// Shuffle seed.
     pub seed: u64,
-    /// Skip an epoch's final short global batch (in-memory data only: streamed data
-    /// spreads an epoch's samples evenly over its steps, so none is short).
+    /// Skip an epoch's final short global batch ([`GlobalShuffle`] only: a streamed
+    /// table spreads an epoch's samples evenly over its steps, so none is short).
     pub drop_last: bool,
 }
 
 /// A job's training data, however it is held: its size and sample shape, and each
-/// rank's batches. [`InMemory`] holds samples in memory;
+/// rank's batches. [`GlobalShuffle`] reads samples in any order (in memory, or image
+/// files);
 /// [`crate::stream::ParquetStream`] reads a table larger than memory as it trains.
 pub trait TrainSet: Send + Sync {
     /// Training samples (all ranks together).
@@ -98,15 +100,16 @@ pub trait TrainSet: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// Samples held in memory, read in the exact global permutation of a [`ShardSampler`]
-/// (N workers see exactly the batches one worker with the same global batch sees),
-/// optionally augmented.
-pub struct InMemory {
+/// Samples that can be read in any order (held in memory, or image files decoded on
+/// demand), read in the exact global permutation of a [`ShardSampler`] (N workers see
+/// exactly the batches one worker with the same global batch sees), optionally
+/// augmented.
+pub struct GlobalShuffle {
     samples: Arc<dyn Samples>,
     augment: Augment,
 }
 
-impl InMemory {
+impl GlobalShuffle {
     /// `samples`, with `augment` applied to every training sample (deterministic from
     /// the seed, the epoch and the sample's index, so independent of the number of
     /// workers).
@@ -115,7 +118,7 @@ impl InMemory {
     }
 }
 
-impl TrainSet for InMemory {
+impl TrainSet for GlobalShuffle {
     fn len(&self) -> usize {
         self.samples.len()
     }
@@ -148,7 +151,10 @@ impl TrainSet for InMemory {
     }
 
     fn describe(&self) -> String {
-        let mut d = "in memory, an exact global permutation per epoch".to_string();
+        let mut d = format!(
+            "{}, an exact global permutation per epoch",
+            self.samples.storage()
+        );
         if self.augment.crop_padding > 0 {
             d += &format!(", random crop (padding {})", self.augment.crop_padding);
         }
@@ -159,7 +165,7 @@ impl TrainSet for InMemory {
     }
 }
 
-/// One rank's batches of an [`InMemory`] set.
+/// One rank's batches of an [`GlobalShuffle`] set.
 struct MemoryBatches {
     samples: Arc<dyn Samples>,
     sampler: ShardSampler,
@@ -188,7 +194,7 @@ impl BatchSource for MemoryBatches {
                 global_len: sampler.global_batch_of(&order, step).len(),
                 ..Batch::default()
             };
-            samples.gather(indices, &mut batch);
+            samples.gather(indices, &mut batch)?;
             augment.apply(&mut batch.inputs, shape, indices, seed, epoch);
             Ok(batch)
         }))
@@ -275,7 +281,7 @@ mod tests {
     }
 
     fn source(n: usize, batch: usize, rank: usize, world: usize) -> Box<dyn BatchSource> {
-        InMemory::new(Arc::new(dataset(n)), Augment::default()).batches(Sharding {
+        GlobalShuffle::new(Arc::new(dataset(n)), Augment::default()).batches(Sharding {
             global_batch: batch,
             rank,
             world,

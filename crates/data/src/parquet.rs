@@ -23,20 +23,10 @@ use arrow_array::types::{
 use arrow_array::Array;
 use arrow_schema::DataType;
 
-use crate::table::{class_ids, Column, TableDataset, TableError, Targets, MAX_CLASSES};
+use crate::table::{class_ids, targets_of, Column, Labels, TableDataset, TableError};
 
 /// Rows decoded at a time (within one row group) when a whole file is read.
 const BATCH_ROWS: usize = 8192;
-
-/// Labels as read, before they become classes.
-pub(crate) enum Labels {
-    /// An integer column's values.
-    Ints(Vec<i128>),
-    /// A string column's values.
-    Strs(Vec<String>),
-    /// A numeric column's values, to predict (regression).
-    Values(Vec<f32>),
-}
 
 fn is_number(t: &DataType) -> bool {
     t.is_integer() || t.is_floating()
@@ -223,18 +213,7 @@ impl TableDataset {
         if values.is_empty() {
             return Err(TableError::Empty(path.to_path_buf()));
         }
-        let classes_of = |(ids, names)| (Targets::Classes(ids), names);
-        let (targets, classes) = match labels {
-            Labels::Values(v) => (Targets::Values(v), Vec::new()),
-            Labels::Ints(v) if v.iter().all(|&l| (0..MAX_CLASSES as i128).contains(&l)) => (
-                Targets::Classes(v.into_iter().map(|l| l as u32).collect()),
-                Vec::new(),
-            ),
-            Labels::Ints(v) => {
-                classes_of(class_ids(path, v.iter().map(i128::to_string).collect())?)
-            }
-            Labels::Strs(v) => classes_of(class_ids(path, v)?),
-        };
+        let (targets, classes) = targets_of(path, labels)?;
         Ok(TableDataset {
             values,
             targets,
@@ -888,6 +867,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::table::Targets;
 
     /// Writes `columns` as a Parquet file of row groups of `group` rows.
     fn write(

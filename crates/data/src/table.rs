@@ -238,85 +238,121 @@ pub(crate) fn class_ids(
     Ok((ids, names))
 }
 
-impl TableDataset {
-    /// Reads a CSV file (raw or gzip).
-    pub fn read_csv(path: &Path, opts: &CsvOptions) -> Result<Self, TableError> {
-        let mut input = open(path)?;
-        let mut skipped = 0u64;
-        let mut line = String::new();
-        for _ in 0..opts.skip_rows {
-            line.clear();
-            let n = input
-                .read_line(&mut line)
-                .map_err(|source| TableError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-            if n == 0 {
-                break;
-            }
-            skipped += 1;
-        }
-        Self::parse(path, input, skipped, opts)
-    }
+/// Labels as read, before they become classes.
+pub(crate) enum Labels {
+    /// An integer column's values.
+    Ints(Vec<i128>),
+    /// A string column's values (CSV: every classification label).
+    Strs(Vec<String>),
+    /// A numeric column's values, to predict (regression).
+    Values(Vec<f32>),
+}
 
-    fn parse(
+/// The targets and class names of a whole column of `labels` (classes mapped as
+/// [`class_ids`] maps them).
+pub(crate) fn targets_of(
+    path: &Path,
+    labels: Labels,
+) -> Result<(Targets, Vec<String>), TableError> {
+    let classes_of = |(ids, names)| (Targets::Classes(ids), names);
+    Ok(match labels {
+        Labels::Values(v) => (Targets::Values(v), Vec::new()),
+        Labels::Ints(v) if v.iter().all(|&l| (0..MAX_CLASSES as i128).contains(&l)) => (
+            Targets::Classes(v.into_iter().map(|l| l as u32).collect()),
+            Vec::new(),
+        ),
+        Labels::Ints(v) => classes_of(class_ids(path, v.iter().map(i128::to_string).collect())?),
+        Labels::Strs(v) => classes_of(class_ids(path, v)?),
+    })
+}
+
+/// A CSV reader of `input` with `opts`' delimiter, trimmed fields and rows of equal
+/// length.
+pub(crate) fn csv_reader<R: Read>(input: R, opts: &CsvOptions, header: bool) -> csv::Reader<R> {
+    csv::ReaderBuilder::new()
+        .has_headers(header)
+        .delimiter(opts.delimiter)
+        .flexible(false)
+        .trim(csv::Trim::All)
+        .from_reader(input)
+}
+
+/// A `csv` error as a [`TableError`] naming the file line (`lines_before`: lines of
+/// the file before the reader's first).
+pub(crate) fn csv_error(path: &Path, e: csv::Error, lines_before: u64) -> TableError {
+    let line = e.position().map_or(0, |p| p.line()) + lines_before;
+    let message = match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!(
+            "{len} fields where the rows before have {expected_len} (a missing or extra field?)"
+        ),
+        _ => e.to_string(),
+    };
+    TableError::Parse {
+        path: path.to_path_buf(),
+        line,
+        message,
+    }
+}
+
+/// Drops `n` raw lines of `input`: the lines and bytes dropped (fewer at the end of
+/// the file).
+pub(crate) fn skip_lines(
+    path: &Path,
+    input: &mut impl BufRead,
+    n: usize,
+) -> Result<(u64, u64), TableError> {
+    let (mut lines, mut bytes) = (0u64, 0u64);
+    let mut line = Vec::new();
+    for _ in 0..n {
+        line.clear();
+        let got = input
+            .read_until(b'\n', &mut line)
+            .map_err(|source| TableError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if got == 0 {
+            break;
+        }
+        lines += 1;
+        bytes += got as u64;
+    }
+    Ok((lines, bytes))
+}
+
+/// Which fields of a CSV record are the features and which the label, and how a
+/// record becomes a row.
+pub(crate) struct CsvLayout {
+    path: PathBuf,
+    /// Every column's name (the header's, or `col<i>`).
+    names: Vec<String>,
+    /// Fields per record.
+    fields: usize,
+    feature_cols: Vec<usize>,
+    label_col: usize,
+    regression: bool,
+}
+
+impl CsvLayout {
+    /// Resolves `opts`' columns in records of `fields` fields named by `header`.
+    pub(crate) fn new(
         path: &Path,
-        input: impl Read,
-        skipped: u64,
+        header: Option<Vec<String>>,
+        fields: usize,
         opts: &CsvOptions,
     ) -> Result<Self, TableError> {
-        let mut rdr = csv::ReaderBuilder::new()
-            .has_headers(opts.header)
-            .delimiter(opts.delimiter)
-            .flexible(false)
-            .trim(csv::Trim::All)
-            .from_reader(input);
-        let line_of = |pos: Option<&csv::Position>| pos.map_or(0, |p| p.line()) + skipped;
-        let parse_err = |e: csv::Error| {
-            let line = line_of(e.position());
-            let message = match e.kind() {
-                csv::ErrorKind::UnequalLengths { expected_len, len, .. } => format!(
-                    "{len} fields where the rows before have {expected_len} (a missing or extra field?)"
-                ),
-                _ => e.to_string(),
-            };
-            TableError::Parse {
-                path: path.to_path_buf(),
-                line,
-                message,
-            }
-        };
-        let header: Option<Vec<String>> = if opts.header {
-            Some(
-                rdr.headers()
-                    .map_err(parse_err)?
-                    .iter()
-                    .map(str::to_string)
-                    .collect(),
-            )
-        } else {
-            None
-        };
-        let mut records = rdr.records();
-        let first = match records.next() {
-            Some(r) => r.map_err(parse_err)?,
-            None => return Err(TableError::Empty(path.to_path_buf())),
-        };
-        let width = first.len();
-        let names: Vec<String> = header
-            .clone()
-            .unwrap_or_else(|| (0..width).map(|i| format!("col{i}")).collect());
         let available = || match &header {
             Some(h) => format!("columns {}", h.join(", ")),
             None => format!(
-                "{width} columns (0..{}) and no header",
-                width.saturating_sub(1)
+                "{fields} columns (0..{}) and no header",
+                fields.saturating_sub(1)
             ),
         };
         let resolve = |c: &Column| -> Result<usize, TableError> {
             let found = match c {
-                Column::Index(i) => (*i < width).then_some(*i),
+                Column::Index(i) => (*i < fields).then_some(*i),
                 Column::Name(n) => header
                     .as_ref()
                     .and_then(|h| h.iter().position(|x| x == n))
@@ -326,7 +362,7 @@ impl TableDataset {
                             .unwrap_or(n)
                             .parse::<usize>()
                             .ok()
-                            .filter(|&i| header.is_none() && i < width)
+                            .filter(|&i| header.is_none() && i < fields)
                     }),
             };
             found.ok_or_else(|| TableError::NoColumn {
@@ -338,7 +374,7 @@ impl TableDataset {
         let label_col = resolve(&opts.label)?;
         let feature_cols: Vec<usize> = match &opts.features {
             Some(cols) => cols.iter().map(resolve).collect::<Result<_, _>>()?,
-            None => (0..width).filter(|&i| i != label_col).collect(),
+            None => (0..fields).filter(|&i| i != label_col).collect(),
         };
         if feature_cols.is_empty() {
             return Err(TableError::Mismatch(format!(
@@ -347,71 +383,146 @@ impl TableDataset {
                 opts.label
             )));
         }
-        let mut values = Vec::new();
-        let mut raw_labels = Vec::new();
-        let mut target_values = Vec::new();
-        let finite = |field: &str| field.parse::<f32>().ok().filter(|v| v.is_finite());
-        let bad = |line: u64, message: String| TableError::Parse {
+        Ok(Self {
             path: path.to_path_buf(),
+            names: header.unwrap_or_else(|| (0..fields).map(|i| format!("col{i}")).collect()),
+            fields,
+            feature_cols,
+            label_col,
+            regression: opts.regression,
+        })
+    }
+
+    /// Features per row.
+    pub(crate) fn width(&self) -> usize {
+        self.feature_cols.len()
+    }
+
+    /// The feature columns' names.
+    pub(crate) fn feature_names(&self) -> Vec<String> {
+        self.feature_cols
+            .iter()
+            .map(|&c| self.names[c].clone())
+            .collect()
+    }
+
+    /// No labels yet: strings for classes (mapped once all are seen), numbers for
+    /// regression.
+    pub(crate) fn empty_labels(&self) -> Labels {
+        if self.regression {
+            Labels::Values(Vec::new())
+        } else {
+            Labels::Strs(Vec::new())
+        }
+    }
+
+    /// Appends the features of `rec` (file line `line`) to `values` and its label to
+    /// `labels` (of [`CsvLayout::empty_labels`]' kind).
+    pub(crate) fn push(
+        &self,
+        rec: &csv::StringRecord,
+        line: u64,
+        values: &mut Vec<f32>,
+        labels: &mut Labels,
+    ) -> Result<(), TableError> {
+        let bad = |message: String| TableError::Parse {
+            path: self.path.clone(),
             line,
             message,
         };
-        let mut push = |rec: &csv::StringRecord| -> Result<(), TableError> {
-            let line = line_of(rec.position());
-            for &c in &feature_cols {
-                let field = rec.get(c).unwrap_or("");
-                let v = finite(field).ok_or_else(|| {
-                    let shown = if field.is_empty() {
-                        "empty".to_string()
-                    } else {
-                        format!("`{field}`")
-                    };
-                    bad(
-                        line,
-                        format!("column `{}` is {shown}, not a finite number", names[c]),
-                    )
-                })?;
-                values.push(v);
-            }
-            let label = rec.get(label_col).unwrap_or("");
-            if label.is_empty() {
-                return Err(bad(
-                    line,
-                    format!("label column `{}` is empty", names[label_col]),
-                ));
-            }
-            if opts.regression {
-                let v = finite(label).ok_or_else(|| {
-                    bad(
-                        line,
-                        format!(
-                            "label column `{}` is `{label}`, not a finite number \
-                             (task = \"regression\" predicts a number)",
-                            names[label_col]
-                        ),
-                    )
-                })?;
-                target_values.push(v);
-            } else {
-                raw_labels.push(label.to_string());
-            }
-            Ok(())
-        };
-        push(&first)?;
-        for rec in records {
-            push(&rec.map_err(parse_err)?)?;
+        if rec.len() != self.fields {
+            return Err(bad(format!(
+                "{} fields where the first row has {} (a missing or extra field?)",
+                rec.len(),
+                self.fields
+            )));
         }
-        let (targets, classes) = if opts.regression {
-            (Targets::Values(target_values), Vec::new())
+        let finite = |field: &str| field.parse::<f32>().ok().filter(|v| v.is_finite());
+        for &c in &self.feature_cols {
+            let field = rec.get(c).unwrap_or("");
+            let v = finite(field).ok_or_else(|| {
+                let shown = if field.is_empty() {
+                    "empty".to_string()
+                } else {
+                    format!("`{field}`")
+                };
+                bad(format!(
+                    "column `{}` is {shown}, not a finite number",
+                    self.names[c]
+                ))
+            })?;
+            values.push(v);
+        }
+        let label = rec.get(self.label_col).unwrap_or("");
+        let name = &self.names[self.label_col];
+        if label.is_empty() {
+            return Err(bad(format!("label column `{name}` is empty")));
+        }
+        match labels {
+            Labels::Values(v) => v.push(finite(label).ok_or_else(|| {
+                bad(format!(
+                    "label column `{name}` is `{label}`, not a finite number \
+                     (task = \"regression\" predicts a number)"
+                ))
+            })?),
+            Labels::Strs(v) => v.push(label.to_string()),
+            Labels::Ints(v) => v.push(
+                label
+                    .parse()
+                    .map_err(|_| bad(format!("label column `{name}` is `{label}`")))?,
+            ),
+        }
+        Ok(())
+    }
+}
+
+impl TableDataset {
+    /// Reads a CSV file (raw or gzip).
+    pub fn read_csv(path: &Path, opts: &CsvOptions) -> Result<Self, TableError> {
+        let mut input = open(path)?;
+        let (skipped, _) = skip_lines(path, &mut input, opts.skip_rows)?;
+        Self::parse(path, input, skipped, opts)
+    }
+
+    fn parse(
+        path: &Path,
+        input: impl Read,
+        skipped: u64,
+        opts: &CsvOptions,
+    ) -> Result<Self, TableError> {
+        let mut rdr = csv_reader(input, opts, opts.header);
+        let err = |e| csv_error(path, e, skipped);
+        let header: Option<Vec<String>> = if opts.header {
+            Some(
+                rdr.headers()
+                    .map_err(err)?
+                    .iter()
+                    .map(str::to_string)
+                    .collect(),
+            )
         } else {
-            let (ids, classes) = class_ids(path, raw_labels)?;
-            (Targets::Classes(ids), classes)
+            None
         };
+        let mut records = rdr.records();
+        let first = match records.next() {
+            Some(r) => r.map_err(err)?,
+            None => return Err(TableError::Empty(path.to_path_buf())),
+        };
+        let layout = CsvLayout::new(path, header, first.len(), opts)?;
+        let line_of = |rec: &csv::StringRecord| rec.position().map_or(0, |p| p.line()) + skipped;
+        let mut values = Vec::new();
+        let mut labels = layout.empty_labels();
+        layout.push(&first, line_of(&first), &mut values, &mut labels)?;
+        for rec in records {
+            let rec = rec.map_err(err)?;
+            layout.push(&rec, line_of(&rec), &mut values, &mut labels)?;
+        }
+        let (targets, classes) = targets_of(path, labels)?;
         Ok(Self {
             values,
             targets,
-            features: feature_cols.len(),
-            feature_names: feature_cols.iter().map(|&c| names[c].clone()).collect(),
+            features: layout.width(),
+            feature_names: layout.feature_names(),
             classes,
         })
     }

@@ -14,19 +14,6 @@ fn equivalence_job(model: &str, optimizer: &str) -> String {
     )
 }
 
-fn train_to(job: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec![
-        "train",
-        job.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "-q",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    serde_json::from_str(ok(&args).trim()).unwrap()
-}
-
 #[test]
 fn n_workers_match_one_worker_with_the_same_global_batch() {
     let dir = tempfile::tempdir().unwrap();

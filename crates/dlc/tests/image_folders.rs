@@ -343,3 +343,80 @@ fn a_parquet_table_of_png_bytes_trains_to_the_idx_weights() {
         "{e}"
     );
 }
+
+#[test]
+fn a_streamed_folder_trains_to_the_in_memory_weights_and_names_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx_job = job(dir.path(), "idx.toml", &quick_mlp(600, 1, 60));
+    let png = dir.path().join("png");
+    ok(&[
+        "data",
+        "export",
+        idx_job.to_str().unwrap(),
+        "--to",
+        "png",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    let folder_job = |name: &str, stream: bool| {
+        job(
+            dir.path(),
+            name,
+            &format!(
+                "[model]\npreset = \"lenet\"\n[data]\npath = \"{}\"\ntest_path = \"{}\"\n\
+                 test_limit = 300\nrandom_crop = 2\nrandom_flip = true\nstream = {stream}\n\
+                 [train]\nepochs = 2\nbatch_size = 60\nlearning_rate = 0.002\nseed = 5\n",
+                png.join("train").display(),
+                png.join("test").display()
+            ),
+        )
+    };
+    let (memory, streamed) = (
+        folder_job("mem.toml", false),
+        folder_job("stream.toml", true),
+    );
+    let run = |j: &std::path::Path, out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let s = train_to(j, &out, extra);
+        (s, weights(&out.join("model.safetensors")))
+    };
+    let (mem_s, mem_w) = run(&memory, "mem", &[]);
+    let (one_s, one_w) = run(&streamed, "one", &[]);
+    let (_, two_w) = run(&streamed, "two", &["--workers", "2"]);
+    // The same samples in the same order, decoded later: the very same weights.
+    assert_eq!(max_abs_diff(&mem_w, &one_w), 0.0);
+    assert_eq!(mem_s["test_accuracy"], one_s["test_accuracy"], "{one_s}");
+    let d = max_abs_diff(&one_w, &two_w);
+    assert!(d < 1e-4, "streamed folder, 1 vs 2 workers: max |Δw| = {d}");
+
+    // A file that breaks after the listing is named when a batch reaches it.
+    let class = png.join("train/9");
+    let mut files: Vec<_> = std::fs::read_dir(&class)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let victim = files.last().unwrap();
+    std::fs::write(victim, b"\x89PNG\r\n\x1a\ntruncated").unwrap();
+    let e = fails(&[
+        "train",
+        streamed.to_str().unwrap(),
+        "-q",
+        "--workers",
+        "2",
+        "--out",
+        dir.path().join("broken").to_str().unwrap(),
+    ]);
+    let name = victim.file_name().unwrap().to_str().unwrap();
+    assert!(e.contains(name) && e.contains("cannot decode"), "{e}");
+    // Streamed folders keep the exact permutation: no shuffle buffer to size.
+    let j = job(
+        dir.path(),
+        "sb.toml",
+        &std::fs::read_to_string(&streamed)
+            .unwrap()
+            .replace("stream = true\n", "stream = true\nshuffle_buffer = 100\n"),
+    );
+    let e = fails(&["train", j.to_str().unwrap()]);
+    assert!(e.contains("data.shuffle_buffer"), "{e}");
+}

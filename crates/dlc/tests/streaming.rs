@@ -1,4 +1,4 @@
-//! Parquet tables streamed while training (`[data] stream = true`): bounded memory on a
+//! Parquet and CSV tables streamed while training (`[data] stream = true`): bounded memory on a
 //! file several times larger than the limit, every row once per epoch whatever the
 //! number of workers, and `dlc eval` re-creating the streamed run's test split.
 
@@ -26,6 +26,35 @@ impl Lcg {
     }
 }
 
+/// `n` rows of `features` random features (by column) and a class (the largest of the
+/// first three: learnable).
+fn generate(rng: &mut Lcg, n: usize, features: usize) -> (Vec<Vec<f32>>, Vec<i64>) {
+    let cols: Vec<Vec<f32>> = (0..features)
+        .map(|_| (0..n).map(|_| rng.next()).collect())
+        .collect();
+    let y = (0..n)
+        .map(|i| {
+            let x = [cols[0][i], cols[1][i], cols[2][i]];
+            (0..3).max_by(|&a, &b| x[a].total_cmp(&x[b])).unwrap() as i64
+        })
+        .collect();
+    (cols, y)
+}
+
+/// [`write_table`]'s rows as a CSV file with a header.
+fn write_csv(path: &Path, rows: usize, features: usize, seed: u64) {
+    let (cols, y) = generate(&mut Lcg(seed), rows, features);
+    let mut text: String = (0..features).map(|j| format!("f{j},")).collect();
+    text += "y\n";
+    for (i, y) in y.iter().enumerate() {
+        for c in &cols {
+            text += &format!("{},", c[i]);
+        }
+        text += &format!("{y}\n");
+    }
+    std::fs::write(path, text).unwrap();
+}
+
 /// Writes `rows` rows of `features` random features `f0…` and a class `y` (the
 /// largest of f0, f1, f2: learnable), in row groups of `group` rows, uncompressed.
 fn write_table(path: &Path, rows: usize, features: usize, group: usize, seed: u64) {
@@ -37,16 +66,7 @@ fn write_table(path: &Path, rows: usize, features: usize, group: usize, seed: u6
         .build();
     let mut writer: Option<ArrowWriter<File>> = None;
     for start in (0..rows).step_by(group) {
-        let n = group.min(rows - start);
-        let cols: Vec<Vec<f32>> = (0..features)
-            .map(|_| (0..n).map(|_| rng.next()).collect())
-            .collect();
-        let y: Vec<i64> = (0..n)
-            .map(|i| {
-                let x = [cols[0][i], cols[1][i], cols[2][i]];
-                (0..3).max_by(|&a, &b| x[a].total_cmp(&x[b])).unwrap() as i64
-            })
-            .collect();
+        let (cols, y) = generate(&mut rng, group.min(rows - start), features);
         let mut columns: Vec<(String, ArrayRef)> = cols
             .into_iter()
             .enumerate()
@@ -65,10 +85,6 @@ fn write_table(path: &Path, rows: usize, features: usize, group: usize, seed: u6
         w.write(&batch).unwrap();
     }
     writer.unwrap().close().unwrap();
-}
-
-fn summary(out: &str) -> serde_json::Value {
-    serde_json::from_str(out.lines().last().unwrap()).unwrap()
 }
 
 #[test]
@@ -124,15 +140,19 @@ fn a_table_four_times_the_memory_limit_trains_in_bounded_memory() {
 fn streamed_workers_learn_and_eval_recreates_the_test_split() {
     let dir = tempfile::tempdir().unwrap();
     write_table(&dir.path().join("t.parquet"), 6000, 8, 500, 3);
-    let job = job(
-        dir.path(),
-        "t.toml",
-        "[model]\npreset = \"tabular-mlp\"\n[data]\npath = \"t.parquet\"\nlabel = \"y\"\n\
-         stream = true\nshuffle_buffer = 1000\ntest_fraction = 0.2\n[train]\nepochs = 3\n\
-         batch_size = 64\noptimizer = \"adam\"\nlearning_rate = 0.01\nlog_every = 20\n",
-    );
-    for workers in ["1", "3"] {
-        let run = dir.path().join(format!("w{workers}"));
+    write_csv(&dir.path().join("t.csv"), 6000, 8, 3);
+    for (file, workers) in [("t.parquet", "1"), ("t.parquet", "3"), ("t.csv", "2")] {
+        let job = job(
+            dir.path(),
+            "t.toml",
+            &format!(
+                "[model]\npreset = \"tabular-mlp\"\n[data]\npath = \"{file}\"\nlabel = \"y\"\n\
+                 stream = true\nshuffle_buffer = 1000\ntest_fraction = 0.2\n[train]\n\
+                 epochs = 3\nbatch_size = 64\noptimizer = \"adam\"\nlearning_rate = 0.01\n\
+                 log_every = 20\n"
+            ),
+        );
+        let run = dir.path().join(format!("{file}-w{workers}"));
         let out = ok(&[
             "train",
             job.to_str().unwrap(),
@@ -174,14 +194,21 @@ fn streamed_workers_learn_and_eval_recreates_the_test_split() {
 #[test]
 fn streaming_refuses_what_it_cannot_do_and_names_a_damaged_file() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("x.csv"), "a,y\n1,0\n2,1\n").unwrap();
-    let csv = job(
+    let idx = job(
         dir.path(),
-        "csv.toml",
-        "[model]\npreset = \"tabular-mlp\"\n[data]\npath = \"x.csv\"\nlabel = \"y\"\nstream = true\n",
+        "idx.toml",
+        "[model]\npreset = \"mlp\"\n[data]\ndataset = \"fashion-mnist\"\nstream = true\n",
     );
-    let e = fails(&["train", csv.to_str().unwrap()]);
-    assert!(e.contains("data.stream") && e.contains("Parquet"), "{e}");
+    let e = fails(&["train", idx.to_str().unwrap()]);
+    assert!(e.contains("data.stream") && e.contains("IDX"), "{e}");
+    std::fs::write(dir.path().join("x.csv.gz"), b"\x1f\x8b\x08\x00 not really").unwrap();
+    let gz = job(
+        dir.path(),
+        "gz.toml",
+        "[model]\npreset = \"tabular-mlp\"\n[data]\npath = \"x.csv.gz\"\nlabel = \"y\"\nstream = true\n",
+    );
+    let e = fails(&["train", gz.to_str().unwrap()]);
+    assert!(e.contains("x.csv.gz") && e.contains("gunzip"), "{e}");
     let p = dir.path().join("t.parquet");
     write_table(&p, 3000, 4, 1000, 4);
     let bytes = std::fs::read(&p).unwrap();

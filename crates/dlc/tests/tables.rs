@@ -23,10 +23,6 @@ fn example(name: &str) -> String {
     format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-fn summary(out: &str) -> serde_json::Value {
-    serde_json::from_str(out.lines().last().unwrap()).unwrap()
-}
-
 #[test]
 fn sklearn_breast_cancer_example_learns() {
     sklearn("breast_cancer.csv");
@@ -118,14 +114,7 @@ fn header_names_string_labels_and_a_test_file() {
          learning_rate = 0.01\n",
     );
     let run = dir.path().join("run");
-    let s = summary(&ok(&[
-        "train",
-        job.to_str().unwrap(),
-        "--json",
-        "-q",
-        "--out",
-        run.to_str().unwrap(),
-    ]));
+    let s = train_to(&job, &run, &[]);
     let acc = s["test_accuracy"].as_f64().unwrap();
     assert!(acc > 0.85, "string-labelled classes: test accuracy {acc}");
 
@@ -392,14 +381,7 @@ fn token_columns_train_through_embedding_and_mean_pool() {
                 [train]\nepochs = 4\nbatch_size = 32\noptimizer = \"adam\"\nlearning_rate = 0.02\n";
     let job = job(dir.path(), "tokens.toml", text);
     let run = dir.path().join("run");
-    let s = summary(&ok(&[
-        "train",
-        job.to_str().unwrap(),
-        "--json",
-        "-q",
-        "--out",
-        run.to_str().unwrap(),
-    ]));
+    let s = train_to(&job, &run, &[]);
     // Token 7's learned vector shifts the mean: a linear read-out finds it.
     let acc = s["test_accuracy"].as_f64().unwrap();
     assert!(acc > 0.9, "token presence test accuracy {acc}: {s}");

@@ -234,27 +234,40 @@ fn check_table(d: &crate::DataSpec) -> Result<(), Problem> {
 
 /// Checks `stream` and `shuffle_buffer` (path data).
 fn check_stream(d: &crate::DataSpec, format: Option<crate::DataFormat>) -> Result<(), Problem> {
-    if d.stream == Some(true) {
-        if format != Some(crate::DataFormat::Parquet) {
-            bad(
-                "data.stream",
-                "works on Parquet files only (their row groups are what workers share \
-                 out): write the table as Parquet (pandas: `df.to_parquet(\"x.parquet\")`), \
-                 or remove `stream` to load the data into memory",
-            )?;
+    use crate::DataFormat::{Csv, Images, Parquet};
+    match (d.stream == Some(true), format) {
+        (true, Some(Parquet | Csv)) => {
+            if d.limit.is_some() {
+                bad(
+                    "data.limit",
+                    "cannot cut a streamed file; remove `limit` (or `stream`)",
+                )?;
+            }
         }
-        if d.limit.is_some() {
-            bad(
-                "data.limit",
-                "cannot cut a streamed file; remove `limit` (or `stream`)",
-            )?;
+        (true, Some(Images)) => {
+            if d.shuffle_buffer.is_some() {
+                bad(
+                    "data.shuffle_buffer",
+                    "is for streamed tables; a streamed image folder keeps the \
+                     exact global permutation (only file names are held in memory)",
+                )?;
+            }
         }
-    } else if d.shuffle_buffer.is_some() {
-        bad(
-            "data.shuffle_buffer",
-            "is for streamed data (`stream = true`); in memory every epoch is an exact \
-             permutation",
-        )?;
+        (true, _) => bad(
+            "data.stream",
+            "works on Parquet and CSV tables (workers share out their row groups or \
+             blocks of rows) and image folders, not on IDX files; remove `stream` to \
+             load the data into memory",
+        )?,
+        (false, _) => {
+            if d.shuffle_buffer.is_some() {
+                bad(
+                    "data.shuffle_buffer",
+                    "is for streamed data (`stream = true`); in memory every epoch is an \
+                     exact permutation",
+                )?;
+            }
+        }
     }
     if d.shuffle_buffer == Some(0) {
         bad(

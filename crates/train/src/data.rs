@@ -1,15 +1,15 @@
 //! Loading a job's data and turning batches into tensors.
 
 use dlc_data::dataset::IdxFiles;
-use dlc_data::folder::{self, FolderOptions};
+use dlc_data::folder::FolderOptions;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use dlc_data::{
-    Augment, BatchSource, Column, CsvOptions, ImageDataset, InMemory, ParquetStream, Samples,
-    Sharding, Standardizer, StreamOptions, TableDataset, TrainSet,
+    Augment, BatchSource, Column, CsvOptions, GlobalShuffle, ImageDataset, ImageFiles, Samples,
+    Sharding, Standardizer, StreamOptions, TableDataset, TableFormat, TableStream, TrainSet,
 };
 use dlc_job::{ColumnSpec, DataFormat, DataSpec, ModelSpec, Task, TrainSpec};
 use dlc_model::{LayerPlan, Shape};
@@ -164,7 +164,7 @@ impl JobData {
         }
         let classes = train.num_classes().max(test.num_classes());
         Ok(Self {
-            train: Box::new(InMemory::new(Arc::new(train), augment(spec))),
+            train: Box::new(GlobalShuffle::new(Arc::new(train), augment(spec))),
             test: Box::new(test),
             classes,
             class_names: Vec::new(),
@@ -206,7 +206,7 @@ impl JobData {
         };
         let table_err = |e: dlc_data::TableError| TrainError::Usage(e.to_string());
         if spec.stream == Some(true) {
-            return Self::load_stream(spec, &path, opts, seed, saved);
+            return Self::load_stream(spec, &path, format, opts, seed, saved);
         }
         if let Some(image) = &spec.image_column {
             return Self::load_parquet_images(
@@ -271,28 +271,27 @@ impl JobData {
         let classes = train.num_classes().max(test.num_classes());
         Ok(Self {
             class_names: train.classes.clone(),
-            train: Box::new(InMemory::new(Arc::new(train), Augment::default())),
+            train: Box::new(GlobalShuffle::new(Arc::new(train), Augment::default())),
             test: Box::new(test),
             classes,
             standardizer,
         })
     }
 
-    /// A Parquet table streamed while training (`stream = true`): scanned once for
-    /// classes, statistics and test rows; the test set (a hash split, or
+    /// A Parquet or CSV table streamed while training (`stream = true`): scanned
+    /// once for classes, statistics and test rows; the test set (a hash split, or
     /// `test_path`) held in memory.
     fn load_stream(
         spec: &DataSpec,
         path: &Path,
+        format: DataFormat,
         opts: CsvOptions,
         seed: u64,
         saved: Option<&DataInfo>,
     ) -> Result<Self, TrainError> {
         let table_err = |e: dlc_data::TableError| TrainError::Usage(e.to_string());
         let stream_opts = StreamOptions {
-            label: opts.label.clone(),
-            features: opts.features.clone(),
-            regression: opts.regression,
+            table: opts.clone(),
             test_fraction: match spec.test_path {
                 Some(_) => 0.0,
                 None => spec.test_fraction.unwrap_or(0.1),
@@ -300,18 +299,26 @@ impl JobData {
             seed,
             shuffle_buffer: spec.shuffle_buffer.unwrap_or(10_000),
         };
-        let (mut train, mut test) = ParquetStream::open(path, &stream_opts).map_err(table_err)?;
+        let table_format = match format {
+            DataFormat::Csv => TableFormat::Csv,
+            _ => TableFormat::Parquet,
+        };
+        let (mut train, mut test) =
+            TableStream::open(path, table_format, &stream_opts).map_err(table_err)?;
         let names = match saved {
             Some(info) => info.class_names.clone(),
             None => train.class_names(),
         };
         if let Some(tp) = &spec.test_path {
-            test = TableDataset::read_parquet(
-                tp,
-                &opts.label,
-                opts.features.as_deref(),
-                opts.regression,
-            )
+            test = match format {
+                DataFormat::Csv => TableDataset::read_csv(tp, &opts),
+                _ => TableDataset::read_parquet(
+                    tp,
+                    &opts.label,
+                    opts.features.as_deref(),
+                    opts.regression,
+                ),
+            }
             .map_err(table_err)?;
         }
         if test.classes != names {
@@ -398,14 +405,16 @@ impl JobData {
         Ok(Self {
             classes,
             class_names: names,
-            train: Box::new(InMemory::new(Arc::new(train), augment(spec))),
+            train: Box::new(GlobalShuffle::new(Arc::new(train), augment(spec))),
             test: Box::new(test),
             standardizer: None,
         })
     }
 
-    /// An image folder (`<class>/*`): decoded into memory, a test folder or a
-    /// deterministic split; pixels scaled to [-1, 1] as IDX images are.
+    /// An image folder (`<class>/*`): a test folder or a deterministic split, limits
+    /// keeping evenly spaced images; decoded into memory, or with `stream = true`
+    /// listed only and decoded batch by batch (same samples in the same order).
+    /// Pixels are scaled to [-1, 1] as IDX images are.
     fn load_folder(
         spec: &DataSpec,
         seed: u64,
@@ -425,33 +434,32 @@ impl JobData {
         };
         let err = |e: dlc_data::folder::FolderError| TrainError::Usage(e.to_string());
         let saved_names = saved.map(|info| info.class_names.as_slice());
-        let (all, names) = folder::read_folder(&path, saved_names, &opts).map_err(err)?;
+        let (all, names) = ImageFiles::list(&path, saved_names, &opts).map_err(err)?;
         let (train, test) = match &spec.test_path {
             Some(tp) => {
-                let opts = FolderOptions {
-                    size: Some([all.height, all.width]),
-                    channels: Some(all.channels),
-                };
-                let (test, _) = folder::read_folder(tp, Some(&names), &opts).map_err(err)?;
+                let (test, _) =
+                    ImageFiles::list(tp, Some(&names), &all.same_shape()).map_err(err)?;
                 (all, test)
             }
             None => all.split(spec.test_fraction.unwrap_or(0.1), seed),
         };
-        // A folder is read class by class: a limit keeps evenly spaced images so that
-        // every class stays in a quick run, where the first N would be one class.
-        let spread = |set: ImageDataset, limit: Option<usize>| match limit {
-            Some(n) if n < set.len() => {
-                set.select(&(0..n).map(|i| i * set.len() / n).collect::<Vec<_>>())
-            }
-            _ => set,
-        };
-        let (mut train, mut test) = (spread(train, spec.limit), spread(test, spec.test_limit));
+        // A folder is listed class by class: a limit keeps evenly spaced images so
+        // that every class stays in a quick run, where the first N would be one class.
+        let (mut train, mut test) = (train.spread(spec.limit), test.spread(spec.test_limit));
         apply_limits(spec, &path, "images", &mut train, &mut test)?;
+        let (train, test): (Arc<dyn Samples>, Box<dyn Samples>) = if spec.stream == Some(true) {
+            (Arc::new(train), Box::new(test))
+        } else {
+            (
+                Arc::new(train.read().map_err(err)?),
+                Box::new(test.read().map_err(err)?),
+            )
+        };
         Ok(Self {
             classes: names.len(),
             class_names: names,
-            train: Box::new(InMemory::new(Arc::new(train), augment(spec))),
-            test: Box::new(test),
+            train: Box::new(GlobalShuffle::new(train, augment(spec))),
+            test,
             standardizer: None,
         })
     }

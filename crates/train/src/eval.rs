@@ -55,8 +55,9 @@ impl EvalResult {
 }
 
 /// Evaluates `model` on every sample of `ds`; `scale` maps standardised regression
-/// targets back to their units. Fails only on inputs the model cannot take (token ids
-/// outside an embedding's vocabulary).
+/// targets back to their units. Fails on inputs the model cannot take (token ids
+/// outside an embedding's vocabulary) and on image files that cannot be decoded
+/// (samples read on demand).
 pub fn evaluate<B: Backend>(
     model: &Net<B>,
     ds: &dyn Samples,
@@ -67,7 +68,7 @@ pub fn evaluate<B: Backend>(
     let all: Vec<usize> = (0..ds.len()).collect();
     for chunk in all.chunks(EVAL_BATCH) {
         let mut batch = Batch::default();
-        ds.gather(chunk, &mut batch);
+        ds.gather(chunk, &mut batch)?;
         model
             .check_tokens(&batch.inputs)
             .map_err(|m| TrainError::Usage(format!("test samples {}..: {m}", chunk[0])))?;

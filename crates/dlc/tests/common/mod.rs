@@ -42,6 +42,25 @@ pub fn fails(args: &[&str]) -> String {
     err
 }
 
+/// The summary a `--json` run prints last.
+pub fn summary(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.lines().last().expect("dlc printed a summary")).unwrap()
+}
+
+/// Trains `job` into `out` quietly (with `extra` arguments) and returns its summary.
+pub fn train_to(job: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "train",
+        job.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    summary(&ok(&args))
+}
+
 /// Writes a job file into `dir` and returns its path.
 pub fn job(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

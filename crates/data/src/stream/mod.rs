@@ -1,24 +1,29 @@
-//! Tables larger than memory: a Parquet file read row group by row group while it
-//! trains, each rank reading only its share of the storage.
+//! Tables larger than memory: a Parquet or CSV file read chunk by chunk while it
+//! trains, each rank reading only its share of the storage. A chunk is what can be
+//! read on its own: a Parquet row group ([`parquet`]), or a block of CSV rows found by
+//! one pass over the file and read from its byte offset ([`csv`]).
 //!
-//! Opening a [`ParquetStream`] scans the file once, in bounded memory, for what
+//! Opening a [`TableStream`] scans the file once, in bounded memory, for what
 //! training must fix before the first step: the classes, the training split's feature
 //! statistics, and the test rows (held in memory for evaluation). A row is a test row
 //! when a hash of (seed, its row number) falls below `test_fraction`, so the split
 //! needs no permutation of the whole file.
 //!
-//! Each epoch, the row groups are permuted from (seed, epoch) and dealt to the ranks,
-//! each to the rank with the fewest training rows so far: every row group is read by
+//! Each epoch, the chunks are permuted from (seed, epoch) and dealt to the ranks,
+//! each to the rank with the fewest training rows so far: every chunk is read by
 //! exactly one rank, so every training row is seen exactly once per epoch. A rank
 //! shuffles its rows through a buffer of `shuffle_buffer` rows (what tf.data's
 //! `shuffle` and Petastorm do) and spreads them evenly over the epoch's steps, so all
 //! ranks take the same number of steps and no step is short.
 //!
 //! Where this differs from the in-memory exact global permutation: the order depends on
-//! the number of workers (a row group's rows stay with one rank), a shuffle is only as
+//! the number of workers (a chunk's rows stay with one rank), a shuffle is only as
 //! random as the buffer is large, and the global batch of a step is `global_batch`
-//! only on average (within a few samples). Memory holds one record batch per rank,
+//! only on average (within a few samples). Memory holds one decoded block per rank,
 //! the shuffle buffer, the prefetched batches and the test rows.
+
+mod csv;
+mod parquet;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;
@@ -28,10 +33,13 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use self::csv::CsvChunks;
+use self::parquet::ParquetChunks;
 use crate::augment::mix;
 use crate::loader::{Batch, BatchSource, EpochBatches, LoadError, Sharding, TrainSet};
-use crate::parquet::{GroupReader, Labels, ParquetTable};
-use crate::table::{Column, Standardizer, TableDataset, TableError, Targets, MAX_CLASSES};
+use crate::table::{
+    CsvOptions, Labels, Standardizer, TableDataset, TableError, Targets, MAX_CLASSES,
+};
 
 /// Keeps the row groups' permutation apart from other uses of the seed.
 const GROUP_SALT: u64 = 0x6772_6f75_7073;
@@ -41,21 +49,58 @@ const SPLIT_SALT: u64 = 0x7e57_5917;
 /// next to the shuffle buffer.
 const READ_ROWS: usize = 1024;
 
+/// The file format of a streamed table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableFormat {
+    /// CSV, not compressed (a gzip stream cannot be read from the middle).
+    Csv,
+    /// Parquet.
+    Parquet,
+}
+
 /// What to read from a streamed table.
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
-    /// The label column.
-    pub label: Column,
-    /// Feature columns (None: every column but the label).
-    pub features: Option<Vec<Column>>,
-    /// The label is a number to predict.
-    pub regression: bool,
+    /// The columns (label, features, task) and, for CSV, how to parse it (header,
+    /// delimiter, skipped lines; ignored for Parquet).
+    pub table: CsvOptions,
     /// Fraction of rows held out for testing (0 when the test set is another file).
     pub test_fraction: f64,
     /// Seed of the test split and of the shuffles.
     pub seed: u64,
-    /// Rows each rank shuffles among (at least 1: no shuffle within row groups).
+    /// Rows each rank shuffles among (at least 1: no shuffle within chunks).
     pub shuffle_buffer: usize,
+}
+
+/// A table that ranks share out chunk by chunk, each chunk read on its own.
+trait Chunks: Send + Sync {
+    /// The file.
+    fn path(&self) -> &Path;
+    /// Features per row.
+    fn width(&self) -> usize;
+    /// The feature columns' names.
+    fn feature_names(&self) -> Vec<String>;
+    /// No labels yet, of the kind the reader appends.
+    fn empty_labels(&self) -> Labels;
+    /// Number of chunks.
+    fn count(&self) -> usize;
+    /// What a chunk is, for people (`row groups`).
+    fn unit(&self) -> String;
+    /// A reader of chunk `chunk`, `rows` rows at a time.
+    fn read(&self, chunk: usize, rows: usize) -> Result<Box<dyn ChunkReader>, TableError>;
+}
+
+/// One chunk, read a few rows at a time.
+trait ChunkReader: Send {
+    /// The file row (0-based, data rows only) of the next rows.
+    fn row(&self) -> u64;
+    /// Appends the next rows' features (row-major) to `values` and their labels to
+    /// `labels`: the number of rows, or `None` at the end of the chunk.
+    fn next_into(
+        &mut self,
+        values: &mut Vec<f32>,
+        labels: &mut Labels,
+    ) -> Result<Option<usize>, TableError>;
 }
 
 /// How labels become classes.
@@ -95,6 +140,7 @@ impl ClassMap {
         Some(match (self, labels) {
             (_, Labels::Values(v)) => Target::Value(v[i]),
             (ClassMap::Identity(_), Labels::Ints(v)) => Target::Class(u32::try_from(v[i]).ok()?),
+            (ClassMap::Identity(_), Labels::Strs(v)) => Target::Class(v[i].trim().parse().ok()?),
             (_, Labels::Ints(v)) => Target::Class(lookup(&v[i].to_string())?),
             (_, Labels::Strs(v)) => Target::Class(lookup(&v[i])?),
         })
@@ -110,8 +156,8 @@ enum Target {
 
 /// A Parquet table trained on as it is read (see the module documentation).
 #[derive(Clone)]
-pub struct ParquetStream {
-    table: Arc<ParquetTable>,
+pub struct TableStream {
+    table: Arc<dyn Chunks>,
     /// Training rows in each row group.
     train_rows: Vec<usize>,
     classes: ClassMap,
@@ -121,16 +167,18 @@ pub struct ParquetStream {
     shuffle_buffer: usize,
 }
 
-impl ParquetStream {
+impl TableStream {
     /// Opens `path` and scans it once (bounded memory): the stream of its training
     /// rows, and its test rows (classes mapped, not standardised).
-    pub fn open(path: &Path, opts: &StreamOptions) -> Result<(Self, TableDataset), TableError> {
-        let table = Arc::new(ParquetTable::open(
-            path,
-            &opts.label,
-            opts.features.as_deref(),
-            opts.regression,
-        )?);
+    pub fn open(
+        path: &Path,
+        format: TableFormat,
+        opts: &StreamOptions,
+    ) -> Result<(Self, TableDataset), TableError> {
+        let table: Arc<dyn Chunks> = match format {
+            TableFormat::Parquet => Arc::new(ParquetChunks::open(path, &opts.table)?),
+            TableFormat::Csv => Arc::new(CsvChunks::open(path, &opts.table)?),
+        };
         let width = table.width();
         let split = Split {
             fraction: opts.test_fraction,
@@ -140,11 +188,11 @@ impl ParquetStream {
         let mut labels_seen = LabelSet::default();
         let mut test_values = Vec::new();
         let mut test_labels = table.empty_labels();
-        let mut train_rows = vec![0; table.groups.len()];
+        let mut train_rows = vec![0; table.count()];
         for (group, count) in train_rows.iter_mut().enumerate() {
-            let mut reader = table.group(group, READ_ROWS)?;
+            let mut reader = table.read(group, READ_ROWS)?;
             loop {
-                let first = reader.row;
+                let first = reader.row();
                 let mut values = Vec::new();
                 let mut labels = table.empty_labels();
                 let Some(n) = reader.next_into(&mut values, &mut labels)? else {
@@ -172,7 +220,7 @@ impl ParquetStream {
         if train_rows.iter().sum::<usize>() == 0 {
             return Err(TableError::Empty(path.to_path_buf()));
         }
-        let classes = labels_seen.classes(opts.regression, path)?;
+        let classes = labels_seen.classes(opts.table.regression, path)?;
         let n_test = test_values.len() / width;
         let targets = match classes {
             ClassMap::Values => match test_labels {
@@ -196,7 +244,7 @@ impl ParquetStream {
             classes: classes.names(),
         };
         let stream = Self {
-            standardizer: Some(stats.standardizer(opts.regression)),
+            standardizer: Some(stats.standardizer(opts.table.regression)),
             table,
             train_rows,
             classes,
@@ -227,8 +275,8 @@ impl ParquetStream {
         self.classes.names()
     }
 
-    /// Row groups in the file.
-    pub fn row_groups(&self) -> usize {
+    /// Chunks in the file (Parquet row groups, blocks of CSV rows).
+    pub fn chunks(&self) -> usize {
         self.train_rows.len()
     }
 
@@ -253,7 +301,7 @@ impl ParquetStream {
     }
 }
 
-impl TrainSet for ParquetStream {
+impl TrainSet for TableStream {
     fn len(&self) -> usize {
         self.train_rows.iter().sum()
     }
@@ -272,9 +320,10 @@ impl TrainSet for ParquetStream {
 
     fn describe(&self) -> String {
         format!(
-            "streamed from {} row groups of {}, shuffle buffer {} rows per worker",
+            "streamed from {} {} of {}, shuffle buffer {} rows per worker",
             self.train_rows.len(),
-            self.table.path.display(),
+            self.table.unit(),
+            self.table.path().display(),
             self.shuffle_buffer
         )
     }
@@ -287,9 +336,9 @@ impl TrainSet for ParquetStream {
     }
 }
 
-/// One rank's batches of a [`ParquetStream`].
+/// One rank's batches of a [`TableStream`].
 struct StreamBatches {
-    stream: Arc<ParquetStream>,
+    stream: Arc<TableStream>,
     sharding: Sharding,
 }
 
@@ -387,9 +436,9 @@ impl Iterator for EpochReader {
 
 /// Reads one rank's row groups through a shuffle buffer.
 struct RankReader {
-    stream: Arc<ParquetStream>,
+    stream: Arc<TableStream>,
     groups: VecDeque<usize>,
-    current: Option<GroupReader>,
+    current: Option<Box<dyn ChunkReader>>,
     /// The record batch being moved into the buffer.
     chunk: Chunk,
     buffer: RowBuffer,
@@ -426,7 +475,7 @@ impl RankReader {
             return Err(LoadError(format!(
                 "{}: fewer training rows than when the job started (was the file \
                  replaced while training?)",
-                self.stream.table.path.display()
+                self.stream.table.path().display()
             )));
         }
         let i = self.rng.gen_range(0..self.buffer.len());
@@ -455,7 +504,7 @@ impl RankReader {
                     LoadError(format!(
                         "{}, row {row}: a label the scan before training did not see \
                          (was the file replaced while training?)",
-                        s.table.path.display()
+                        s.table.path().display()
                     ))
                 })?;
                 let values = &c.values[i * width..(i + 1) * width];
@@ -476,14 +525,14 @@ impl RankReader {
             let reader = match &mut self.current {
                 Some(r) => r,
                 None => match self.groups.pop_front() {
-                    Some(g) => self.current.insert(table.group(g, READ_ROWS).map_err(err)?),
+                    Some(g) => self.current.insert(table.read(g, READ_ROWS).map_err(err)?),
                     None => return Ok(false),
                 },
             };
             let c = &mut self.chunk;
             c.values.clear();
             c.labels = table.empty_labels();
-            c.first = reader.row;
+            c.first = reader.row();
             (c.rows, c.next) = (0, 0);
             match reader
                 .next_into(&mut c.values, &mut c.labels)
@@ -631,25 +680,13 @@ impl LabelSet {
             Labels::Values(_) => return Ok(()),
             Labels::Ints(v) => {
                 for &l in v {
-                    let small = u32::try_from(l)
-                        .ok()
-                        .filter(|&c| (c as usize) < MAX_CLASSES);
-                    self.small_max = match (self.small_max, small) {
-                        (None, Some(c)) => Some(Some(c)),
-                        (Some(Some(m)), Some(c)) => Some(Some(m.max(c))),
-                        _ => Some(None),
-                    };
-                    if self.names.len() <= MAX_CLASSES {
-                        self.names.insert(l.to_string());
-                    }
+                    self.note(u32::try_from(l).ok(), || l.to_string());
                 }
             }
             Labels::Strs(v) => {
-                self.small_max = Some(None);
                 for l in v {
-                    if self.names.len() <= MAX_CLASSES {
-                        self.names.insert(l.trim().to_string());
-                    }
+                    let l = l.trim();
+                    self.note(l.parse().ok(), || l.to_string());
                 }
             }
         }
@@ -661,6 +698,20 @@ impl LabelSet {
             )));
         }
         Ok(())
+    }
+
+    /// Notes one label: `number` when it is a non-negative integer (a class index when
+    /// every label is a small one, as [`crate::table::class_ids`] decides), and its name.
+    fn note(&mut self, number: Option<u32>, name: impl FnOnce() -> String) {
+        let small = number.filter(|&c| (c as usize) < MAX_CLASSES);
+        self.small_max = match (self.small_max, small) {
+            (None, Some(c)) => Some(Some(c)),
+            (Some(Some(m)), Some(c)) => Some(Some(m.max(c))),
+            _ => Some(None),
+        };
+        if self.names.len() <= MAX_CLASSES {
+            self.names.insert(name());
+        }
     }
 
     fn classes(self, regression: bool, path: &Path) -> Result<ClassMap, TableError> {
@@ -702,6 +753,7 @@ mod tests {
     use arrow_array::{ArrayRef, Float32Array, Int64Array, RecordBatch, StringArray};
 
     use super::*;
+    use crate::table::Column;
 
     /// `n` rows: `id` (the row number), `x`, and a string label; row groups of
     /// `group` rows.
@@ -734,9 +786,14 @@ mod tests {
 
     fn opts(test_fraction: f64, shuffle_buffer: usize) -> StreamOptions {
         StreamOptions {
-            label: Column::Name("y".into()),
-            features: None,
-            regression: false,
+            table: CsvOptions {
+                header: true,
+                delimiter: b',',
+                skip_rows: 0,
+                label: Column::Name("y".into()),
+                features: None,
+                regression: false,
+            },
             test_fraction,
             seed: 11,
             shuffle_buffer,
@@ -744,7 +801,7 @@ mod tests {
     }
 
     /// Every rank's batches of `epoch`, rows as (id, x, class).
-    fn epoch_rows(s: &ParquetStream, world: usize, batch: usize, epoch: usize) -> Vec<Vec<Batch>> {
+    fn epoch_rows(s: &TableStream, world: usize, batch: usize, epoch: usize) -> Vec<Vec<Batch>> {
         (0..world)
             .map(|rank| {
                 s.batches(Sharding {
@@ -761,23 +818,101 @@ mod tests {
             .collect()
     }
 
+    /// The rows of [`write`] as CSV after a line to skip, with a column `note` that is
+    /// no feature; some notes hold a line break inside quotes (one of them in the last
+    /// record of the first block), which is no record boundary.
+    fn write_csv(path: &Path, n: usize) {
+        let mut text = String::from("written by a test\nid,x,y,note\n");
+        for i in 0..n {
+            let y = ["cat", "dog", "emu"][i % 3];
+            let note = if i % 1000 == 7 || i == csv::MARK_ROWS - 1 {
+                "\"two\nlines\""
+            } else {
+                ""
+            };
+            text += &format!("{i},{},\"{y}\",{note}\n", i % 7);
+        }
+        std::fs::write(path, text).unwrap();
+    }
+
     #[test]
     fn every_training_row_once_per_epoch_with_1_2_and_3_workers() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.parquet");
         write(&p, 1000, 70);
-        let (mut s, test) = ParquetStream::open(&p, &opts(0.1, 64)).unwrap();
+        let (s, test) = TableStream::open(&p, TableFormat::Parquet, &opts(0.1, 64)).unwrap();
+        assert_eq!(s.chunks(), 15);
+        check_every_row_once(s, test, 1000);
+        // CSV: blocks of 8192 rows found by a scan, read from their byte offsets.
+        let p = dir.path().join("t.csv");
+        let mut o = opts(0.1, 64);
+        o.table.skip_rows = 1;
+        o.table.features = Some(vec![Column::Name("id".into()), Column::Name("x".into())]);
+        // A small file: blocks of one mark; a larger one: blocks of two marks.
+        for (n, block) in [(3000, csv::MARK_ROWS), (40_000, 2 * csv::MARK_ROWS)] {
+            write_csv(&p, n);
+            let (s, test) = TableStream::open(&p, TableFormat::Csv, &o).unwrap();
+            assert_eq!(s.chunks(), n.div_ceil(block), "{n} rows");
+            check_every_row_once(s, test, n);
+        }
+    }
+
+    #[test]
+    fn a_damaged_or_compressed_csv_is_named_before_training() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.csv");
+        let mut o = opts(0.1, 64);
+        o.table.skip_rows = 1;
+        o.table.features = Some(vec![Column::Name("id".into()), Column::Name("x".into())]);
+        write_csv(&p, 2000);
+        // Row 1500 is file line 1503 (after the skipped line and the header), plus the
+        // line breaks inside quotes before it (rows 7, 255 and 1007); the in-memory
+        // reader says the same.
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("\n1500,2,", "\n1500,two,");
+        std::fs::write(&p, text).unwrap();
+        let e = TableStream::open(&p, TableFormat::Csv, &o)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("t.csv, line 1506") && e.contains("`two`"), "{e}");
+        let in_memory = TableDataset::read_csv(&p, &o.table)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, in_memory);
+        let gz = dir.path().join("t.csv.gz");
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz).unwrap(),
+            flate2::Compression::fast(),
+        );
+        std::io::Write::write_all(&mut enc, b"x,y\n1,0\n").unwrap();
+        enc.finish().unwrap();
+        let e = TableStream::open(&gz, TableFormat::Csv, &o)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("gzip") && e.contains("gunzip"), "{e}");
+    }
+
+    /// Each training row of a stream of `n` rows ([`write`]'s) is read by exactly one
+    /// rank once per epoch, with 1, 2 and 3 ranks, and the test rows never.
+    fn check_every_row_once(mut s: TableStream, test: TableDataset, n: usize) {
         s.set_standardizer(None);
-        assert_eq!(s.row_groups(), 15);
         assert_eq!(s.class_names(), ["cat", "dog", "emu"]);
-        assert_eq!(s.len() + test.len(), 1000);
-        assert!((60..140).contains(&test.len()), "{} test rows", test.len());
+        assert_eq!(s.len() + test.len(), n);
+        let expected = n as f64 * 0.1;
+        assert!(
+            (test.len() as f64 - expected).abs() < 4.0 * expected.sqrt() + 10.0,
+            "{} test rows",
+            test.len()
+        );
         let test_ids: BTreeSet<u64> = (0..test.len()).map(|r| test.row(r)[0] as u64).collect();
         for world in 1..=3 {
             for epoch in 0..2 {
                 let ranks = epoch_rows(&s, world, 32, epoch);
                 let steps = s.len().div_ceil(32);
-                let mut seen = vec![0u32; 1000];
+                let mut seen = vec![0u32; n];
                 for (step, _) in ranks[0].iter().enumerate() {
                     let sizes: Vec<usize> = ranks.iter().map(|r| r[step].len()).collect();
                     let global = ranks[0][step].global_len;
@@ -815,7 +950,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.parquet");
         write(&p, 600, 100);
-        let (mut s, _) = ParquetStream::open(&p, &opts(0.0, 150)).unwrap();
+        let (mut s, _) = TableStream::open(&p, TableFormat::Parquet, &opts(0.0, 150)).unwrap();
         s.set_standardizer(None);
         let ids = |epoch| -> Vec<usize> {
             epoch_rows(&s, 1, 50, epoch)[0]
@@ -857,7 +992,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.parquet");
         write(&p, 300, 64);
-        let (s, test) = ParquetStream::open(&p, &opts(0.2, 10)).unwrap();
+        let (s, test) = TableStream::open(&p, TableFormat::Parquet, &opts(0.2, 10)).unwrap();
         let stats = s.statistics().unwrap().clone();
         // The same statistics as the in-memory table of the training rows.
         let test_ids: BTreeSet<usize> = (0..test.len()).map(|r| test.row(r)[0] as usize).collect();
@@ -882,7 +1017,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.parquet");
         write(&p, 90, 45);
-        let (s, _) = ParquetStream::open(&p, &opts(0.0, 8)).unwrap();
+        let (s, _) = TableStream::open(&p, TableFormat::Parquet, &opts(0.0, 8)).unwrap();
         let ranks = epoch_rows(&s, 3, 16, 0);
         let total: usize = ranks.iter().flatten().map(Batch::len).sum();
         assert_eq!(total, 90);
