@@ -141,6 +141,7 @@ pub fn worker(
         medians.push((bytes, median(times)));
     }
     comm.barrier()?;
+    comm.leave();
     Ok(medians)
 }
 

@@ -8,12 +8,16 @@
 //!                          mac_a = HMAC-SHA256(token, "dlc-accept" ‖ job ‖ nonce_c ‖ nonce_a ‖ rank)
 //! ```
 //! Both sides prove knowledge of the token; MACs are compared in constant time
-//! (`hmac`'s `verify_slice`). Messages have fixed sizes, so a stranger's bytes can
-//! never cause an allocation, and every read has a deadline.
+//! (`hmac`'s `verify_slice`). An acceptor that refuses the connector's proof answers
+//! 32 zero bytes (never a real MAC) before closing, so that the connector can tell a
+//! refusal ([`CommError::Auth`], final) from a peer that went away or is not ready
+//! (an I/O error, worth retrying). Messages have fixed sizes, so a stranger's bytes
+//! can never cause an allocation, and the whole handshake has one deadline, however
+//! slowly a peer sends.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -80,8 +84,43 @@ fn auth_err(peer: &str, what: impl std::fmt::Display) -> CommError {
     CommError::Auth(format!("{peer}: {what}"))
 }
 
+/// The refusal an acceptor sends in place of its MAC.
+const REFUSED: [u8; MAC] = [0; MAC];
+
 fn exchange_io<T>(peer: &str, r: std::io::Result<T>) -> Result<T, CommError> {
-    r.map_err(|e| auth_err(peer, format!("handshake I/O: {e}")))
+    r.map_err(CommError::io(format!("handshake with {peer}")))
+}
+
+/// Fills `buf` from `s` before `deadline` (one deadline for all reads).
+fn read_by(
+    s: &mut TcpStream,
+    buf: &mut [u8],
+    deadline: Instant,
+    peer: &str,
+) -> Result<(), CommError> {
+    let mut got = 0;
+    while got < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return exchange_io(peer, Err(std::io::ErrorKind::TimedOut.into()));
+        }
+        exchange_io(peer, s.set_read_timeout(Some(left)))?;
+        match s.read(&mut buf[got..]) {
+            Ok(0) => {
+                return exchange_io(
+                    peer,
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the peer closed the connection during the handshake",
+                    )),
+                )
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return exchange_io(peer, Err(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Runs the connector's side; `rank` is the identity this side claims.
@@ -92,10 +131,10 @@ pub fn connect_handshake(
     timeout: Duration,
 ) -> Result<(), CommError> {
     let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    exchange_io(&peer, s.set_read_timeout(Some(timeout)))?;
+    let deadline = Instant::now() + timeout;
     exchange_io(&peer, s.set_write_timeout(Some(timeout)))?;
     let mut hello = [0u8; 5 + NONCE];
-    exchange_io(&peer, s.read_exact(&mut hello))?;
+    read_by(s, &mut hello, deadline, &peer)?;
     if &hello[..4] != MAGIC || hello[4] != VERSION {
         return Err(auth_err(&peer, "not a dlcluster endpoint (bad greeting)"));
     }
@@ -113,12 +152,13 @@ pub fn connect_handshake(
     msg.extend_from_slice(&mac_c);
     exchange_io(&peer, s.write_all(&msg))?;
     let mut mac_a = [0u8; MAC];
-    exchange_io(&peer, s.read_exact(&mut mac_a)).map_err(|_| {
-        auth_err(
+    read_by(s, &mut mac_a, deadline, &peer)?;
+    if mac_a == REFUSED {
+        return Err(auth_err(
             &peer,
-            "peer closed the connection during the handshake (wrong job token or job id?)",
-        )
-    })?;
+            "the peer refused this rank's proof (wrong job token or job id)",
+        ));
+    }
     key.mac(b"dlc-accept", &nonce_c, nonce_a, rank)
         .verify_slice(&mac_a)
         .map_err(|_| auth_err(&peer, "peer failed to prove the job token"))?;
@@ -132,7 +172,7 @@ pub fn accept_handshake(
     timeout: Duration,
 ) -> Result<u32, CommError> {
     let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    exchange_io(&peer, s.set_read_timeout(Some(timeout)))?;
+    let deadline = Instant::now() + timeout;
     exchange_io(&peer, s.set_write_timeout(Some(timeout)))?;
     let nonce_a = nonce();
     let mut hello = Vec::with_capacity(5 + NONCE);
@@ -141,16 +181,21 @@ pub fn accept_handshake(
     hello.extend_from_slice(&nonce_a);
     exchange_io(&peer, s.write_all(&hello))?;
     let mut msg = [0u8; 5 + NONCE + 4 + MAC];
-    exchange_io(&peer, s.read_exact(&mut msg))?;
+    read_by(s, &mut msg, deadline, &peer)?;
     if &msg[..4] != MAGIC || msg[4] != VERSION {
         return Err(auth_err(&peer, "bad greeting (not a dlcluster peer)"));
     }
     let nonce_c = &msg[5..5 + NONCE];
     let rank = u32::from_le_bytes(msg[5 + NONCE..9 + NONCE].try_into().expect("4 bytes"));
     let mac_c = &msg[9 + NONCE..];
-    key.mac(b"dlc-connect", &nonce_a, nonce_c, rank)
+    if key
+        .mac(b"dlc-connect", &nonce_a, nonce_c, rank)
         .verify_slice(mac_c)
-        .map_err(|_| auth_err(&peer, "wrong job token or job id"))?;
+        .is_err()
+    {
+        let _ = s.write_all(&REFUSED);
+        return Err(auth_err(&peer, "wrong job token or job id"));
+    }
     let mac_a = key
         .mac(b"dlc-accept", nonce_c, &nonce_a, rank)
         .finalize()
@@ -188,12 +233,53 @@ mod tests {
     }
 
     #[test]
-    fn wrong_token_or_job_is_refused() {
+    fn wrong_token_or_job_is_refused_as_such() {
         let (s, c) = pair(JobKey::new("j", "tok"), JobKey::new("j", "other"));
         assert!(matches!(s, Err(CommError::Auth(_))));
-        assert!(c.is_err());
+        // The connector hears a refusal, not a broken connection.
+        let e = c.unwrap_err();
+        assert!(
+            matches!(&e, CommError::Auth(m) if m.contains("refused")),
+            "{e}"
+        );
         let (s, c) = pair(JobKey::new("j", "tok"), JobKey::new("k", "tok"));
-        assert!(s.is_err() && c.is_err());
+        assert!(matches!(s, Err(CommError::Auth(_))));
+        assert!(matches!(c, Err(CommError::Auth(_))));
+    }
+
+    #[test]
+    fn a_peer_that_goes_away_is_an_io_error_not_a_refusal() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || drop(l.accept().unwrap()));
+        let mut c = TcpStream::connect(addr).unwrap();
+        t.join().unwrap();
+        let e = connect_handshake(&mut c, &JobKey::new("j", "t"), 1, Duration::from_secs(2))
+            .unwrap_err();
+        assert!(matches!(e, CommError::Io { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_dribbling_stranger_meets_one_deadline_for_the_whole_handshake() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let start = Instant::now();
+            let r = accept_handshake(&mut s, &JobKey::new("j", "t"), Duration::from_millis(600));
+            (r, start.elapsed())
+        });
+        let mut c = TcpStream::connect(addr).unwrap();
+        // One byte every 200 ms: each read would finish within a per-read timeout.
+        for _ in 0..20 {
+            if c.write_all(b"D").is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (r, took) = t.join().unwrap();
+        assert!(r.is_err(), "a dribbler was accepted");
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
     }
 
     #[test]

@@ -20,8 +20,10 @@ pub struct CommConfig {
     pub rank: usize,
     /// Number of ranks.
     pub world: usize,
-    /// Deadline for every wait: rendezvous, link set-up, and any collective making no
-    /// progress for this long.
+    /// Deadline of the rendezvous: reaching the coordinator and every rank joining.
+    pub join_timeout: Duration,
+    /// Deadline of every wait once all ranks joined: link set-up, and any collective
+    /// or key-value request making no progress for this long.
     pub timeout: Duration,
     /// With more than two ranks, messages up to this many bytes use the direct
     /// exchange (one round, latency optimal); larger ones, and all messages between
@@ -30,13 +32,14 @@ pub struct CommConfig {
 }
 
 impl CommConfig {
-    /// Defaults: 30 s timeout, 16 KiB small-message threshold.
+    /// Defaults: 30 s timeouts, 16 KiB small-message threshold.
     pub fn new(coordinator: impl Into<String>, key: JobKey, rank: usize, world: usize) -> Self {
         Self {
             coordinator: coordinator.into(),
             key,
             rank,
             world,
+            join_timeout: Duration::from_secs(30),
             timeout: Duration::from_secs(30),
             small_message_bytes: 16 << 10,
         }
@@ -52,8 +55,10 @@ pub enum ReduceOp {
     Mean,
 }
 
-/// A rank's connections to its job. Dropping it announces a clean exit to the
-/// coordinator and closes every link and thread.
+/// A rank's connections to its job. Only [`Communicator::leave`] announces a clean
+/// exit; [`Communicator::fail`] reports this rank's failure with its reason, and
+/// dropping it without either reports a failure too (an error on this rank ended its
+/// work early), so that every other rank stops at once, naming this one.
 pub struct Communicator {
     pub(crate) cfg: CommConfig,
     pub(crate) links: Vec<Option<TcpStream>>,
@@ -63,7 +68,8 @@ pub struct Communicator {
     pub(crate) p2p_recv_seq: Vec<u64>,
     pub(crate) scratch: Vec<u64>,
     listen_addr: std::net::SocketAddr,
-    crashed: bool,
+    /// Leave or Fail was said (or a crash simulated): dropping says nothing more.
+    ended: bool,
     _acceptor: Acceptor,
 }
 
@@ -102,8 +108,8 @@ impl Communicator {
                 cfg.rank, cfg.world
             )));
         }
-        let deadline = Instant::now() + cfg.timeout;
-        let mut control = CoordClient::connect(&cfg.coordinator, &cfg.key, cfg.rank, cfg.timeout)?;
+        let mut control =
+            CoordClient::connect(&cfg.coordinator, &cfg.key, cfg.rank, cfg.join_timeout)?;
         // Listen on the interface that reaches the coordinator: peers can reach it too.
         // A host name that resolves to loopback here (Debian's `127.0.1.1 host` line)
         // may be reached from other hosts through a routable address: listen on every
@@ -130,7 +136,10 @@ impl Communicator {
             cfg.key.clone(),
             cfg.timeout.min(Duration::from_secs(10)),
         )?;
-        let peers = control.join(&cfg.key, cfg.world, &addr.to_string(), cfg.timeout)?;
+        let peers = control.join(&cfg.key, cfg.world, &addr.to_string(), cfg.join_timeout)?;
+        // Every rank is up: links get a deadline of their own, however late the last
+        // rank joined.
+        let deadline = Instant::now() + cfg.timeout;
 
         let mut links: Vec<Option<TcpStream>> = (0..cfg.world).map(|_| None).collect();
         for (peer, peer_addr) in peers.iter().enumerate().take(cfg.rank) {
@@ -175,7 +184,7 @@ impl Communicator {
             p2p_recv_seq: vec![0; world],
             scratch: vec![0u64; (1 << 20) / 8],
             listen_addr: addr,
-            crashed: false,
+            ended: false,
             _acceptor: acceptor,
         })
     }
@@ -197,12 +206,28 @@ impl Communicator {
 
     /// Closes every connection without telling the coordinator, as a crash would
     /// (the kernel closes a dead process's sockets). For fault-injection tests.
-    pub fn simulate_crash(mut self) {
+    pub fn simulate_crash(&mut self) {
         for s in self.links.iter().flatten() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
         let _ = self.control.stream.shutdown(std::net::Shutdown::Both);
-        self.crashed = true;
+        self.ended = true;
+    }
+
+    /// Announces that this rank finished its part successfully: its disconnection is
+    /// then no failure. Call it after the job's last collective (a barrier).
+    pub fn leave(&mut self) {
+        if !std::mem::replace(&mut self.ended, true) {
+            self.control.leave();
+        }
+    }
+
+    /// Reports that this rank failed because of `reason`: every other rank's next
+    /// (or current) wait ends with an error naming this rank and the reason.
+    pub fn fail(&mut self, reason: &str) {
+        if !std::mem::replace(&mut self.ended, true) {
+            self.control.fail(reason);
+        }
     }
 
     /// The configuration this communicator was built with.
@@ -215,22 +240,25 @@ impl Communicator {
         self.links[peer].as_ref().expect("every peer has a link")
     }
 
-    /// Reads what the coordinator sent while a collective was blocked.
-    pub(crate) fn control_event(&mut self) -> CommError {
+    /// Reads what the coordinator sent while a collective was blocked: the error it
+    /// means, or `None` for a late reply to a key-value request that timed out
+    /// (dropped: no request is pending during a collective).
+    pub(crate) fn control_event(&mut self) -> Option<CommError> {
         let s = &mut self.control.stream;
         let _ = s.set_nonblocking(false);
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         let err = match read_frame::<_, Reply>(s, "coordinator") {
-            Ok(Some(Reply::Abort { rank, reason })) => CommError::Aborted { rank, reason },
-            Ok(Some(other)) => CommError::Protocol {
+            Ok(Some(Reply::Abort { rank, reason })) => Some(CommError::Aborted { rank, reason }),
+            Ok(Some(Reply::Value { .. } | Reply::Stored { .. })) => None,
+            Ok(Some(other)) => Some(CommError::Protocol {
                 peer: "coordinator".into(),
                 message: format!("unexpected notice {other:?}"),
-            },
-            Ok(None) => CommError::PeerLost {
+            }),
+            Ok(None) => Some(CommError::PeerLost {
                 rank: 0,
                 reason: "the coordinator (run by rank 0) closed its connection".into(),
-            },
-            Err(e) => e,
+            }),
+            Err(e) => Some(e),
         };
         let _ = s.set_nonblocking(true);
         err
@@ -246,7 +274,7 @@ impl Communicator {
         let grace = self.cfg.timeout.min(Duration::from_secs(1));
         match transport::wait(&[], Some(&self.control.stream), grace, "") {
             Ok(transport::Woke::Control) => match self.control_event() {
-                abort @ CommError::Aborted { .. } => abort,
+                Some(abort @ CommError::Aborted { .. }) => abort,
                 _ => err,
             },
             _ => err,
@@ -272,11 +300,54 @@ impl Communicator {
 
 impl Drop for Communicator {
     fn drop(&mut self) {
-        if !self.crashed {
-            self.control.leave();
-        }
+        self.fail("stopped before the job finished (an error on this rank: see its output)");
         for s in self.links.iter().flatten() {
             let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::write_frame;
+    use crate::rendezvous::Request;
+    use crate::Coordinator;
+
+    #[test]
+    fn a_late_key_value_reply_during_a_collective_is_no_error() {
+        let key = JobKey::new("j", "t");
+        let coord =
+            Coordinator::start("127.0.0.1:0", key.clone(), 2, Duration::from_secs(5)).unwrap();
+        let addr = coord.addr().to_string();
+        let ranks: Vec<_> = (0..2)
+            .map(|r| {
+                let (addr, key) = (addr.clone(), key.clone());
+                std::thread::spawn(move || {
+                    let mut c = Communicator::connect(CommConfig::new(addr, key, r, 2)).unwrap();
+                    if r == 0 {
+                        // The reply to this request arrives while rank 0 waits for
+                        // rank 1 in the all-reduce below.
+                        let gave_up = Request::Get {
+                            key: "nothing".into(),
+                            wait_ms: 100,
+                            id: 99,
+                        };
+                        let _ = c.control.stream.set_nonblocking(false);
+                        write_frame(&mut c.control.stream, &gave_up).unwrap();
+                        let _ = c.control.stream.set_nonblocking(true);
+                    } else {
+                        std::thread::sleep(Duration::from_millis(400));
+                    }
+                    let mut v = vec![1.0f32; 1000];
+                    let r = c.all_reduce(&mut v, ReduceOp::Sum);
+                    c.leave();
+                    r.map(|()| v[0])
+                })
+            })
+            .collect();
+        for r in ranks {
+            assert_eq!(r.join().unwrap().unwrap(), 2.0);
         }
     }
 }

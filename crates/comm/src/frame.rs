@@ -69,6 +69,92 @@ pub fn read_frame<R: Read, T: DeserializeOwned>(
         })
 }
 
+/// What [`FrameReader::poll`] found.
+#[derive(Debug, PartialEq)]
+pub enum Polled<T> {
+    /// A whole frame.
+    Frame(T),
+    /// The read timed out (or would block) before a whole frame arrived; the bytes
+    /// read so far are kept for the next call.
+    Pending,
+    /// The peer closed the connection between frames.
+    Closed,
+}
+
+/// Reads frames from a stream with a read timeout (polled, so that the reader can
+/// check other things between reads): bytes of a frame cut by a timeout are kept,
+/// and the next poll continues the frame, however slowly it arrives.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    /// A reader with nothing buffered.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads what is available (one read, waiting at most the stream's timeout) and
+    /// returns the next whole frame once it is complete; `peer` names the sender.
+    pub fn poll<R: Read, T: DeserializeOwned>(
+        &mut self,
+        r: &mut R,
+        peer: &str,
+    ) -> Result<Polled<T>, CommError> {
+        loop {
+            if let Some(frame) = self.take(peer)? {
+                return Ok(Polled::Frame(frame));
+            }
+            let mut chunk = [0u8; 4096];
+            match r.read(&mut chunk) {
+                Ok(0) if self.buf.is_empty() => return Ok(Polled::Closed),
+                Ok(0) => {
+                    return Err(CommError::Protocol {
+                        peer: peer.into(),
+                        message: "connection closed inside a frame".into(),
+                    })
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(Polled::Pending)
+                }
+                Err(e) => return Err(CommError::io(format!("reading frame from {peer}"))(e)),
+            }
+        }
+    }
+
+    /// The first buffered frame, if it is whole.
+    fn take<T: DeserializeOwned>(&mut self, peer: &str) -> Result<Option<T>, CommError> {
+        let Some(header) = self.buf.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes(*header) as usize;
+        if len > MAX_FRAME {
+            return Err(CommError::Protocol {
+                peer: peer.into(),
+                message: format!("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"),
+            });
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let msg =
+            serde_json::from_slice(&self.buf[4..4 + len]).map_err(|e| CommError::Protocol {
+                peer: peer.into(),
+                message: format!("malformed frame: {e}"),
+            })?;
+        self.buf.drain(..4 + len);
+        Ok(Some(msg))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +175,69 @@ mod tests {
         assert!(err.to_string().contains("malformed"), "{err}");
         let cut = [9u8, 0];
         assert!(read_frame::<_, Vec<u32>>(&mut cut.as_slice(), "t").is_err());
+    }
+
+    /// Yields its bytes a few at a time, with a timeout between every piece.
+    struct Dribble {
+        bytes: Vec<u8>,
+        at: usize,
+        timed_out: bool,
+    }
+
+    impl Read for Dribble {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            self.timed_out = !self.timed_out;
+            if self.timed_out {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let n = 3.min(out.len()).min(self.bytes.len() - self.at);
+            out[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn frames_cut_by_timeouts_are_resumed() {
+        let mut bytes = Vec::new();
+        write_frame(&mut bytes, &"first".to_string()).unwrap();
+        write_frame(&mut bytes, &vec![7u32; 40]).unwrap();
+        let mut r = Dribble {
+            bytes,
+            at: 0,
+            timed_out: false,
+        };
+        let mut reader = FrameReader::new();
+        let mut pending = 0;
+        let first: String = loop {
+            match reader.poll(&mut r, "t").unwrap() {
+                Polled::Frame(f) => break f,
+                Polled::Pending => pending += 1,
+                Polled::Closed => panic!("closed"),
+            }
+        };
+        assert_eq!(first, "first");
+        assert!(pending > 2, "the frame arrived in {pending} pieces");
+        let second: Vec<u32> = loop {
+            if let Polled::Frame(f) = reader.poll(&mut r, "t").unwrap() {
+                break f;
+            }
+        };
+        assert_eq!(second, vec![7u32; 40]);
+        loop {
+            match reader.poll::<_, String>(&mut r, "t").unwrap() {
+                Polled::Closed => break,
+                Polled::Pending => {}
+                Polled::Frame(f) => panic!("extra frame {f}"),
+            }
+        }
+        // A frame cut by the end of the stream is an error, not a clean close.
+        let mut cut = Vec::new();
+        write_frame(&mut cut, &"whole".to_string()).unwrap();
+        cut.truncate(6);
+        let e = FrameReader::new()
+            .poll::<_, String>(&mut cut.as_slice(), "t")
+            .unwrap_err();
+        assert!(e.to_string().contains("inside a frame"), "{e}");
     }
 }

@@ -149,7 +149,10 @@ impl Communicator {
             return Err(CommError::io("poll")(e));
         }
         if fds.last().is_some_and(|f| f.revents != 0) {
-            return Err(self.control_event());
+            return match self.control_event() {
+                Some(e) => Err(e),
+                None => Ok(Vec::new()),
+            };
         }
         Ok(peers
             .iter()
@@ -176,18 +179,24 @@ impl Communicator {
         during: &str,
     ) -> Result<(), CommError> {
         let timeout = self.cfg.timeout;
-        let w: Vec<Want<'_>> = wants
-            .iter()
-            .map(|&(peer, write, read)| Want {
-                stream: self.link(peer),
-                peer,
-                write,
-                read,
-            })
-            .collect();
-        match wait(&w, Some(&self.control.stream), timeout, during)? {
-            Woke::Ready => Ok(()),
-            Woke::Control => Err(self.control_event()),
+        loop {
+            let w: Vec<Want<'_>> = wants
+                .iter()
+                .map(|&(peer, write, read)| Want {
+                    stream: self.link(peer),
+                    peer,
+                    write,
+                    read,
+                })
+                .collect();
+            match wait(&w, Some(&self.control.stream), timeout, during)? {
+                Woke::Ready => return Ok(()),
+                Woke::Control => {
+                    if let Some(e) = self.control_event() {
+                        return Err(e);
+                    }
+                }
+            }
         }
     }
 }

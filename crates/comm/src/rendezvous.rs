@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{accept_handshake, connect_handshake, JobKey};
-use crate::frame::{read_frame, write_frame};
+use crate::frame::{read_frame, write_frame, FrameReader, Polled};
 use crate::CommError;
 
 /// A request on the control connection.
@@ -46,6 +46,8 @@ pub enum Request {
         key: String,
         /// Value.
         value: String,
+        /// Request number, repeated in the reply (`Stored`).
+        id: u64,
     },
     /// Read a value, waiting up to `wait_ms` for it to appear.
     Get {
@@ -53,6 +55,8 @@ pub enum Request {
         key: String,
         /// How long to wait for the key.
         wait_ms: u64,
+        /// Request number, repeated in the reply (`Value`).
+        id: u64,
     },
     /// This rank is done; its disconnection is not a failure.
     Leave,
@@ -79,6 +83,14 @@ pub enum Reply {
     Value {
         /// The value.
         value: Option<String>,
+        /// The `Get`'s request number: a reply to a request its caller gave up on is
+        /// recognised and dropped, never taken for a later answer or a notice.
+        id: u64,
+    },
+    /// A `Set` was done.
+    Stored {
+        /// The `Set`'s request number.
+        id: u64,
     },
     /// Request done.
     Ok,
@@ -259,8 +271,12 @@ fn handle(mut stream: TcpStream, peer: SocketAddr, sh: Arc<Shared>) {
     let hs_timeout = sh.timeout.min(Duration::from_secs(10));
     let claimed = match accept_handshake(&mut stream, &sh.key, hs_timeout) {
         Ok(r) => r as usize,
-        Err(e) => {
+        Err(e @ CommError::Auth(_)) => {
             tracing::warn!("coordinator refused {peer}: {e}");
+            return;
+        }
+        Err(e) => {
+            tracing::debug!("coordinator: {peer} went away during the handshake: {e}");
             return;
         }
     };
@@ -393,20 +409,18 @@ fn advertise(addr: &str, routable: Option<std::net::IpAddr>) -> String {
 
 /// Serves key-value requests until the rank leaves or its connection drops.
 fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Shared) {
+    // Short read timeouts let the loop see `stop`; a frame cut by one is resumed.
     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
     let peer = format!("rank {rank}");
+    let mut frames = FrameReader::new();
     loop {
         if sh.stop.load(Ordering::SeqCst) {
             return;
         }
-        let req = match read_frame::<_, Request>(stream, &peer) {
-            Ok(Some(r)) => r,
-            Err(CommError::Io { source, .. })
-                if matches!(source.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-            {
-                continue
-            }
-            Ok(None) => {
+        let req = match frames.poll::<_, Request>(stream, &peer) {
+            Ok(Polled::Frame(r)) => r,
+            Ok(Polled::Pending) => continue,
+            Ok(Polled::Closed) => {
                 return fail(
                     sh,
                     rank,
@@ -424,23 +438,24 @@ fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Sh
                 let _ = send(w, &Reply::Ok);
                 return;
             }
-            Request::Set { key, value } => {
+            Request::Set { key, value, id } => {
                 lock(&sh.state).kv.insert(key, value);
                 sh.changed.notify_all();
-                Reply::Ok
+                Reply::Stored { id }
             }
-            Request::Get { key, wait_ms } => {
+            Request::Get { key, wait_ms, id } => {
                 let deadline = Instant::now() + Duration::from_millis(wait_ms);
                 let mut st = lock(&sh.state);
                 loop {
                     if let Some(v) = st.kv.get(&key) {
                         break Reply::Value {
                             value: Some(v.clone()),
+                            id,
                         };
                     }
                     let now = Instant::now();
                     if now >= deadline || sh.stop.load(Ordering::SeqCst) {
-                        break Reply::Value { value: None };
+                        break Reply::Value { value: None, id };
                     }
                     st = sh
                         .changed
@@ -473,16 +488,21 @@ fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Sh
     }
 }
 
-/// Records that `rank` failed and tells every other rank.
+/// Records that `rank` failed and tells every other rank — the first failure only:
+/// the ranks that fail because of it would otherwise bury the root cause.
 fn fail(sh: &Shared, rank: usize, reason: &str) {
     let mut st = lock(&sh.state);
     if st.left[rank] {
         return;
     }
-    tracing::warn!("coordinator: rank {rank} failed: {reason}");
-    if st.failed.is_none() {
-        st.failed = Some((rank, reason.to_string()));
+    st.left[rank] = true;
+    if let Some((first, _)) = &st.failed {
+        tracing::debug!("coordinator: rank {rank} failed after rank {first}: {reason}");
+        sh.changed.notify_all();
+        return;
     }
+    tracing::warn!("coordinator: rank {rank} failed: {reason}");
+    st.failed = Some((rank, reason.to_string()));
     let notice = Reply::Abort {
         rank,
         reason: reason.to_string(),
@@ -515,6 +535,8 @@ fn writers_except(st: &State, rank: usize) -> Vec<Arc<Mutex<TcpStream>>> {
 pub struct CoordClient {
     pub(crate) stream: TcpStream,
     rank: usize,
+    /// Number of the next key-value request.
+    next_id: u64,
 }
 
 impl CoordClient {
@@ -527,12 +549,26 @@ impl CoordClient {
         timeout: Duration,
     ) -> Result<Self, CommError> {
         let deadline = Instant::now() + timeout;
-        let mut stream = loop {
-            let err = match resolve(addr).and_then(|a| {
-                TcpStream::connect_timeout(&a, Duration::from_secs(2))
-                    .map_err(CommError::io(format!("connecting to coordinator {addr}")))
-            }) {
+        let stream = loop {
+            let attempt = resolve(addr).and_then(|a| {
+                let mut s = TcpStream::connect_timeout(&a, Duration::from_secs(2))
+                    .map_err(CommError::io(format!("connecting to coordinator {addr}")))?;
+                let _ = s.set_nodelay(true);
+                let left = deadline.saturating_duration_since(Instant::now());
+                connect_handshake(
+                    &mut s,
+                    key,
+                    rank as u32,
+                    left.clamp(Duration::from_millis(100), Duration::from_secs(10)),
+                )?;
+                Ok(s)
+            });
+            let err = match attempt {
                 Ok(s) => break s,
+                // A refused proof is final; not being up yet, or a reset, is retried.
+                Err(e @ CommError::Auth(_)) => {
+                    return Err(CommError::Rendezvous(format!("coordinator at {addr}: {e}")))
+                }
                 Err(e) => e,
             };
             if Instant::now() >= deadline {
@@ -542,15 +578,11 @@ impl CoordClient {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let _ = stream.set_nodelay(true);
-        connect_handshake(
-            &mut stream,
-            key,
-            rank as u32,
-            timeout.min(Duration::from_secs(10)),
-        )
-        .map_err(|e| CommError::Rendezvous(format!("coordinator at {addr}: {e}")))?;
-        Ok(Self { stream, rank })
+        Ok(Self {
+            stream,
+            rank,
+            next_id: 0,
+        })
     }
 
     /// Joins the job and waits (up to `timeout`) for the peer table.
@@ -588,10 +620,11 @@ impl CoordClient {
             &Request::Set {
                 key: key.into(),
                 value: value.into(),
+                id: self.next_id,
             },
         )?;
-        match self.call_reply(timeout)? {
-            Reply::Ok => Ok(()),
+        match self.answer(self.next_id, timeout)? {
+            Reply::Stored { .. } => Ok(()),
             other => Err(reply_error(other)),
         }
     }
@@ -603,19 +636,32 @@ impl CoordClient {
             &Request::Get {
                 key: key.into(),
                 wait_ms: wait.as_millis() as u64,
+                id: self.next_id,
             },
         )?;
-        match self.call_reply(wait + Duration::from_secs(5))? {
-            Reply::Value { value } => Ok(value),
+        match self.answer(self.next_id, wait + Duration::from_secs(5))? {
+            Reply::Value { value, .. } => Ok(value),
             other => Err(reply_error(other)),
         }
     }
 
     /// Announces a clean exit (best effort, short deadline).
     pub fn leave(&mut self) {
+        self.say(&Request::Leave);
+    }
+
+    /// Reports this rank's failure (best effort, short deadline).
+    pub fn fail(&mut self, reason: &str) {
+        self.say(&Request::Fail {
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Sends a last request and waits briefly for its answer.
+    fn say(&mut self, req: &Request) {
         let _ = self.stream.set_nonblocking(false);
         let _ = self.stream.set_write_timeout(Some(Duration::from_secs(2)));
-        if write_frame(&mut self.stream, &Request::Leave).is_ok() {
+        if write_frame(&mut self.stream, req).is_ok() {
             let _ = self.call_reply(Duration::from_secs(2));
         }
     }
@@ -672,6 +718,22 @@ impl CoordClient {
             writer: self.stream,
             replies: rx,
         })
+    }
+
+    /// The reply to request `id` (sent last), skipping late replies to requests that
+    /// timed out before; the next request gets a new number.
+    fn answer(&mut self, id: u64, timeout: Duration) -> Result<Reply, CommError> {
+        self.next_id += 1;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.call_reply(left.max(Duration::from_millis(1)))? {
+                Reply::Value { id: got, .. } | Reply::Stored { id: got } if got != id => {
+                    tracing::debug!("dropping a late reply to coordinator request {got}");
+                }
+                reply => return Ok(reply),
+            }
+        }
     }
 
     fn call_reply(&mut self, timeout: Duration) -> Result<Reply, CommError> {
@@ -791,4 +853,56 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, CommError> {
         .map_err(CommError::io(format!("resolving {addr}")))?
         .next()
         .ok_or_else(|| CommError::Rendezvous(format!("{addr} resolves to no address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_request_dribbled_across_read_timeouts_is_served() {
+        let key = JobKey::new("j", "t");
+        let t = Duration::from_secs(5);
+        let coord = Coordinator::start("127.0.0.1:0", key.clone(), 1, t).unwrap();
+        let addr = coord.addr().to_string();
+        let mut c = CoordClient::connect(&addr, &key, 0, t).unwrap();
+        c.join(&key, 1, "127.0.0.1:1", t).unwrap();
+        let mut frame = Vec::new();
+        let set = Request::Set {
+            key: "k".into(),
+            value: "v".into(),
+            id: 41,
+        };
+        write_frame(&mut frame, &set).unwrap();
+        // Pieces cut inside the header and inside the body, each after a pause longer
+        // than the coordinator's 200 ms read timeout.
+        for piece in [&frame[..2], &frame[2..9], &frame[9..]] {
+            std::thread::sleep(Duration::from_millis(300));
+            c.stream.write_all(piece).unwrap();
+        }
+        assert_eq!(c.call_reply(t).unwrap(), Reply::Stored { id: 41 });
+        assert_eq!(c.get("k", t).unwrap().as_deref(), Some("v"));
+        assert!(coord.failure().is_none());
+        c.leave();
+    }
+
+    #[test]
+    fn a_late_reply_is_never_taken_for_a_later_answer() {
+        let key = JobKey::new("j", "t");
+        let t = Duration::from_secs(5);
+        let coord = Coordinator::start("127.0.0.1:0", key.clone(), 1, t).unwrap();
+        let mut c = CoordClient::connect(&coord.addr().to_string(), &key, 0, t).unwrap();
+        c.join(&key, 1, "127.0.0.1:1", t).unwrap();
+        // A request whose caller gave up: its reply (no value) is still on its way.
+        let gave_up = Request::Get {
+            key: "a".into(),
+            wait_ms: 0,
+            id: 1000,
+        };
+        write_frame(&mut c.stream, &gave_up).unwrap();
+        c.set("a", "b", t).unwrap();
+        assert_eq!(c.get("a", t).unwrap().as_deref(), Some("b"));
+        c.leave();
+    }
 }

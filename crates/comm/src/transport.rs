@@ -61,9 +61,12 @@ impl Acceptor {
                                         Ok(rank) => {
                                             let _ = tx.send((rank as usize, s));
                                         }
-                                        Err(e) => {
+                                        Err(e @ CommError::Auth(_)) => {
                                             tracing::warn!("refused connection from {peer}: {e}")
                                         }
+                                        Err(e) => tracing::debug!(
+                                            "connection from {peer} ended during the handshake: {e}"
+                                        ),
                                     }
                                 });
                         }
@@ -140,8 +143,13 @@ pub fn connect_peer(
         match attempt {
             Ok(s) => return Ok(s),
             Err(e) if Instant::now() >= deadline => return Err(e),
+            // A refused proof is final; anything else (not listening yet, reset,
+            // closed mid-handshake) is retried until the deadline.
             Err(CommError::Auth(m)) => return Err(CommError::Auth(m)),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                tracing::debug!("rank {rank}: link to rank {peer} not up yet: {e}");
+                std::thread::sleep(Duration::from_millis(20))
+            }
         }
     }
 }

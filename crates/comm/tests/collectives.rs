@@ -10,11 +10,12 @@ fn key() -> JobKey {
     JobKey::new("test-job", "secret-token")
 }
 
-/// Runs `f` on `n` ranks (threads) and returns their results in rank order.
+/// Runs `f` on `n` ranks (threads), each leaving when `f` returns, and returns their
+/// results in rank order.
 fn ranks<R: Send + 'static>(
     n: usize,
     timeout: Duration,
-    f: impl Fn(Communicator) -> R + Send + Sync + 'static,
+    f: impl Fn(&mut Communicator) -> R + Send + Sync + 'static,
 ) -> Vec<R> {
     let coord = Coordinator::start("127.0.0.1:0", key(), n, timeout).unwrap();
     let addr = coord.addr().to_string();
@@ -25,7 +26,10 @@ fn ranks<R: Send + 'static>(
             std::thread::spawn(move || {
                 let mut cfg = CommConfig::new(addr, key(), r, n);
                 cfg.timeout = timeout;
-                f(Communicator::connect(cfg).unwrap())
+                let mut c = Communicator::connect(cfg).unwrap();
+                let out = f(&mut c);
+                c.leave();
+                out
             })
         })
         .collect();
@@ -65,7 +69,7 @@ fn all_reduce_sums_exactly_and_identically_for_1_to_5_ranks() {
     // Lengths cover zero, tiny, not divisible by the rank count, and both paths.
     let lens = [0usize, 1, 7, 4096, 8191, 100_003, 1 << 20];
     for n in 1..=5 {
-        let out = ranks(n, Duration::from_secs(20), move |mut c| {
+        let out = ranks(n, Duration::from_secs(20), move |c| {
             lens.iter()
                 .map(|&len| {
                     let mut buf = input(c.rank(), len);
@@ -94,7 +98,7 @@ fn all_reduce_sums_exactly_and_identically_for_1_to_5_ranks() {
 fn all_reduce_64_mib() {
     let len = 16 << 20; // 64 MiB of f32
     for n in [2, 3] {
-        let out = ranks(n, Duration::from_secs(60), move |mut c| {
+        let out = ranks(n, Duration::from_secs(60), move |c| {
             let mut buf = input(c.rank(), len);
             c.all_reduce(&mut buf, ReduceOp::Mean).unwrap();
             buf
@@ -110,7 +114,7 @@ fn all_reduce_64_mib() {
 #[test]
 fn broadcast_gather_scatter_barrier() {
     for n in [1, 2, 3, 4] {
-        let out = ranks(n, Duration::from_secs(20), move |mut c| {
+        let out = ranks(n, Duration::from_secs(20), move |c| {
             let r = c.rank();
             let mut results = Vec::new();
             for root in 0..n {
@@ -159,7 +163,7 @@ fn broadcast_gather_scatter_barrier() {
 
 #[test]
 fn mismatched_calls_fail_on_every_rank() {
-    let out = ranks(2, Duration::from_secs(5), |mut c| {
+    let out = ranks(2, Duration::from_secs(5), |c| {
         let mut buf = vec![1.0f32; 10 + c.rank()];
         c.all_reduce(&mut buf, ReduceOp::Sum)
             .map_err(|e| e.to_string())
@@ -178,7 +182,7 @@ fn crashed_rank_makes_every_other_rank_fail_naming_it() {
     let n = 4;
     let timeout = Duration::from_secs(10);
     let gate = Arc::new(Barrier::new(n));
-    let out = ranks(n, timeout, move |mut c| {
+    let out = ranks(n, timeout, move |c| {
         let mut buf = vec![1.0f32; 1 << 20];
         c.all_reduce(&mut buf, ReduceOp::Sum).unwrap();
         gate.wait();
@@ -207,7 +211,7 @@ fn crashed_rank_makes_every_other_rank_fail_naming_it() {
 #[test]
 fn stalled_rank_times_out_within_the_deadline() {
     let timeout = Duration::from_millis(800);
-    let out = ranks(3, timeout, move |mut c| {
+    let out = ranks(3, timeout, move |c| {
         if c.rank() == 1 {
             std::thread::sleep(Duration::from_secs(3));
             return None;
@@ -230,7 +234,7 @@ fn stalled_rank_times_out_within_the_deadline() {
 #[test]
 fn strangers_are_refused_and_the_job_continues() {
     use std::io::{Read, Write};
-    let out = ranks(2, Duration::from_secs(10), |mut c| {
+    let out = ranks(2, Duration::from_secs(10), |c| {
         let mut buf = input(c.rank(), 50_000);
         c.all_reduce(&mut buf, ReduceOp::Sum).unwrap();
         if c.rank() == 0 {
@@ -259,7 +263,7 @@ fn strangers_are_refused_and_the_job_continues() {
 #[test]
 fn point_to_point_exchange_in_any_order() {
     // Rank 0 plays a server: receives from 1 and 2 and answers both, all at once.
-    let out = ranks(3, Duration::from_secs(10), |mut c| {
+    let out = ranks(3, Duration::from_secs(10), |c| {
         let r = c.rank();
         let big = 300_000;
         if r == 0 {
@@ -297,4 +301,58 @@ fn point_to_point_exchange_in_any_order() {
     assert_eq!(out[0], want);
     assert_eq!(out[1], want);
     assert_eq!(out[2], want);
+}
+
+#[test]
+fn a_rank_that_stops_on_an_error_is_a_failure_every_rank_names_at_once() {
+    // Rank 1 either reports its error or just drops its communicator, as a `?` on an
+    // error path does; neither is a clean exit, and the deadline is long, so only the
+    // coordinator's notice can end the others' waits quickly, with rank 1's reason.
+    for explicit in [true, false] {
+        let n = 3;
+        let timeout = Duration::from_secs(20);
+        let coord = Coordinator::start("127.0.0.1:0", key(), n, timeout).unwrap();
+        let addr = coord.addr().to_string();
+        let gate = Arc::new(Barrier::new(n));
+        let handles: Vec<_> = (0..n)
+            .map(|r| {
+                let (addr, gate) = (addr.clone(), gate.clone());
+                std::thread::spawn(move || {
+                    let mut cfg = CommConfig::new(addr, key(), r, n);
+                    cfg.timeout = timeout;
+                    let mut c = Communicator::connect(cfg).unwrap();
+                    let mut buf = input(r, 10_000);
+                    c.all_reduce(&mut buf, ReduceOp::Sum).unwrap();
+                    gate.wait();
+                    if r == 1 {
+                        if explicit {
+                            c.fail("the loss became NaN");
+                        }
+                        drop(c);
+                        return None;
+                    }
+                    let start = Instant::now();
+                    let e = c.all_reduce(&mut buf, ReduceOp::Sum).unwrap_err();
+                    Some((e.to_string(), start.elapsed()))
+                })
+            })
+            .collect();
+        for (r, h) in handles.into_iter().enumerate() {
+            let Some((e, took)) = h.join().unwrap() else {
+                continue;
+            };
+            assert!(took < Duration::from_secs(5), "rank {r} took {took:?}");
+            let why = if explicit {
+                "the loss became NaN"
+            } else {
+                "stopped before the job finished"
+            };
+            assert!(
+                e.contains("rank 1 failed") && e.contains(why),
+                "rank {r}: {e}"
+            );
+        }
+        assert_eq!(coord.failure().map(|(rank, _)| rank), Some(1));
+        coord.shutdown(Duration::from_secs(2));
+    }
 }

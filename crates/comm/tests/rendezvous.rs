@@ -77,12 +77,14 @@ fn key_value_store_and_unreachable_coordinator() {
     let a = addr.clone();
     let t = std::thread::spawn(move || {
         let mut c = Communicator::connect(CommConfig::new(a, key(), 1, 2)).unwrap();
-        c.kv_get("model-hash").unwrap()
+        let got = c.kv_get("model-hash").unwrap();
+        c.leave();
+        got
     });
     let mut c = Communicator::connect(CommConfig::new(addr, key(), 0, 2)).unwrap();
     c.kv_set("model-hash", "abc").unwrap();
     assert_eq!(t.join().unwrap().as_deref(), Some("abc"));
-    drop(c);
+    c.leave();
     coord.shutdown(Duration::from_secs(2));
 
     // Nothing listens there: a clear error within the deadline.
@@ -90,7 +92,7 @@ fn key_value_store_and_unreachable_coordinator() {
     let dead = l.local_addr().unwrap().to_string();
     drop(l);
     let mut cfg = CommConfig::new(dead, key(), 0, 2);
-    cfg.timeout = Duration::from_millis(500);
+    cfg.join_timeout = Duration::from_millis(500);
     let start = std::time::Instant::now();
     let e = Communicator::connect(cfg).err().unwrap();
     assert!(
@@ -160,9 +162,11 @@ fn a_rank_behind_a_loopback_name_is_advertised_by_a_routable_address() {
             std::thread::spawn(move || {
                 let mut cfg = CommConfig::new(addr, key(), rank, 2);
                 cfg.timeout = t;
+                cfg.join_timeout = t;
                 let mut c = Communicator::connect(cfg).unwrap();
                 let mut v = vec![rank as f32 + 1.0; 1000];
                 c.all_reduce(&mut v, dlc_comm::ReduceOp::Sum).unwrap();
+                c.leave();
                 v
             })
         })

@@ -246,6 +246,7 @@ fn bench_worker(a: &AllreduceArgs) -> Result<()> {
     let id = dlc_launch::env::from_process_env("")?;
     let mut cfg = dlc_comm::CommConfig::new(&id.coordinator, id.key(), id.rank, id.world);
     cfg.timeout = Duration::from_secs(a.timeout);
+    cfg.join_timeout = cfg.timeout;
     let medians = allreduce::worker(cfg, &a.sizes, a.iters.max(1))?;
     if id.rank == 0 {
         println!(

@@ -39,7 +39,7 @@ pub struct LaunchArgs {
     /// Seconds every process of a foreign command may take to start and join before
     /// the job fails naming the missing ranks (gang start) [default: [command]
     /// join_timeout_s, else 60].
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     join_timeout: Option<u64>,
     /// Your command and its arguments (after `--`): every process runs it.
     #[arg(last = true, value_name = "COMMAND")]
@@ -359,7 +359,11 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
         },
         output_volume,
         port: r.port,
-        timeout_s: if foreign { join_timeout } else { d.timeout_s },
+        timeout_s: if foreign {
+            join_timeout
+        } else {
+            d.join_timeout().as_secs()
+        },
         command,
         max_restarts,
     };

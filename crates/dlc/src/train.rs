@@ -1,7 +1,6 @@
 //! `dlc train`, `dlc worker`, `dlc eval`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -306,7 +305,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         world,
         workers: d.workers,
         name: job.display_name().to_string(),
-        timeout: Duration::from_secs(d.timeout_s),
+        timeout: d.join_timeout(),
         quiet: args.run.quiet,
         max_restarts: 0,
         foreign: false,
@@ -355,7 +354,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         job.check_distributed()?;
     }
     set_threads(args.threads.or(id.cpus));
-    let timeout = Duration::from_secs(job.distributed.timeout_s);
+    let timeout = job.distributed.join_timeout();
     // Under a foreign launcher rank 0 hosts the rendezvous; it lives until every rank left.
     let coordinator = id
         .host_coordinator(timeout)

@@ -701,8 +701,36 @@ pub struct DistributedSpec {
     pub ps_mode: PsMode,
     /// Most steps a worker may run ahead of the slowest (`ps` async only).
     pub max_staleness: usize,
-    /// Seconds any rank waits on another before failing.
+    /// Seconds any rank waits on another before failing: the default of
+    /// `join_timeout_s` and `op_timeout_s`.
     pub timeout_s: u64,
+    /// Seconds every rank may take to start and join (gang start) [default: timeout_s].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_timeout_s: Option<u64>,
+    /// Seconds a rank waits in one collective, or for a peer's link, without progress
+    /// [default: timeout_s].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op_timeout_s: Option<u64>,
+}
+
+impl DistributedSpec {
+    /// Number of processes the job needs: workers plus servers.
+    pub fn world(&self) -> usize {
+        match self.strategy {
+            Strategy::Ring => self.workers,
+            Strategy::Ps => self.workers + self.ps_servers,
+        }
+    }
+
+    /// How long ranks may take to start and join.
+    pub fn join_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.join_timeout_s.unwrap_or(self.timeout_s))
+    }
+
+    /// How long a rank waits in one collective without progress.
+    pub fn op_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.op_timeout_s.unwrap_or(self.timeout_s))
+    }
 }
 
 impl Default for DistributedSpec {
@@ -714,16 +742,8 @@ impl Default for DistributedSpec {
             ps_mode: PsMode::Sync,
             max_staleness: 4,
             timeout_s: 30,
-        }
-    }
-}
-
-impl DistributedSpec {
-    /// Number of processes the job needs: workers plus servers.
-    pub fn world(&self) -> usize {
-        match self.strategy {
-            Strategy::Ring => self.workers,
-            Strategy::Ps => self.workers + self.ps_servers,
+            join_timeout_s: None,
+            op_timeout_s: None,
         }
     }
 }

@@ -384,3 +384,24 @@ fn embeddings_need_unscaled_ids_from_tables_only() {
     )
     .unwrap();
 }
+
+#[test]
+fn join_and_op_timeouts_default_to_timeout_s_and_are_bounded() {
+    let j = JobSpec::from_toml_str(
+        &format!("{GOOD}[distributed]\nworkers = 2\ntimeout_s = 45\nop_timeout_s = 5\n"),
+        "job.toml",
+    )
+    .unwrap();
+    let d = &j.distributed;
+    assert_eq!(d.join_timeout(), std::time::Duration::from_secs(45));
+    assert_eq!(d.op_timeout(), std::time::Duration::from_secs(5));
+    for key in ["timeout_s", "join_timeout_s", "op_timeout_s"] {
+        // A huge value would overflow `Instant + Duration`; it is refused instead.
+        let e = err(&format!(
+            "{GOOD}[distributed]\n{key} = 9223372036854775807\n"
+        ));
+        assert!(e.contains(&format!("distributed.{key}")), "{e}");
+        let e = err(&format!("{GOOD}[distributed]\n{key} = 0\n"));
+        assert!(e.contains("1 to 86400"), "{e}");
+    }
+}

@@ -9,6 +9,9 @@ fn bad(key: &str, message: impl Into<String>) -> Result<(), Problem> {
     Err((key.to_string(), message.into()))
 }
 
+/// The longest deadline a job file may set (one day): longer ones are mistakes, and
+/// `Instant + Duration` must not overflow.
+const MAX_TIMEOUT_S: u64 = 86_400;
 /// Checks every layer of `layers` (and of residual blocks inside it); `key` is the
 /// list's dotted key.
 fn check_layers(layers: &[LayerSpec], key: &str) -> Result<(), Problem> {
@@ -428,7 +431,7 @@ fn check_command(job: &JobSpec, c: &crate::CommandSpec) -> Result<(), Problem> {
             format!("has the variable name `{k}`; names are non-empty and have no `=`"),
         )?;
     }
-    if c.join_timeout_s == 0 || c.join_timeout_s > 86_400 {
+    if c.join_timeout_s == 0 || c.join_timeout_s > MAX_TIMEOUT_S {
         bad(
             "command.join_timeout_s",
             "must be between 1 and 86400 seconds",
@@ -491,8 +494,17 @@ pub(crate) fn check_distributed(d: &crate::DistributedSpec, batch: usize) -> Res
     if d.ps_servers == 0 {
         bad("distributed.ps_servers", "must be at least 1")?;
     }
-    if d.timeout_s == 0 {
-        bad("distributed.timeout_s", "must be at least 1")?;
+    for (key, value) in [
+        ("distributed.timeout_s", Some(d.timeout_s)),
+        ("distributed.join_timeout_s", d.join_timeout_s),
+        ("distributed.op_timeout_s", d.op_timeout_s),
+    ] {
+        if value.is_some_and(|t| t == 0 || t > MAX_TIMEOUT_S) {
+            bad(
+                key,
+                format!("must be 1 to {MAX_TIMEOUT_S} seconds (one day)"),
+            )?;
+        }
     }
     Ok(())
 }

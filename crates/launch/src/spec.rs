@@ -42,7 +42,7 @@ pub struct LaunchSpec {
     pub out: PathBuf,
     /// Port of the coordinator rank 0 hosts (None: derived from the scheduler's job id).
     pub port: Option<u16>,
-    /// Seconds any rank waits on another.
+    /// Seconds every rank may take to start and join the coordinator rank 0 hosts.
     pub timeout_s: u64,
     /// A foreign command run by `dlc exec` in every process instead of `dlc worker`.
     pub command: Option<ForeignCommand>,

@@ -83,21 +83,28 @@ pub fn train(job: &JobSpec, opts: &TrainOptions) -> Result<TrainSummary, TrainEr
 pub fn train_distributed(
     job: &JobSpec,
     opts: &TrainOptions,
-    sync: GradSync,
+    mut sync: GradSync,
 ) -> Result<TrainSummary, TrainError> {
-    let (device, notice) =
-        crate::device::resolve(job.train.device, opts.local_rank.unwrap_or(sync.rank()))?;
-    if let Some(n) = notice {
-        if !opts.quiet && sync.rank() == 0 {
-            eprintln!("{n}");
-        }
+    let result = crate::device::resolve(job.train.device, opts.local_rank.unwrap_or(sync.rank()))
+        .and_then(|(device, notice)| {
+            if let Some(n) = notice {
+                if !opts.quiet && sync.rank() == 0 {
+                    eprintln!("{n}");
+                }
+            }
+            let mut summary = match device {
+                Device::Cpu => train_on::<CpuTrain>(job, opts, &Default::default(), &mut sync),
+                Device::Cuda(i) => train_on::<GpuTrain>(job, opts, &GpuDevice::new(i), &mut sync),
+            }?;
+            summary.device = device.to_string();
+            Ok(summary)
+        });
+    // Only a finished run leaves (in `GradSync::finish`); any error is this rank's
+    // failure, told to every other rank with its reason.
+    if let Err(e) = &result {
+        sync.fail(&e.to_string());
     }
-    let mut summary = match device {
-        Device::Cpu => train_on::<CpuTrain>(job, opts, &Default::default(), sync),
-        Device::Cuda(i) => train_on::<GpuTrain>(job, opts, &GpuDevice::new(i), sync),
-    }?;
-    summary.device = device.to_string();
-    Ok(summary)
+    result
 }
 
 /// A default run directory name: `runs/<job>-<UTC timestamp>`.
@@ -127,7 +134,7 @@ pub fn train_on<B: AutodiffBackend>(
     job: &JobSpec,
     opts: &TrainOptions,
     device: &B::Device,
-    mut sync: GradSync,
+    sync: &mut GradSync,
 ) -> Result<TrainSummary, TrainError> {
     let rank = sync.rank();
     let workers = sync.workers();
@@ -204,7 +211,7 @@ pub fn train_on<B: AutodiffBackend>(
         data.test.len(),
         steps_per_epoch,
         spec.epochs,
-        describe(&sync),
+        describe(sync),
         run_dir.display()
     ));
     let total_steps = opts

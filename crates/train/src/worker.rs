@@ -4,8 +4,6 @@
 //! `env` module reads it). With the `ps` strategy, ranks `0..workers` are workers
 //! and the rest servers.
 
-use std::time::Duration;
-
 use dlc_comm::auth::JobKey;
 use dlc_comm::{CommConfig, Communicator};
 use dlc_job::{JobSpec, Strategy};
@@ -66,7 +64,8 @@ pub fn run(job: &JobSpec, opts: &TrainOptions, id: &Identity) -> Result<Outcome,
         id.rank,
         id.world,
     );
-    cfg.timeout = Duration::from_secs(d.timeout_s);
+    cfg.join_timeout = d.join_timeout();
+    cfg.timeout = d.op_timeout();
     let mut comm = Communicator::connect(cfg)?;
     match d.strategy {
         Strategy::Ring => Ok(Outcome::Worker(Box::new(train_distributed(
@@ -86,16 +85,25 @@ pub fn run(job: &JobSpec, opts: &TrainOptions, id: &Identity) -> Result<Outcome,
             )?)))
         }
         Strategy::Ps => {
-            ps::serve::<CpuTrain>(
+            let served = ps::serve::<CpuTrain>(
                 job,
                 &mut comm,
                 id.rank - d.workers,
                 d.workers,
                 d.ps_servers,
                 &Default::default(),
-            )?;
-            comm.barrier()?;
-            Ok(Outcome::Server)
+            )
+            .and_then(|()| comm.barrier());
+            match served {
+                Ok(()) => {
+                    comm.leave();
+                    Ok(Outcome::Server)
+                }
+                Err(e) => {
+                    comm.fail(&e.to_string());
+                    Err(e.into())
+                }
+            }
         }
     }
 }

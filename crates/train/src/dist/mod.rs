@@ -194,11 +194,25 @@ impl GradSync {
         }
     }
 
-    /// Waits for every rank (workers and servers) at the end of training.
+    /// Waits for every rank (workers and servers) at the end of training, then
+    /// announces this rank's clean exit.
     pub fn finish(&mut self) -> Result<(), CommError> {
         match self {
             GradSync::Local => Ok(()),
-            GradSync::Ring(c) | GradSync::Ps { comm: c, .. } => c.barrier(),
+            GradSync::Ring(c) | GradSync::Ps { comm: c, .. } => {
+                c.barrier()?;
+                c.leave();
+                Ok(())
+            }
+        }
+    }
+
+    /// Reports this rank's failure to every other rank (see
+    /// [`Communicator::fail`]).
+    pub fn fail(&mut self, reason: &str) {
+        match self {
+            GradSync::Local => {}
+            GradSync::Ring(c) | GradSync::Ps { comm: c, .. } => c.fail(reason),
         }
     }
 }
