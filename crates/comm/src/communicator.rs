@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::JobKey;
 use crate::frame::read_frame;
-use crate::rendezvous::{CoordClient, Reply};
+use crate::rendezvous::{CoordClient, Heartbeat, Reply, HEARTBEAT};
 use crate::transport::{self, Acceptor};
 use crate::CommError;
 
@@ -70,6 +70,8 @@ pub struct Communicator {
     listen_addr: std::net::SocketAddr,
     /// Leave or Fail was said (or a crash simulated): dropping says nothing more.
     ended: bool,
+    /// Tells the coordinator that this process is alive until dropped.
+    heartbeat: Option<Heartbeat>,
     _acceptor: Acceptor,
 }
 
@@ -174,6 +176,7 @@ impl Communicator {
             .stream
             .set_nonblocking(true)
             .map_err(CommError::io("control connection"))?;
+        let heartbeat = Some(control.heartbeat(HEARTBEAT)?);
         let world = cfg.world;
         Ok(Self {
             cfg,
@@ -185,6 +188,7 @@ impl Communicator {
             scratch: vec![0u64; (1 << 20) / 8],
             listen_addr: addr,
             ended: false,
+            heartbeat,
             _acceptor: acceptor,
         })
     }
@@ -207,6 +211,7 @@ impl Communicator {
     /// Closes every connection without telling the coordinator, as a crash would
     /// (the kernel closes a dead process's sockets). For fault-injection tests.
     pub fn simulate_crash(&mut self) {
+        self.heartbeat = None;
         for s in self.links.iter().flatten() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
@@ -214,9 +219,16 @@ impl Communicator {
         self.ended = true;
     }
 
+    /// Stops this rank's heartbeats while keeping every connection open, as a
+    /// stopped (`SIGSTOP`) or frozen process would. For fault-injection tests.
+    pub fn simulate_freeze(&mut self) {
+        self.heartbeat = None;
+    }
+
     /// Announces that this rank finished its part successfully: its disconnection is
     /// then no failure. Call it after the job's last collective (a barrier).
     pub fn leave(&mut self) {
+        self.heartbeat = None;
         if !std::mem::replace(&mut self.ended, true) {
             self.control.leave();
         }
@@ -225,6 +237,7 @@ impl Communicator {
     /// Reports that this rank failed because of `reason`: every other rank's next
     /// (or current) wait ends with an error naming this rank and the reason.
     pub fn fail(&mut self, reason: &str) {
+        self.heartbeat = None;
         if !std::mem::replace(&mut self.ended, true) {
             self.control.fail(reason);
         }

@@ -2,6 +2,8 @@
 //! of JSON. Frames larger than [`MAX_FRAME`] are refused before any allocation.
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -27,6 +29,36 @@ pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<(), Com
     w.write_all(&out)
         .map_err(CommError::io("writing control frame"))?;
     w.flush().map_err(CommError::io("writing control frame"))
+}
+
+/// Writes one frame holding `msg` to a socket that may be non-blocking (several
+/// threads write the control connection, each holding a lock around it): waits for
+/// room (up to `timeout`) instead of cutting the frame.
+pub fn send_frame<T: Serialize>(
+    s: &TcpStream,
+    msg: &T,
+    timeout: Duration,
+) -> Result<(), CommError> {
+    let mut out = Vec::new();
+    write_frame(&mut out, msg)?;
+    let deadline = Instant::now() + timeout;
+    let mut sent = 0;
+    while sent < out.len() {
+        match (&*s).write(&out[sent..]) {
+            Ok(0) => {
+                return Err(CommError::io("writing control frame")(
+                    std::io::ErrorKind::WriteZero.into(),
+                ))
+            }
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => return Err(CommError::io("writing control frame")(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Reads one frame and decodes it; `peer` names the sender in errors. EOF before the

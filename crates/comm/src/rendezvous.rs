@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{accept_handshake, connect_handshake, JobKey};
-use crate::frame::{read_frame, write_frame, FrameReader, Polled};
+use crate::frame::{read_frame, send_frame, write_frame, FrameReader, Polled};
 use crate::CommError;
+use std::sync::mpsc::RecvTimeoutError;
 
 /// A request on the control connection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -68,7 +69,18 @@ pub enum Request {
     /// This rank decides the job's end and has finished successfully (a TensorFlow
     /// chief): every other rank is told to stop its work and leave.
     Finish,
+    /// This rank's process is alive (sent every [`HEARTBEAT`] by a thread of its
+    /// own, whatever the rank is doing). Once a rank has sent one, [`SILENCE`]
+    /// without any frame from it is its failure.
+    Beat,
 }
+
+/// How often a rank's communicator tells the coordinator that it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long the coordinator hears nothing from a rank that sends heartbeats before
+/// it declares the rank failed (a stopped or frozen process, a lost host or
+/// network) and tells every other rank.
+pub const SILENCE: Duration = Duration::from_secs(6);
 
 /// A reply (or notice) on the control connection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -413,12 +425,27 @@ fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Sh
     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
     let peer = format!("rank {rank}");
     let mut frames = FrameReader::new();
+    // When this rank was last heard from, and whether it sends heartbeats (ranks of
+    // foreign jobs, watched by `dlc exec`, do not: only their connection counts).
+    let mut heard = Instant::now();
+    let mut beating = false;
     loop {
         if sh.stop.load(Ordering::SeqCst) {
             return;
         }
         let req = match frames.poll::<_, Request>(stream, &peer) {
             Ok(Polled::Frame(r)) => r,
+            Ok(Polled::Pending) if beating && heard.elapsed() > SILENCE => {
+                return fail(
+                    sh,
+                    rank,
+                    &format!(
+                        "sent no heartbeat for {:.0?}: its process is stopped or frozen, or \
+                         its host or network is down",
+                        heard.elapsed()
+                    ),
+                )
+            }
             Ok(Polled::Pending) => continue,
             Ok(Polled::Closed) => {
                 return fail(
@@ -429,7 +456,12 @@ fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Sh
             }
             Err(e) => return fail(sh, rank, &format!("control connection broke: {e}")),
         };
+        heard = Instant::now();
         let reply = match req {
+            Request::Beat => {
+                beating = true;
+                continue;
+            }
             Request::Leave => {
                 let mut st = lock(&sh.state);
                 st.left[rank] = true;
@@ -485,6 +517,8 @@ fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Sh
         if send(w, &reply).is_err() {
             return fail(sh, rank, "control connection broke");
         }
+        // Serving may have waited (a `Get`): the rank's beats wait in the socket.
+        heard = Instant::now();
     }
 }
 
@@ -534,6 +568,8 @@ fn writers_except(st: &State, rank: usize) -> Vec<Arc<Mutex<TcpStream>>> {
 /// A worker's control connection to the coordinator.
 pub struct CoordClient {
     pub(crate) stream: TcpStream,
+    /// The write side, shared with the heartbeat thread (one frame at a time).
+    out: Arc<Mutex<TcpStream>>,
     rank: usize,
     /// Number of the next key-value request.
     next_id: u64,
@@ -578,8 +614,14 @@ impl CoordClient {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
+        let out = Arc::new(Mutex::new(
+            stream
+                .try_clone()
+                .map_err(CommError::io("coordinator connection"))?,
+        ));
         Ok(Self {
             stream,
+            out,
             rank,
             next_id: 0,
         })
@@ -593,15 +635,12 @@ impl CoordClient {
         addr: &str,
         timeout: Duration,
     ) -> Result<Vec<String>, CommError> {
-        write_frame(
-            &mut self.stream,
-            &Request::Join {
-                job_id: key.job_id.clone(),
-                rank: self.rank,
-                world,
-                addr: addr.to_string(),
-            },
-        )?;
+        self.send(&Request::Join {
+            job_id: key.job_id.clone(),
+            rank: self.rank,
+            world,
+            addr: addr.to_string(),
+        })?;
         // The coordinator answers within its own deadline; allow a little more.
         match self.call_reply(timeout + Duration::from_secs(5))? {
             Reply::Peers { addrs } if addrs.len() == world => Ok(addrs),
@@ -615,14 +654,11 @@ impl CoordClient {
 
     /// Stores `value` under `key`.
     pub fn set(&mut self, key: &str, value: &str, timeout: Duration) -> Result<(), CommError> {
-        write_frame(
-            &mut self.stream,
-            &Request::Set {
-                key: key.into(),
-                value: value.into(),
-                id: self.next_id,
-            },
-        )?;
+        self.send(&Request::Set {
+            key: key.into(),
+            value: value.into(),
+            id: self.next_id,
+        })?;
         match self.answer(self.next_id, timeout)? {
             Reply::Stored { .. } => Ok(()),
             other => Err(reply_error(other)),
@@ -631,14 +667,11 @@ impl CoordClient {
 
     /// Reads `key`, waiting up to `wait` for it to be set.
     pub fn get(&mut self, key: &str, wait: Duration) -> Result<Option<String>, CommError> {
-        write_frame(
-            &mut self.stream,
-            &Request::Get {
-                key: key.into(),
-                wait_ms: wait.as_millis() as u64,
-                id: self.next_id,
-            },
-        )?;
+        self.send(&Request::Get {
+            key: key.into(),
+            wait_ms: wait.as_millis() as u64,
+            id: self.next_id,
+        })?;
         match self.answer(self.next_id, wait + Duration::from_secs(5))? {
             Reply::Value { value, .. } => Ok(value),
             other => Err(reply_error(other)),
@@ -659,11 +692,36 @@ impl CoordClient {
 
     /// Sends a last request and waits briefly for its answer.
     fn say(&mut self, req: &Request) {
-        let _ = self.stream.set_nonblocking(false);
-        let _ = self.stream.set_write_timeout(Some(Duration::from_secs(2)));
-        if write_frame(&mut self.stream, req).is_ok() {
+        if self.send(req).is_ok() {
             let _ = self.call_reply(Duration::from_secs(2));
         }
+    }
+
+    /// Sends one request (the heartbeat thread may be writing too).
+    fn send(&self, req: &Request) -> Result<(), CommError> {
+        send_frame(&lock(&self.out), req, Duration::from_secs(5))
+    }
+
+    /// Starts a thread that sends a heartbeat every `every` until the returned handle
+    /// is dropped.
+    pub(crate) fn heartbeat(&self, every: Duration) -> Result<Heartbeat, CommError> {
+        let out = Arc::clone(&self.out);
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("dlc-heartbeat".into())
+            .spawn(move || {
+                // The first beat at once: monitoring starts with it.
+                while send_frame(&lock(&out), &Request::Beat, every).is_ok() {
+                    if stopped.recv_timeout(every) != Err(RecvTimeoutError::Timeout) {
+                        return;
+                    }
+                }
+            })
+            .map_err(CommError::io("spawning the heartbeat thread"))?;
+        Ok(Heartbeat {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 
     /// Binds a TCP port that the other ranks can reach (on the interface that reaches
@@ -757,6 +815,21 @@ impl CoordClient {
                 )))
             }
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// A rank's heartbeat thread; dropping the handle stops it.
+pub(crate) struct Heartbeat {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

@@ -356,3 +356,36 @@ fn a_rank_that_stops_on_an_error_is_a_failure_every_rank_names_at_once() {
         coord.shutdown(Duration::from_secs(2));
     }
 }
+
+#[test]
+fn a_frozen_rank_is_named_by_every_rank_within_seconds() {
+    // Rank 1 stops sending heartbeats but keeps its connections open, as a stopped
+    // (SIGSTOP) process or a host behind a dead link would. The collective deadline
+    // is long, and in a ring of four, ranks 0 and 3 do not even wait on rank 1: only
+    // the coordinator's silence detection can name rank 1 for all of them quickly.
+    let n = 4;
+    let timeout = Duration::from_secs(60);
+    let gate = Arc::new(Barrier::new(n));
+    let out = ranks(n, timeout, move |c| {
+        let mut buf = vec![1.0f32; 1000];
+        c.all_reduce(&mut buf, ReduceOp::Sum).unwrap();
+        gate.wait();
+        if c.rank() == 1 {
+            c.simulate_freeze();
+            std::thread::sleep(dlc_comm::rendezvous::SILENCE + Duration::from_secs(4));
+            return None;
+        }
+        let start = Instant::now();
+        let e = c.all_reduce(&mut buf, ReduceOp::Sum).unwrap_err();
+        Some((e.to_string(), start.elapsed()))
+    });
+    for (r, o) in out.into_iter().enumerate() {
+        let Some((e, took)) = o else { continue };
+        let bound = dlc_comm::rendezvous::SILENCE + Duration::from_secs(2);
+        assert!(took < bound, "rank {r} took {took:?}");
+        assert!(
+            e.contains("rank 1 failed") && e.contains("heartbeat"),
+            "rank {r}: {e}"
+        );
+    }
+}

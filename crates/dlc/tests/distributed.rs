@@ -137,6 +137,27 @@ fn rank_of(pid: u32) -> Option<String> {
 
 #[test]
 fn a_killed_worker_fails_the_job_fast_naming_it_and_leaves_no_orphans() {
+    worker_fault(
+        "-9",
+        &["rank 1 failed", "signal 9"],
+        Duration::from_secs(10),
+    );
+}
+
+#[test]
+fn a_stopped_worker_fails_the_job_within_the_silence_bound_naming_it() {
+    // SIGSTOP closes nothing: only the missing heartbeats tell. The collective
+    // deadline (20 s) is longer than the bound checked here.
+    worker_fault(
+        "-STOP",
+        &["rank 1 failed", "heartbeat"],
+        dlc_comm::rendezvous::SILENCE + Duration::from_secs(4),
+    );
+}
+
+/// Sends `signal` to rank 1 of a running 3-worker job and checks that the launcher
+/// fails within `bound`, its error holding each of `expect`, with no process left.
+fn worker_fault(signal: &str, expect: &[&str], bound: Duration) {
     let dir = tempfile::tempdir().unwrap();
     let job = job(
         dir.path(),
@@ -174,27 +195,27 @@ fn a_killed_worker_fails_the_job_fast_naming_it_and_leaves_no_orphans() {
         .iter()
         .find(|&&p| rank_of(p).as_deref() == Some("1"))
         .unwrap();
-    let killed = Instant::now();
-    unsafe_kill(victim);
+    let hit = Instant::now();
+    signal_process(signal, victim);
     let status = loop {
         if let Some(s) = launcher.try_wait().unwrap() {
             break s;
         }
         assert!(
-            killed.elapsed() < Duration::from_secs(20),
+            hit.elapsed() < bound + Duration::from_secs(20),
             "launcher did not exit"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let took = killed.elapsed();
+    let took = hit.elapsed();
+    eprintln!("kill {signal}: the job failed {took:.1?} after the signal");
     assert!(!status.success());
-    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(took < bound, "took {took:?}");
     let mut err = String::new();
     std::io::Read::read_to_string(&mut launcher.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(
-        err.contains("rank 1 failed") && err.contains("signal 9"),
-        "{err}"
-    );
+    for e in expect {
+        assert!(err.contains(e), "no `{e}` in:\n{err}");
+    }
     for p in kids {
         assert!(
             !std::path::Path::new(&format!("/proc/{p}")).exists(),
@@ -203,9 +224,9 @@ fn a_killed_worker_fails_the_job_fast_naming_it_and_leaves_no_orphans() {
     }
 }
 
-fn unsafe_kill(pid: u32) {
+fn signal_process(signal: &str, pid: u32) {
     let ok = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
+        .args([signal, &pid.to_string()])
         .status()
         .unwrap();
     assert!(ok.success());

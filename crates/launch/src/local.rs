@@ -361,13 +361,16 @@ fn describe(status: std::process::ExitStatus) -> String {
 }
 
 /// Stops every process: SIGTERM (an agent then stops its command's process group),
-/// SIGKILL for whatever still runs after a grace period.
+/// then SIGCONT (a stopped process, e.g. one the coordinator found frozen, handles
+/// its SIGTERM only once continued), SIGKILL for whatever still runs after a grace
+/// period.
 fn stop_all(children: &mut [Child]) {
     for c in children.iter_mut() {
         if let Ok(None) = c.try_wait() {
             // SAFETY: kill(2) on our own child's pid.
             unsafe {
                 libc::kill(c.id() as i32, libc::SIGTERM);
+                libc::kill(c.id() as i32, libc::SIGCONT);
             }
         }
     }
