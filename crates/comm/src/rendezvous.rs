@@ -243,15 +243,45 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Connections that may be in their handshake at once; more are closed at once, so
+/// that strangers cannot pile up threads.
+pub(crate) const MAX_HANDSHAKES: usize = 64;
+
+/// Counts a connection in its handshake until dropped.
+pub(crate) struct Handshaking(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Handshaking {
+    /// Counts one more, unless [`MAX_HANDSHAKES`] are under way.
+    pub(crate) fn enter(count: &Arc<std::sync::atomic::AtomicUsize>) -> Option<Self> {
+        let before = count.fetch_add(1, Ordering::SeqCst);
+        let guard = Self(Arc::clone(count));
+        (before < MAX_HANDSHAKES).then_some(guard)
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
     let mut handlers = Vec::new();
+    let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while !sh.stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, peer)) => {
+                let Some(guard) = Handshaking::enter(&handshakes) else {
+                    tracing::warn!(
+                        "coordinator: {MAX_HANDSHAKES} connections in their handshake; \
+                         closing {peer}"
+                    );
+                    continue;
+                };
                 let sh = sh.clone();
                 if let Ok(h) = std::thread::Builder::new()
                     .name("dlc-coord-conn".into())
-                    .spawn(move || handle(stream, peer, sh))
+                    .spawn(move || handle(stream, peer, sh, guard))
                 {
                     handlers.push(h);
                 }
@@ -266,7 +296,13 @@ fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
         }
         handlers.retain(|h| !h.is_finished());
     }
-    for h in handlers {
+    // Ranks' handlers see `stop` within 200 ms; a stranger still in its handshake
+    // may take until its deadline, and shutdown does not wait for it (detached).
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until && handlers.iter().any(|h| !h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for h in handlers.into_iter().filter(|h| h.is_finished()) {
         let _ = h.join();
     }
 }
@@ -277,7 +313,7 @@ fn send(w: &Arc<Mutex<TcpStream>>, reply: &Reply) -> Result<(), CommError> {
 }
 
 /// Serves one control connection.
-fn handle(mut stream: TcpStream, peer: SocketAddr, sh: Arc<Shared>) {
+fn handle(mut stream: TcpStream, peer: SocketAddr, sh: Arc<Shared>, handshaking: Handshaking) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_nodelay(true);
     let hs_timeout = sh.timeout.min(Duration::from_secs(10));
@@ -292,6 +328,7 @@ fn handle(mut stream: TcpStream, peer: SocketAddr, sh: Arc<Shared>) {
             return;
         }
     };
+    drop(handshaking);
     let Ok(w) = stream.try_clone().map(|s| Arc::new(Mutex::new(s))) else {
         return;
     };

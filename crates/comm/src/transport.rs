@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::rendezvous::{Handshaking, MAX_HANDSHAKES};
 use crate::auth::{accept_handshake, connect_handshake, JobKey};
 use crate::CommError;
 
@@ -45,6 +46,7 @@ impl Acceptor {
             .map_err(CommError::io("peer listener"))?;
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
+        let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let st = stop.clone();
         let thread = std::thread::Builder::new()
             .name("dlc-acceptor".into())
@@ -52,10 +54,18 @@ impl Acceptor {
                 while !st.load(Ordering::SeqCst) {
                     match listener.accept() {
                         Ok((mut s, peer)) => {
+                            let Some(guard) = Handshaking::enter(&handshakes) else {
+                                tracing::warn!(
+                                    "{MAX_HANDSHAKES} connections in their handshake; \
+                                     closing {peer}"
+                                );
+                                continue;
+                            };
                             let (tx, key) = (tx.clone(), key.clone());
                             let _ = std::thread::Builder::new()
                                 .name("dlc-handshake".into())
                                 .spawn(move || {
+                                    let _guard = guard;
                                     let _ = s.set_nonblocking(false);
                                     match accept_handshake(&mut s, &key, handshake_timeout) {
                                         Ok(rank) => {

@@ -1,6 +1,6 @@
 //! Rendezvous errors: bad, duplicate, late and missing ranks; the key-value store.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dlc_comm::auth::JobKey;
 use dlc_comm::rendezvous::CoordClient;
@@ -174,4 +174,46 @@ fn a_rank_behind_a_loopback_name_is_advertised_by_a_routable_address() {
     for r in ranks {
         assert!(r.join().unwrap().iter().all(|&x| x == 3.0));
     }
+}
+
+/// Threads of this process.
+fn threads() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn silent_strangers_cannot_pile_up_threads_block_a_rank_or_stall_shutdown() {
+    let t = Duration::from_secs(2);
+    let coord = Coordinator::start("127.0.0.1:0", key(), 1, t).unwrap();
+    let addr = coord.addr();
+    let before = threads();
+    // 150 connections that never say a word.
+    let strangers: Vec<_> = (0..150)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let during = threads();
+    assert!(
+        during <= before + 64 + 4,
+        "{before} threads before the strangers, {during} with them"
+    );
+    // A rank still gets in: refused while the strangers hold every handshake slot,
+    // it retries until their handshake deadline (2 s here) frees them.
+    let start = Instant::now();
+    join(&addr.to_string(), 0, 1, Duration::from_secs(10)).unwrap();
+    assert!(start.elapsed() < Duration::from_secs(6), "{:?}", start.elapsed());
+    // Shutdown does not wait for strangers in their handshake.
+    let more: Vec<_> = (0..10)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    drop(coord);
+    assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+    drop((strangers, more));
 }
