@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::rendezvous::{Handshaking, MAX_HANDSHAKES};
 use crate::auth::{accept_handshake, connect_handshake, JobKey};
+use crate::rendezvous::{Handshaking, MAX_HANDSHAKES};
 use crate::CommError;
 
 /// Socket buffer size requested for peer links.

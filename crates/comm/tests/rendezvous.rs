@@ -206,7 +206,11 @@ fn silent_strangers_cannot_pile_up_threads_block_a_rank_or_stall_shutdown() {
     // it retries until their handshake deadline (2 s here) frees them.
     let start = Instant::now();
     join(&addr.to_string(), 0, 1, Duration::from_secs(10)).unwrap();
-    assert!(start.elapsed() < Duration::from_secs(6), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        start.elapsed()
+    );
     // Shutdown does not wait for strangers in their handshake.
     let more: Vec<_> = (0..10)
         .map(|_| std::net::TcpStream::connect(addr).unwrap())
@@ -214,6 +218,10 @@ fn silent_strangers_cannot_pile_up_threads_block_a_rank_or_stall_shutdown() {
     std::thread::sleep(Duration::from_millis(100));
     let start = Instant::now();
     drop(coord);
-    assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
     drop((strangers, more));
 }

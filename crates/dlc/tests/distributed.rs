@@ -72,6 +72,34 @@ fn n_workers_match_one_worker_with_the_same_global_batch() {
 }
 
 #[test]
+fn parameter_servers_average_batch_norm_statistics_as_the_ring_does() {
+    // Batch norm's running statistics are buffers, not trainable parameters: servers
+    // never see them. Each worker's differ (its own batches); both strategies make
+    // every worker's the mean over workers, so the saved models agree.
+    let dir = tempfile::tempdir().unwrap();
+    let bn = "layers = [\n\
+        { type = \"conv2d\", filters = 4, kernel = 3, stride = 2, padding = \"same\" },\n\
+        { type = \"batchnorm\" },\n{ type = \"relu\" },\n{ type = \"global_avgpool\" },\n\
+        { type = \"dense\", units = 10 },\n]";
+    let job = job(dir.path(), "bn.toml", &equivalence_job(bn, "adam"));
+    let ring = dir.path().join("ring");
+    let ps = dir.path().join("ps");
+    train_to(&job, &ring, &["--workers", "2"]);
+    train_to(&job, &ps, &["--workers", "2", "--strategy", "ps"]);
+    let (ring, ps) = (
+        weights(&ring.join("model.safetensors")),
+        weights(&ps.join("model.safetensors")),
+    );
+    assert!(
+        ring.iter().any(|(name, _)| name.contains("running_mean")),
+        "{:?}",
+        ring.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    let d = max_abs_diff(&ring, &ps);
+    assert!(d < 1e-4, "ring vs ps with batch norm: max |Δ| = {d}");
+}
+
+#[test]
 fn ring_resume_matches_uninterrupted_ring_run() {
     let dir = tempfile::tempdir().unwrap();
     let job = job(

@@ -149,17 +149,20 @@ impl GradSync {
                 servers,
                 mode,
             } => {
-                // Async servers apply each worker's mean gradient on its own.
-                let w = match mode {
-                    PsMode::Sync => weight,
-                    PsMode::Async => 1.0,
+                // Async servers apply each worker's mean gradient on its own; a worker
+                // without samples asks for the parameters without a step (an Adam
+                // step on a zero gradient would still move them).
+                let (w, lr) = match mode {
+                    PsMode::Sync => (weight, lr as f32),
+                    PsMode::Async if local_n == 0 => (1.0, ps::NO_STEP),
+                    PsMode::Async => (1.0, lr as f32),
                 };
                 let v = flat_grads(&model, grads, w);
                 let n = v.len();
                 let msgs: Vec<Vec<f32>> = (0..*servers)
                     .map(|s| {
                         let mut m = v[ps::shard(n, s, *servers)].to_vec();
-                        m.push(lr as f32);
+                        m.push(lr);
                         m
                     })
                     .collect();
@@ -190,7 +193,44 @@ impl GradSync {
                 comm.all_reduce(&mut v, ReduceOp::Mean)?;
                 Ok(flat::params_from_flat(model, &v, Which::Buffers))
             }
-            _ => Ok(model),
+            // Servers hold trainable parameters only: workers swap their buffers
+            // directly and average them in rank order (the same result on each).
+            GradSync::Ps { comm, workers, .. } => {
+                let mine = flat::params_to_flat(&model, Which::Buffers);
+                if mine.is_empty() || *workers < 2 {
+                    return Ok(model);
+                }
+                let me = comm.rank();
+                let mut theirs: Vec<Vec<f32>> = (0..*workers)
+                    .map(|w| {
+                        if w == me {
+                            Vec::new()
+                        } else {
+                            vec![0.0; mine.len()]
+                        }
+                    })
+                    .collect();
+                let sends: Vec<(usize, &[f32])> = (0..*workers)
+                    .filter(|&w| w != me)
+                    .map(|w| (w, &mine[..]))
+                    .collect();
+                let mut recvs: Vec<(usize, &mut [f32])> = theirs
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(w, _)| *w != me)
+                    .map(|(w, b)| (w, &mut b[..]))
+                    .collect();
+                comm.exchange(&sends, &mut recvs)?;
+                let mut mean = vec![0.0f32; mine.len()];
+                for (w, b) in theirs.iter().enumerate() {
+                    let b = if w == me { &mine } else { b };
+                    mean.iter_mut().zip(b).for_each(|(m, x)| *m += *x);
+                }
+                let k = *workers as f32;
+                mean.iter_mut().for_each(|m| *m /= k);
+                Ok(flat::params_from_flat(model, &mean, Which::Buffers))
+            }
+            GradSync::Local => Ok(model),
         }
     }
 

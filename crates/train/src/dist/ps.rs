@@ -62,6 +62,10 @@ fn parse_kv(comm: &mut Communicator, key: &str) -> Result<usize, CommError> {
         .ok_or_else(|| CommError::Rendezvous(format!("rank 0 never published `{key}`")))
 }
 
+/// The learning rate an async worker sends with an empty batch: reply with the
+/// parameters, take no optimizer step.
+pub const NO_STEP: f32 = f32::NAN;
+
 /// Runs server `index` (rank `workers + index`) until the job's last step.
 pub fn serve<B: AutodiffBackend>(
     job: &JobSpec,
@@ -160,9 +164,11 @@ pub fn serve<B: AutodiffBackend>(
                 for w in readable {
                     let mut buf = vec![0.0f32; len + 1];
                     comm.exchange(&[], &mut [(w, &mut buf[..])])?;
-                    let lr = buf[len] as f64;
+                    let lr = buf[len];
                     buf.truncate(len);
-                    module = apply(module, buf, lr);
+                    if !lr.is_nan() {
+                        module = apply(module, buf, f64::from(lr));
+                    }
                     pushes[w] += 1;
                     waiting[w] = true;
                 }
