@@ -178,6 +178,27 @@ fn mismatched_calls_fail_on_every_rank() {
 }
 
 #[test]
+fn a_mismatch_seen_by_two_ranks_reaches_the_third_with_its_diagnosis() {
+    // In a ring of three only neighbours compare headers: rank 2's longer buffer is
+    // seen by ranks 0 and 2; rank 1 learns of it from the coordinator, because a rank
+    // that fails reports its error (as the training loop does).
+    let out = ranks(3, Duration::from_secs(20), |c| {
+        let mut buf = vec![1.0f32; 100_000 + 7 * (c.rank() / 2)];
+        c.all_reduce(&mut buf, ReduceOp::Sum).map_err(|e| {
+            c.fail(&e.to_string());
+            e.to_string()
+        })
+    });
+    for (r, o) in out.into_iter().enumerate() {
+        let e = o.unwrap_err();
+        assert!(
+            e.contains("all_reduce") && e.contains("100000") && e.contains("100007"),
+            "rank {r}: {e}"
+        );
+    }
+}
+
+#[test]
 fn crashed_rank_makes_every_other_rank_fail_naming_it() {
     let n = 4;
     let timeout = Duration::from_secs(10);
