@@ -242,13 +242,19 @@ fn stalled_rank_times_out_within_the_deadline() {
         let e = c.all_reduce(&mut buf, ReduceOp::Sum).unwrap_err();
         Some((e, start.elapsed()))
     });
-    for o in out.into_iter().flatten() {
-        let (e, took) = o;
-        assert!(took < Duration::from_secs(3), "took {took:?}");
+    for (r, o) in out.into_iter().enumerate() {
+        let Some((e, took)) = o else { continue };
+        assert!(took < Duration::from_secs(3), "rank {r} took {took:?}");
         assert!(
             matches!(e, CommError::Timeout { .. } | CommError::PeerLost { .. }),
-            "{e}"
+            "rank {r}: {e}"
         );
+        // Rank 2 receives from rank 1 in the ring: it names the stalled rank. (Rank 0
+        // waits on rank 2 and can only name it; a stalled but live rank is not
+        // reported by the coordinator, which only knows of dead and frozen ones.)
+        if r == 2 {
+            assert!(e.to_string().contains("rank 1"), "rank 2: {e}");
+        }
     }
 }
 
@@ -260,17 +266,33 @@ fn strangers_are_refused_and_the_job_continues() {
         c.all_reduce(&mut buf, ReduceOp::Sum).unwrap();
         if c.rank() == 0 {
             let addr = c.listen_addr();
-            // Random bytes.
+            // Random bytes: the acceptor greets (magic, version, nonce), reads a
+            // greeting that is not one, and closes: nothing more comes back.
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             let _ = s.write_all(&[0x5a; 4096]);
             let mut sink = Vec::new();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let _ = s.read_to_end(&mut sink);
-            // A client with the wrong token.
+            // Closed (or reset, the stranger's unread bytes still queued), not left
+            // hanging until our read timeout.
+            if let Err(e) = s.read_to_end(&mut sink) {
+                assert!(
+                    !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "the stranger was not cut off: {e}"
+                );
+            }
+            assert_eq!(sink.len(), 37, "{sink:?}");
+            assert_eq!(&sink[..4], b"DLCH");
+            // A client with the wrong token is refused as such.
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             let bad = JobKey::new("test-job", "wrong");
+            let e = dlc_comm::auth::connect_handshake(&mut s, &bad, 1, Duration::from_secs(5))
+                .unwrap_err();
             assert!(
-                dlc_comm::auth::connect_handshake(&mut s, &bad, 1, Duration::from_secs(5)).is_err()
+                matches!(&e, CommError::Auth(m) if m.contains("refused")),
+                "{e}"
             );
         }
         c.barrier().unwrap();

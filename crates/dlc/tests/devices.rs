@@ -24,8 +24,20 @@ fn devices_reports_cpu_and_gpu_state() {
     } else {
         assert!(!v["cuda"]["gpus"].as_array().unwrap().is_empty(), "{v}");
     }
+    // The table says what the JSON says.
     let text = ok(&["devices"]);
-    assert!(text.contains("cpu") && text.contains("cuda"), "{text}");
+    let cpu = &v["cpu"];
+    for part in [
+        cpu["model"].as_str().unwrap().to_string(),
+        format!("{} cores", cpu["cores"]),
+        cpu["simd"].as_str().unwrap().to_string(),
+    ] {
+        assert!(text.contains(&part), "no `{part}` in:\n{text}");
+    }
+    match v["cuda_unusable"].as_str() {
+        Some(why) => assert!(text.contains(why), "no `{why}` in:\n{text}"),
+        None => assert!(text.contains(v["cuda"]["gpus"][0]["name"].as_str().unwrap_or("?"))),
+    }
 }
 
 #[test]

@@ -40,6 +40,14 @@ fn n_workers_match_one_worker_with_the_same_global_batch() {
         let s = train_to(&job, &one, &["--threads", "1"]);
         assert_eq!(s["global_step"], 30);
         let reference = weights(&one.join("model.safetensors"));
+        let alone: serde_json::Value = serde_json::from_str(
+            std::fs::read_to_string(one.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
         for (label, extra) in [
             ("ring x2", vec!["--workers", "2"]),
             ("ring x3", vec!["--workers", "3"]),
@@ -63,8 +71,10 @@ fn n_workers_match_one_worker_with_the_same_global_batch() {
             let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
             let step: serde_json::Value =
                 serde_json::from_str(text.lines().next().unwrap()).unwrap();
+            // Time in communication is measured, not assumed: one worker has none.
             assert!(step["comm_s"].as_f64().unwrap() > 0.0, "{label}: {step}");
             assert!(step["compute_s"].as_f64().unwrap() > 0.0, "{label}: {step}");
+            assert_eq!(alone["comm_s"].as_f64(), Some(0.0), "1 worker: {alone}");
             let data_s = step["data_s"].as_f64().unwrap();
             assert!((0.0..60.0).contains(&data_s), "{label}: {step}");
         }
