@@ -232,6 +232,9 @@ fn crashed_rank_makes_every_other_rank_fail_naming_it() {
 #[test]
 fn stalled_rank_times_out_within_the_deadline() {
     let timeout = Duration::from_millis(800);
+    // Ranks 0 and 2 keep their links open until both have their error: a rank that
+    // closes first would be blamed for the other's failure.
+    let gate = Arc::new(Barrier::new(2));
     let out = ranks(3, timeout, move |c| {
         if c.rank() == 1 {
             std::thread::sleep(Duration::from_secs(3));
@@ -240,7 +243,9 @@ fn stalled_rank_times_out_within_the_deadline() {
         let start = Instant::now();
         let mut buf = vec![1.0f32; 100_000];
         let e = c.all_reduce(&mut buf, ReduceOp::Sum).unwrap_err();
-        Some((e, start.elapsed()))
+        let took = start.elapsed();
+        gate.wait();
+        Some((e, took))
     });
     for (r, o) in out.into_iter().enumerate() {
         let Some((e, took)) = o else { continue };
