@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::JobKey;
 use crate::frame::read_frame;
-use crate::rendezvous::{CoordClient, Heartbeat, Reply, HEARTBEAT};
+use crate::rendezvous::{CoordClient, Heartbeat, Reply, HEARTBEAT, SILENCE};
 use crate::transport::{self, Acceptor};
 use crate::CommError;
 
@@ -262,6 +262,11 @@ impl Communicator {
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         let err = match read_frame::<_, Reply>(s, "coordinator") {
             Ok(Some(Reply::Abort { rank, reason })) => Some(CommError::Aborted { rank, reason }),
+            Ok(Some(Reply::Beat { busy })) => {
+                self.control.heard = Instant::now();
+                self.control.busy = busy;
+                None
+            }
             Ok(Some(Reply::Value { .. } | Reply::Stored { .. })) => None,
             Ok(Some(other)) => Some(CommError::Protocol {
                 peer: "coordinator".into(),
@@ -284,14 +289,57 @@ impl Communicator {
         if !matches!(err, CommError::PeerLost { .. } | CommError::Timeout { .. }) {
             return err;
         }
-        let grace = self.cfg.timeout.min(Duration::from_secs(1));
-        match transport::wait(&[], Some(&self.control.stream), grace, "") {
-            Ok(transport::Woke::Control) => match self.control_event() {
-                Some(abort @ CommError::Aborted { .. }) => abort,
-                _ => err,
-            },
-            _ => err,
+        let deadline = Instant::now() + self.cfg.timeout.min(Duration::from_secs(1));
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match transport::wait(&[], Some(&self.control.stream), left, "") {
+                Ok(transport::Woke::Control) => match self.control_event() {
+                    Some(abort @ CommError::Aborted { .. }) => return abort,
+                    Some(_) => return err,
+                    // A heartbeat answer or a late reply: the notice may follow.
+                    None if !left.is_zero() => {}
+                    None => return err,
+                },
+                _ => return err,
+            }
         }
+    }
+
+    /// The error for a coordinator that answered no heartbeat for [`SILENCE`], if
+    /// this rank sends heartbeats and has read everything the coordinator sent.
+    pub(crate) fn coordinator_silence(&self) -> Option<CommError> {
+        let silent = self.control.heard.elapsed();
+        if self.heartbeat.is_none() || silent <= SILENCE {
+            return None;
+        }
+        Some(match self.control.host {
+            Some(host) => CommError::PeerLost {
+                rank: host,
+                reason: format!(
+                    "the coordinator, which rank {host}'s process runs, sent nothing for \
+                     {silent:.0?}: that process is stopped or frozen, or its host or network \
+                     is down"
+                ),
+            },
+            None => CommError::Rendezvous(format!(
+                "the coordinator at {} sent nothing for {silent:.0?}: the launcher that \
+                 runs it is stopped or frozen, or its host or network is down",
+                self.cfg.coordinator
+            )),
+        })
+    }
+
+    /// Runs `work`, long local work that other ranks may wait for (evaluation, a
+    /// checkpoint), announced to the job as `what`: while this rank is alive and
+    /// busy, a rank blocked in a collective waits beyond its deadline (up to
+    /// [`crate::rendezvous::BUSY_LIMIT`]) instead of failing.
+    pub fn busy<R>(&mut self, what: &str, work: impl FnOnce() -> R) -> R {
+        if let Err(e) = self.control.busy(Some(what)) {
+            tracing::debug!("rank {}: cannot announce `{what}`: {e}", self.cfg.rank);
+        }
+        let r = work();
+        let _ = self.control.busy(None);
+        r
     }
 
     /// Stores `value` under `key` in the coordinator's key-value store.

@@ -10,8 +10,9 @@
 //!   direct exchange for small messages), `broadcast`, `all_gather`, `reduce_scatter`,
 //!   `barrier`. Knows nothing of models or tensors.
 //!
-//! Every blocking wait has a deadline ([`CommConfig::timeout`]); a peer that dies or
-//! stalls becomes a [`CommError`] naming it.
+//! Every blocking wait has a deadline ([`CommConfig::timeout`], extended while a rank
+//! announced long work: [`Communicator::busy`]); a peer that dies, stops or stalls
+//! becomes a [`CommError`] naming it, and so does a coordinator that falls silent.
 
 pub mod auth;
 mod collectives;
@@ -24,6 +25,7 @@ pub mod rendezvous;
 pub mod transport;
 
 pub use communicator::{CommConfig, Communicator, ReduceOp};
+pub use p2p::Stall;
 pub use element::Element;
 pub use error::CommError;
 pub use rendezvous::Coordinator;

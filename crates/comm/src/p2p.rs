@@ -4,10 +4,11 @@
 //! per-pair sequence number, so a receiver that expects another length or message
 //! fails with [`CommError::Mismatch`] instead of misreading bytes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::collectives::{check_header, header, Op, HEADER};
 use crate::communicator::Communicator;
+use crate::rendezvous::{BUSY_LIMIT, HEARTBEAT};
 use crate::element::Element;
 use crate::transport::{read_some, wait, write_some, Io, Want, Woke};
 use crate::CommError;
@@ -148,6 +149,12 @@ impl Communicator {
             }
             return Err(CommError::io("poll")(e));
         }
+        if n == 0 {
+            return match self.coordinator_silence() {
+                Some(e) => Err(e),
+                None => Ok(Vec::new()),
+            };
+        }
         if fds.last().is_some_and(|f| f.revents != 0) {
             return match self.control_event() {
                 Some(e) => Err(e),
@@ -173,13 +180,23 @@ impl Communicator {
         Ok(())
     }
 
+    /// Waits until one of `wants` is ready. Fails when the coordinator reports a
+    /// failed rank or falls silent, or when the wait outlasts its [`Stall`] bounds.
     pub(crate) fn block_on(
         &mut self,
         wants: &[(usize, bool, bool)],
         during: &str,
     ) -> Result<(), CommError> {
-        let timeout = self.cfg.timeout;
+        let mut stall = Stall::new();
         loop {
+            let Some(left) = stall.left(self) else {
+                let culprit = wants.iter().find(|w| w.2).or(wants.first());
+                return Err(CommError::Timeout {
+                    rank: culprit.map_or(0, |w| w.0),
+                    timeout: stall.waited(),
+                    during: during.to_string(),
+                });
+            };
             let w: Vec<Want<'_>> = wants
                 .iter()
                 .map(|&(peer, write, read)| Want {
@@ -189,14 +206,64 @@ impl Communicator {
                     read,
                 })
                 .collect();
-            match wait(&w, Some(&self.control.stream), timeout, during)? {
-                Woke::Ready => return Ok(()),
-                Woke::Control => {
+            // Short slices: the coordinator's heartbeat answers are checked between them.
+            match wait(&w, Some(&self.control.stream), left.min(HEARTBEAT), during) {
+                Ok(Woke::Ready) => return Ok(()),
+                Ok(Woke::Control) => {
                     if let Some(e) = self.control_event() {
                         return Err(e);
                     }
                 }
+                // Nothing arrived in this slice, the control connection included.
+                Err(CommError::Timeout { .. }) => {
+                    if let Some(e) = self.coordinator_silence() {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// The bounds of a wait without progress: the collective deadline counts only while
+/// no rank is busy with announced long work ([`Communicator::busy`]; such a rank
+/// stays alive or the coordinator says otherwise), and [`BUSY_LIMIT`] caps the whole.
+pub struct Stall {
+    begun: Instant,
+    idle_from: Instant,
+}
+
+impl Stall {
+    /// A wait that starts now.
+    pub fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            begun: now,
+            idle_from: now,
+        }
+    }
+
+    /// How much longer the wait may last, as `comm` sees the job now; `None` when
+    /// it is over (a timeout).
+    pub fn left(&mut self, comm: &Communicator) -> Option<Duration> {
+        let timeout = comm.cfg.timeout;
+        if !comm.control.busy.is_empty() {
+            self.idle_from = Instant::now();
+        }
+        let cap = timeout.max(BUSY_LIMIT).checked_sub(self.begun.elapsed())?;
+        let left = timeout.checked_sub(self.idle_from.elapsed())?;
+        Some(left.min(cap)).filter(|l| !l.is_zero())
+    }
+
+    /// How long the wait has lasted.
+    pub fn waited(&self) -> Duration {
+        self.begun.elapsed()
+    }
+}
+
+impl Default for Stall {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -71,8 +71,17 @@ pub enum Request {
     Finish,
     /// This rank's process is alive (sent every [`HEARTBEAT`] by a thread of its
     /// own, whatever the rank is doing). Once a rank has sent one, [`SILENCE`]
-    /// without any frame from it is its failure.
+    /// without any frame from it is its failure. The coordinator answers each beat
+    /// with [`Reply::Beat`], so that ranks notice a silent coordinator too.
     Beat,
+    /// This rank starts (`what` = what it does) or ends (`None`) work that others may
+    /// wait for, longer than a collective's deadline: rank 0 evaluating and writing
+    /// a checkpoint at an epoch's end. Ranks blocked meanwhile keep waiting while it
+    /// is alive (see [`Reply::Beat`]), up to [`BUSY_LIMIT`].
+    Busy {
+        /// What the rank does, e.g. `evaluating epoch 3`; `None` when done.
+        what: Option<String>,
+    },
 }
 
 /// How often a rank's communicator tells the coordinator that it is alive.
@@ -81,6 +90,9 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// it declares the rank failed (a stopped or frozen process, a lost host or
 /// network) and tells every other rank.
 pub const SILENCE: Duration = Duration::from_secs(6);
+/// The longest a rank waits for a peer that announced long work (a [`Request::Busy`])
+/// while that peer stays alive.
+pub const BUSY_LIMIT: Duration = Duration::from_secs(3600);
 
 /// A reply (or notice) on the control connection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -90,6 +102,11 @@ pub enum Reply {
     Peers {
         /// Addresses.
         addrs: Vec<String>,
+        /// The rank whose process runs the coordinator, if one does (rank 0 under
+        /// Slurm, MPI or torchrun; none under the local manager, where the launcher
+        /// runs it): a silent coordinator is then that rank's failure.
+        #[serde(default)]
+        host: Option<usize>,
     },
     /// Value of a `Get` (`None` if it did not appear in time).
     Value {
@@ -123,6 +140,12 @@ pub enum Reply {
         /// That rank.
         rank: usize,
     },
+    /// The answer to a [`Request::Beat`]: the coordinator is alive, and these ranks
+    /// announced long work ([`Request::Busy`]) that they are still doing.
+    Beat {
+        /// The busy ranks.
+        busy: Vec<usize>,
+    },
 }
 
 #[derive(Default)]
@@ -135,6 +158,10 @@ struct State {
     kv: HashMap<String, String>,
     /// This host's address as seen by a rank on another host, if one joined.
     routable: Option<std::net::IpAddr>,
+    /// What each rank announced it is busy with ([`Request::Busy`]).
+    busy: Vec<Option<String>>,
+    /// The rank whose process runs this coordinator ([`Coordinator::hosted_by`]).
+    host: Option<usize>,
 }
 
 struct Shared {
@@ -144,6 +171,8 @@ struct Shared {
     state: Mutex<State>,
     changed: Condvar,
     stop: AtomicBool,
+    /// Fault injection: serve nothing, as a stopped process would.
+    frozen: AtomicBool,
 }
 
 /// The rendezvous server of one job. Stops when dropped.
@@ -182,10 +211,12 @@ impl Coordinator {
                 addrs: vec![None; world],
                 writers: vec![None; world],
                 left: vec![false; world],
+                busy: vec![None; world],
                 ..Default::default()
             }),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
+            frozen: AtomicBool::new(false),
         });
         let sh = shared.clone();
         let acceptor = std::thread::Builder::new()
@@ -221,6 +252,19 @@ impl Coordinator {
                 .unwrap_or_else(|e| e.into_inner().0);
         }
         drop(st);
+    }
+
+    /// Records that rank `rank`'s process runs this coordinator (call it before that
+    /// rank joins): the ranks then name it when the coordinator falls silent.
+    pub fn hosted_by(&self, rank: usize) {
+        lock(&self.shared.state).host = Some(rank);
+    }
+
+    /// Stops serving every rank (reading and answering nothing) while keeping the
+    /// connections open, as a stopped (`SIGSTOP`) process would. For fault-injection
+    /// tests.
+    pub fn simulate_freeze(&self) {
+        self.shared.frozen.store(true, Ordering::SeqCst);
     }
 
     /// The first failure the coordinator saw, if any.
@@ -441,8 +485,9 @@ fn join(
         .iter()
         .map(|a| advertise(a.as_deref().unwrap_or_default(), st.routable))
         .collect();
+    let host = st.host;
     drop(st);
-    send(w, &Reply::Peers { addrs }).map_err(|e| e.to_string())?;
+    send(w, &Reply::Peers { addrs, host }).map_err(|e| e.to_string())?;
     Ok(rank)
 }
 
@@ -469,6 +514,10 @@ fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Sh
     loop {
         if sh.stop.load(Ordering::SeqCst) {
             return;
+        }
+        if sh.frozen.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
         }
         let req = match frames.poll::<_, Request>(stream, &peer) {
             Ok(Polled::Frame(r)) => r,
@@ -497,11 +546,30 @@ fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Sh
         let reply = match req {
             Request::Beat => {
                 beating = true;
+                let st = lock(&sh.state);
+                let busy = (0..sh.world).filter(|&r| st.busy[r].is_some()).collect();
+                drop(st);
+                Reply::Beat { busy }
+            }
+            Request::Busy { what } => {
+                match &what {
+                    Some(w) => tracing::debug!("coordinator: rank {rank} is busy {w}"),
+                    None => tracing::debug!("coordinator: rank {rank} is no longer busy"),
+                }
+                let mut st = lock(&sh.state);
+                st.busy[rank] = what;
+                // Every rank hears it at once: one blocked in a collective must not
+                // time out before its next heartbeat answer.
+                let busy = (0..sh.world).filter(|&r| st.busy[r].is_some()).collect();
+                let others = writers_except(&st, rank);
+                drop(st);
+                notify(&others, &Reply::Beat { busy });
                 continue;
             }
             Request::Leave => {
                 let mut st = lock(&sh.state);
                 st.left[rank] = true;
+                st.busy[rank] = None;
                 sh.changed.notify_all();
                 drop(st);
                 let _ = send(w, &Reply::Ok);
@@ -540,6 +608,7 @@ fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Sh
             Request::Finish => {
                 let mut st = lock(&sh.state);
                 st.left[rank] = true;
+                st.busy[rank] = None;
                 let others = writers_except(&st, rank);
                 sh.changed.notify_all();
                 drop(st);
@@ -567,6 +636,7 @@ fn fail(sh: &Shared, rank: usize, reason: &str) {
         return;
     }
     st.left[rank] = true;
+    st.busy[rank] = None;
     if let Some((first, _)) = &st.failed {
         tracing::debug!("coordinator: rank {rank} failed after rank {first}: {reason}");
         sh.changed.notify_all();
@@ -610,6 +680,12 @@ pub struct CoordClient {
     rank: usize,
     /// Number of the next key-value request.
     next_id: u64,
+    /// The rank that runs the coordinator, if any (from the peer table).
+    pub(crate) host: Option<usize>,
+    /// When the coordinator last sent anything.
+    pub(crate) heard: Instant,
+    /// The ranks the coordinator last reported busy.
+    pub(crate) busy: Vec<usize>,
 }
 
 impl CoordClient {
@@ -661,6 +737,9 @@ impl CoordClient {
             out,
             rank,
             next_id: 0,
+            host: None,
+            heard: Instant::now(),
+            busy: Vec::new(),
         })
     }
 
@@ -680,8 +759,11 @@ impl CoordClient {
         })?;
         // The coordinator answers within its own deadline; allow a little more.
         match self.call_reply(timeout + Duration::from_secs(5))? {
-            Reply::Peers { addrs } if addrs.len() == world => Ok(addrs),
-            Reply::Peers { addrs } => Err(CommError::Rendezvous(format!(
+            Reply::Peers { addrs, host } if addrs.len() == world => {
+                self.host = host;
+                Ok(addrs)
+            }
+            Reply::Peers { addrs, .. } => Err(CommError::Rendezvous(format!(
                 "coordinator returned {} peers for world size {world}",
                 addrs.len()
             ))),
@@ -715,6 +797,14 @@ impl CoordClient {
         }
     }
 
+    /// Tells the coordinator that this rank starts (`Some`) or ended (`None`) long
+    /// work that other ranks may be waiting for (see [`Request::Busy`]).
+    pub fn busy(&self, what: Option<&str>) -> Result<(), CommError> {
+        self.send(&Request::Busy {
+            what: what.map(str::to_string),
+        })
+    }
+
     /// Announces a clean exit (best effort, short deadline).
     pub fn leave(&mut self) {
         self.say(&Request::Leave);
@@ -727,10 +817,19 @@ impl CoordClient {
         });
     }
 
-    /// Sends a last request and waits briefly for its answer.
+    /// Sends a last request and waits briefly for its answer, reading what came
+    /// before it (heartbeat answers): a socket closed with unread bytes is reset,
+    /// and a reset could reach the coordinator before the request.
     fn say(&mut self, req: &Request) {
-        if self.send(req).is_ok() {
-            let _ = self.call_reply(Duration::from_secs(2));
+        if self.send(req).is_err() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.call_reply(left.max(Duration::from_millis(1))) {
+                Ok(Reply::Beat { .. } | Reply::Value { .. } | Reply::Stored { .. }) => {}
+                _ => return,
+            }
         }
     }
 
@@ -825,6 +924,10 @@ impl CoordClient {
             match self.call_reply(left.max(Duration::from_millis(1)))? {
                 Reply::Value { id: got, .. } | Reply::Stored { id: got } if got != id => {
                     tracing::debug!("dropping a late reply to coordinator request {got}");
+                }
+                Reply::Beat { busy } => {
+                    self.heard = Instant::now();
+                    self.busy = busy;
                 }
                 reply => return Ok(reply),
             }

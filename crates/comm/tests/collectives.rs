@@ -437,3 +437,79 @@ fn a_frozen_rank_is_named_by_every_rank_within_seconds() {
         );
     }
 }
+
+#[test]
+fn ranks_wait_beyond_the_deadline_for_a_rank_that_announced_long_work() {
+    // Rank 0 evaluates for three times the collective deadline before it joins the
+    // all-reduce; announced as busy, it is waited for. Unannounced, the same delay
+    // fails rank 1 with a timeout naming rank 0.
+    let timeout = Duration::from_secs(1);
+    let work = Duration::from_secs(3);
+    for announced in [true, false] {
+        let out = ranks(2, timeout, move |c| {
+            let mut buf = vec![1.0f32; 100];
+            c.all_reduce(&mut buf, ReduceOp::Sum)?;
+            if c.rank() == 0 {
+                if announced {
+                    c.busy("evaluating epoch 1", || std::thread::sleep(work));
+                } else {
+                    std::thread::sleep(work);
+                }
+            }
+            c.all_reduce(&mut buf, ReduceOp::Sum).map(|()| buf[0])
+        });
+        if announced {
+            for (r, o) in out.into_iter().enumerate() {
+                assert_eq!(o.unwrap_or_else(|e| panic!("rank {r}: {e}")), 4.0);
+            }
+        } else {
+            let e = out[1].as_ref().unwrap_err();
+            assert!(
+                matches!(e, CommError::Timeout { rank: 0, .. }),
+                "rank 1: {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_frozen_coordinator_is_named_as_the_rank_that_hosts_it() {
+    // Rank 0's process runs the coordinator (as under Slurm, MPI or torchrun); when
+    // that process is stopped, the coordinator falls silent with it and cannot tell
+    // anyone. Rank 1 notices the silence itself and names rank 0, long before the
+    // collective deadline.
+    let timeout = Duration::from_secs(60);
+    let coord = Arc::new(Coordinator::start("127.0.0.1:0", key(), 2, timeout).unwrap());
+    coord.hosted_by(0);
+    let addr = coord.addr().to_string();
+    let handles: Vec<_> = (0..2)
+        .map(|r| {
+            let (addr, coord) = (addr.clone(), coord.clone());
+            std::thread::spawn(move || {
+                let mut cfg = CommConfig::new(addr, key(), r, 2);
+                cfg.timeout = timeout;
+                let mut c = Communicator::connect(cfg).unwrap();
+                let mut buf = vec![1.0f32; 100];
+                c.all_reduce(&mut buf, ReduceOp::Sum).unwrap();
+                if r == 0 {
+                    coord.simulate_freeze();
+                    c.simulate_freeze();
+                    std::thread::sleep(dlc_comm::rendezvous::SILENCE + Duration::from_secs(4));
+                    c.simulate_crash();
+                    return None;
+                }
+                let start = Instant::now();
+                let e = c.all_reduce(&mut buf, ReduceOp::Sum).unwrap_err();
+                Some((e, start.elapsed()))
+            })
+        })
+        .collect();
+    let out: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let (e, took) = out[1].as_ref().unwrap();
+    assert!(
+        matches!(e, CommError::PeerLost { rank: 0, .. }) && e.to_string().contains("coordinator"),
+        "rank 1: {e}"
+    );
+    let bound = dlc_comm::rendezvous::SILENCE + Duration::from_secs(3);
+    assert!(*took < bound, "took {took:?}");
+}

@@ -152,7 +152,10 @@ pub fn train_on<B: AutodiffBackend>(
     }
     let progress = Progress::new(opts.quiet || !lead);
 
-    let data = JobData::load(&job.data, job.train.seed)?;
+    // Ranks load at their own pace (a large table takes a while): the others wait.
+    let data = sync.busy("loading its data", || {
+        JobData::load(&job.data, job.train.seed)
+    })?;
     let plan = data.model_plan(&job.model)?;
     let scale = data.standardizer.as_ref();
     let params: usize = plan.iter().map(|l| l.params).sum();
@@ -342,7 +345,10 @@ pub fn train_on<B: AutodiffBackend>(
             state.step_in_epoch = 0;
             continue;
         }
-        let test = evaluate(&model.valid(), data.test.as_ref(), scale, device)?;
+        // The other ranks wait for this work in their next collective.
+        let test = sync.busy(&format!("evaluating epoch {}", state.epoch + 1), || {
+            evaluate(&model.valid(), data.test.as_ref(), scale, device)
+        })?;
         state.epoch += 1;
         state.step_in_epoch = 0;
         let train_loss = loss_sum / loss_steps.max(1) as f64;
@@ -366,7 +372,9 @@ pub fn train_on<B: AutodiffBackend>(
             epoch_start.elapsed().as_secs_f64()
         ));
         if !matches!(sync, GradSync::Ps { .. }) {
-            checkpoint::save(&run_dir, &model, &optim, state)?;
+            sync.busy("writing a checkpoint", || {
+                checkpoint::save(&run_dir, &model, &optim, state)
+            })?;
         }
         last_eval = Some(test);
     }

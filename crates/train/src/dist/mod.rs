@@ -234,6 +234,15 @@ impl GradSync {
         }
     }
 
+    /// Runs `work`, long local work that other ranks may wait for, announced to the
+    /// job as `what` (see [`Communicator::busy`]).
+    pub fn busy<R>(&mut self, what: &str, work: impl FnOnce() -> R) -> R {
+        match self {
+            GradSync::Local => work(),
+            GradSync::Ring(c) | GradSync::Ps { comm: c, .. } => c.busy(what, work),
+        }
+    }
+
     /// Waits for every rank (workers and servers) at the end of training, then
     /// announces this rank's clean exit.
     pub fn finish(&mut self) -> Result<(), CommError> {

@@ -124,8 +124,7 @@ pub fn serve<B: AutodiffBackend>(
             let mut pushes = vec![0usize; workers];
             let mut waiting = vec![false; workers];
             let poll = Duration::from_millis(200);
-            let deadline_idle = comm.config().timeout;
-            let mut idle = Duration::ZERO;
+            let mut stall = dlc_comm::Stall::new();
             while pushes.iter().sum::<usize>() < workers * total_steps || waiting.iter().any(|&w| w)
             {
                 // Reply to workers within the staleness bound.
@@ -150,17 +149,16 @@ pub fn serve<B: AutodiffBackend>(
                 }
                 let readable = comm.readable(&candidates, poll)?;
                 if readable.is_empty() {
-                    idle += poll;
-                    if idle >= deadline_idle {
+                    if stall.left(comm).is_none() {
                         return Err(CommError::Timeout {
                             rank: candidates[0],
-                            timeout: deadline_idle,
+                            timeout: stall.waited(),
                             during: "parameter server waiting for gradients".into(),
                         });
                     }
                     continue;
                 }
-                idle = Duration::ZERO;
+                stall = dlc_comm::Stall::new();
                 for w in readable {
                     let mut buf = vec![0.0f32; len + 1];
                     comm.exchange(&[], &mut [(w, &mut buf[..])])?;
