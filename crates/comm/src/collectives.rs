@@ -12,9 +12,10 @@
 //! * Broadcast: a pipelined chain from the root.
 //!
 //! Every rank's result is bit-identical: each chunk is reduced in one place (ring) or
-//! in the same order everywhere (direct). Every operation first exchanges a 24-byte
-//! header (operation, type, root, sequence number, length), so ranks that call
-//! different collectives fail with [`CommError::Mismatch`] instead of corrupting data.
+//! in the same order everywhere (direct). Every operation first exchanges a 64-byte
+//! descriptor (operation, type, root, sequence number, length and the caller's name
+//! for the buffer, [`Communicator::named`]), so ranks that call different collectives
+//! fail with [`CommError::Mismatch`] naming both calls instead of corrupting data.
 
 use std::ops::Range;
 
@@ -23,7 +24,9 @@ use crate::element::Element;
 use crate::transport::{read_some, write_some, Io};
 use crate::CommError;
 
-pub(crate) const HEADER: usize = 24;
+pub(crate) const HEADER: usize = 64;
+/// Bytes of the caller's name a descriptor carries (longer names are cut).
+const NAME: usize = HEADER - 24;
 const MAGIC: &[u8; 4] = b"DLCC";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,13 +47,25 @@ fn op_name(code: u8) -> &'static str {
         3 => "all_gather",
         4 => "reduce_scatter",
         5 => "barrier",
-        6 => "a point-to-point message",
+        6 => "point-to-point",
         _ => "an unknown operation",
     }
 }
 
-pub(crate) fn header(op: Op, dtype: u8, root: usize, seq: u64, count: usize) -> [u8; HEADER] {
+pub(crate) fn header(
+    op: Op,
+    dtype: u8,
+    root: usize,
+    seq: u64,
+    count: usize,
+    name: &str,
+) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
+    let mut cut = name.len().min(NAME);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    h[24..24 + cut].copy_from_slice(&name.as_bytes()[..cut]);
     h[..4].copy_from_slice(MAGIC);
     h[4] = op as u8;
     h[5] = dtype;
@@ -72,7 +87,17 @@ fn describe(h: &[u8; HEADER]) -> String {
         _ => "?",
     };
     let root = u16::from_le_bytes([h[6], h[7]]);
-    format!("{} #{seq} of {count} {dtype} (root {root})", op_name(h[4]))
+    let name = String::from_utf8_lossy(&h[24..]);
+    let name = name.trim_end_matches('\0');
+    let mut d = format!("{} #{seq}", op_name(h[4]));
+    if !name.is_empty() {
+        d += &format!(" '{name}'");
+    }
+    d += &format!(" [{dtype}; {count}]");
+    if h[4] == Op::Broadcast as u8 {
+        d += &format!(" from rank {root}");
+    }
+    d
 }
 
 pub(crate) fn check_header(
@@ -122,7 +147,18 @@ impl Stream {
 impl Communicator {
     fn next_header(&mut self, op: Op, dtype: u8, root: usize, count: usize) -> [u8; HEADER] {
         self.seq += 1;
-        header(op, dtype, root, self.seq, count)
+        let name = std::mem::take(&mut self.name);
+        header(op, dtype, root, self.seq, count, &name)
+    }
+
+    /// Names the buffer of the next collective, e.g. `comm.named("gradients")
+    /// .all_reduce(..)`: ranks compare names with the rest of the call, and a
+    /// mismatch names both calls ("rank 2 called all_reduce #418 'gradients'
+    /// [f32; 8192] while this rank called all_reduce #418 'batch-norm statistics'
+    /// [f32; 320]"). Names longer than 40 bytes are cut.
+    pub fn named(&mut self, name: &str) -> &mut Self {
+        self.name = name.to_string();
+        self
     }
 
     /// Sums (or averages) `buf` element-wise over all ranks, in place. Every rank

@@ -64,6 +64,8 @@ pub struct Communicator {
     pub(crate) links: Vec<Option<TcpStream>>,
     pub(crate) control: CoordClient,
     pub(crate) seq: u64,
+    /// The caller's name for the next collective's buffer ([`Communicator::named`]).
+    pub(crate) name: String,
     pub(crate) p2p_send_seq: Vec<u64>,
     pub(crate) p2p_recv_seq: Vec<u64>,
     pub(crate) scratch: Vec<u64>,
@@ -183,6 +185,7 @@ impl Communicator {
             links,
             control,
             seq: 0,
+            name: String::new(),
             p2p_send_seq: vec![0; world],
             p2p_recv_seq: vec![0; world],
             scratch: vec![0u64; (1 << 20) / 8],

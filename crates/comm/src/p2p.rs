@@ -1,6 +1,6 @@
 //! Point-to-point transfers between pairs of ranks (used by parameter servers).
 //!
-//! Every message carries the same 24-byte header as the collectives, with a
+//! Every message carries the same 64-byte descriptor as the collectives, with a
 //! per-pair sequence number, so a receiver that expects another length or message
 //! fails with [`CommError::Mismatch`] instead of misreading bytes.
 
@@ -15,7 +15,7 @@ use crate::CommError;
 
 impl Communicator {
     fn p2p_header<T: Element>(&self, seq: u64, count: usize) -> [u8; HEADER] {
-        header(Op::PointToPoint, T::CODE, 0, seq, count)
+        header(Op::PointToPoint, T::CODE, 0, seq, count, "")
     }
 
     /// Sends each `(peer, data)` and receives each `(peer, buffer)` (filling the

@@ -171,7 +171,7 @@ fn mismatched_calls_fail_on_every_rank() {
     for r in out {
         let e = r.unwrap_err();
         assert!(
-            e.contains("all_reduce") && e.contains("of 10") && e.contains("of 11"),
+            e.contains("all_reduce #1 [f32; 10]") && e.contains("all_reduce #1 [f32; 11]"),
             "{e}"
         );
     }
@@ -327,7 +327,7 @@ fn point_to_point_exchange_in_any_order() {
             let e = c
                 .exchange::<f32>(&[], &mut [(1, &mut wrong[..])])
                 .unwrap_err();
-            assert!(e.to_string().contains("of 4"), "{e}");
+            assert!(e.to_string().contains("[f32; 4]"), "{e}");
             reply
         } else {
             let mine = input(r, big);
@@ -512,4 +512,38 @@ fn a_frozen_coordinator_is_named_as_the_rank_that_hosts_it() {
     );
     let bound = dlc_comm::rendezvous::SILENCE + Duration::from_secs(3);
     assert!(*took < bound, "took {took:?}");
+}
+
+#[test]
+fn a_rank_that_skips_a_step_fails_every_rank_at_once_naming_both_calls() {
+    // Rank 2 skips step 2: its second all-reduce is step 3's. Every rank fails at
+    // that call (not at a deadline: it is 60 s) with a diagnosis that names both
+    // calls by their caller-supplied names, the ranks that saw it directly and the
+    // rank that hears it from the coordinator alike.
+    let out = ranks(3, Duration::from_secs(60), |c| {
+        let start = Instant::now();
+        for step in 1..=3 {
+            if c.rank() == 2 && step == 2 {
+                continue;
+            }
+            let mut buf = vec![1.0f32; 50_000];
+            if let Err(e) = c
+                .named(&format!("gradients of step {step}"))
+                .all_reduce(&mut buf, ReduceOp::Sum)
+            {
+                c.fail(&e.to_string());
+                return Err((e.to_string(), start.elapsed()));
+            }
+        }
+        Ok(())
+    });
+    for (r, o) in out.into_iter().enumerate() {
+        let (e, took) = o.unwrap_err();
+        assert!(took < Duration::from_secs(5), "rank {r} took {took:?}");
+        assert!(
+            e.contains("all_reduce #2 'gradients of step 2' [f32; 50000]")
+                && e.contains("all_reduce #2 'gradients of step 3' [f32; 50000]"),
+            "rank {r}: {e}"
+        );
+    }
 }

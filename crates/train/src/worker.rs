@@ -93,7 +93,7 @@ pub fn run(job: &JobSpec, opts: &TrainOptions, id: &Identity) -> Result<Outcome,
                 d.ps_servers,
                 &Default::default(),
             )
-            .and_then(|()| comm.barrier());
+            .and_then(|()| comm.named("end of training").barrier());
             match served {
                 Ok(()) => {
                     comm.leave();

@@ -77,7 +77,7 @@ impl GradSync {
             GradSync::Local => Ok(model),
             GradSync::Ring(comm) => {
                 let mut all = flat::params_to_flat(&model, Which::All);
-                comm.broadcast(&mut all, 0)?;
+                comm.named("parameters").broadcast(&mut all, 0)?;
                 Ok(flat::params_from_flat(model, &all, Which::All))
             }
             GradSync::Ps {
@@ -135,7 +135,7 @@ impl GradSync {
             GradSync::Ring(comm) => {
                 let mut v = flat_grads(&model, grads, weight);
                 v.push(loss as f32 * weight);
-                comm.all_reduce(&mut v, ReduceOp::Sum)?;
+                comm.named("gradients").all_reduce(&mut v, ReduceOp::Sum)?;
                 let global_loss = v.pop().unwrap_or(0.0) as f64;
                 let g = flat::grads_from_flat(&model, v, device);
                 Ok(Stepped {
@@ -190,7 +190,8 @@ impl GradSync {
                 if v.is_empty() {
                     return Ok(model);
                 }
-                comm.all_reduce(&mut v, ReduceOp::Mean)?;
+                comm.named("batch-norm statistics")
+                    .all_reduce(&mut v, ReduceOp::Mean)?;
                 Ok(flat::params_from_flat(model, &v, Which::Buffers))
             }
             // Servers hold trainable parameters only: workers swap their buffers
@@ -249,7 +250,7 @@ impl GradSync {
         match self {
             GradSync::Local => Ok(()),
             GradSync::Ring(c) | GradSync::Ps { comm: c, .. } => {
-                c.barrier()?;
+                c.named("end of training").barrier()?;
                 c.leave();
                 Ok(())
             }
