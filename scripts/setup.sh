@@ -2,13 +2,14 @@
 # Installs what dlcluster needs beyond Rust: Debian packages (the Fashion-MNIST dataset,
 # a TrueType font for PNG plots). With --launchers also Open MPI and Slurm (for
 # `mpirun … dlc worker` and a local test cluster: scripts/slurm-local.sh start) and
-# python3-venv (CI checks the Kubernetes manifests with pip's kubernetes-validate).
+# python3-venv (CI checks the Kubernetes manifests with pip's kubernetes-validate), and
+# iproute2 (`ss`, with which the fault-injection tests cut a running job's links).
 # Uses sudo only when not root. Safe to run again: installs only what is missing.
 set -euo pipefail
 
 packages=(dataset-fashion-mnist fonts-dejavu-core)
 if [ "${1:-}" = "--launchers" ]; then
-  packages+=(openmpi-bin slurm-wlm munge python3-venv)
+  packages+=(openmpi-bin slurm-wlm munge python3-venv iproute2)
 fi
 
 missing=()

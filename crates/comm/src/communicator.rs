@@ -240,8 +240,10 @@ impl Communicator {
     /// Reports that this rank failed because of `reason`: every other rank's next
     /// (or current) wait ends with an error naming this rank and the reason.
     pub fn fail(&mut self, reason: &str) {
+        // A coordinator that fell silent would only make this rank wait to exit.
+        let silent = self.coordinator_silence().is_some();
         self.heartbeat = None;
-        if !std::mem::replace(&mut self.ended, true) {
+        if !std::mem::replace(&mut self.ended, true) && !silent {
             self.control.fail(reason);
         }
     }

@@ -25,7 +25,7 @@ pub mod rendezvous;
 pub mod transport;
 
 pub use communicator::{CommConfig, Communicator, ReduceOp};
-pub use p2p::Stall;
 pub use element::Element;
 pub use error::CommError;
+pub use p2p::Stall;
 pub use rendezvous::Coordinator;

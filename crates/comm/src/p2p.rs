@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::collectives::{check_header, header, Op, HEADER};
 use crate::communicator::Communicator;
-use crate::rendezvous::{BUSY_LIMIT, HEARTBEAT};
 use crate::element::Element;
+use crate::rendezvous::{BUSY_LIMIT, HEARTBEAT};
 use crate::transport::{read_some, wait, write_some, Io, Want, Woke};
 use crate::CommError;
 

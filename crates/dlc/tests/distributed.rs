@@ -3,8 +3,6 @@
 mod common;
 use common::*;
 
-use std::time::{Duration, Instant};
-
 /// 1800 samples, global batch 60, drop_last: 30 steps in one epoch.
 fn equivalence_job(model: &str, optimizer: &str) -> String {
     format!(
@@ -156,118 +154,6 @@ fn async_parameter_server_trains_fashion_mnist() {
     let acc = s["test_accuracy"].as_f64().unwrap();
     assert!(acc >= 0.85, "async PS test accuracy {acc}");
     eprintln!("async PS test accuracy {acc}");
-}
-
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-fn rank_of(pid: u32) -> Option<String> {
-    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    env.split(|&b| b == 0)
-        .filter_map(|kv| std::str::from_utf8(kv).ok())
-        .find_map(|kv| kv.strip_prefix("DLC_RANK=").map(str::to_string))
-}
-
-#[test]
-fn a_killed_worker_fails_the_job_fast_naming_it_and_leaves_no_orphans() {
-    worker_fault(
-        "-9",
-        &["rank 1 failed", "signal 9"],
-        Duration::from_secs(10),
-    );
-}
-
-#[test]
-fn a_stopped_worker_fails_the_job_within_the_silence_bound_naming_it() {
-    // SIGSTOP closes nothing: only the missing heartbeats tell. The collective
-    // deadline (20 s) is longer than the bound checked here.
-    worker_fault(
-        "-STOP",
-        &["rank 1 failed", "heartbeat"],
-        dlc_comm::rendezvous::SILENCE + Duration::from_secs(4),
-    );
-}
-
-/// Sends `signal` to rank 1 of a running 3-worker job and checks that the launcher
-/// fails within `bound`, its error holding each of `expect`, with no process left.
-fn worker_fault(signal: &str, expect: &[&str], bound: Duration) {
-    let dir = tempfile::tempdir().unwrap();
-    let job = job(
-        dir.path(),
-        "long.toml",
-        "[model]\npreset = \"mlp\"\n[data]\ndataset = \"fashion-mnist\"\n[train]\nepochs = 50\n\
-         batch_size = 64\nlog_every = 10\n[distributed]\ntimeout_s = 20\n",
-    );
-    let out = dir.path().join("o");
-    let mut launcher = dlc()
-        .args([
-            "train",
-            job.to_str().unwrap(),
-            "--workers",
-            "3",
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until training runs.
-    let start = Instant::now();
-    while !std::fs::read_to_string(out.join("metrics.jsonl")).is_ok_and(|t| t.contains("\"step\""))
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "training never started"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let kids = children(launcher.id());
-    assert_eq!(kids.len(), 3, "one process per worker: {kids:?}");
-    let victim = *kids
-        .iter()
-        .find(|&&p| rank_of(p).as_deref() == Some("1"))
-        .unwrap();
-    let hit = Instant::now();
-    signal_process(signal, victim);
-    let status = loop {
-        if let Some(s) = launcher.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            hit.elapsed() < bound + Duration::from_secs(20),
-            "launcher did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let took = hit.elapsed();
-    eprintln!("kill {signal}: the job failed {took:.1?} after the signal");
-    assert!(!status.success());
-    assert!(took < bound, "took {took:?}");
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut launcher.stderr.take().unwrap(), &mut err).unwrap();
-    for e in expect {
-        assert!(err.contains(e), "no `{e}` in:\n{err}");
-    }
-    for p in kids {
-        assert!(
-            !std::path::Path::new(&format!("/proc/{p}")).exists(),
-            "process {p} outlived the job"
-        );
-    }
-}
-
-fn signal_process(signal: &str, pid: u32) {
-    let ok = std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
 }
 
 #[test]

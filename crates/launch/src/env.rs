@@ -391,7 +391,8 @@ impl Identity {
         if !self.hosts_coordinator {
             return Ok(None);
         }
-        let coord = dlc_comm::Coordinator::start(&self.bind_addr(), self.key(), self.world, timeout)?;
+        let coord =
+            dlc_comm::Coordinator::start(&self.bind_addr(), self.key(), self.world, timeout)?;
         // A silent coordinator is then this rank's failure, and named so.
         coord.hosted_by(self.rank);
         Ok(Some(coord))
