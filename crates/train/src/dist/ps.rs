@@ -120,30 +120,18 @@ pub fn serve<B: AutodiffBackend>(
             }
         }
         PsMode::Async => {
-            let staleness = job.distributed.max_staleness;
-            let mut pushes = vec![0usize; workers];
-            let mut waiting = vec![false; workers];
+            let mut gate = StalenessGate::new(workers, job.distributed.max_staleness, total_steps);
             let poll = Duration::from_millis(200);
             let mut stall = dlc_comm::Stall::new();
-            while pushes.iter().sum::<usize>() < workers * total_steps || waiting.iter().any(|&w| w)
-            {
-                // Reply to workers within the staleness bound.
-                let slowest = *pushes.iter().min().unwrap_or(&0);
-                let ready: Vec<usize> = (0..workers)
-                    .filter(|&w| waiting[w] && pushes[w] <= slowest + staleness)
-                    .collect();
+            while !gate.done() {
+                let ready = gate.release();
                 if !ready.is_empty() {
                     let fresh = params_to_flat(&module, Which::Trainable);
                     let sends: Vec<(usize, &[f32])> =
                         ready.iter().map(|&w| (w, &fresh[..])).collect();
                     comm.exchange(&sends, &mut [])?;
-                    for w in ready {
-                        waiting[w] = false;
-                    }
                 }
-                let candidates: Vec<usize> = (0..workers)
-                    .filter(|&w| !waiting[w] && pushes[w] < total_steps)
-                    .collect();
+                let candidates = gate.candidates();
                 if candidates.is_empty() {
                     continue;
                 }
@@ -167,11 +155,125 @@ pub fn serve<B: AutodiffBackend>(
                     if !lr.is_nan() {
                         module = apply(module, buf, f64::from(lr));
                     }
-                    pushes[w] += 1;
-                    waiting[w] = true;
+                    gate.pushed(w);
                 }
             }
+            tracing::info!(
+                "asynchronous parameter server {index}: workers ran up to {} step(s) ahead \
+                 of the slowest (bound {})",
+                gate.max_lead(),
+                job.distributed.max_staleness
+            );
         }
     }
     Ok(())
+}
+
+/// When an asynchronous server answers a worker: a worker that pushed gradients
+/// waits for fresh parameters until it is at most `staleness` pushes ahead of the
+/// slowest worker — stale-synchronous parallel, bounded staleness.
+#[derive(Debug)]
+pub struct StalenessGate {
+    pushes: Vec<usize>,
+    waiting: Vec<bool>,
+    staleness: usize,
+    total: usize,
+    max_lead: usize,
+}
+
+impl StalenessGate {
+    /// A gate for `workers` workers that push `total` times each.
+    pub fn new(workers: usize, staleness: usize, total: usize) -> Self {
+        Self {
+            pushes: vec![0; workers],
+            waiting: vec![false; workers],
+            staleness,
+            total,
+            max_lead: 0,
+        }
+    }
+
+    /// Worker `w` pushed gradients and waits for parameters.
+    pub fn pushed(&mut self, w: usize) {
+        self.pushes[w] += 1;
+        self.waiting[w] = true;
+    }
+
+    /// The waiting workers that may have their parameters now (no longer waiting).
+    pub fn release(&mut self) -> Vec<usize> {
+        let slowest = self.pushes.iter().copied().min().unwrap_or(0);
+        let ready: Vec<usize> = (0..self.pushes.len())
+            .filter(|&w| self.waiting[w] && self.pushes[w] <= slowest + self.staleness)
+            .collect();
+        for &w in &ready {
+            self.waiting[w] = false;
+            self.max_lead = self.max_lead.max(self.pushes[w] - slowest);
+        }
+        ready
+    }
+
+    /// The workers whose next push may come now.
+    pub fn candidates(&self) -> Vec<usize> {
+        (0..self.pushes.len())
+            .filter(|&w| !self.waiting[w] && self.pushes[w] < self.total)
+            .collect()
+    }
+
+    /// Whether every worker pushed its last gradients and got its answer.
+    pub fn done(&self) -> bool {
+        self.pushes.iter().all(|&p| p >= self.total) && !self.waiting.iter().any(|&w| w)
+    }
+
+    /// The most pushes any answered worker was ahead of the slowest one.
+    pub fn max_lead(&self) -> usize {
+        self.max_lead
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StalenessGate;
+
+    /// Runs a fast worker 0 (pushes whenever it may) against a worker 1 that pushes
+    /// once every `slow` rounds; returns the gate and worker 0's lead at each answer.
+    fn run(staleness: usize, slow: usize, total: usize) -> (StalenessGate, Vec<usize>) {
+        let mut gate = StalenessGate::new(2, staleness, total);
+        let mut leads = Vec::new();
+        for round in 0.. {
+            assert!(round < 100 * total, "the gate deadlocked: {gate:?}");
+            if gate.done() {
+                break;
+            }
+            for w in gate.candidates() {
+                if w == 0 || round % slow == 0 {
+                    gate.pushed(w);
+                }
+            }
+            for w in gate.release() {
+                if w == 0 {
+                    leads.push(gate.pushes[0] - gate.pushes[1].min(gate.pushes[0]));
+                }
+            }
+        }
+        (gate, leads)
+    }
+
+    #[test]
+    fn a_fast_worker_runs_ahead_exactly_up_to_the_bound() {
+        for staleness in 0..4 {
+            let (gate, leads) = run(staleness, 3, 30);
+            assert!(gate.done());
+            // Answered as soon as allowed: the lead reaches the bound (a synchronous
+            // server would keep it at 0) and never passes it.
+            assert_eq!(gate.max_lead(), staleness, "{leads:?}");
+            assert!(leads.iter().all(|&l| l <= staleness), "{leads:?}");
+        }
+    }
+
+    #[test]
+    fn workers_at_the_same_pace_never_run_ahead() {
+        let (gate, _) = run(0, 1, 10);
+        assert!(gate.done());
+        assert_eq!(gate.max_lead(), 0);
+    }
 }
