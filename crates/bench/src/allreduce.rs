@@ -81,13 +81,14 @@ pub fn rows(
     ranks: usize,
     medians: &[(usize, f64)],
     iters: usize,
+    socket_buffer: Option<usize>,
 ) -> Result<Vec<Row>, BenchError> {
     let mut rows = Vec::new();
     for &(bytes, t) in medians {
         let n = ranks as f64;
         let algbw = bytes as f64 / t / 1e9;
         let memcpy = memcpy_gbps(bytes, iterations(bytes, iters));
-        let tcp = tcp_gbps(exe, bytes, iterations(bytes, iters))?;
+        let tcp = tcp_gbps(exe, bytes, iterations(bytes, iters), socket_buffer)?;
         rows.push(Row {
             ranks,
             bytes,
@@ -161,16 +162,14 @@ pub fn memcpy_gbps(bytes: usize, iters: usize) -> f64 {
     bytes as f64 / median(times) / 1e9
 }
 
-fn tune(s: &TcpStream) {
-    let _ = s.set_nodelay(true);
-    let sock = socket2::SockRef::from(s);
-    let _ = sock.set_send_buffer_size(dlc_comm::transport::SOCKET_BUFFER);
-    let _ = sock.set_recv_buffer_size(dlc_comm::transport::SOCKET_BUFFER);
-}
-
 /// Median single-stream TCP loopback throughput between this process and a child
 /// (`exe bench allreduce --tcp-source ADDR --tcp-bytes B --iters K`), GB/s.
-pub fn tcp_gbps(exe: &Path, bytes: usize, iters: usize) -> Result<f64, BenchError> {
+pub fn tcp_gbps(
+    exe: &Path,
+    bytes: usize,
+    iters: usize,
+    socket_buffer: Option<usize>,
+) -> Result<f64, BenchError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(other("tcp ceiling listener"))?;
     let addr = listener
         .local_addr()
@@ -182,6 +181,8 @@ pub fn tcp_gbps(exe: &Path, bytes: usize, iters: usize) -> Result<f64, BenchErro
             &bytes.to_string(),
             "--iters",
             &iters.to_string(),
+            "--socket-buffer",
+            &socket_buffer.map_or("auto".into(), |b| b.to_string()),
         ])
         .stdout(Stdio::null())
         .spawn()
@@ -203,7 +204,7 @@ pub fn tcp_gbps(exe: &Path, bytes: usize, iters: usize) -> Result<f64, BenchErro
         s.set_nonblocking(false).map_err(other("socket"))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))
             .map_err(other("socket"))?;
-        tune(&s);
+        dlc_comm::transport::set_buffers(&s, socket_buffer);
         let mut buf = vec![0u8; bytes];
         let mut times = Vec::with_capacity(iters);
         for i in 0..iters + 3 {
@@ -222,11 +223,16 @@ pub fn tcp_gbps(exe: &Path, bytes: usize, iters: usize) -> Result<f64, BenchErro
 }
 
 /// The child side of [`tcp_gbps`]: sends `bytes` after each 1-byte request.
-pub fn tcp_source(addr: &str, bytes: usize, iters: usize) -> Result<(), BenchError> {
+pub fn tcp_source(
+    addr: &str,
+    bytes: usize,
+    iters: usize,
+    socket_buffer: Option<usize>,
+) -> Result<(), BenchError> {
     let mut s = TcpStream::connect(addr).map_err(other("tcp ceiling source"))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(other("socket"))?;
-    tune(&s);
+    dlc_comm::transport::set_buffers(&s, socket_buffer);
     let data = vec![7u8; bytes];
     let mut req = [0u8; 1];
     for _ in 0..iters + 3 {

@@ -29,6 +29,9 @@ pub struct CommConfig {
     /// exchange (one round, latency optimal); larger ones, and all messages between
     /// two ranks, use the pipelined ring (measured faster there at every size).
     pub small_message_bytes: usize,
+    /// Socket buffer size of peer links; `None` leaves Linux's autotuning on
+    /// (measured in DESIGN.md).
+    pub socket_buffer: Option<usize>,
 }
 
 impl CommConfig {
@@ -42,6 +45,7 @@ impl CommConfig {
             join_timeout: Duration::from_secs(30),
             timeout: Duration::from_secs(30),
             small_message_bytes: 16 << 10,
+            socket_buffer: transport::SOCKET_BUFFER,
         }
     }
 }
@@ -172,7 +176,7 @@ impl Communicator {
             }
         }
         for s in links.iter().flatten() {
-            transport::tune(s)?;
+            transport::tune(s, cfg.socket_buffer)?;
         }
         control
             .stream

@@ -23,8 +23,11 @@ use crate::auth::{accept_handshake, connect_handshake, JobKey};
 use crate::rendezvous::{Handshaking, MAX_HANDSHAKES};
 use crate::CommError;
 
-/// Socket buffer size requested for peer links.
-pub const SOCKET_BUFFER: usize = 4 << 20;
+/// Socket buffer size requested for peer links by default (see
+/// [`crate::CommConfig::socket_buffer`]): none, Linux's autotuning. A fixed size
+/// measured no better on loopback (DESIGN.md), and it would cap the window at
+/// `net.core.rmem_max` — 208 KiB on a stock kernel, too small for a fast network.
+pub const SOCKET_BUFFER: Option<usize> = None;
 
 /// Accepts and authenticates peer connections in the background.
 pub struct Acceptor {
@@ -108,12 +111,21 @@ impl Drop for Acceptor {
     }
 }
 
+/// Sets `TCP_NODELAY` and, when `buffer` is given, both socket buffers to it (which
+/// turns Linux's buffer autotuning off for the socket and caps the buffers at
+/// `net.core.rmem_max`/`wmem_max`); `None` leaves the kernel's autotuning on.
+pub fn set_buffers(s: &TcpStream, buffer: Option<usize>) {
+    let _ = s.set_nodelay(true);
+    if let Some(b) = buffer {
+        let sock = socket2::SockRef::from(s);
+        let _ = sock.set_send_buffer_size(b);
+        let _ = sock.set_recv_buffer_size(b);
+    }
+}
+
 /// Prepares an established link for the data path.
-pub fn tune(s: &TcpStream) -> Result<(), CommError> {
-    s.set_nodelay(true).map_err(CommError::io("TCP_NODELAY"))?;
-    let sock = socket2::SockRef::from(s);
-    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
-    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+pub fn tune(s: &TcpStream, buffer: Option<usize>) -> Result<(), CommError> {
+    set_buffers(s, buffer);
     s.set_read_timeout(None)
         .map_err(CommError::io("link timeout"))?;
     s.set_write_timeout(None)

@@ -127,6 +127,12 @@ fn loopback_host_name() -> Option<String> {
 #[test]
 fn a_rank_behind_a_loopback_name_is_advertised_by_a_routable_address() {
     let (Some(ip), Some(name)) = (routable_ip(), loopback_host_name()) else {
+        // CI's machines have both (Debian's `127.0.1.1 host` line, a default route).
+        assert!(
+            std::env::var("DLC_REQUIRE_LAUNCHERS").as_deref() != Ok("1"),
+            "this test needs a routable address and a host name resolving to loopback \
+             (DLC_REQUIRE_LAUNCHERS=1 forbids skipping it)"
+        );
         eprintln!("skipping: needs a routable address and a host name resolving to loopback");
         return;
     };

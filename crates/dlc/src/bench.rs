@@ -85,6 +85,10 @@ pub struct AllreduceArgs {
     /// Seconds a rank may wait on another before failing.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// Socket buffers of the links: `auto` (Linux's autotuning) or a size such as
+    /// 4MiB (fixed, capped by net.core.rmem_max). Default: what training uses.
+    #[arg(long, value_parser = parse_buffer)]
+    socket_buffer: Option<Buffer>,
     /// One benchmark process under the local launcher (internal).
     #[arg(long, hide = true)]
     worker: bool,
@@ -168,6 +172,7 @@ fn allreduce_cmd(a: AllreduceArgs) -> Result<()> {
             addr,
             a.tcp_bytes.unwrap_or(0),
             a.iters,
+            a.buffer(),
         )?);
     }
     if a.ranks == 0 {
@@ -184,6 +189,7 @@ fn allreduce_cmd(a: AllreduceArgs) -> Result<()> {
         &a.sizes,
         a.iters.max(1),
         Duration::from_secs(a.timeout),
+        a.buffer(),
     )?;
     if a.json {
         for r in &rows {
@@ -203,6 +209,7 @@ pub(crate) fn allreduce_rows(
     sizes: &[usize],
     iters: usize,
     timeout: Duration,
+    socket_buffer: Option<usize>,
 ) -> Result<Vec<Row>> {
     let exe = std::env::current_exe().context("locating the dlc binary")?;
     let size_arg = sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -218,6 +225,8 @@ pub(crate) fn allreduce_rows(
             iters.to_string(),
             "--timeout".into(),
             timeout.as_secs().to_string(),
+            "--socket-buffer".into(),
+            socket_buffer.map_or("auto".into(), |b| b.to_string()),
         ],
         world: ranks,
         workers: ranks,
@@ -236,7 +245,13 @@ pub(crate) fn allreduce_rows(
     if medians.len() != sizes.len() {
         bail!("rank 0 reported {} of {} sizes", medians.len(), sizes.len());
     }
-    Ok(allreduce::rows(&exe, ranks, &medians, iters)?)
+    Ok(allreduce::rows(
+        &exe,
+        ranks,
+        &medians,
+        iters,
+        socket_buffer,
+    )?)
 }
 
 /// One process of `dlc bench allreduce`: identity from the launcher's variables; rank
@@ -247,6 +262,7 @@ fn bench_worker(a: &AllreduceArgs) -> Result<()> {
     let mut cfg = dlc_comm::CommConfig::new(&id.coordinator, id.key(), id.rank, id.world);
     cfg.timeout = Duration::from_secs(a.timeout);
     cfg.join_timeout = cfg.timeout;
+    cfg.socket_buffer = a.buffer();
     let medians = allreduce::worker(cfg, &a.sizes, a.iters.max(1))?;
     if id.rank == 0 {
         println!(
@@ -424,6 +440,34 @@ fn print_speedups(rows: &[matmul::Row], json: bool) {
                 g.n,
                 g.gflops / c.gflops
             );
+        }
+    }
+}
+
+/// A `--socket-buffer` value.
+#[derive(Debug, Clone, Copy)]
+pub enum Buffer {
+    /// Linux's autotuning.
+    Auto,
+    /// A fixed size in bytes.
+    Fixed(usize),
+}
+
+fn parse_buffer(s: &str) -> Result<Buffer, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        Ok(Buffer::Auto)
+    } else {
+        parse_size(s).map(Buffer::Fixed)
+    }
+}
+
+impl AllreduceArgs {
+    /// The socket buffer setting to use (`None`: autotuning).
+    fn buffer(&self) -> Option<usize> {
+        match self.socket_buffer {
+            None => dlc_comm::transport::SOCKET_BUFFER,
+            Some(Buffer::Auto) => None,
+            Some(Buffer::Fixed(b)) => Some(b),
         }
     }
 }

@@ -339,8 +339,14 @@ fn validate(a: &PlanArgs, job: &JobSpec) -> Result<()> {
     let p = measure(job, steps, 1)?;
     let exe = std::env::current_exe()?;
     let bytes = (p.grad_bytes + 4).div_ceil(4) * 4;
-    let rows = crate::bench::allreduce_rows(2, &[bytes], 10, Duration::from_secs(60))
-        .context("measuring the all-reduce")?;
+    let rows = crate::bench::allreduce_rows(
+        2,
+        &[bytes],
+        10,
+        Duration::from_secs(60),
+        dlc_comm::transport::SOCKET_BUFFER,
+    )
+    .context("measuring the all-reduce")?;
     let comm = rows[0].median_s;
     let local = p.batch_size.div_ceil(2) as f64;
     let compute = local * p.seconds_per_sample;

@@ -178,3 +178,33 @@ fn worker_without_a_launcher_explains_itself() {
     let e = fails(&["train", job.to_str().unwrap(), "--strategy", "allgather"]);
     assert!(e.contains("ring or ps"), "{e}");
 }
+
+#[test]
+fn uneven_and_empty_local_batches_match_one_worker() {
+    // 1801 samples in global batches of 50 over 3 workers: every step splits 17/17/16,
+    // and the epoch's last batch holds one sample, so two workers have none. Each
+    // worker's gradients are weighted by its share of the global batch, and an empty
+    // share contributes nothing (no NaN from 0/0, no optimizer step skipped).
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(
+        dir.path(),
+        "uneven.toml",
+        "[model]\npreset = \"mlp\"\n[data]\ndataset = \"fashion-mnist\"\nlimit = 1801\n\
+         test_limit = 500\n[train]\nepochs = 1\nbatch_size = 50\noptimizer = \"adam\"\n\
+         learning_rate = 0.002\nlog_every = 10\nseed = 5\ndrop_last = false\n",
+    );
+    let one = dir.path().join("one");
+    let s = train_to(&job, &one, &["--threads", "1"]);
+    assert_eq!(s["global_step"], 37);
+    let reference = weights(&one.join("model.safetensors"));
+    for (label, extra) in [
+        ("ring x3", vec!["--workers", "3"]),
+        ("ps sync x3", vec!["--workers", "3", "--strategy", "ps"]),
+    ] {
+        let out = dir.path().join(label.replace(' ', "_"));
+        let s = train_to(&job, &out, &extra);
+        assert_eq!(s["global_step"], 37, "{label}");
+        let diff = max_abs_diff(&reference, &weights(&out.join("model.safetensors")));
+        assert!(diff < 1e-4, "{label}: max abs difference {diff}");
+    }
+}
