@@ -244,8 +244,14 @@ impl Communicator {
     /// Reports that this rank failed because of `reason`: every other rank's next
     /// (or current) wait ends with an error naming this rank and the reason.
     pub fn fail(&mut self, reason: &str) {
-        // A coordinator that fell silent would only make this rank wait to exit.
-        let silent = self.coordinator_silence().is_some();
+        // A coordinator that fell silent would only make this rank wait to exit. It
+        // is silent only if nothing it sent waits unread (this rank may have been
+        // busy for a while without reading its heartbeat answers).
+        let unread = !matches!(
+            transport::wait(&[], Some(&self.control.stream), Duration::ZERO, ""),
+            Err(CommError::Timeout { .. })
+        );
+        let silent = !unread && self.coordinator_silence().is_some();
         self.heartbeat = None;
         if !std::mem::replace(&mut self.ended, true) && !silent {
             self.control.fail(reason);

@@ -547,3 +547,28 @@ fn a_rank_that_skips_a_step_fails_every_rank_at_once_naming_both_calls() {
         );
     }
 }
+
+#[test]
+fn a_rank_that_fails_after_long_local_work_still_reports_its_reason() {
+    // Rank 1 works for longer than the silence bound without reading the
+    // coordinator's heartbeat answers, then fails: the answers waiting unread show
+    // that the coordinator is alive, so the reason is sent and reaches rank 0.
+    let out = ranks(2, Duration::from_secs(30), |c| {
+        let mut buf = vec![1.0f32; 100];
+        c.all_reduce(&mut buf, ReduceOp::Sum).unwrap();
+        if c.rank() == 1 {
+            c.busy("evaluating", || {
+                std::thread::sleep(dlc_comm::rendezvous::SILENCE + Duration::from_secs(2))
+            });
+            c.fail("the loss diverged");
+            return None;
+        }
+        Some(
+            c.all_reduce(&mut buf, ReduceOp::Sum)
+                .unwrap_err()
+                .to_string(),
+        )
+    });
+    let e = out[0].as_ref().unwrap();
+    assert!(e.contains("rank 1 failed: the loss diverged"), "{e}");
+}
