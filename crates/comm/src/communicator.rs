@@ -272,14 +272,15 @@ impl Communicator {
     /// means, or `None` for a late reply to a key-value request that timed out
     /// (dropped: no request is pending during a collective).
     pub(crate) fn control_event(&mut self) -> Option<CommError> {
-        let s = &mut self.control.stream;
-        let _ = s.set_nonblocking(false);
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let err = match read_frame::<_, Reply>(s, "coordinator") {
+        let _ = self.control.stream.set_nonblocking(false);
+        let _ = self
+            .control
+            .stream
+            .set_read_timeout(Some(Duration::from_secs(2)));
+        let err = match read_frame::<_, Reply>(&mut self.control.stream, "coordinator") {
             Ok(Some(Reply::Abort { rank, reason })) => Some(CommError::Aborted { rank, reason }),
             Ok(Some(Reply::Beat { busy })) => {
-                self.control.heard = Instant::now();
-                self.control.busy = busy;
+                self.control.heard_beat(busy);
                 None
             }
             Ok(Some(Reply::Value { .. } | Reply::Stored { .. })) => None,
@@ -293,7 +294,7 @@ impl Communicator {
             }),
             Err(e) => Some(e),
         };
-        let _ = s.set_nonblocking(true);
+        let _ = self.control.stream.set_nonblocking(true);
         err
     }
 

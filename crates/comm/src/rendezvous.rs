@@ -164,6 +164,21 @@ struct State {
     host: Option<usize>,
 }
 
+impl State {
+    /// The ranks busy with announced long work ([`Request::Busy`]).
+    fn busy_ranks(&self) -> Vec<usize> {
+        (0..self.busy.len())
+            .filter(|&r| self.busy[r].is_some())
+            .collect()
+    }
+
+    /// `rank` left or failed: it is neither waited for nor busy any more.
+    fn gone(&mut self, rank: usize) {
+        self.left[rank] = true;
+        self.busy[rank] = None;
+    }
+}
+
 struct Shared {
     key: JobKey,
     world: usize,
@@ -547,7 +562,7 @@ fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Sh
             Request::Beat => {
                 beating = true;
                 let st = lock(&sh.state);
-                let busy = (0..sh.world).filter(|&r| st.busy[r].is_some()).collect();
+                let busy = st.busy_ranks();
                 drop(st);
                 Reply::Beat { busy }
             }
@@ -560,7 +575,7 @@ fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Sh
                 st.busy[rank] = what;
                 // Every rank hears it at once: one blocked in a collective must not
                 // time out before its next heartbeat answer.
-                let busy = (0..sh.world).filter(|&r| st.busy[r].is_some()).collect();
+                let busy = st.busy_ranks();
                 let others = writers_except(&st, rank);
                 drop(st);
                 notify(&others, &Reply::Beat { busy });
@@ -568,8 +583,7 @@ fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Sh
             }
             Request::Leave => {
                 let mut st = lock(&sh.state);
-                st.left[rank] = true;
-                st.busy[rank] = None;
+                st.gone(rank);
                 sh.changed.notify_all();
                 drop(st);
                 let _ = send(w, &Reply::Ok);
@@ -607,8 +621,7 @@ fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Sh
             }
             Request::Finish => {
                 let mut st = lock(&sh.state);
-                st.left[rank] = true;
-                st.busy[rank] = None;
+                st.gone(rank);
                 let others = writers_except(&st, rank);
                 sh.changed.notify_all();
                 drop(st);
@@ -635,8 +648,7 @@ fn fail(sh: &Shared, rank: usize, reason: &str) {
     if st.left[rank] {
         return;
     }
-    st.left[rank] = true;
-    st.busy[rank] = None;
+    st.gone(rank);
     if let Some((first, _)) = &st.failed {
         tracing::debug!("coordinator: rank {rank} failed after rank {first}: {reason}");
         sh.changed.notify_all();
@@ -797,6 +809,12 @@ impl CoordClient {
         }
     }
 
+    /// Records a heartbeat answer: the coordinator is alive, `busy` are busy.
+    pub(crate) fn heard_beat(&mut self, busy: Vec<usize>) {
+        self.heard = Instant::now();
+        self.busy = busy;
+    }
+
     /// Tells the coordinator that this rank starts (`Some`) or ended (`None`) long
     /// work that other ranks may be waiting for (see [`Request::Busy`]).
     pub fn busy(&self, what: Option<&str>) -> Result<(), CommError> {
@@ -925,10 +943,7 @@ impl CoordClient {
                 Reply::Value { id: got, .. } | Reply::Stored { id: got } if got != id => {
                     tracing::debug!("dropping a late reply to coordinator request {got}");
                 }
-                Reply::Beat { busy } => {
-                    self.heard = Instant::now();
-                    self.busy = busy;
-                }
+                Reply::Beat { busy } => self.heard_beat(busy),
                 reply => return Ok(reply),
             }
         }
