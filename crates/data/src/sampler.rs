@@ -158,6 +158,31 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_epoch_on_another_world_size_sees_every_sample_once() {
+        // The data cursor is global (epoch, global batches done): 3 ranks train the
+        // first 13 steps, 2 ranks (or 1, or 5) the rest of the same epoch.
+        let (n, b, cut) = (1003, 40, 13);
+        for after in [1, 2, 5] {
+            let order = sampler(n, b, 0, 3, false).epoch_order(4);
+            let mut seen = vec![0u32; n];
+            for (world, steps) in [
+                (3, 0..cut),
+                (after, cut..sampler(n, b, 0, 3, false).steps_per_epoch()),
+            ] {
+                for rank in 0..world {
+                    let s = sampler(n, b, rank, world, false);
+                    for step in steps.clone() {
+                        for &i in s.local_batch(&order, step) {
+                            seen[i] += 1;
+                        }
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&c| c == 1), "3 → {after} ranks");
+        }
+    }
+
+    #[test]
     fn split_range_is_balanced() {
         assert_eq!(split_range(10, 0, 3), (0, 4));
         assert_eq!(split_range(10, 1, 3), (4, 7));

@@ -234,6 +234,7 @@ pub(crate) fn allreduce_rows(
         timeout,
         quiet: true,
         max_restarts: 0,
+        min_workers: None,
         foreign: false,
         workdir: None,
     })

@@ -31,11 +31,6 @@ pub struct LaunchArgs {
     /// [default: [command] framework, else auto].
     #[arg(long)]
     framework: Option<Framework>,
-    /// Restart every process up to K times after a failure (exported as
-    /// DLC_RESTART_COUNT, so a script that checkpoints can resume) [default:
-    /// [command] max_restarts, else 0].
-    #[arg(long, value_name = "K")]
-    max_restarts: Option<usize>,
     /// Seconds every process of a foreign command may take to start and join before
     /// the job fails naming the missing ranks (gang start) [default: [command]
     /// join_timeout_s, else 60].
@@ -232,9 +227,6 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
     if foreign && (a.run.resume.is_some() || a.run.epochs.is_some() || a.run.steps.is_some()) {
         bail!("--resume, --epochs and --steps are for job files; pass your script its own options after `--`");
     }
-    if r.manager != Manager::Local && a.run.resume.is_some() {
-        bail!("--resume works with the local manager; under {} resume by running `dlc worker JOB --resume DIR` in your own job script", r.manager);
-    }
     let time_limit = r
         .time_limit
         .as_deref()
@@ -246,11 +238,7 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
         (None, None) => dlc_train::trainer::default_run_dir(&job),
     };
     let threads = (r.manager == Manager::Local).then_some(r.cpus_per_worker);
-    let mut worker_args = a.run.process_flags(&job, threads);
-    // Under schedulers the run directory comes from the spec; locally --resume replaces --out.
-    if let (Manager::Local, Some(dir)) = (r.manager, &a.run.resume) {
-        worker_args.extend(["--resume".into(), dir.display().to_string()]);
-    }
+    let worker_args = a.run.process_flags(&job, threads);
     let (exe, image) = match r.manager {
         Manager::Kubernetes => (
             PathBuf::from("dlc"),
@@ -284,7 +272,12 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
         .join_timeout
         .or(cmd.map(|c| c.join_timeout_s))
         .unwrap_or(60);
-    let max_restarts = a.max_restarts.or(cmd.map(|c| c.max_restarts)).unwrap_or(0);
+    // One restart mechanism for every job: --max-restarts, else [command] or
+    // [distributed] max_restarts.
+    let max_restarts = match (a.run.max_restarts, cmd) {
+        (None, Some(c)) if c.max_restarts > 0 => c.max_restarts,
+        _ => d.max_restarts,
+    };
     let command = cmd.map(|c| {
         let mut exec_args = vec![
             "--framework".to_string(),
@@ -358,6 +351,7 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
             _ => absolute(&out)?,
         },
         output_volume,
+        resume: a.run.resume.is_some(),
         port: r.port,
         timeout_s: if foreign {
             join_timeout
@@ -366,12 +360,8 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
         },
         command,
         max_restarts,
+        min_workers: d.min_workers,
     };
-    if !foreign && max_restarts > 0 {
-        bail!(
-            "--max-restarts works for commands after `--` so far; native jobs resume with --resume"
-        );
-    }
     if r.manager == Manager::Local && r.nodes > 1 {
         bail!("the local manager runs on this machine only; use --manager slurm or kubernetes for {} nodes", r.nodes);
     }

@@ -1,6 +1,8 @@
 //! `dlc train`, `dlc worker`, `dlc eval`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -60,6 +62,15 @@ pub struct RunOpts {
     /// Device: auto, cpu, cuda or cuda:N [default: [train] device, else auto].
     #[arg(long)]
     device: Option<dlc_job::DeviceSpec>,
+    /// Restart every process up to K times after a failure; a job file's job resumes
+    /// from its newest checkpoint, a command gets DLC_RESTART_COUNT [default:
+    /// [distributed] max_restarts (or [command] max_restarts), else 0].
+    #[arg(long, value_name = "K")]
+    pub max_restarts: Option<usize>,
+    /// Elastic restarts: continue without the ranks that failed while at least M
+    /// workers remain (the global batch stays the same) [default: restart all].
+    #[arg(long, value_name = "M")]
+    pub min_workers: Option<usize>,
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
@@ -130,6 +141,12 @@ impl RunOpts {
         if let Some(s) = self.max_staleness {
             d.max_staleness = s;
         }
+        if let Some(k) = self.max_restarts {
+            d.max_restarts = k;
+        }
+        if self.min_workers.is_some() {
+            d.min_workers = self.min_workers;
+        }
         if let Some(dev) = self.device {
             job.train.device = dev;
         }
@@ -147,6 +164,9 @@ impl RunOpts {
             resume: self.resume.clone(),
             quiet: self.quiet,
             local_rank: None,
+            restart: None,
+            stop: None,
+            kill_at_step: None,
         }
     }
 
@@ -154,9 +174,9 @@ impl RunOpts {
     /// (what follows `dlc worker JOB`; no run directory).
     pub fn process_flags(&self, job: &JobSpec, threads: Option<usize>) -> Vec<String> {
         let d = &job.distributed;
+        // No --workers: each process learns the world size from its launcher, so a
+        // restart with fewer processes (--min-workers) needs no other arguments.
         let mut a: Vec<String> = vec![
-            "--workers".into(),
-            d.workers.to_string(),
             "--strategy".into(),
             d.strategy.to_string(),
             "--ps-servers".into(),
@@ -285,7 +305,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let d = &job.distributed;
     if d.workers == 1 && d.strategy == Strategy::Ring {
         set_threads(args.threads);
-        let s = dlc_train::train(&job, &args.run.options())
+        let mut opts = args.run.options();
+        opts.stop = stop_on_signals(&job);
+        let s = dlc_train::train(&job, &opts)
             .with_context(|| format!("training {} failed", args.run.job.display()))?;
         print_summary(&summary_json(&s), args.json);
         crate::curves::after_training(&s.run_dir, args.run.quiet);
@@ -307,7 +329,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
         name: job.display_name().to_string(),
         timeout: d.join_timeout(),
         quiet: args.run.quiet,
-        max_restarts: 0,
+        max_restarts: d.max_restarts,
+        min_workers: d.min_workers,
         foreign: false,
         workdir: None,
     };
@@ -368,6 +391,9 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
     };
     let mut opts = args.run.options();
     opts.local_rank = Some(id.local_rank);
+    opts.restart = restart_from_env(job.distributed.workers);
+    opts.stop = stop_on_signals(&job);
+    opts.kill_at_step = fault_from_env(id.rank, opts.restart.is_some())?;
     let outcome = dlc_train::worker::run(&job, &opts, &tid)
         .with_context(|| format!("rank {} ({} launcher) failed", id.rank, id.source))?;
     if let Some(c) = coordinator {
@@ -386,6 +412,56 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The restart this process belongs to, from the launcher's `DLC_RESTART_*`
+/// variables (None on a first start).
+fn restart_from_env(workers: usize) -> Option<dlc_train::trainer::Restart> {
+    let var = |k: &str| std::env::var(k).ok();
+    let count = var("DLC_RESTART_COUNT")?.parse::<usize>().ok()?;
+    (count > 0).then(|| dlc_train::trainer::Restart {
+        count,
+        reason: var("DLC_RESTART_REASON")
+            .unwrap_or_else(|| "the previous attempt failed (see the job's log)".into()),
+        workers_before: var("DLC_RESTART_WORKERS_BEFORE")
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(workers),
+    })
+}
+
+/// Fault injection for testing recovery: `DLC_FAULT_KILL_AT_STEP=RANK:STEP` makes
+/// that rank SIGKILL itself right after global step STEP, on the first attempt only
+/// (a restarted job then runs through).
+fn fault_from_env(rank: usize, restarted: bool) -> Result<Option<usize>> {
+    let Ok(v) = std::env::var("DLC_FAULT_KILL_AT_STEP") else {
+        return Ok(None);
+    };
+    let (r, step) = v
+        .split_once(':')
+        .and_then(|(r, s)| {
+            Some((
+                r.trim().parse::<usize>().ok()?,
+                s.trim().parse::<usize>().ok()?,
+            ))
+        })
+        .with_context(|| format!("DLC_FAULT_KILL_AT_STEP={v}: expected RANK:STEP, e.g. 1:57"))?;
+    Ok((r == rank && !restarted).then_some(step))
+}
+
+/// SIGTERM and SIGUSR1 (preemption, a scheduler's time limit) stop training after the
+/// current step with a checkpoint, where the strategy can checkpoint; elsewhere they
+/// keep their default effect.
+fn stop_on_signals(job: &JobSpec) -> Option<Arc<AtomicUsize>> {
+    if job.distributed.strategy == Strategy::Ps {
+        return None;
+    }
+    let flag = Arc::new(AtomicUsize::new(0));
+    for sig in [libc::SIGTERM, libc::SIGUSR1] {
+        if signal_hook::flag::register_usize(sig, flag.clone(), sig as usize).is_err() {
+            return None;
+        }
+    }
+    Some(flag)
 }
 
 /// `dlc eval`.

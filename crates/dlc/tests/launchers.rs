@@ -369,11 +369,12 @@ fn dry_runs_print_the_script_and_the_manifests() {
         "#SBATCH --time=01:30:00",
         "#SBATCH --partition=gpu",
         " worker ",
-        "--workers 4",
         "--out /shared/runs/x",
     ] {
         assert!(s.contains(want), "missing {want:?}:\n{s}");
     }
+    // Workers take the world size from srun, so a smaller restart needs no edit.
+    assert!(!s.contains("--workers"), "{s}");
     let y = ok(&[
         "launch",
         "--manager",

@@ -11,9 +11,9 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use spec::{
-    parse_duration, ColumnSpec, CommandSpec, DataFormat, DataSpec, DeviceSpec, DistributedSpec,
-    Framework, LayerSpec, LrSchedule, Manager, ModelSpec, OptimizerKind, Padding, Preset, PsMode,
-    ResourcesSpec, Strategy, Task, TrainSpec,
+    parse_duration, CheckpointEvery, ColumnSpec, CommandSpec, DataFormat, DataSpec, DeviceSpec,
+    DistributedSpec, Framework, LayerSpec, LrSchedule, Manager, ModelSpec, OptimizerKind, Padding,
+    Preset, PsMode, ResourcesSpec, Strategy, Task, TrainSpec,
 };
 
 /// Why a job file was rejected.

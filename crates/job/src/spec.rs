@@ -623,6 +623,64 @@ pub struct TrainSpec {
     pub drop_last: bool,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: DeviceSpec,
+    /// Write a checkpoint every `N steps` or every period (`10m`) besides each epoch
+    /// end [default: epoch ends only].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<CheckpointEvery>,
+}
+
+/// `[train] checkpoint_every`: `"500 steps"` (or a bare number of steps) or a period
+/// such as `"90s"`, `"10m"`, `"1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "toml::Value", into = "String")]
+pub enum CheckpointEvery {
+    /// Every this many optimizer steps.
+    Steps(usize),
+    /// Whenever at least this much time passed since the last checkpoint.
+    Period(std::time::Duration),
+}
+
+impl std::str::FromStr for CheckpointEvery {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let steps = t
+            .strip_suffix("steps")
+            .or_else(|| t.strip_suffix("step"))
+            .unwrap_or(t)
+            .trim();
+        if let Ok(n) = steps.parse::<usize>() {
+            return match n {
+                0 => Err("checkpoint_every must be at least 1 step".into()),
+                n => Ok(CheckpointEvery::Steps(n)),
+            };
+        }
+        parse_duration(t).map(CheckpointEvery::Period).map_err(|_| {
+            format!("`{s}` is neither a number of steps (\"500 steps\") nor a period (\"10m\")")
+        })
+    }
+}
+
+impl TryFrom<toml::Value> for CheckpointEvery {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Integer(n) if n > 0 => Ok(CheckpointEvery::Steps(n as usize)),
+            toml::Value::String(s) => s.parse(),
+            other => Err(format!(
+                "`{other}` is neither a number of steps (\"500 steps\") nor a period (\"10m\")"
+            )),
+        }
+    }
+}
+
+impl From<CheckpointEvery> for String {
+    fn from(c: CheckpointEvery) -> String {
+        match c {
+            CheckpointEvery::Steps(n) => format!("{n} steps"),
+            CheckpointEvery::Period(d) => format!("{}s", d.as_secs_f64()),
+        }
+    }
 }
 
 impl Default for TrainSpec {
@@ -640,6 +698,7 @@ impl Default for TrainSpec {
             log_every: 50,
             drop_last: false,
             device: DeviceSpec::Auto,
+            checkpoint_every: None,
         }
     }
 }
@@ -711,6 +770,13 @@ pub struct DistributedSpec {
     /// [default: timeout_s].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub op_timeout_s: Option<u64>,
+    /// Restarts of every process after a failure, each resuming from the newest
+    /// checkpoint (`--max-restarts`; 0: a failure ends the job).
+    pub max_restarts: usize,
+    /// Elastic restarts: a restart continues without the ranks that failed as long as
+    /// at least this many workers remain (`--min-workers`) [default: restart all].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_workers: Option<usize>,
 }
 
 impl DistributedSpec {
@@ -744,6 +810,8 @@ impl Default for DistributedSpec {
             timeout_s: 30,
             join_timeout_s: None,
             op_timeout_s: None,
+            max_restarts: 0,
+            min_workers: None,
         }
     }
 }

@@ -405,3 +405,50 @@ fn join_and_op_timeouts_default_to_timeout_s_and_are_bounded() {
         assert!(e.contains("1 to 86400"), "{e}");
     }
 }
+
+#[test]
+fn checkpoint_every_takes_steps_or_a_period_and_restarts_check_their_bounds() {
+    let with = |extra: &str| JobSpec::from_toml_str(&format!("{GOOD}{extra}"), "job.toml");
+    for (text, want) in [
+        ("\"500 steps\"", CheckpointEvery::Steps(500)),
+        ("\"1 step\"", CheckpointEvery::Steps(1)),
+        ("200", CheckpointEvery::Steps(200)),
+        (
+            "\"10m\"",
+            CheckpointEvery::Period(std::time::Duration::from_secs(600)),
+        ),
+        (
+            "\"90s\"",
+            CheckpointEvery::Period(std::time::Duration::from_secs(90)),
+        ),
+    ] {
+        let job = with(&format!("checkpoint_every = {text}\n")).unwrap();
+        assert_eq!(job.train.checkpoint_every, Some(want), "{text}");
+        // Written into run directories and read back the same.
+        let again = JobSpec::from_toml_str(&job.to_toml(), "again").unwrap();
+        assert_eq!(again.train.checkpoint_every, Some(want), "{text}");
+    }
+    for bad in ["\"0 steps\"", "\"often\"", "-3", "true"] {
+        let e = with(&format!("checkpoint_every = {bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("checkpoint_every"), "{bad}: {e}");
+    }
+    let d = "[distributed]\nworkers = 3\n";
+    let job = with(&format!("{d}max_restarts = 2\nmin_workers = 2\n")).unwrap();
+    assert_eq!(
+        (job.distributed.max_restarts, job.distributed.min_workers),
+        (2, Some(2))
+    );
+    let e = with(&format!("{d}max_restarts = 2\nmin_workers = 4\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("distributed.min_workers") && e.contains("1 to distributed.workers (3)"),
+        "{e}"
+    );
+    let e = with(&format!("{d}min_workers = 2\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs distributed.max_restarts"), "{e}");
+}

@@ -494,6 +494,23 @@ pub(crate) fn check_distributed(d: &crate::DistributedSpec, batch: usize) -> Res
     if d.ps_servers == 0 {
         bad("distributed.ps_servers", "must be at least 1")?;
     }
+    if let Some(m) = d.min_workers {
+        if m == 0 || m > d.workers {
+            bad(
+                "distributed.min_workers",
+                format!(
+                    "is {m} but must be 1 to distributed.workers ({})",
+                    d.workers
+                ),
+            )?;
+        }
+        if d.max_restarts == 0 {
+            bad(
+                "distributed.min_workers",
+                "needs distributed.max_restarts ≥ 1: it decides how a restart continues",
+            )?;
+        }
+    }
     for (key, value) in [
         ("distributed.timeout_s", Some(d.timeout_s)),
         ("distributed.join_timeout_s", d.join_timeout_s),

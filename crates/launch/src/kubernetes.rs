@@ -344,10 +344,12 @@ mod tests {
             image: "registry.example/dlc:1".into(),
             workdir: PathBuf::from("/"),
             out: PathBuf::from("/runs/cnn"),
+            resume: false,
             port: None,
             timeout_s: 30,
             command: None,
             max_restarts: 0,
+            min_workers: None,
             output_volume: None,
         }
     }

@@ -31,8 +31,9 @@ pub enum LaunchError {
     /// The coordinator could not start.
     #[error(transparent)]
     Comm(#[from] dlc_comm::CommError),
-    /// The launcher was told to stop (SIGINT/SIGTERM); every process was stopped.
-    #[error("stopped by signal {0}; every process was stopped")]
+    /// The launcher was told to stop (SIGINT/SIGTERM): every process was asked to
+    /// stop (training writes a checkpoint first) and has stopped.
+    #[error("stopped by signal {0}; every process has stopped (ring and single-worker training write a checkpoint first: continue with --resume RUN_DIR)")]
     Interrupted(i32),
     /// Every attempt failed (`--max-restarts`): the last failure and the history.
     #[error("{last}\n{} attempt(s), all failed:\n{}", attempts.len(), attempts.join("\n"))]
@@ -74,8 +75,12 @@ pub struct LocalJob {
     /// No progress output.
     pub quiet: bool,
     /// Restarts of the whole set of processes after a failure (0: a failure ends the
-    /// job). Each attempt exports `DLC_RESTART_COUNT`.
+    /// job). Each attempt exports `DLC_RESTART_COUNT`, and after a failure
+    /// `DLC_RESTART_REASON` and `DLC_RESTART_WORKERS_BEFORE`.
     pub max_restarts: usize,
+    /// Elastic restarts: a failed worker is not replaced while at least this many
+    /// workers remain (None: every restart has all `workers`).
+    pub min_workers: Option<usize>,
     /// The processes run a foreign command (`dlc exec`): their stdout is the user's,
     /// not dlcluster's JSON progress events.
     pub foreign: bool,
@@ -104,64 +109,117 @@ fn role(rank: usize, workers: usize) -> String {
 }
 
 /// Starts the coordinator and every process, relays their output, and waits; after a
-/// failure, restarts the whole set up to `max_restarts` times.
+/// failure, restarts the whole set up to `max_restarts` times (without the failed
+/// worker when `min_workers` allows).
 pub fn run(job: &LocalJob) -> Result<Outcome, LaunchError> {
     let mut attempts = Vec::new();
-    for attempt in 0..=job.max_restarts {
-        match run_once(job, attempt) {
+    let mut attempt = Attempt {
+        number: 0,
+        workers: job.workers,
+        after: None,
+    };
+    loop {
+        let e = match run_once(job, &attempt) {
             Ok(outcome) => return Ok(outcome),
             Err(e @ LaunchError::Interrupted(_)) => return Err(e),
-            Err(e) => {
-                let first_line = e.to_string().lines().next().unwrap_or("").to_string();
-                attempts.push(format!("attempt {}: {first_line}", attempt + 1));
-                if attempt == job.max_restarts {
-                    if job.max_restarts == 0 {
-                        return Err(e);
-                    }
-                    return Err(LaunchError::GaveUp {
-                        last: Box::new(e),
-                        attempts,
-                    });
-                }
-                if !job.quiet {
-                    eprintln!(
-                        "{first_line}\nrestarting every process (restart {} of {})",
-                        attempt + 1,
-                        job.max_restarts
-                    );
-                }
+            Err(e) => e,
+        };
+        let first_line = e.to_string().lines().next().unwrap_or("").to_string();
+        attempts.push(format!(
+            "attempt {} ({} worker(s)): {first_line}",
+            attempt.number + 1,
+            attempt.workers
+        ));
+        let workers = match (&e, job.min_workers) {
+            (LaunchError::RankFailed { rank, .. }, Some(_)) if *rank < attempt.workers => {
+                attempt.workers - 1
             }
+            _ => attempt.workers,
+        };
+        let too_few = job.min_workers.filter(|&m| workers < m);
+        if attempt.number == job.max_restarts || too_few.is_some() {
+            if job.max_restarts == 0 {
+                return Err(e);
+            }
+            if let Some(m) = too_few {
+                attempts.push(format!(
+                    "not restarting: {workers} worker(s) would remain, fewer than --min-workers {m}"
+                ));
+            }
+            return Err(LaunchError::GaveUp {
+                last: Box::new(e),
+                attempts,
+            });
         }
+        if !job.quiet {
+            eprintln!(
+                "{first_line}\nrestarting {} (restart {} of {}){}",
+                if workers == attempt.workers {
+                    "every process".to_string()
+                } else {
+                    format!("with {workers} of {} workers", attempt.workers)
+                },
+                attempt.number + 1,
+                job.max_restarts,
+                if job.foreign {
+                    ""
+                } else {
+                    "; training continues from the newest checkpoint"
+                }
+            );
+        }
+        attempt = Attempt {
+            number: attempt.number + 1,
+            after: Some((first_line, attempt.workers)),
+            workers,
+        };
     }
-    unreachable!("the loop returns on its last attempt")
 }
 
-fn run_once(job: &LocalJob, attempt: usize) -> Result<Outcome, LaunchError> {
+/// One start of the whole set of processes.
+struct Attempt {
+    /// 0 for the first start.
+    number: usize,
+    /// Workers in this attempt.
+    workers: usize,
+    /// The previous attempt's failure and its workers.
+    after: Option<(String, usize)>,
+}
+
+fn run_once(job: &LocalJob, attempt: &Attempt) -> Result<Outcome, LaunchError> {
     let token = JobKey::random_token();
     let job_id = format!("{}-{}", job.name, std::process::id());
+    // Fewer workers after an elastic restart; the servers stay.
+    let world = job.world - (job.workers - attempt.workers);
+    let workers = attempt.workers;
     let coord = Coordinator::start(
         "127.0.0.1:0",
         JobKey::new(job_id.clone(), &token),
-        job.world,
+        world,
         job.timeout,
     )?;
     let (tx, rx) = mpsc::channel::<Event>();
-    let mut children: Vec<Child> = Vec::with_capacity(job.world);
-    for rank in 0..job.world {
+    let mut children: Vec<Child> = Vec::with_capacity(world);
+    for rank in 0..world {
         let mut command = Command::new(&job.exe);
         if let Some(dir) = &job.workdir {
             command.current_dir(dir);
         }
+        if let Some((reason, before)) = &attempt.after {
+            command
+                .env("DLC_RESTART_REASON", reason)
+                .env("DLC_RESTART_WORKERS_BEFORE", before.to_string());
+        }
         let spawned = command
             .args(&job.args)
             .env("DLC_RANK", rank.to_string())
-            .env("DLC_WORLD_SIZE", job.world.to_string())
+            .env("DLC_WORLD_SIZE", world.to_string())
             .env("DLC_COORDINATOR", coord.addr().to_string())
             .env("DLC_JOB_ID", &job_id)
             .env("DLC_JOB_TOKEN", &token)
             .env("DLC_PROGRESS", "json")
             .env("DLC_DIE_WITH_PARENT", "1")
-            .env("DLC_RESTART_COUNT", attempt.to_string())
+            .env("DLC_RESTART_COUNT", attempt.number.to_string())
             .env("DLC_EXEC_PREFIX", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -215,16 +273,16 @@ fn run_once(job: &LocalJob, attempt: usize) -> Result<Outcome, LaunchError> {
     };
     // A foreign command's stdout is the user's: relayed on stdout, even with -q.
     let user_line = |rank: usize, line: &str| {
-        let line = format!("[{}] {line}", role(rank, job.workers));
+        let line = format!("[{}] {line}", role(rank, workers));
         match &bar {
             Some(b) => b.println(line),
             None => println!("{line}"),
         }
     };
 
-    let mut tails: Vec<VecDeque<String>> = vec![VecDeque::new(); job.world];
+    let mut tails: Vec<VecDeque<String>> = vec![VecDeque::new(); world];
     let mut outcome = Outcome::default();
-    let mut exited: Vec<Option<std::process::ExitStatus>> = vec![None; job.world];
+    let mut exited: Vec<Option<std::process::ExitStatus>> = vec![None; world];
     let mut failure: Option<(usize, String, Instant)> = None;
     // SIGINT/SIGTERM stop the job: every process is stopped, none is orphaned.
     let signalled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -239,19 +297,29 @@ fn run_once(job: &LocalJob, attempt: usize) -> Result<Outcome, LaunchError> {
             signal_hook::low_level::unregister(*h);
         }
     };
+    // The first signal is passed on as SIGTERM (training stops after its step with a
+    // checkpoint); a second one, or STOP_GRACE, stops every process at once.
+    let mut stopping: Option<(usize, Instant)> = None;
     loop {
-        let sig = signalled.load(std::sync::atomic::Ordering::SeqCst);
-        if sig != 0 {
+        let sig = signalled.swap(0, std::sync::atomic::Ordering::SeqCst);
+        let overdue = stopping.is_some_and(|(_, t)| t.elapsed() > STOP_GRACE);
+        if (sig != 0 && stopping.is_some()) || overdue {
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }
             stop_all(&mut children);
             unhook();
-            return Err(LaunchError::Interrupted(sig as i32));
+            let first = stopping.map_or(sig, |(s, _)| s);
+            return Err(LaunchError::Interrupted(first as i32));
+        }
+        if sig != 0 {
+            say("stopping: every process was asked to stop (training writes a checkpoint first); signal again to stop at once");
+            signal_all(&mut children, libc::SIGTERM);
+            stopping = Some((sig, Instant::now()));
         }
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(Event::Stderr(rank, line)) => {
-                say(&format!("[{}] {line}", role(rank, job.workers)));
+                say(&format!("[{}] {line}", role(rank, workers)));
                 let t = &mut tails[rank];
                 t.push_back(line);
                 if t.len() > 8 {
@@ -278,7 +346,7 @@ fn run_once(job: &LocalJob, attempt: usize) -> Result<Outcome, LaunchError> {
                 }
                 Ok(v) if v["event"] == "log" => say(v["msg"].as_str().unwrap_or("")),
                 Ok(v) if rank == 0 && v["event"] == "summary" => outcome.summary = Some(v),
-                _ => say(&format!("[{}] {line}", role(rank, job.workers))),
+                _ => say(&format!("[{}] {line}", role(rank, workers))),
             },
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {}
@@ -310,7 +378,7 @@ fn run_once(job: &LocalJob, attempt: usize) -> Result<Outcome, LaunchError> {
                         }
                     }
                 } else if let Event::Stderr(rank, line) = ev {
-                    say(&format!("[{}] {line}", role(rank, job.workers)));
+                    say(&format!("[{}] {line}", role(rank, workers)));
                 }
             }
             break;
@@ -320,12 +388,16 @@ fn run_once(job: &LocalJob, attempt: usize) -> Result<Outcome, LaunchError> {
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
+    if let Some((sig, _)) = stopping {
+        stop_all(&mut children);
+        return Err(LaunchError::Interrupted(sig as i32));
+    }
     if let Some((rank, status, _)) = failure {
         stop_all(&mut children);
         let (rank, status) = first_failure((rank, status), coord.failure(), &exited);
         return Err(LaunchError::RankFailed {
             rank,
-            role: role(rank, job.workers),
+            role: role(rank, workers),
             status,
             tail: tails[rank].iter().cloned().collect::<Vec<_>>().join("\n"),
         });
@@ -360,20 +432,29 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
+/// How long processes asked to stop by a signal may take (a checkpoint) before they
+/// are stopped at once.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Sends `sig` to every process still running.
+fn signal_all(children: &mut [Child], sig: i32) {
+    for c in children.iter_mut() {
+        if let Ok(None) = c.try_wait() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+}
+
 /// Stops every process: SIGTERM (an agent then stops its command's process group),
 /// then SIGCONT (a stopped process, e.g. one the coordinator found frozen, handles
 /// its SIGTERM only once continued), SIGKILL for whatever still runs after a grace
 /// period.
 fn stop_all(children: &mut [Child]) {
-    for c in children.iter_mut() {
-        if let Ok(None) = c.try_wait() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
-                libc::kill(c.id() as i32, libc::SIGCONT);
-            }
-        }
-    }
+    signal_all(children, libc::SIGTERM);
+    signal_all(children, libc::SIGCONT);
     let until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < until
         && children
@@ -410,6 +491,7 @@ impl Local {
             timeout: Duration::from_secs(spec.timeout_s),
             quiet: self.quiet,
             max_restarts: spec.max_restarts,
+            min_workers: spec.min_workers,
             foreign: spec.command.is_some(),
             workdir: Some(spec.workdir.clone()),
         }

@@ -325,10 +325,12 @@ mod tests {
             image: "dlc:latest".into(),
             workdir: PathBuf::from("/home/me"),
             out: PathBuf::from("/home/me/runs/my run"),
+            resume: false,
             port: None,
             timeout_s: 30,
             command: None,
             max_restarts: 0,
+            min_workers: None,
             output_volume: None,
         }
     }

@@ -40,6 +40,8 @@ pub struct LaunchSpec {
     pub workdir: PathBuf,
     /// Run directory rank 0 writes.
     pub out: PathBuf,
+    /// `out` holds a run to continue from its checkpoint (`dlc launch --resume`).
+    pub resume: bool,
     /// Port of the coordinator rank 0 hosts (None: derived from the scheduler's job id).
     pub port: Option<u16>,
     /// Seconds every rank may take to start and join the coordinator rank 0 hosts.
@@ -48,6 +50,9 @@ pub struct LaunchSpec {
     pub command: Option<ForeignCommand>,
     /// Restarts of the whole job after a failure (0: a failure ends it).
     pub max_restarts: usize,
+    /// Elastic restarts: continue without failed workers while at least this many
+    /// remain (the local manager; None: restart all).
+    pub min_workers: Option<usize>,
     /// Where the run directory is kept when the processes' file systems are not (a
     /// Kubernetes volume mounted in every pod).
     pub output_volume: Option<OutputVolume>,
@@ -73,7 +78,8 @@ pub struct ForeignCommand {
 }
 
 impl LaunchSpec {
-    /// What follows `dlc` in every process: `worker JOB … --out DIR`, or
+    /// What follows `dlc` in every process: `worker JOB … --out DIR` (`--resume DIR`
+    /// when continuing a run), or
     /// `exec … --out DIR -- COMMAND…`; `job_file` is the job file as the process
     /// sees it.
     pub fn process_args(&self, job_file: &str) -> Vec<String> {
@@ -82,7 +88,8 @@ impl LaunchSpec {
             None => {
                 let mut a = vec!["worker".to_string(), job_file.to_string()];
                 a.extend(self.worker_args.iter().cloned());
-                a.extend(["--out".into(), out]);
+                let flag = if self.resume { "--resume" } else { "--out" };
+                a.extend([flag.into(), out]);
                 a
             }
             Some(c) => {

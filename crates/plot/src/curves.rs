@@ -106,7 +106,14 @@ pub fn load(run_dir: &Path) -> Result<Run, CurvesError> {
                 };
                 accuracy.insert(num("epoch")? as u64, value);
             }
-            _ => return Err(bad("\"kind\" is neither \"step\" nor \"epoch\"".into())),
+            // Events without a curve of their own; steps done again after a restart
+            // replace the lost ones above.
+            Some("restart" | "stop") => {}
+            _ => {
+                return Err(bad(
+                    "\"kind\" is none of \"step\", \"epoch\", \"restart\", \"stop\"".into(),
+                ))
+            }
         }
     }
     if loss.is_empty() && accuracy.is_empty() {

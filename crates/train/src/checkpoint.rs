@@ -1,12 +1,25 @@
-//! Checkpoints: model, optimizer state and loop position, written atomically.
+//! Checkpoints: model, optimizer state and the global data cursor, written atomically
+//! off the training thread, with the previous checkpoint kept as a fallback.
 //!
-//! Layout of `<run>/checkpoint/`: `model.bin` (burn record, with parameter ids),
-//! `optim.bin` (optimizer record keyed by those ids), `state.json` ([`LoopState`]).
+//! Layout: `<run>/checkpoint/` (newest) and `<run>/checkpoint.old/` (the one before),
+//! each with `model.bin` (burn record, with parameter ids), `optim.bin` (optimizer
+//! record keyed by those ids) and `state.json` ([`LoopState`] plus each file's length
+//! and CRC-32C). Nothing in a checkpoint is keyed by rank or by the number of
+//! workers: the data cursor counts global batches, so any number of workers (and
+//! either strategy that keeps optimizer state on the workers) continues it.
+//!
+//! Writing: [`Snapshot::take`] copies the state into memory on the training thread
+//! (the only part training waits for); [`Writer`] writes it into `checkpoint.tmp` on a
+//! thread of its own, fsyncs every file and the directory, moves the newest to
+//! `checkpoint.old` and renames the new one into place. [`load`] verifies the checksums
+//! and falls back to `checkpoint.old`, with a warning, when the newest is damaged.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use burn::module::Module;
-use burn::record::{BinFileRecorder, FullPrecisionSettings};
+use burn::record::{BinBytesRecorder, BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use dlc_model::Net;
 use serde::{Deserialize, Serialize};
@@ -14,75 +27,284 @@ use serde::{Deserialize, Serialize};
 use crate::optim::AnyOptim;
 use crate::TrainError;
 
-/// Where the training loop stands.
+/// Where the training loop stands: the global data cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct LoopState {
     /// Epoch in progress (0-based).
     pub epoch: usize,
-    /// Steps already done in that epoch.
+    /// Global batches already trained in that epoch: the epoch's permutation
+    /// continues at sample `step_in_epoch × batch_size`, whatever the worker count.
     pub step_in_epoch: usize,
-    /// Steps done since the start of training.
+    /// Steps done since the start of training (it also keys every random draw).
     pub global_step: usize,
 }
 
-/// The checkpoint directory of a run directory.
+/// What `state.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StateFile {
+    #[serde(flatten)]
+    state: LoopState,
+    /// Global samples consumed in the epoch (informational: `step_in_epoch ×
+    /// batch_size` unless the last batch was short).
+    #[serde(default)]
+    samples_in_epoch: usize,
+    /// Workers of the run that wrote it (informational: any number may resume).
+    #[serde(default)]
+    workers: usize,
+    /// Length and CRC-32C of `model.bin` and `optim.bin`.
+    #[serde(default)]
+    files: Vec<FileSum>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct FileSum {
+    name: String,
+    bytes: u64,
+    crc32c: String,
+}
+
+impl FileSum {
+    fn of(name: &str, data: &[u8]) -> Self {
+        Self {
+            name: name.into(),
+            bytes: data.len() as u64,
+            crc32c: format!("{:08x}", crc32c::crc32c(data)),
+        }
+    }
+}
+
+/// The newest checkpoint directory of a run directory.
 pub fn dir(run: &Path) -> PathBuf {
     run.join("checkpoint")
 }
 
-/// Writes a checkpoint into `run/checkpoint`, replacing the previous one only once the
-/// new one is complete.
-pub fn save<B: AutodiffBackend>(
-    run: &Path,
-    model: &Net<B>,
-    optim: &AnyOptim<B, Net<B>>,
-    state: LoopState,
-) -> Result<(), TrainError> {
-    let final_dir = dir(run);
-    let tmp = run.join("checkpoint.tmp");
-    let old = run.join("checkpoint.old");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(TrainError::io(&tmp))?;
-    let rec = BinFileRecorder::<FullPrecisionSettings>::new();
-    model
-        .clone()
-        .save_file(tmp.join("model"), &rec)
-        .map_err(|e| TrainError::BadState {
-            path: tmp.join("model.bin"),
-            message: e.to_string(),
-        })?;
-    optim.save(&tmp.join("optim"))?;
-    let json = serde_json::to_string_pretty(&state).expect("LoopState serialises");
-    std::fs::write(tmp.join("state.json"), json).map_err(TrainError::io(tmp.join("state.json")))?;
-    let _ = std::fs::remove_dir_all(&old);
-    if final_dir.exists() {
-        std::fs::rename(&final_dir, &old).map_err(TrainError::io(&final_dir))?;
-    }
-    std::fs::rename(&tmp, &final_dir).map_err(TrainError::io(&final_dir))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
+fn old_dir(run: &Path) -> PathBuf {
+    run.join("checkpoint.old")
 }
 
-/// A model, its optimizer and the loop position, as restored from a checkpoint.
-pub type Restored<B> = (Net<B>, AnyOptim<B, Net<B>>, LoopState);
+/// Whether `run` holds a checkpoint (newest or previous) to resume from.
+pub fn exists(run: &Path) -> bool {
+    [dir(run), old_dir(run)]
+        .iter()
+        .any(|d| d.join("state.json").exists())
+}
 
-/// Loads the checkpoint of `run` into a freshly built model and optimizer.
+/// A checkpoint copied into memory, ready to be written.
+pub struct Snapshot {
+    model: Vec<u8>,
+    optim: Vec<u8>,
+    state: StateFile,
+}
+
+impl Snapshot {
+    /// Copies the model, the optimizer state and the loop position (`samples_in_epoch`
+    /// and `workers` are recorded for people reading `state.json`).
+    pub fn take<B: AutodiffBackend>(
+        model: &Net<B>,
+        optim: &AnyOptim<B, Net<B>>,
+        state: LoopState,
+        samples_in_epoch: usize,
+        workers: usize,
+    ) -> Result<Self, TrainError> {
+        let rec = BinBytesRecorder::<FullPrecisionSettings>::new();
+        let model = Recorder::<B>::record(&rec, model.clone().into_record(), ()).map_err(|e| {
+            TrainError::BadState {
+                path: PathBuf::from("model.bin"),
+                message: format!("cannot copy the model for a checkpoint: {e}"),
+            }
+        })?;
+        Ok(Self {
+            model,
+            optim: optim.to_bytes()?,
+            state: StateFile {
+                state,
+                samples_in_epoch,
+                workers,
+                files: Vec::new(),
+            },
+        })
+    }
+
+    /// Writes the checkpoint into `run` (see the module documentation), fsynced.
+    pub fn write(mut self, run: &Path) -> Result<(), TrainError> {
+        let tmp = run.join("checkpoint.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(TrainError::io(&tmp))?;
+        self.state.files = vec![
+            FileSum::of("model.bin", &self.model),
+            FileSum::of("optim.bin", &self.optim),
+        ];
+        let json = serde_json::to_vec_pretty(&self.state).expect("state serialises");
+        for (name, data) in [
+            ("model.bin", &self.model),
+            ("optim.bin", &self.optim),
+            ("state.json", &json),
+        ] {
+            let path = tmp.join(name);
+            let mut f = std::fs::File::create(&path).map_err(TrainError::io(&path))?;
+            f.write_all(data)
+                .and_then(|()| f.sync_all())
+                .map_err(TrainError::io(&path))?;
+        }
+        sync_dir(&tmp)?;
+        let (newest, old) = (dir(run), old_dir(run));
+        if newest.join("state.json").exists() {
+            let _ = std::fs::remove_dir_all(&old);
+            std::fs::rename(&newest, &old).map_err(TrainError::io(&newest))?;
+        } else {
+            // A half-removed newest (a crash between the renames) is not a fallback.
+            let _ = std::fs::remove_dir_all(&newest);
+        }
+        std::fs::rename(&tmp, &newest).map_err(TrainError::io(&newest))?;
+        sync_dir(run)
+    }
+}
+
+fn sync_dir(d: &Path) -> Result<(), TrainError> {
+    std::fs::File::open(d)
+        .and_then(|f| f.sync_all())
+        .map_err(TrainError::io(d))
+}
+
+/// Writes checkpoints on a thread of its own, one at a time: a new one waits for the
+/// previous write to end, and a failed write is reported by the next call.
+pub struct Writer {
+    run: PathBuf,
+    pending: Option<JoinHandle<Result<(), TrainError>>>,
+}
+
+impl Writer {
+    /// A writer for the run directory `run`.
+    pub fn new(run: &Path) -> Self {
+        Self {
+            run: run.to_path_buf(),
+            pending: None,
+        }
+    }
+
+    /// Starts writing `snap` once the previous write has finished.
+    pub fn write(&mut self, snap: Snapshot) -> Result<(), TrainError> {
+        self.wait()?;
+        let run = self.run.clone();
+        self.pending = Some(
+            std::thread::Builder::new()
+                .name("checkpoint".into())
+                .spawn(move || snap.write(&run))
+                .map_err(TrainError::io(&self.run))?,
+        );
+        Ok(())
+    }
+
+    /// Waits for the write in progress, if any, and returns its result.
+    pub fn wait(&mut self) -> Result<(), TrainError> {
+        match self.pending.take() {
+            None => Ok(()),
+            Some(h) => h.join().unwrap_or_else(|_| {
+                Err(TrainError::BadState {
+                    path: dir(&self.run),
+                    message: "the checkpoint writer panicked".into(),
+                })
+            }),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // A checkpoint being written is finished before the process goes on to exit.
+        let _ = self.wait();
+    }
+}
+
+/// The optimizer of a [`Net`].
+type Optim<B> = AnyOptim<B, Net<B>>;
+
+/// A model, its optimizer and the loop position, as restored from a checkpoint.
+pub struct Restored<B: AutodiffBackend> {
+    /// The model.
+    pub model: Net<B>,
+    /// The optimizer with its state.
+    pub optim: AnyOptim<B, Net<B>>,
+    /// Where the loop continues.
+    pub state: LoopState,
+    /// Why the newest checkpoint was not used, when the previous one was.
+    pub warning: Option<String>,
+}
+
+/// Loads the newest intact checkpoint of `run` into a freshly built model and
+/// optimizer: `checkpoint/`, else (with a warning) `checkpoint.old/`.
 pub fn load<B: AutodiffBackend>(
     run: &Path,
     model: Net<B>,
     optim: AnyOptim<B, Net<B>>,
     device: &B::Device,
 ) -> Result<Restored<B>, TrainError> {
-    let d = dir(run);
+    let newest = dir(run);
+    match verify(&newest) {
+        Ok(state) => {
+            let (model, optim) = decode(&newest, model, optim, device)?;
+            Ok(Restored {
+                model,
+                optim,
+                state,
+                warning: None,
+            })
+        }
+        Err(damage) => {
+            let old = old_dir(run);
+            let state = verify(&old).map_err(|e| TrainError::BadState {
+                path: newest.clone(),
+                message: format!(
+                    "no intact checkpoint to resume from: {damage}; the previous one: {e}"
+                ),
+            })?;
+            let (model, optim) = decode(&old, model, optim, device)?;
+            Ok(Restored {
+                model,
+                optim,
+                state,
+                warning: Some(format!(
+                    "the newest checkpoint {} is damaged ({damage}); resuming from the previous one (global step {})",
+                    newest.display(),
+                    state.global_step
+                )),
+            })
+        }
+    }
+}
+
+/// Reads `d/state.json` and checks the files it lists.
+fn verify(d: &Path) -> Result<LoopState, String> {
     let state_path = d.join("state.json");
-    let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::BadState {
-        path: state_path.clone(),
-        message: format!("no checkpoint to resume from: {e}"),
-    })?;
-    let state: LoopState = serde_json::from_str(&text).map_err(|e| TrainError::BadState {
-        path: state_path.clone(),
-        message: format!("corrupt checkpoint state: {e}"),
-    })?;
+    let text = std::fs::read_to_string(&state_path)
+        .map_err(|e| format!("{}: {e}", state_path.display()))?;
+    let file: StateFile = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: corrupt state ({e})", state_path.display()))?;
+    for sum in &file.files {
+        let path = d.join(&sum.name);
+        let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let found = FileSum::of(&sum.name, &data);
+        if found != *sum {
+            return Err(format!(
+                "{} has {} bytes with CRC-32C {}, but {} bytes with CRC-32C {} were written",
+                path.display(),
+                found.bytes,
+                found.crc32c,
+                sum.bytes,
+                sum.crc32c
+            ));
+        }
+    }
+    Ok(file.state)
+}
+
+fn decode<B: AutodiffBackend>(
+    d: &Path,
+    model: Net<B>,
+    optim: AnyOptim<B, Net<B>>,
+    device: &B::Device,
+) -> Result<(Net<B>, Optim<B>), TrainError> {
     let rec = BinFileRecorder::<FullPrecisionSettings>::new();
     let mismatch = |e: String| TrainError::BadState {
         path: d.join("model.bin"),
@@ -108,5 +330,34 @@ pub fn load<B: AutodiffBackend>(
     })?;
     let model = loaded.map_err(|e| mismatch(e.to_string()))?;
     let optim = optim.load(&d.join("optim"), device)?;
-    Ok((model, optim, state))
+    Ok((model, optim))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_truncated_file_fails_verification() {
+        let d = std::env::temp_dir().join(format!("dlc-ckpt-verify-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let data = vec![7u8; 1000];
+        std::fs::write(d.join("model.bin"), &data).unwrap();
+        let file = StateFile {
+            state: LoopState {
+                epoch: 1,
+                step_in_epoch: 2,
+                global_step: 12,
+            },
+            samples_in_epoch: 64,
+            workers: 2,
+            files: vec![FileSum::of("model.bin", &data)],
+        };
+        std::fs::write(d.join("state.json"), serde_json::to_vec(&file).unwrap()).unwrap();
+        assert_eq!(verify(&d).unwrap().global_step, 12);
+        std::fs::write(d.join("model.bin"), &data[..500]).unwrap();
+        let e = verify(&d).unwrap_err();
+        assert!(e.contains("500 bytes") && e.contains("1000 bytes"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }

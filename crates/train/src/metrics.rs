@@ -7,6 +7,10 @@
 //! (`epoch` is 1-based: the number of epochs completed); a regression job has
 //! `test_rmse` and `test_mae` instead of `test_accuracy`.
 //!
+//! Restart lines: `{"kind":"restart","restart","reason","workers_before","workers_after","step","steps_lost"}`
+//! (written when a job continues after a failure, `--max-restarts`); stop lines:
+//! `{"kind":"stop","reason","step"}` (a signal stopped training after a checkpoint).
+//!
 //! The same values go to a TensorBoard event file next to it (see [`crate::tensorboard`]):
 //! step lines as `train/loss`, `train/samples_per_sec`, `train/compute_s`,
 //! `train/comm_s` and `train/data_s` at the global step; epoch lines as `epoch/train_loss`,
@@ -62,6 +66,29 @@ pub enum Record {
         test_mae: Option<f64>,
         /// Wall time of the epoch's training and evaluation.
         seconds: f64,
+    },
+    /// The job was restarted after a failure and continues from a checkpoint.
+    Restart {
+        /// Restarts so far (1 for the first).
+        restart: usize,
+        /// Why the previous attempt ended (its first failure).
+        reason: String,
+        /// Workers before the failure.
+        workers_before: usize,
+        /// Workers now.
+        workers_after: usize,
+        /// The global step training continues from (0: from the start).
+        step: usize,
+        /// Steps trained before the failure and done again (from the last step line,
+        /// so at `log_every` resolution).
+        steps_lost: usize,
+    },
+    /// Training stopped on a signal after writing a checkpoint.
+    Stop {
+        /// The signal (`SIGTERM`, `SIGUSR1`).
+        reason: String,
+        /// Steps done; `--resume` continues from here.
+        step: usize,
     },
 }
 
@@ -139,6 +166,25 @@ impl MetricsSink {
                 .collect();
                 self.events.scalars(epoch as u64, &values)
             }
+            Record::Restart {
+                restart,
+                workers_before,
+                workers_after,
+                step,
+                steps_lost,
+                ..
+            } => self.events.scalars(
+                step as u64,
+                &[
+                    ("restart/count", restart as f64),
+                    ("restart/workers_before", workers_before as f64),
+                    ("restart/workers_after", workers_after as f64),
+                    ("restart/steps_lost", steps_lost as f64),
+                ],
+            ),
+            Record::Stop { step, .. } => self
+                .events
+                .scalars(step as u64, &[("stop/step", step as f64)]),
         }
     }
 }

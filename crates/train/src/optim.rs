@@ -9,7 +9,7 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{
     Adam, AdamConfig, AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig,
 };
-use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
+use burn::record::{BinBytesRecorder, BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use dlc_job::{OptimizerKind, TrainSpec};
 
@@ -67,21 +67,23 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> AnyOptim<B, M> {
         }
     }
 
-    /// Saves the optimizer state (moments, step counts) to `path` (`.bin` is appended).
-    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
-        let rec = Rec::new();
+    /// The optimizer state (moments, step counts) in the format of a `.bin` file that
+    /// [`AnyOptim::load`] reads.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, TrainError> {
+        let rec = BinBytesRecorder::<FullPrecisionSettings>::new();
         let res = match self {
-            AnyOptim::Sgd(o) => rec.record(o.to_record(), path.to_path_buf()),
-            AnyOptim::Adam(o) => rec.record(o.to_record(), path.to_path_buf()),
-            AnyOptim::AdamW(o) => rec.record(o.to_record(), path.to_path_buf()),
+            AnyOptim::Sgd(o) => Recorder::<B>::record(&rec, o.to_record(), ()),
+            AnyOptim::Adam(o) => Recorder::<B>::record(&rec, o.to_record(), ()),
+            AnyOptim::AdamW(o) => Recorder::<B>::record(&rec, o.to_record(), ()),
         };
         res.map_err(|e| TrainError::BadState {
-            path: path.to_path_buf(),
-            message: format!("cannot save optimizer state: {e}"),
+            path: "optim.bin".into(),
+            message: format!("cannot copy the optimizer state: {e}"),
         })
     }
 
-    /// Restores the state saved by [`AnyOptim::save`]; the optimizer kind must match.
+    /// Restores the state written from [`AnyOptim::to_bytes`] into `path` (`.bin` is
+    /// appended); the optimizer kind must match.
     pub fn load(self, path: &Path, device: &B::Device) -> Result<Self, TrainError> {
         let rec = Rec::new();
         let bad = |e: burn::record::RecorderError| TrainError::BadState {

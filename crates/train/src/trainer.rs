@@ -1,6 +1,8 @@
 //! The single-worker training loop.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
@@ -8,14 +10,14 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ElementConversion;
 use dlc_data::Prefetch;
-use dlc_job::JobSpec;
+use dlc_job::{CheckpointEvery, JobSpec};
 use dlc_model::Net;
 
 use crate::backend::{CpuTrain, GpuDevice, GpuTrain};
-use crate::checkpoint::{self, LoopState};
+use crate::checkpoint::{self, LoopState, Snapshot};
 use crate::data::JobData;
 use crate::device::Device;
-use crate::dist::GradSync;
+use crate::dist::{GradSync, Step};
 use crate::eval::{evaluate, save_safetensors, EvalResult};
 use crate::metrics::{MetricsSink, Record};
 use crate::optim::AnyOptim;
@@ -40,6 +42,47 @@ pub struct TrainOptions {
     pub quiet: bool,
     /// Rank among the processes on this host (chooses the GPU); default: the global rank.
     pub local_rank: Option<usize>,
+    /// This process belongs to a job restarted after a failure: it continues from
+    /// the newest checkpoint in its run directory when there is one.
+    pub restart: Option<Restart>,
+    /// Set to a signal number (SIGTERM, SIGUSR1) to stop training after the current
+    /// step with a checkpoint; every rank stops at the same step.
+    pub stop: Option<Arc<AtomicUsize>>,
+    /// Fault injection for testing recovery: this process kills itself with SIGKILL
+    /// right after finishing this global step (`DLC_FAULT_KILL_AT_STEP`).
+    pub kill_at_step: Option<usize>,
+}
+
+/// How a restarted job came about (from the launcher).
+#[derive(Debug, Clone, Default)]
+pub struct Restart {
+    /// Restarts so far (1 for the first).
+    pub count: usize,
+    /// Why the previous attempt ended.
+    pub reason: String,
+    /// Workers before the failure.
+    pub workers_before: usize,
+}
+
+impl TrainOptions {
+    /// The run directory to continue from: `--resume`, or after a restart the run
+    /// directory when it holds a checkpoint.
+    pub fn resume_dir(&self) -> Option<PathBuf> {
+        self.resume.clone().or_else(|| {
+            self.restart
+                .as_ref()
+                .and(self.out.clone())
+                .filter(|d| checkpoint::exists(d))
+        })
+    }
+
+    /// The signal this process was asked to stop by, if any.
+    fn stop_signal(&self) -> Option<usize> {
+        self.stop
+            .as_ref()
+            .map(|s| s.load(Ordering::SeqCst))
+            .filter(|&s| s != 0)
+    }
 }
 
 /// What a training run did.
@@ -63,6 +106,8 @@ pub struct TrainSummary {
     pub device: String,
     /// This process's peak resident memory in MiB (Linux; None elsewhere).
     pub peak_rss_mib: Option<f64>,
+    /// The signal that stopped training early (after a checkpoint), if one did.
+    pub stopped_by: Option<String>,
 }
 
 /// This process's peak resident set size (`VmHWM`) in MiB, where Linux reports it.
@@ -130,316 +175,572 @@ fn step_seed(seed: u64, step: usize) -> u64 {
 
 /// Trains `job` on backend `B` (generic so that GPU backends can follow), combining
 /// gradients through `sync`. Only rank 0 writes the run directory and reports.
+///
+/// The loop is a few phases of [`Run`]: prepare (data, run directory, model, a
+/// checkpoint to continue from), step, epoch end (buffers, evaluation), checkpoint,
+/// finish; what differs between strategies stays behind [`GradSync`].
 pub fn train_on<B: AutodiffBackend>(
     job: &JobSpec,
     opts: &TrainOptions,
     device: &B::Device,
     sync: &mut GradSync,
 ) -> Result<TrainSummary, TrainError> {
-    let rank = sync.rank();
-    let workers = sync.workers();
-    let lead = rank == 0;
-    let started = Instant::now();
-    let mut spec = job.train.clone();
-    if let Some(e) = opts.epochs {
-        spec.epochs = e;
+    let mut run = Run::<B>::prepare(job, opts, device, sync)?;
+    let mut end = End::Done;
+    while run.state.epoch < run.spec.epochs {
+        end = run.train_epoch(sync)?;
+        if end != End::Done {
+            break;
+        }
+        run.end_epoch(sync)?;
     }
-    if let Some(s) = opts.seed {
-        spec.seed = s;
-    }
-    if spec.epochs == 0 {
-        return Err(TrainError::Usage("--epochs must be at least 1".into()));
-    }
-    let progress = Progress::new(opts.quiet || !lead);
+    run.finish(sync, end)
+}
 
-    // Ranks load at their own pace (a large table takes a while): the others wait.
-    let data = sync.busy("loading its data", || {
-        JobData::load(&job.data, job.train.seed)
-    })?;
-    let plan = data.model_plan(&job.model)?;
-    let scale = data.standardizer.as_ref();
-    let params: usize = plan.iter().map(|l| l.params).sum();
+/// Why an epoch's loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The epoch (or training) ran to its end.
+    Done,
+    /// `--steps` was reached.
+    MaxSteps,
+    /// A rank was asked to stop by this signal.
+    Signal(usize),
+}
 
-    let run_dir = if lead {
-        let dir = prepare_run_dir(job, opts)?;
-        data.info().save(&dir)?;
-        dir
-    } else {
-        opts.resume
-            .clone()
-            .or_else(|| opts.out.clone())
-            .unwrap_or_default()
-    };
-    if matches!(sync, GradSync::Ps { .. }) && opts.resume.is_some() {
-        return Err(TrainError::Usage(
-            "--resume is not supported with the ps strategy yet (the optimizer state lives on the servers)".into(),
-        ));
-    }
-    B::seed(device, spec.seed);
-    let mut model = Net::<B>::new(&plan, device);
-    let mut optim = AnyOptim::<B, Net<B>>::new(&spec);
-    let mut state = LoopState::default();
-    if opts.resume.is_some() {
-        let (m, o, s) = checkpoint::load(&run_dir, model, optim, device)?;
-        (model, optim, state) = (m, o, s);
+/// Everything one training run carries between its phases.
+struct Run<'a, B: AutodiffBackend> {
+    opts: &'a TrainOptions,
+    device: &'a B::Device,
+    spec: dlc_job::TrainSpec,
+    rank: usize,
+    workers: usize,
+    lead: bool,
+    started: Instant,
+    progress: Progress,
+    data: JobData,
+    source: Box<dyn dlc_data::BatchSource>,
+    params: usize,
+    run_dir: PathBuf,
+    model: Net<B>,
+    optim: AnyOptim<B, Net<B>>,
+    state: LoopState,
+    metrics: Option<MetricsSink>,
+    checkpoints: Option<Checkpoints>,
+    trained_samples: usize,
+    train_seconds: f64,
+    last_eval: Option<EvalResult>,
+    epoch_loss: (f64, usize),
+    epoch_start: Instant,
+}
+
+/// Rank 0's checkpoint schedule and writer.
+struct Checkpoints {
+    every: Option<CheckpointEvery>,
+    writer: checkpoint::Writer,
+    last_step: usize,
+    last_time: Instant,
+}
+
+impl<'a, B: AutodiffBackend> Run<'a, B> {
+    /// Loads the data, prepares the run directory, builds the model and optimizer
+    /// (from a checkpoint when resuming or restarting) and makes replicas agree.
+    fn prepare(
+        job: &'a JobSpec,
+        opts: &'a TrainOptions,
+        device: &'a B::Device,
+        sync: &mut GradSync,
+    ) -> Result<Self, TrainError> {
+        let rank = sync.rank();
+        let workers = sync.workers();
+        let lead = rank == 0;
+        let started = Instant::now();
+        let mut spec = job.train.clone();
+        if let Some(e) = opts.epochs {
+            spec.epochs = e;
+        }
+        if let Some(s) = opts.seed {
+            spec.seed = s;
+        }
+        if spec.epochs == 0 {
+            return Err(TrainError::Usage("--epochs must be at least 1".into()));
+        }
+        let resume = opts.resume_dir();
+        if let (Err(why), true) = (
+            sync.keeps_optimizer_state(),
+            resume.is_some() || spec.checkpoint_every.is_some(),
+        ) {
+            return Err(TrainError::Usage(format!(
+                "checkpoints (--resume, checkpoint_every, restarts) are not supported here yet: {why}"
+            )));
+        }
+        let progress = Progress::new(opts.quiet || !lead);
+
+        // Ranks load at their own pace (a large table takes a while): the others wait.
+        let data = sync.busy("loading its data", || {
+            JobData::load(&job.data, job.train.seed)
+        })?;
+        let plan = data.model_plan(&job.model)?;
+        let params: usize = plan.iter().map(|l| l.params).sum();
+
+        let run_dir = if lead {
+            let dir = prepare_run_dir(job, opts, resume.as_deref())?;
+            data.info().save(&dir)?;
+            dir
+        } else {
+            resume
+                .clone()
+                .or_else(|| opts.out.clone())
+                .unwrap_or_default()
+        };
+        B::seed(device, spec.seed);
+        let mut model = Net::<B>::new(&plan, device);
+        let mut optim = AnyOptim::<B, Net<B>>::new(&spec);
+        let mut state = LoopState::default();
+        if resume.is_some() {
+            let r = checkpoint::load(&run_dir, model, optim, device)?;
+            if let Some(w) = &r.warning {
+                progress.println(&format!("warning: {w}"));
+            }
+            (model, optim, state) = (r.model, r.optim, r.state);
+            progress.println(&format!(
+                "resuming {} at epoch {}, step {} (global step {}) on {workers} worker(s)",
+                run_dir.display(),
+                state.epoch + 1,
+                state.step_in_epoch,
+                state.global_step
+            ));
+        }
+        let mut metrics = if lead {
+            Some(MetricsSink::open(&run_dir)?)
+        } else {
+            None
+        };
+        if let (Some(m), Some(r)) = (metrics.as_mut(), &opts.restart) {
+            let lost = last_logged_step(&run_dir).saturating_sub(state.global_step);
+            m.write(&Record::Restart {
+                restart: r.count,
+                reason: r.reason.clone(),
+                workers_before: r.workers_before,
+                workers_after: workers,
+                step: state.global_step,
+                steps_lost: lost,
+            })?;
+            progress.println(&format!(
+                "restart {} after: {}; {} → {workers} worker(s), continuing at global step {} ({lost} step(s) done again)",
+                r.count, r.reason, r.workers_before, state.global_step
+            ));
+        }
+
+        let source = data.batches(&spec, rank, workers);
+        let steps_per_epoch = source.steps_per_epoch();
+        if steps_per_epoch == 0 {
+            return Err(TrainError::Usage(format!(
+                "{} training samples make no full batch of {} (drop_last is on)",
+                data.train.len(),
+                spec.batch_size
+            )));
+        }
         progress.println(&format!(
-            "resuming {} at epoch {}, step {} (global step {})",
-            run_dir.display(),
-            state.epoch + 1,
-            state.step_in_epoch,
-            state.global_step
-        ));
-    }
-    let mut metrics = if lead {
-        Some(MetricsSink::open(&run_dir)?)
-    } else {
-        None
-    };
-
-    let source = data.batches(&spec, rank, workers);
-    let shape = source.sample_shape();
-    let steps_per_epoch = source.steps_per_epoch();
-    if steps_per_epoch == 0 {
-        return Err(TrainError::Usage(format!(
-            "{} training samples make no full batch of {} (drop_last is on)",
+            "training {} ({params} parameters) on {} samples ({}), {} test; {} steps/epoch × {} epochs; {}; run dir {}",
+            job.display_name(),
             data.train.len(),
-            spec.batch_size
-        )));
+            data.train.describe(),
+            data.test.len(),
+            steps_per_epoch,
+            spec.epochs,
+            sync.describe(),
+            run_dir.display()
+        ));
+        let total_steps = opts
+            .max_steps
+            .unwrap_or(usize::MAX)
+            .min(spec.epochs * steps_per_epoch)
+            .saturating_sub(state.global_step);
+        model = sync.init(model, total_steps)?;
+        let checkpoints = (lead && sync.keeps_optimizer_state().is_ok()).then(|| Checkpoints {
+            every: spec.checkpoint_every,
+            writer: checkpoint::Writer::new(&run_dir),
+            last_step: state.global_step,
+            last_time: Instant::now(),
+        });
+        Ok(Self {
+            opts,
+            device,
+            spec,
+            rank,
+            workers,
+            lead,
+            started,
+            progress,
+            data,
+            source,
+            params,
+            run_dir,
+            model,
+            optim,
+            state,
+            metrics,
+            checkpoints,
+            trained_samples: 0,
+            train_seconds: 0.0,
+            last_eval: None,
+            epoch_loss: (0.0, 0),
+            epoch_start: Instant::now(),
+        })
     }
-    progress.println(&format!(
-        "training {} ({params} parameters) on {} samples ({}), {} test; {} steps/epoch × {} epochs; {}; run dir {}",
-        job.display_name(),
-        data.train.len(),
-        data.train.describe(),
-        data.test.len(),
-        steps_per_epoch,
-        spec.epochs,
-        describe(sync),
-        run_dir.display()
-    ));
-    let total_steps = opts
-        .max_steps
-        .unwrap_or(usize::MAX)
-        .min(spec.epochs * steps_per_epoch)
-        .saturating_sub(state.global_step);
-    model = sync.init(model, total_steps)?;
 
-    let mut trained_samples = 0usize;
-    let mut train_seconds = 0.0f64;
-    let mut stopped_early = false;
-    let mut last_eval = None;
-
-    while state.epoch < spec.epochs {
-        let epoch_start = Instant::now();
+    /// Trains the rest of the current epoch, or until `--steps` or a stop signal.
+    fn train_epoch(&mut self, sync: &mut GradSync) -> Result<End, TrainError> {
+        let steps_per_epoch = self.source.steps_per_epoch();
+        self.epoch_start = Instant::now();
+        self.epoch_loss = (0.0, 0);
         let mut loader = Prefetch::start(
-            source.epoch(state.epoch, state.step_in_epoch),
+            self.source
+                .epoch(self.state.epoch, self.state.step_in_epoch),
             PREFETCH_BATCHES,
         )?;
-        progress.start_epoch(
-            state.epoch + 1,
-            spec.epochs,
+        self.progress.start_epoch(
+            self.state.epoch + 1,
+            self.spec.epochs,
             steps_per_epoch,
-            state.step_in_epoch,
+            self.state.step_in_epoch,
         );
-        let (mut loss_sum, mut loss_steps) = (0.0f64, 0usize);
-        let (mut window_start, mut window_samples) = (Instant::now(), 0usize);
-        let (mut window_comm, mut window_data) = (0.0f64, 0.0f64);
-        while state.step_in_epoch < steps_per_epoch {
-            if opts.max_steps.is_some_and(|m| state.global_step >= m) {
-                stopped_early = true;
+        let mut window = Window::start();
+        let mut end = End::Done;
+        while self.state.step_in_epoch < steps_per_epoch {
+            if self
+                .opts
+                .max_steps
+                .is_some_and(|m| self.state.global_step >= m)
+            {
+                end = End::MaxSteps;
                 break;
             }
             let batch = loader.next_batch().ok_or_else(|| {
                 TrainError::Usage(format!(
                     "the data loader ended at step {} of {steps_per_epoch} in epoch {}",
-                    state.step_in_epoch,
-                    state.epoch + 1
+                    self.state.step_in_epoch,
+                    self.state.epoch + 1
                 ))
             })??;
-            window_data += loader.take_waited().as_secs_f64();
-            let (local_n, global_n) = (batch.len(), batch.global_len);
-            B::seed(
-                device,
-                step_seed(spec.seed, state.global_step * workers + rank),
-            );
-            let (grads, local_loss) = if batch.is_empty() {
-                (None, 0.0)
-            } else {
-                model.check_tokens(&batch.inputs).map_err(|m| {
-                    TrainError::Usage(format!(
-                        "step {} of epoch {}: {m}",
-                        state.step_in_epoch + 1,
-                        state.epoch + 1
-                    ))
-                })?;
-                let (x, y) = to_tensors::<B>(batch, shape, device);
-                let loss = task::loss(model.forward(x), y);
-                let loss_value: f64 = loss.clone().into_scalar().elem();
-                if !loss_value.is_finite() {
-                    return Err(TrainError::Usage(format!(
-                        "training diverged at step {} (loss {loss_value}); lower train.learning_rate",
-                        state.global_step
-                    )));
+            window.data += loader.take_waited().as_secs_f64();
+            let stopping = self.opts.stop_signal();
+            let (loss, stop) = self.step(sync, batch, stopping, &mut window)?;
+            if self.opts.kill_at_step == Some(self.state.global_step) {
+                // SAFETY: raise(3) with a signal number; SIGKILL ends the process here.
+                unsafe {
+                    libc::raise(libc::SIGKILL);
                 }
-                (
-                    Some(GradientsParams::from_grads(loss.backward(), &model)),
-                    loss_value,
-                )
-            };
-            let lr = spec.lr_schedule.rate(
-                spec.learning_rate,
-                state.global_step,
-                spec.epochs * steps_per_epoch,
-                spec.warmup_steps,
-            );
-            let comm_start = Instant::now();
-            let stepped = sync.step(
-                model, grads, local_loss, local_n, global_n, lr, &mut optim, device,
-            )?;
-            if !matches!(sync, GradSync::Local) {
-                window_comm += comm_start.elapsed().as_secs_f64();
             }
-            model = stepped.model;
-            let loss_value = stepped.loss;
-            state.step_in_epoch += 1;
-            state.global_step += 1;
-            loss_sum += loss_value;
-            loss_steps += 1;
-            // Job-wide samples: every worker trains its share of the global batch.
-            window_samples += global_n;
-            trained_samples += global_n;
-            if state.global_step % spec.log_every == 0 {
-                let secs = window_start.elapsed().as_secs_f64();
-                let sps = window_samples as f64 / secs.max(1e-9);
-                train_seconds += secs;
-                let steps = spec.log_every as f64;
-                if let Some(m) = metrics.as_mut() {
-                    m.write(&Record::Step {
-                        epoch: state.epoch + 1,
-                        step: state.global_step,
-                        loss: loss_value,
-                        samples_per_sec: sps,
-                        compute_s: (secs - window_comm - window_data).max(0.0) / steps,
-                        comm_s: window_comm / steps,
-                        data_s: window_data / steps,
-                    })?;
-                }
-                progress.step(
-                    state.step_in_epoch,
-                    &format!("loss {loss_value:.4} · {sps:.0} samples/s"),
-                    true,
-                );
-                (window_start, window_samples) = (Instant::now(), 0);
-                (window_comm, window_data) = (0.0, 0.0);
+            self.epoch_loss.0 += loss;
+            self.epoch_loss.1 += 1;
+            if self.state.global_step.is_multiple_of(self.spec.log_every) {
+                self.log_window(&mut window, loss)?;
             } else {
-                progress.step(state.step_in_epoch, "", false);
+                self.progress.step(self.state.step_in_epoch, "", false);
             }
+            if let Some(sig) = stop {
+                end = End::Signal(sig);
+                break;
+            }
+            self.checkpoint_if_due()?;
         }
-        train_seconds += window_start.elapsed().as_secs_f64();
-        if stopped_early {
-            break;
+        self.train_seconds += window.started.elapsed().as_secs_f64();
+        Ok(end)
+    }
+
+    /// One optimizer step on `batch`; returns the (job-wide, where known) loss and
+    /// the signal any rank was asked to stop by.
+    fn step(
+        &mut self,
+        sync: &mut GradSync,
+        batch: dlc_data::Batch,
+        stopping: Option<usize>,
+        window: &mut Window,
+    ) -> Result<(f64, Option<usize>), TrainError> {
+        let (local_n, global_n) = (batch.len(), batch.global_len);
+        let state = self.state;
+        B::seed(
+            self.device,
+            step_seed(self.spec.seed, state.global_step * self.workers + self.rank),
+        );
+        let (grads, local_loss) = if batch.is_empty() {
+            (None, 0.0)
+        } else {
+            self.model.check_tokens(&batch.inputs).map_err(|m| {
+                TrainError::Usage(format!(
+                    "step {} of epoch {}: {m}",
+                    state.step_in_epoch + 1,
+                    state.epoch + 1
+                ))
+            })?;
+            let (x, y) = to_tensors::<B>(batch, self.source.sample_shape(), self.device);
+            let loss = task::loss(self.model.forward(x), y);
+            let loss_value: f64 = loss.clone().into_scalar().elem();
+            if !loss_value.is_finite() {
+                return Err(TrainError::Usage(format!(
+                    "training diverged at step {} (loss {loss_value}); lower train.learning_rate",
+                    state.global_step
+                )));
+            }
+            (
+                Some(GradientsParams::from_grads(loss.backward(), &self.model)),
+                loss_value,
+            )
+        };
+        let lr = self.spec.lr_schedule.rate(
+            self.spec.learning_rate,
+            state.global_step,
+            self.spec.epochs * self.source.steps_per_epoch(),
+            self.spec.warmup_steps,
+        );
+        let model = self.model.clone();
+        let stepped = sync.step(Step {
+            model,
+            grads,
+            loss: local_loss,
+            local_n,
+            global_n,
+            lr,
+            stop: stopping,
+            optim: &mut self.optim,
+            device: self.device,
+        })?;
+        window.comm += stepped.comm_s;
+        self.model = stepped.model;
+        self.state.step_in_epoch += 1;
+        self.state.global_step += 1;
+        // Job-wide samples: every worker trains its share of the global batch.
+        window.samples += global_n;
+        self.trained_samples += global_n;
+        Ok((stepped.loss, stepped.stop))
+    }
+
+    /// Writes a step line and updates the progress display.
+    fn log_window(&mut self, window: &mut Window, loss: f64) -> Result<(), TrainError> {
+        let secs = window.started.elapsed().as_secs_f64();
+        let sps = window.samples as f64 / secs.max(1e-9);
+        self.train_seconds += secs;
+        let steps = self.spec.log_every as f64;
+        if let Some(m) = self.metrics.as_mut() {
+            m.write(&Record::Step {
+                epoch: self.state.epoch + 1,
+                step: self.state.global_step,
+                loss,
+                samples_per_sec: sps,
+                compute_s: (secs - window.comm - window.data).max(0.0) / steps,
+                comm_s: window.comm / steps,
+                data_s: window.data / steps,
+            })?;
         }
-        model = sync.sync_buffers(model)?;
-        if !lead {
-            state.epoch += 1;
-            state.step_in_epoch = 0;
-            continue;
+        self.progress.step(
+            self.state.step_in_epoch,
+            &format!("loss {loss:.4} · {sps:.0} samples/s"),
+            true,
+        );
+        *window = Window::start();
+        Ok(())
+    }
+
+    /// Rank 0 starts writing a checkpoint when `checkpoint_every` says one is due.
+    fn checkpoint_if_due(&mut self) -> Result<(), TrainError> {
+        // The epoch's end writes one anyway.
+        let epoch_end = self.state.step_in_epoch == self.source.steps_per_epoch();
+        let due = match &self.checkpoints {
+            Some(_) if epoch_end => false,
+            Some(c) => match c.every {
+                Some(CheckpointEvery::Steps(n)) => self.state.global_step - c.last_step >= n,
+                Some(CheckpointEvery::Period(p)) => c.last_time.elapsed() >= p,
+                None => false,
+            },
+            None => false,
+        };
+        if due {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Rank 0 copies the state and hands it to the writer thread.
+    fn checkpoint(&mut self) -> Result<(), TrainError> {
+        let Some(c) = self.checkpoints.as_mut() else {
+            return Ok(());
+        };
+        let samples = (self.state.step_in_epoch * self.spec.batch_size).min(self.data.train.len());
+        let snap = Snapshot::take(&self.model, &self.optim, self.state, samples, self.workers)?;
+        c.writer.write(snap)?;
+        c.last_step = self.state.global_step;
+        c.last_time = Instant::now();
+        Ok(())
+    }
+
+    /// Averages buffers, and on rank 0 evaluates, reports and checkpoints.
+    fn end_epoch(&mut self, sync: &mut GradSync) -> Result<(), TrainError> {
+        self.model = sync.sync_buffers(self.model.clone())?;
+        self.state.epoch += 1;
+        self.state.step_in_epoch = 0;
+        if !self.lead {
+            return Ok(());
         }
         // The other ranks wait for this work in their next collective.
-        let test = sync.busy(&format!("evaluating epoch {}", state.epoch + 1), || {
-            evaluate(&model.valid(), data.test.as_ref(), scale, device)
+        let (model, data, device) = (&self.model, &self.data, self.device);
+        let test = sync.busy(&format!("evaluating epoch {}", self.state.epoch), || {
+            evaluate(
+                &model.valid(),
+                data.test.as_ref(),
+                data.standardizer.as_ref(),
+                device,
+            )
         })?;
-        state.epoch += 1;
-        state.step_in_epoch = 0;
-        let train_loss = loss_sum / loss_steps.max(1) as f64;
-        if let Some(m) = metrics.as_mut() {
+        let train_loss = self.epoch_loss.0 / self.epoch_loss.1.max(1) as f64;
+        let seconds = self.epoch_start.elapsed().as_secs_f64();
+        if let Some(m) = self.metrics.as_mut() {
             m.write(&Record::Epoch {
-                epoch: state.epoch,
+                epoch: self.state.epoch,
                 train_loss,
                 test_loss: test.loss,
                 test_accuracy: test.accuracy,
                 test_rmse: test.rmse,
                 test_mae: test.mae,
-                seconds: epoch_start.elapsed().as_secs_f64(),
+                seconds,
             })?;
         }
-        progress.println(&format!(
-            "epoch {}/{}: train loss {train_loss:.4}, test loss {:.4}, {} ({:.1}s)",
-            state.epoch,
-            spec.epochs,
+        self.progress.println(&format!(
+            "epoch {}/{}: train loss {train_loss:.4}, test loss {:.4}, {} ({seconds:.1}s)",
+            self.state.epoch,
+            self.spec.epochs,
             test.loss,
             test.describe(),
-            epoch_start.elapsed().as_secs_f64()
         ));
-        if !matches!(sync, GradSync::Ps { .. }) {
-            sync.busy("writing a checkpoint", || {
-                checkpoint::save(&run_dir, &model, &optim, state)
-            })?;
-        }
-        last_eval = Some(test);
+        self.checkpoint()?;
+        self.last_eval = Some(test);
+        Ok(())
     }
-    progress.finish();
-    if stopped_early {
-        model = sync.sync_buffers(model)?;
-    }
-    sync.finish()?;
-    let test = if lead {
-        if stopped_early && !matches!(sync, GradSync::Ps { .. }) {
-            checkpoint::save(&run_dir, &model, &optim, state)?;
+
+    /// Ends training: a checkpoint where it stopped early, every rank's goodbye, the
+    /// final evaluation and weights.
+    fn finish(mut self, sync: &mut GradSync, end: End) -> Result<TrainSummary, TrainError> {
+        self.progress.finish();
+        if end != End::Done {
+            self.model = sync.sync_buffers(self.model.clone())?;
+            self.checkpoint()?;
         }
-        let test = match last_eval {
-            Some(t) => t,
-            None => evaluate(&model.valid(), data.test.as_ref(), scale, device)?,
+        if let Some(c) = self.checkpoints.as_mut() {
+            sync.busy("writing a checkpoint", || c.writer.wait())?;
+        }
+        sync.finish()?;
+        let test = if self.lead {
+            if let End::Signal(sig) = end {
+                let reason = signal_name(sig);
+                if let Some(m) = self.metrics.as_mut() {
+                    m.write(&Record::Stop {
+                        reason: reason.clone(),
+                        step: self.state.global_step,
+                    })?;
+                }
+                self.progress.println(&format!(
+                    "stopped by {reason} at global step {}; checkpoint written; continue with --resume {}",
+                    self.state.global_step,
+                    self.run_dir.display()
+                ));
+            }
+            let test = match self.last_eval.take() {
+                Some(t) => t,
+                None => evaluate(
+                    &self.model.valid(),
+                    self.data.test.as_ref(),
+                    self.data.standardizer.as_ref(),
+                    self.device,
+                )?,
+            };
+            save_safetensors(&self.model.valid(), &self.run_dir.join("model.safetensors"))?;
+            test
+        } else {
+            EvalResult::none()
         };
-        save_safetensors(&model.valid(), &run_dir.join("model.safetensors"))?;
-        test
-    } else {
-        EvalResult::none()
-    };
-    Ok(TrainSummary {
-        run_dir,
-        global_step: state.global_step,
-        epochs_completed: state.epoch,
-        test,
-        samples_per_sec: trained_samples as f64 / train_seconds.max(1e-9),
-        seconds: started.elapsed().as_secs_f64(),
-        params,
-        device: String::new(),
-        peak_rss_mib: peak_rss_mib(),
-    })
+        Ok(TrainSummary {
+            run_dir: self.run_dir,
+            global_step: self.state.global_step,
+            epochs_completed: self.state.epoch,
+            test,
+            samples_per_sec: self.trained_samples as f64 / self.train_seconds.max(1e-9),
+            seconds: self.started.elapsed().as_secs_f64(),
+            params: self.params,
+            device: String::new(),
+            peak_rss_mib: peak_rss_mib(),
+            stopped_by: match end {
+                End::Signal(sig) => Some(signal_name(sig)),
+                _ => None,
+            },
+        })
+    }
 }
 
-fn describe(sync: &GradSync) -> String {
-    match sync {
-        GradSync::Local => "1 worker".into(),
-        GradSync::Ring(c) => format!("{} workers, ring all-reduce", c.world()),
-        GradSync::Ps {
-            workers,
-            servers,
-            mode,
-            ..
-        } => format!("{workers} workers, {servers} parameter server(s), {mode:?} mode"),
+/// Throughput bookkeeping between step lines.
+struct Window {
+    started: Instant,
+    samples: usize,
+    comm: f64,
+    data: f64,
+}
+
+impl Window {
+    fn start() -> Self {
+        Self {
+            started: Instant::now(),
+            samples: 0,
+            comm: 0.0,
+            data: 0.0,
+        }
     }
+}
+
+/// `SIGTERM`, `SIGUSR1`, … for a signal number.
+fn signal_name(sig: usize) -> String {
+    match sig as i32 {
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGUSR1 => "SIGUSR1".into(),
+        libc::SIGINT => "SIGINT".into(),
+        s => format!("signal {s}"),
+    }
+}
+
+/// The highest step of a step line in `run/metrics.jsonl` (0 without one).
+fn last_logged_step(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "step")
+        .filter_map(|v| v["step"].as_u64())
+        .max()
+        .unwrap_or(0) as usize
 }
 
 /// Creates (or, when resuming, checks) the run directory and records the job in it.
-fn prepare_run_dir(job: &JobSpec, opts: &TrainOptions) -> Result<PathBuf, TrainError> {
-    if let Some(dir) = &opts.resume {
-        if opts.out.as_ref().is_some_and(|o| o != dir) {
+fn prepare_run_dir(
+    job: &JobSpec,
+    opts: &TrainOptions,
+    resume: Option<&Path>,
+) -> Result<PathBuf, TrainError> {
+    if let Some(dir) = resume {
+        if opts.resume.is_some() && opts.out.as_ref().is_some_and(|o| o != dir) {
             return Err(TrainError::Usage(
                 "--resume continues in its own directory; drop --out".into(),
             ));
         }
-        if !checkpoint::dir(dir).join("state.json").exists() {
+        if !checkpoint::exists(dir) {
             return Err(TrainError::BadState {
                 path: checkpoint::dir(dir),
                 message: "no checkpoint to resume from".into(),
             });
         }
-        return Ok(dir.clone());
+        return Ok(dir.to_path_buf());
     }
     let dir = opts.out.clone().unwrap_or_else(|| default_run_dir(job));
-    if dir.join("metrics.jsonl").exists() {
+    // A restarted job without a checkpoint yet starts again in its own directory.
+    if dir.join("metrics.jsonl").exists() && opts.restart.is_none() {
         return Err(TrainError::Usage(format!(
             "{} already holds a run; choose another --out, or continue it with --resume {}",
             dir.display(),

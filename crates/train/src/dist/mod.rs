@@ -40,12 +40,39 @@ pub enum GradSync {
     },
 }
 
+/// One worker's share of a step, handed to [`GradSync::step`].
+pub struct Step<'a, B: AutodiffBackend> {
+    /// The model before the step.
+    pub model: Net<B>,
+    /// This worker's gradients (`None` when it had no samples).
+    pub grads: Option<GradientsParams>,
+    /// This worker's mean loss over its samples.
+    pub loss: f64,
+    /// This worker's samples in the step.
+    pub local_n: usize,
+    /// The step's samples over all workers.
+    pub global_n: usize,
+    /// Learning rate of the step.
+    pub lr: f64,
+    /// The signal this worker was asked to stop by, if any.
+    pub stop: Option<usize>,
+    /// The optimizer (ring and one worker; servers run their own).
+    pub optim: &'a mut AnyOptim<B, Net<B>>,
+    /// Where tensors live.
+    pub device: &'a B::Device,
+}
+
 /// Result of one synchronised step.
 pub struct Stepped<B: AutodiffBackend> {
     /// The updated model.
     pub model: Net<B>,
     /// Job-wide mean loss when the strategy computes it (ring), else the local loss.
     pub loss: f64,
+    /// A stop signal some worker was asked to stop by: every worker learns it in the
+    /// same step, so all stop together.
+    pub stop: Option<usize>,
+    /// Seconds spent exchanging gradients and parameters.
+    pub comm_s: f64,
 }
 
 impl GradSync {
@@ -55,6 +82,31 @@ impl GradSync {
             GradSync::Local => 1,
             GradSync::Ring(c) => c.world(),
             GradSync::Ps { workers, .. } => *workers,
+        }
+    }
+
+    /// How the job combines gradients, for the start-of-training line.
+    pub fn describe(&self) -> String {
+        match self {
+            GradSync::Local => "1 worker".into(),
+            GradSync::Ring(c) => format!("{} workers, ring all-reduce", c.world()),
+            GradSync::Ps {
+                workers,
+                servers,
+                mode,
+                ..
+            } => format!("{workers} workers, {servers} parameter server(s), {mode:?} mode"),
+        }
+    }
+
+    /// Whether the workers hold the whole training state (model and optimizer), so a
+    /// checkpoint of rank 0 captures it; else why not.
+    pub fn keeps_optimizer_state(&self) -> Result<(), String> {
+        match self {
+            GradSync::Local | GradSync::Ring(_) => Ok(()),
+            GradSync::Ps { .. } => Err(
+                "with the ps strategy the optimizer state lives on the parameter servers".into(),
+            ),
         }
     }
 
@@ -102,19 +154,19 @@ impl GradSync {
     }
 
     /// Combines this worker's gradients (from `local_n` of the step's `global_n`
-    /// samples; `grads` is `None` when this worker had no samples) and updates the model.
-    #[allow(clippy::too_many_arguments)]
-    pub fn step<B: AutodiffBackend>(
-        &mut self,
-        model: Net<B>,
-        grads: Option<GradientsParams>,
-        loss: f64,
-        local_n: usize,
-        global_n: usize,
-        lr: f64,
-        optim: &mut AnyOptim<B, Net<B>>,
-        device: &B::Device,
-    ) -> Result<Stepped<B>, CommError> {
+    /// samples) and updates the model.
+    pub fn step<B: AutodiffBackend>(&mut self, s: Step<'_, B>) -> Result<Stepped<B>, CommError> {
+        let Step {
+            model,
+            grads,
+            loss,
+            local_n,
+            global_n,
+            lr,
+            stop,
+            optim,
+            device,
+        } = s;
         let weight = local_n as f32 / global_n.max(1) as f32;
         let flat_grads = |model: &Net<B>, grads: Option<GradientsParams>, w: f32| match grads {
             Some(g) => {
@@ -124,23 +176,37 @@ impl GradSync {
             }
             None => vec![0.0; flat::params_to_flat(model, Which::Trainable).len()],
         };
+        let started = std::time::Instant::now();
         match self {
             GradSync::Local => {
                 let grads = grads.unwrap_or_default();
                 Ok(Stepped {
                     model: optim.step(lr, model, grads),
                     loss,
+                    stop,
+                    comm_s: 0.0,
                 })
             }
             GradSync::Ring(comm) => {
                 let mut v = flat_grads(&model, grads, weight);
+                // More sums ride along: the loss, and the stop signals (how many
+                // workers were asked to stop, and the sum of their signal numbers:
+                // their mean names the signal when they agree, as they do).
                 v.push(loss as f32 * weight);
+                v.push(stop.unwrap_or(0) as f32);
+                v.push(f32::from(u8::from(stop.is_some())));
                 comm.named("gradients").all_reduce(&mut v, ReduceOp::Sum)?;
+                let comm_s = started.elapsed().as_secs_f64();
+                let stopping = v.pop().unwrap_or(0.0);
+                let signals = v.pop().unwrap_or(0.0);
+                let stop = (stopping > 0.0).then(|| (signals / stopping).round() as usize);
                 let global_loss = v.pop().unwrap_or(0.0) as f64;
                 let g = flat::grads_from_flat(&model, v, device);
                 Ok(Stepped {
                     model: optim.step(lr, model, g),
                     loss: global_loss,
+                    stop,
+                    comm_s,
                 })
             }
             GradSync::Ps {
@@ -176,6 +242,9 @@ impl GradSync {
                 Ok(Stepped {
                     model: flat::params_from_flat(model, &fresh, Which::Trainable),
                     loss,
+                    // Servers take no part in stopping early: ps workers ignore signals.
+                    stop: None,
+                    comm_s: started.elapsed().as_secs_f64(),
                 })
             }
         }
