@@ -309,6 +309,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         opts.stop = stop_on_signals(&job);
         let s = dlc_train::train(&job, &opts)
             .with_context(|| format!("training {} failed", args.run.job.display()))?;
+        exit_if_stopped(&s, true);
         print_summary(&summary_json(&s), args.json);
         crate::curves::after_training(&s.run_dir, args.run.quiet);
         return Ok(());
@@ -400,18 +401,36 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         c.shutdown(timeout);
     }
     if let Outcome::Worker(s) = outcome {
-        if s.run_dir.as_os_str().is_empty() || id.rank != 0 {
-            return Ok(());
+        if id.rank == 0 && !s.run_dir.as_os_str().is_empty() && s.stopped_by.is_none() {
+            let mut v = summary_json(&s);
+            if std::env::var(dlc_train::progress::PROGRESS_ENV).is_ok_and(|v| v == "json") {
+                v["event"] = "summary".into();
+                dlc_train::progress::emit(&v);
+            } else {
+                print_summary(&v, false);
+            }
         }
-        let mut v = summary_json(&s);
-        if std::env::var(dlc_train::progress::PROGRESS_ENV).is_ok_and(|v| v == "json") {
-            v["event"] = "summary".into();
-            dlc_train::progress::emit(&v);
-        } else {
-            print_summary(&v, false);
-        }
+        exit_if_stopped(&s, id.rank == 0);
     }
     Ok(())
+}
+
+/// A run stopped by a signal (after its checkpoint) did not finish: the process
+/// exits with `dlc_launch::EXIT_REQUEUE` (SIGUSR1, a time limit ahead: Slurm scripts
+/// requeue the job) or `dlc_launch::EXIT_STOPPED` (SIGTERM).
+fn exit_if_stopped(s: &TrainSummary, report: bool) {
+    if let (Some(sig), true) = (&s.stopped_by, report) {
+        eprintln!(
+            "stopped by {sig} at global step {} after writing a checkpoint; continue with --resume {}",
+            s.global_step,
+            s.run_dir.display()
+        );
+    }
+    match s.stopped_by.as_deref() {
+        Some("SIGUSR1") => std::process::exit(dlc_launch::EXIT_REQUEUE),
+        Some(_) => std::process::exit(dlc_launch::EXIT_STOPPED),
+        None => {}
+    }
 }
 
 /// The restart this process belongs to, from the launcher's `DLC_RESTART_*`

@@ -601,3 +601,161 @@ fn dry_runs_of_a_foreign_command_run_dlc_exec_on_every_manager() {
     let dir = tempfile::tempdir().unwrap();
     kubernetes_schema_check(dir.path(), "foreign.yaml", &y);
 }
+
+/// 60000 samples, global batch 60: 1000 quick MLP steps, a step line every 5.
+fn long_equivalence_job() -> String {
+    "[model]\npreset = \"mlp\"\n[data]\ndataset = \"fashion-mnist\"\nlimit = 60000\n\
+     test_limit = 500\n[train]\nepochs = 1\nbatch_size = 60\noptimizer = \"adam\"\n\
+     learning_rate = 0.002\nlog_every = 5\nseed = 11\ndrop_last = true\n"
+        .to_string()
+}
+
+fn slurm_state(id: &str) -> String {
+    let s: serde_json::Value = serde_json::from_str(&ok(&["status", id, "--json"])).unwrap();
+    s["state"].as_str().unwrap_or("").to_string()
+}
+
+/// Submits `job` to Slurm with 2 workers into `run`, waits until it trains, sends
+/// `signal` to its tasks (`scancel --signal`), and returns the job id.
+fn slurm_job_signalled(job: &Path, run: &Path, signal: &str) -> String {
+    let id = ok(&[
+        "launch",
+        "--manager",
+        "slurm",
+        job.to_str().unwrap(),
+        "--workers",
+        "2",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let id = id.lines().next().unwrap().trim().to_string();
+    let t = Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 4
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "job {id} never trained: {}",
+            slurm_state(&id)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new("scancel")
+        .args([&format!("--signal={signal}"), &id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    id
+}
+
+fn wait_slurm_end(id: &str, limit: Duration) -> String {
+    let t = Instant::now();
+    loop {
+        let s = slurm_state(id);
+        if ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"]
+            .iter()
+            .any(|e| s.starts_with(e))
+        {
+            return s;
+        }
+        assert!(t.elapsed() < limit, "job {id} still {s}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn metrics_of(run: &Path, kind: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == kind)
+        .collect()
+}
+
+#[test]
+fn slurm_sigterm_checkpoints_and_launch_resume_continues() {
+    if !slurm_up() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "long.toml", &long_equivalence_job());
+    let whole = dir.path().join("whole");
+    train_to(&job, &whole, &["--workers", "2"]);
+    let run = dir.path().join("run");
+    let id = slurm_job_signalled(&job, &run, "TERM");
+    // Stopped, not finished: exit 143 after the checkpoint, no requeue.
+    let end = wait_slurm_end(&id, Duration::from_secs(60));
+    assert_eq!(end, "FAILED", "job {id}");
+    let stop = metrics_of(&run, "stop");
+    assert_eq!(stop.len(), 1, "{stop:?}");
+    assert_eq!(stop[0]["reason"], "SIGTERM");
+    let step = stop[0]["step"].as_u64().unwrap();
+    assert!(step < 1000, "the job ended before the signal");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["global_step"], step);
+    let logs = ok(&["logs", &id]);
+    assert!(
+        logs.contains("stopped by SIGTERM with a checkpoint"),
+        "{logs}"
+    );
+    // `dlc launch --resume` continues under Slurm from that step.
+    let out = dlc()
+        .args(["launch", "--manager", "slurm", job.to_str().unwrap()])
+        .args([
+            "--workers",
+            "2",
+            "--wait",
+            "--resume",
+            run.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = max_abs_diff(
+        &weights(&whole.join("model.safetensors")),
+        &weights(&run.join("model.safetensors")),
+    );
+    assert!(
+        d < 1e-6,
+        "stopped at {step} and resumed under Slurm: differs by {d}"
+    );
+}
+
+#[test]
+fn slurm_sigusr1_before_the_time_limit_requeues_and_the_job_continues() {
+    if !slurm_up() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "long.toml", &long_equivalence_job());
+    let whole = dir.path().join("whole");
+    train_to(&job, &whole, &["--workers", "2"]);
+    let run = dir.path().join("run");
+    // What `#SBATCH --signal=USR1@120` sends two minutes before the time limit.
+    let id = slurm_job_signalled(&job, &run, "USR1");
+    // Slurm holds a requeued job for about two minutes before it may start again.
+    let end = wait_slurm_end(&id, Duration::from_secs(400));
+    assert_eq!(end, "COMPLETED", "job {id}");
+    let stop = metrics_of(&run, "stop");
+    assert_eq!(stop.len(), 1, "{stop:?}");
+    assert_eq!(stop[0]["reason"], "SIGUSR1");
+    let restart = metrics_of(&run, "restart");
+    assert_eq!(restart.len(), 1, "{restart:?}");
+    assert_eq!(restart[0]["step"], stop[0]["step"], "{restart:?}");
+    assert_eq!(restart[0]["reason"], "requeued by Slurm", "{restart:?}");
+    assert_eq!(restart[0]["steps_lost"], 0, "{restart:?}");
+    let d = max_abs_diff(
+        &weights(&whole.join("model.safetensors")),
+        &weights(&run.join("model.safetensors")),
+    );
+    assert!(d < 1e-6, "requeued run differs by {d}");
+}

@@ -24,6 +24,9 @@ const HINT: &str =
 pub const COORDINATOR_PORT: u16 = 29400;
 /// Where the ConfigMap with the job file is mounted.
 pub const JOB_DIR: &str = "/etc/dlc";
+/// Seconds a pod of a job file's job has between SIGTERM (deletion, eviction) and
+/// SIGKILL: enough for the step in progress and a checkpoint.
+pub const TERMINATION_GRACE_S: u64 = 120;
 /// Where an output volume ([`LaunchSpec::output_volume`]) is mounted in every pod; run
 /// directories go below it.
 pub const RUNS_DIR: &str = "/dlc/runs";
@@ -159,6 +162,12 @@ pub fn manifests(spec: &LaunchSpec, token: &str) -> Result<Vec<Value>, ManagerEr
         }
         if let Some(t) = spec.time_limit {
             job["spec"]["activeDeadlineSeconds"] = json!(t.as_secs().max(1));
+        }
+        if !foreign {
+            // A deleted or evicted pod gets SIGTERM: its workers finish the step, write
+            // a checkpoint and stop; this leaves the time for that before SIGKILL.
+            job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] =
+                json!(TERMINATION_GRACE_S);
         }
         job
     };
@@ -416,6 +425,7 @@ mod tests {
         let pod = &s["template"]["spec"];
         assert_eq!(pod["subdomain"], "fashion-mnist-cnn");
         assert_eq!(pod["restartPolicy"], "Never");
+        assert_eq!(pod["terminationGracePeriodSeconds"], TERMINATION_GRACE_S);
         assert_eq!(
             s["template"]["metadata"]["labels"]["dlcluster/job"],
             "fashion-mnist-cnn"

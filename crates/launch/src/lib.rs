@@ -30,6 +30,14 @@ pub mod spec;
 pub use manager::{JobStatus, ManagerError, ResourceManager};
 pub use spec::{ForeignCommand, LaunchSpec, OutputVolume};
 
+/// Exit status of a worker that SIGUSR1 stopped after a checkpoint (`EX_TEMPFAIL`):
+/// a time limit is near, and a Slurm job requeues itself to continue.
+pub const EXIT_REQUEUE: i32 = 75;
+
+/// Exit status of a worker that SIGTERM stopped after a checkpoint (128 + SIGTERM):
+/// it did not finish; `--resume` continues it.
+pub const EXIT_STOPPED: i32 = 143;
+
 /// Asks the kernel to kill this process when its parent dies, so that workers of a
 /// launcher that was itself killed do not linger. Linux only; a no-op elsewhere.
 pub fn die_with_parent() {

@@ -45,7 +45,10 @@ impl Slurm {
             },
             spec.nodes
         ));
-        let mut sb = |k: &str, v: String| s.push_str(&format!("#SBATCH --{k}={v}\n"));
+        let mut sb = |k: &str, v: String| match v.is_empty() {
+            true => s.push_str(&format!("#SBATCH --{k}\n")),
+            false => s.push_str(&format!("#SBATCH --{k}={v}\n")),
+        };
         sb("job-name", format!("dlc-{}", dns_label(&spec.name, 50)));
         sb("nodes", spec.nodes.to_string());
         sb("ntasks", world.to_string());
@@ -61,6 +64,15 @@ impl Slurm {
         }
         if let Some(p) = &spec.partition {
             sb("partition", shell_quote(p));
+        }
+        let native = spec.command.is_none();
+        if native {
+            // SIGUSR1 two minutes before the time limit: the workers stop with a
+            // checkpoint and the script requeues the job, which then continues.
+            sb("signal", "USR1@120".into());
+            sb("requeue", String::new());
+            // A requeued job's output follows the first attempt's instead of replacing it.
+            sb("open-mode", "append".into());
         }
         sb("chdir", q(&spec.workdir));
         sb("output", q(&spec.out.join("slurm-%j.out")));
@@ -91,7 +103,9 @@ impl Slurm {
                 .map(|a| shell_quote(a)),
         );
         let step = cmd.join(" ");
-        if spec.max_restarts == 0 {
+        if native {
+            s.push_str(&native_steps(&step, spec.max_restarts));
+        } else if spec.max_restarts == 0 {
             s.push_str(&step);
             s.push('\n');
         } else {
@@ -117,6 +131,35 @@ impl Slurm {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The step of a job file's job: repeated after a failure up to `max_restarts` times
+/// (each attempt and each requeue continue from the newest checkpoint), requeued when
+/// the workers stopped for the time limit ([`crate::EXIT_REQUEUE`]), ended when
+/// SIGTERM stopped them ([`crate::EXIT_STOPPED`]; `dlc launch --resume` continues).
+fn native_steps(step: &str, max_restarts: usize) -> String {
+    format!(
+        "# Restarts (DLC_RESTART_COUNT) and requeues (SLURM_RESTART_COUNT) resume from the\n\
+         # newest checkpoint in the run directory.\n\
+         requeued=${{SLURM_RESTART_COUNT:-0}}\n\
+         if [ \"$requeued\" -gt 0 ]; then export DLC_RESTART_REASON=\"requeued by Slurm\"; fi\n\
+         for attempt in $(seq 0 {max_restarts}); do\n  \
+         export DLC_RESTART_COUNT=$((requeued + attempt))\n  \
+         rc=0\n  \
+         {step} || rc=$?\n  \
+         case $rc in\n    \
+         0) exit 0 ;;\n    \
+         {req}) echo \"dlc: stopped with a checkpoint before the time limit; requeueing job $SLURM_JOB_ID\" >&2\n        \
+         scontrol requeue \"$SLURM_JOB_ID\"; exit 0 ;;\n    \
+         {stop}) echo \"dlc: stopped by SIGTERM with a checkpoint; continue with dlc launch --resume\" >&2; exit $rc ;;\n  \
+         esac\n  \
+         export DLC_RESTART_REASON=\"attempt $((attempt + 1)) failed (exit code $rc)\"\n  \
+         echo \"dlc: $DLC_RESTART_REASON\" >&2\n\
+         done\n\
+         exit 1\n",
+        req = crate::EXIT_REQUEUE,
+        stop = crate::EXIT_STOPPED,
+    )
 }
 
 /// Parses one `scontrol show job -o` line (values may contain spaces: a word without
@@ -349,11 +392,26 @@ mod tests {
             "#SBATCH --partition=gpu\n",
             "#SBATCH --output='/home/me/runs/my run/slurm-%j.out'\n",
             "export DLC_JOB_TOKEN=",
-            "srun --kill-on-bad-exit=1 --label --ntasks=4 --cpus-per-task=8 --gpus-per-task=1 /opt/dlc/bin/dlc worker /home/me/job.toml --strategy ring --workers 4 --out '/home/me/runs/my run'\n",
+            "srun --kill-on-bad-exit=1 --label --ntasks=4 --cpus-per-task=8 --gpus-per-task=1 /opt/dlc/bin/dlc worker /home/me/job.toml --strategy ring --workers 4 --out '/home/me/runs/my run' || rc=$?\n",
+            // Near the time limit: checkpoint, then requeue; SIGTERM: checkpoint, stop.
+            "#SBATCH --signal=USR1@120\n#SBATCH --requeue\n#SBATCH --open-mode=append\n",
+            "export DLC_RESTART_COUNT=$((requeued + attempt))\n",
+            "  75) echo",
+            "scontrol requeue \"$SLURM_JOB_ID\"; exit 0 ;;\n",
+            "  143) echo",
+            "for attempt in $(seq 0 0); do\n",
         ] {
             assert!(s.contains(want), "missing {want:?} in\n{s}");
         }
         assert!(!s.contains("DLC_PORT"));
+        // Resuming: the workers continue the run directory.
+        let mut sp = spec();
+        sp.resume = true;
+        let s = Slurm::script(&sp).unwrap();
+        assert!(
+            s.contains("--workers 4 --resume '/home/me/runs/my run' || rc=$?"),
+            "{s}"
+        );
     }
 
     #[test]

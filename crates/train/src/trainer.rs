@@ -626,39 +626,41 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
             self.model = sync.sync_buffers(self.model.clone())?;
             self.checkpoint()?;
         }
-        if let Some(c) = self.checkpoints.as_mut() {
-            sync.busy("writing a checkpoint", || c.writer.wait())?;
-        }
-        sync.finish()?;
+        // Rank 0's files are complete before any rank leaves: under srun a rank that
+        // exits non-zero (stopped by a signal) gets the others killed.
         let test = if self.lead {
+            let ends = |run: &mut Self| -> Result<EvalResult, TrainError> {
+                if let Some(c) = run.checkpoints.as_mut() {
+                    c.writer.wait()?;
+                }
+                let test = match (end, run.last_eval.take()) {
+                    (_, Some(t)) => t,
+                    // Stopping on a signal is urgent (a time limit, a preemption).
+                    (End::Signal(_), None) => EvalResult::none(),
+                    (_, None) => evaluate(
+                        &run.model.valid(),
+                        run.data.test.as_ref(),
+                        run.data.standardizer.as_ref(),
+                        run.device,
+                    )?,
+                };
+                save_safetensors(&run.model.valid(), &run.run_dir.join("model.safetensors"))?;
+                Ok(test)
+            };
+            let test = sync.busy("writing its final files", || ends(&mut self))?;
             if let End::Signal(sig) = end {
-                let reason = signal_name(sig);
                 if let Some(m) = self.metrics.as_mut() {
                     m.write(&Record::Stop {
-                        reason: reason.clone(),
+                        reason: signal_name(sig),
                         step: self.state.global_step,
                     })?;
                 }
-                self.progress.println(&format!(
-                    "stopped by {reason} at global step {}; checkpoint written; continue with --resume {}",
-                    self.state.global_step,
-                    self.run_dir.display()
-                ));
             }
-            let test = match self.last_eval.take() {
-                Some(t) => t,
-                None => evaluate(
-                    &self.model.valid(),
-                    self.data.test.as_ref(),
-                    self.data.standardizer.as_ref(),
-                    self.device,
-                )?,
-            };
-            save_safetensors(&self.model.valid(), &self.run_dir.join("model.safetensors"))?;
             test
         } else {
             EvalResult::none()
         };
+        sync.finish()?;
         Ok(TrainSummary {
             run_dir: self.run_dir,
             global_step: self.state.global_step,
