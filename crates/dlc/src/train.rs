@@ -261,6 +261,9 @@ fn summary_json(s: &TrainSummary) -> serde_json::Value {
         "samples_per_sec": s.samples_per_sec,
         "seconds": s.seconds, "params": s.params, "device": s.device,
         "peak_rss_mib": s.peak_rss_mib,
+        "checkpoints": s.checkpoints.written,
+        "checkpoint_copy_ms": s.checkpoints.copy_ms,
+        "checkpoint_write_ms": s.checkpoints.write_ms,
     })
 }
 

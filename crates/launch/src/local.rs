@@ -124,7 +124,13 @@ pub fn run(job: &LocalJob) -> Result<Outcome, LaunchError> {
             Err(e @ LaunchError::Interrupted(_)) => return Err(e),
             Err(e) => e,
         };
-        let first_line = e.to_string().lines().next().unwrap_or("").to_string();
+        let first_line = e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim_end_matches(':')
+            .to_string();
         attempts.push(format!(
             "attempt {} ({} worker(s)): {first_line}",
             attempt.number + 1,

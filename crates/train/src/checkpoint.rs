@@ -171,7 +171,11 @@ fn sync_dir(d: &Path) -> Result<(), TrainError> {
 /// previous write to end, and a failed write is reported by the next call.
 pub struct Writer {
     run: PathBuf,
-    pending: Option<JoinHandle<Result<(), TrainError>>>,
+    pending: Option<JoinHandle<Result<std::time::Duration, TrainError>>>,
+    /// Checkpoints written so far.
+    pub written: usize,
+    /// Time their writing took in all (on the writer's thread).
+    pub write_time: std::time::Duration,
 }
 
 impl Writer {
@@ -180,6 +184,8 @@ impl Writer {
         Self {
             run: run.to_path_buf(),
             pending: None,
+            written: 0,
+            write_time: std::time::Duration::ZERO,
         }
     }
 
@@ -190,7 +196,10 @@ impl Writer {
         self.pending = Some(
             std::thread::Builder::new()
                 .name("checkpoint".into())
-                .spawn(move || snap.write(&run))
+                .spawn(move || {
+                    let started = std::time::Instant::now();
+                    snap.write(&run).map(|()| started.elapsed())
+                })
                 .map_err(TrainError::io(&self.run))?,
         );
         Ok(())
@@ -198,15 +207,18 @@ impl Writer {
 
     /// Waits for the write in progress, if any, and returns its result.
     pub fn wait(&mut self) -> Result<(), TrainError> {
-        match self.pending.take() {
-            None => Ok(()),
-            Some(h) => h.join().unwrap_or_else(|_| {
-                Err(TrainError::BadState {
-                    path: dir(&self.run),
-                    message: "the checkpoint writer panicked".into(),
-                })
-            }),
-        }
+        let Some(h) = self.pending.take() else {
+            return Ok(());
+        };
+        let took = h.join().unwrap_or_else(|_| {
+            Err(TrainError::BadState {
+                path: dir(&self.run),
+                message: "the checkpoint writer panicked".into(),
+            })
+        })?;
+        self.written += 1;
+        self.write_time += took;
+        Ok(())
     }
 }
 

@@ -108,6 +108,19 @@ pub struct TrainSummary {
     pub peak_rss_mib: Option<f64>,
     /// The signal that stopped training early (after a checkpoint), if one did.
     pub stopped_by: Option<String>,
+    /// What rank 0's checkpoints cost (zero elsewhere).
+    pub checkpoints: CheckpointCost,
+}
+
+/// Checkpoints written by this invocation and their mean cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckpointCost {
+    /// Checkpoints written.
+    pub written: usize,
+    /// Mean milliseconds the training thread spent copying the state (training waits).
+    pub copy_ms: f64,
+    /// Mean milliseconds writing and fsyncing took on the writer's thread.
+    pub write_ms: f64,
 }
 
 /// This process's peak resident set size (`VmHWM`) in MiB, where Linux reports it.
@@ -240,6 +253,8 @@ struct Checkpoints {
     writer: checkpoint::Writer,
     last_step: usize,
     last_time: Instant,
+    /// Time the training thread spent copying state for checkpoints.
+    copy_time: std::time::Duration,
 }
 
 impl<'a, B: AutodiffBackend> Run<'a, B> {
@@ -363,6 +378,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
             writer: checkpoint::Writer::new(&run_dir),
             last_step: state.global_step,
             last_time: Instant::now(),
+            copy_time: std::time::Duration::ZERO,
         });
         Ok(Self {
             opts,
@@ -568,7 +584,9 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
             return Ok(());
         };
         let samples = (self.state.step_in_epoch * self.spec.batch_size).min(self.data.train.len());
+        let copying = Instant::now();
         let snap = Snapshot::take(&self.model, &self.optim, self.state, samples, self.workers)?;
+        c.copy_time += copying.elapsed();
         c.writer.write(snap)?;
         c.last_step = self.state.global_step;
         c.last_time = Instant::now();
@@ -671,6 +689,14 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
             params: self.params,
             device: String::new(),
             peak_rss_mib: peak_rss_mib(),
+            checkpoints: self.checkpoints.as_ref().map_or_else(Default::default, |c| {
+                let n = c.writer.written.max(1) as f64;
+                CheckpointCost {
+                    written: c.writer.written,
+                    copy_ms: c.copy_time.as_secs_f64() * 1e3 / n,
+                    write_ms: c.writer.write_time.as_secs_f64() * 1e3 / n,
+                }
+            }),
             stopped_by: match end {
                 End::Signal(sig) => Some(signal_name(sig)),
                 _ => None,
