@@ -1,7 +1,7 @@
 //! `dlc train`, `dlc worker`, `dlc eval`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -166,6 +166,7 @@ impl RunOpts {
             local_rank: None,
             restart: None,
             stop: None,
+            launch_id: None,
             kill_at_step: None,
         }
     }
@@ -306,7 +307,8 @@ fn print_summary(v: &serde_json::Value, json: bool) {
 pub fn train(args: TrainArgs) -> Result<()> {
     let job = args.run.native_job()?;
     let d = &job.distributed;
-    if d.workers == 1 && d.strategy == Strategy::Ring {
+    // One worker trains in this process, unless restarts need a launcher around it.
+    if d.workers == 1 && d.strategy == Strategy::Ring && d.max_restarts == 0 {
         set_threads(args.threads);
         let mut opts = args.run.options();
         opts.stop = stop_on_signals(&job);
@@ -396,6 +398,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
     let mut opts = args.run.options();
     opts.local_rank = Some(id.local_rank);
     opts.restart = restart_from_env(job.distributed.workers);
+    opts.launch_id = Some(id.job_id.clone());
     opts.stop = stop_on_signals(&job);
     opts.kill_at_step = fault_from_env(id.rank, opts.restart.is_some())?;
     let outcome = dlc_train::worker::run(&job, &opts, &tid)
@@ -418,11 +421,16 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
     Ok(())
 }
 
-/// A run stopped by a signal (after its checkpoint) did not finish: the process
+/// A run stopped by a signal (after its checkpoint) did not finish: rank 0 (`lead`)
 /// exits with `dlc_launch::EXIT_REQUEUE` (SIGUSR1, a time limit ahead: Slurm scripts
-/// requeue the job) or `dlc_launch::EXIT_STOPPED` (SIGTERM).
-fn exit_if_stopped(s: &TrainSummary, report: bool) {
-    if let (Some(sig), true) = (&s.stopped_by, report) {
+/// requeue the job) or `dlc_launch::EXIT_STOPPED` (SIGTERM, SIGINT). The other ranks
+/// exit 0: under `srun --kill-on-bad-exit` their non-zero status could get rank 0
+/// killed before it exits itself, and the step's status would be that kill's.
+fn exit_if_stopped(s: &TrainSummary, lead: bool) {
+    if !lead {
+        return;
+    }
+    if let Some(sig) = &s.stopped_by {
         eprintln!(
             "stopped by {sig} at global step {} after writing a checkpoint; continue with --resume {}",
             s.global_step,
@@ -474,12 +482,20 @@ fn fault_from_env(rank: usize, restarted: bool) -> Result<Option<usize>> {
 /// current step with a checkpoint, where the strategy can checkpoint; elsewhere they
 /// keep their default effect.
 fn stop_on_signals(job: &JobSpec) -> Option<Arc<AtomicUsize>> {
+    // ps servers count steps and cannot stop early with the workers (see
+    // `GradSync::keeps_optimizer_state`): every ps process keeps the default action.
     if job.distributed.strategy == Strategy::Ps {
         return None;
     }
     let flag = Arc::new(AtomicUsize::new(0));
-    for sig in [libc::SIGTERM, libc::SIGUSR1] {
-        if signal_hook::flag::register_usize(sig, flag.clone(), sig as usize).is_err() {
+    let asked = Arc::new(AtomicBool::new(false));
+    for sig in [libc::SIGTERM, libc::SIGUSR1, libc::SIGINT] {
+        // A second signal ends the process at once (exit 1), the first one stops it
+        // after its step; registration order is the order the actions run in.
+        let registered = signal_hook::flag::register_conditional_shutdown(sig, 1, asked.clone())
+            .and_then(|_| signal_hook::flag::register(sig, asked.clone()))
+            .and_then(|_| signal_hook::flag::register_usize(sig, flag.clone(), sig as usize));
+        if registered.is_err() {
             return None;
         }
     }

@@ -429,6 +429,21 @@ fn dry_runs_print_the_script_and_the_manifests() {
     assert!(e.contains("--image"), "{e}");
     let e = fails(&["launch", "--manager", "yarn", example, "--dry-run"]);
     assert!(e.contains("slurm"), "{e}");
+    // Elastic restarts are the local manager's so far: refused, not ignored.
+    let e = fails(&[
+        "launch",
+        "--manager",
+        "slurm",
+        example,
+        "--workers",
+        "2",
+        "--max-restarts",
+        "1",
+        "--min-workers",
+        "1",
+        "--dry-run",
+    ]);
+    assert!(e.contains("works with the local manager so far"), "{e}");
 }
 
 #[test]
@@ -666,15 +681,6 @@ fn wait_slurm_end(id: &str, limit: Duration) -> String {
     }
 }
 
-fn metrics_of(run: &Path, kind: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == kind)
-        .collect()
-}
-
 #[test]
 fn slurm_sigterm_checkpoints_and_launch_resume_continues() {
     if !slurm_up() {
@@ -689,7 +695,7 @@ fn slurm_sigterm_checkpoints_and_launch_resume_continues() {
     // Stopped, not finished: exit 143 after the checkpoint, no requeue.
     let end = wait_slurm_end(&id, Duration::from_secs(60));
     assert_eq!(end, "FAILED", "job {id}");
-    let stop = metrics_of(&run, "stop");
+    let stop = metrics_lines(&run, "stop");
     assert_eq!(stop.len(), 1, "{stop:?}");
     assert_eq!(stop[0]["reason"], "SIGTERM");
     let step = stop[0]["step"].as_u64().unwrap();
@@ -745,10 +751,10 @@ fn slurm_sigusr1_before_the_time_limit_requeues_and_the_job_continues() {
     // Slurm holds a requeued job for about two minutes before it may start again.
     let end = wait_slurm_end(&id, Duration::from_secs(400));
     assert_eq!(end, "COMPLETED", "job {id}");
-    let stop = metrics_of(&run, "stop");
+    let stop = metrics_lines(&run, "stop");
     assert_eq!(stop.len(), 1, "{stop:?}");
     assert_eq!(stop[0]["reason"], "SIGUSR1");
-    let restart = metrics_of(&run, "restart");
+    let restart = metrics_lines(&run, "restart");
     assert_eq!(restart.len(), 1, "{restart:?}");
     assert_eq!(restart[0]["step"], stop[0]["step"], "{restart:?}");
     assert_eq!(restart[0]["reason"], "requeued by Slurm", "{restart:?}");

@@ -24,15 +24,6 @@ fn job_text(limit: usize) -> String {
     )
 }
 
-fn lines(run: &Path, kind: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == kind)
-        .collect()
-}
-
 /// Runs `dlc train` with a worker killed at `kill` (`RANK:STEP`) and returns the
 /// summary.
 fn train_killed(job: &Path, out: &Path, kill: &str, extra: &[&str]) -> serde_json::Value {
@@ -98,16 +89,16 @@ fn a_killed_worker_is_restarted_and_training_ends_bit_identical() {
             &["--workers", "2", "--max-restarts", "1"],
         );
         assert_eq!(s["global_step"], 100, "kill at {step}");
-        let restart = &lines(&out, "restart")[..];
+        let restart = &metrics_lines(&out, "restart")[..];
         assert_eq!(restart.len(), 1, "kill at {step}: {restart:?}");
         let r = &restart[0];
-        // The newest checkpoint before the kill (every 20 steps; the kill comes right
-        // after its step, before that step's checkpoint, and a checkpoint still
-        // being written by a killed rank 0 is lost with it).
+        // A checkpoint every 20 steps. The killed rank dies right after its step: a
+        // killed rank 0 before that step's checkpoint (and one it was still writing
+        // is lost with it), while a surviving rank 0 may still checkpoint the step.
         let resumed = r["step"].as_u64().unwrap() as usize;
         let newest = (step - 1) / 20 * 20;
         assert!(
-            resumed.is_multiple_of(20) && (resumed == newest || resumed + 20 == newest),
+            resumed.is_multiple_of(20) && resumed <= step && resumed + 20 >= newest,
             "kill at {step}: {r}"
         );
         assert_eq!(
@@ -156,7 +147,7 @@ fn elastic_restart_continues_on_fewer_workers() {
         ],
     );
     assert_eq!(s["global_step"], 100);
-    let r = &lines(&out, "restart")[0];
+    let r = &metrics_lines(&out, "restart")[0];
     assert_eq!(
         (&r["workers_before"], &r["workers_after"], &r["step"]),
         (&3.into(), &2.into(), &40.into()),
@@ -261,7 +252,7 @@ fn stop_with_sigterm(job: &Path, out: &Path, workers: &str) -> u64 {
     let status = child.wait().unwrap();
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-    let stop = lines(out, "stop");
+    let stop = metrics_lines(out, "stop");
     assert_eq!(
         stop.len(),
         1,
@@ -374,4 +365,36 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
         "2",
     ]);
     assert!(err.contains("no intact checkpoint to resume from"), "{err}");
+}
+
+#[test]
+fn a_restart_never_takes_over_another_runs_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "j.toml", &job_text(6000));
+    let old = dir.path().join("old");
+    train_to(&job, &old, &["--workers", "2", "--steps", "30"]);
+    let before = std::fs::read(old.join("checkpoint/state.json")).unwrap();
+    // The first attempt refuses the directory; the restart must refuse it too,
+    // not resume the old run's checkpoint as if it were its own.
+    let o = dlc()
+        .args([
+            "train",
+            job.to_str().unwrap(),
+            "--out",
+            old.to_str().unwrap(),
+        ])
+        .args(["-q", "--workers", "2", "--max-restarts", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("already holds a run") && err.contains("2 attempt(s), all failed"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(old.join("checkpoint/state.json")).unwrap(),
+        before
+    );
+    assert!(metrics_lines(&old, "restart").is_empty());
 }

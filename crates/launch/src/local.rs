@@ -33,7 +33,7 @@ pub enum LaunchError {
     Comm(#[from] dlc_comm::CommError),
     /// The launcher was told to stop (SIGINT/SIGTERM): every process was asked to
     /// stop (training writes a checkpoint first) and has stopped.
-    #[error("stopped by signal {0}; every process has stopped (ring and single-worker training write a checkpoint first: continue with --resume RUN_DIR)")]
+    #[error("stopped by signal {0}; every process has stopped (a job file's ring or one-worker training wrote a checkpoint first: continue it with --resume RUN_DIR)")]
     Interrupted(i32),
     /// Every attempt failed (`--max-restarts`): the last failure and the history.
     #[error("{last}\n{} attempt(s), all failed:\n{}", attempts.len(), attempts.join("\n"))]
@@ -216,6 +216,10 @@ fn run_once(job: &LocalJob, attempt: &Attempt) -> Result<Outcome, LaunchError> {
                 .env("DLC_RESTART_REASON", reason)
                 .env("DLC_RESTART_WORKERS_BEFORE", before.to_string());
         }
+        // A process group of its own: a terminal's Ctrl-C reaches only the launcher,
+        // which asks every process to stop once (a second signal at a worker would
+        // end it at once, without its checkpoint).
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let spawned = command
             .args(&job.args)
             .env("DLC_RANK", rank.to_string())

@@ -65,8 +65,7 @@ impl Slurm {
         if let Some(p) = &spec.partition {
             sb("partition", shell_quote(p));
         }
-        let native = spec.command.is_none();
-        if native {
+        if spec.checkpoints() {
             // SIGUSR1 two minutes before the time limit: the workers stop with a
             // checkpoint and the script requeues the job, which then continues.
             sb("signal", "USR1@120".into());
@@ -103,7 +102,7 @@ impl Slurm {
                 .map(|a| shell_quote(a)),
         );
         let step = cmd.join(" ");
-        if native {
+        if spec.checkpoints() {
             s.push_str(&native_steps(&step, spec.max_restarts));
         } else if spec.max_restarts == 0 {
             s.push_str(&step);
@@ -433,6 +432,8 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("export DLC_PORT=4242\n"), "{s}");
+        // ps processes cannot stop early together: no early signal, no requeue.
+        assert!(!s.contains("--signal") && !s.contains("--requeue"), "{s}");
         sp.nodes = 7;
         assert!(Slurm::script(&sp)
             .unwrap_err()

@@ -102,6 +102,13 @@ impl LaunchSpec {
         }
     }
 
+    /// Whether the job's processes stop on SIGTERM/SIGUSR1 with a checkpoint and
+    /// resume from it: a job file's job without parameter servers (whose optimizer
+    /// state the servers hold); a foreign command handles signals its own way.
+    pub fn checkpoints(&self) -> bool {
+        self.command.is_none() && self.servers == 0
+    }
+
     /// Processes in the job: workers plus servers.
     pub fn world(&self) -> usize {
         self.workers + self.servers

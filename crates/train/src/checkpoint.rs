@@ -167,8 +167,12 @@ fn sync_dir(d: &Path) -> Result<(), TrainError> {
         .map_err(TrainError::io(d))
 }
 
+/// How long a checkpoint write may take before training gives up on it.
+const WRITE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Writes checkpoints on a thread of its own, one at a time: a new one waits for the
-/// previous write to end, and a failed write is reported by the next call.
+/// previous write to end (at most [`WRITE_DEADLINE`]), and a failed write is reported
+/// by the next call.
 pub struct Writer {
     run: PathBuf,
     pending: Option<JoinHandle<Result<std::time::Duration, TrainError>>>,
@@ -210,6 +214,19 @@ impl Writer {
         let Some(h) = self.pending.take() else {
             return Ok(());
         };
+        let deadline = std::time::Instant::now() + WRITE_DEADLINE;
+        while !h.is_finished() {
+            if std::time::Instant::now() > deadline {
+                return Err(TrainError::BadState {
+                    path: dir(&self.run),
+                    message: format!(
+                        "writing the checkpoint did not finish within {} s (a hung file system?)",
+                        WRITE_DEADLINE.as_secs()
+                    ),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         let took = h.join().unwrap_or_else(|_| {
             Err(TrainError::BadState {
                 path: dir(&self.run),

@@ -48,6 +48,9 @@ pub struct TrainOptions {
     /// Set to a signal number (SIGTERM, SIGUSR1) to stop training after the current
     /// step with a checkpoint; every rank stops at the same step.
     pub stop: Option<Arc<AtomicUsize>>,
+    /// The launcher's id of this job (the same across its restarts): a restarted
+    /// process continues only a run directory that this job created.
+    pub launch_id: Option<String>,
     /// Fault injection for testing recovery: this process kills itself with SIGKILL
     /// right after finishing this global step (`DLC_FAULT_KILL_AT_STEP`).
     pub kill_at_step: Option<usize>,
@@ -69,11 +72,20 @@ impl TrainOptions {
     /// directory when it holds a checkpoint.
     pub fn resume_dir(&self) -> Option<PathBuf> {
         self.resume.clone().or_else(|| {
-            self.restart
-                .as_ref()
-                .and(self.out.clone())
-                .filter(|d| checkpoint::exists(d))
+            self.out
+                .clone()
+                .filter(|d| self.owns(d) && checkpoint::exists(d))
         })
+    }
+
+    /// Whether `dir` is this job's own run directory and this process a restart of
+    /// it (the launch id rank 0 recorded there is this job's).
+    fn owns(&self, dir: &Path) -> bool {
+        match (&self.restart, &self.launch_id) {
+            (Some(_), Some(id)) => std::fs::read_to_string(dir.join(LAUNCH_ID_FILE))
+                .is_ok_and(|recorded| recorded == *id),
+            _ => false,
+        }
     }
 
     /// The signal this process was asked to stop by, if any.
@@ -175,6 +187,9 @@ pub fn default_run_dir(job: &JobSpec) -> PathBuf {
         .to_string();
     PathBuf::from("runs").join(format!("{}-{stamp}", job.display_name()))
 }
+
+/// The file in a run directory that names the launch that created it.
+const LAUNCH_ID_FILE: &str = "launch-id";
 
 /// Batches the loader thread prepares ahead of the training loop.
 const PREFETCH_BATCHES: usize = 4;
@@ -286,7 +301,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
             resume.is_some() || spec.checkpoint_every.is_some(),
         ) {
             return Err(TrainError::Usage(format!(
-                "checkpoints (--resume, checkpoint_every, restarts) are not supported here yet: {why}"
+                "checkpoints (--resume, checkpoint_every) are not supported here yet: {why}"
             )));
         }
         let progress = Progress::new(opts.quiet || !lead);
@@ -460,7 +475,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
                 end = End::Signal(sig);
                 break;
             }
-            self.checkpoint_if_due()?;
+            self.checkpoint_if_due(sync)?;
         }
         self.train_seconds += window.started.elapsed().as_secs_f64();
         Ok(end)
@@ -560,7 +575,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
     }
 
     /// Rank 0 starts writing a checkpoint when `checkpoint_every` says one is due.
-    fn checkpoint_if_due(&mut self) -> Result<(), TrainError> {
+    fn checkpoint_if_due(&mut self, sync: &mut GradSync) -> Result<(), TrainError> {
         // The epoch's end writes one anyway.
         let epoch_end = self.state.step_in_epoch == self.source.steps_per_epoch();
         let due = match &self.checkpoints {
@@ -573,21 +588,26 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
             None => false,
         };
         if due {
-            self.checkpoint()?;
+            self.checkpoint(sync)?;
         }
         Ok(())
     }
 
-    /// Rank 0 copies the state and hands it to the writer thread.
-    fn checkpoint(&mut self) -> Result<(), TrainError> {
+    /// Rank 0 copies the state and hands it to the writer thread (waiting for the
+    /// previous write, announced: the other ranks wait for it in their next step).
+    fn checkpoint(&mut self, sync: &mut GradSync) -> Result<(), TrainError> {
         let Some(c) = self.checkpoints.as_mut() else {
             return Ok(());
         };
+        let (model, optim, state) = (&self.model, &self.optim, self.state);
         let samples = (self.state.step_in_epoch * self.spec.batch_size).min(self.data.train.len());
-        let copying = Instant::now();
-        let snap = Snapshot::take(&self.model, &self.optim, self.state, samples, self.workers)?;
-        c.copy_time += copying.elapsed();
-        c.writer.write(snap)?;
+        let workers = self.workers;
+        sync.busy("writing a checkpoint", || {
+            let copying = Instant::now();
+            let snap = Snapshot::take(model, optim, state, samples, workers)?;
+            c.copy_time += copying.elapsed();
+            c.writer.write(snap)
+        })?;
         c.last_step = self.state.global_step;
         c.last_time = Instant::now();
         Ok(())
@@ -631,7 +651,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
             test.loss,
             test.describe(),
         ));
-        self.checkpoint()?;
+        self.checkpoint(sync)?;
         self.last_eval = Some(test);
         Ok(())
     }
@@ -642,7 +662,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
         self.progress.finish();
         if end != End::Done {
             self.model = sync.sync_buffers(self.model.clone())?;
-            self.checkpoint()?;
+            self.checkpoint(sync)?;
         }
         // Rank 0's files are complete before any rank leaves: under srun a rank that
         // exits non-zero (stopped by a signal) gets the others killed.
@@ -689,14 +709,17 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
             params: self.params,
             device: String::new(),
             peak_rss_mib: peak_rss_mib(),
-            checkpoints: self.checkpoints.as_ref().map_or_else(Default::default, |c| {
-                let n = c.writer.written.max(1) as f64;
-                CheckpointCost {
-                    written: c.writer.written,
-                    copy_ms: c.copy_time.as_secs_f64() * 1e3 / n,
-                    write_ms: c.writer.write_time.as_secs_f64() * 1e3 / n,
-                }
-            }),
+            checkpoints: self
+                .checkpoints
+                .as_ref()
+                .map_or_else(Default::default, |c| {
+                    let n = c.writer.written.max(1) as f64;
+                    CheckpointCost {
+                        written: c.writer.written,
+                        copy_ms: c.copy_time.as_secs_f64() * 1e3 / n,
+                        write_ms: c.writer.write_time.as_secs_f64() * 1e3 / n,
+                    }
+                }),
             stopped_by: match end {
                 End::Signal(sig) => Some(signal_name(sig)),
                 _ => None,
@@ -768,7 +791,7 @@ fn prepare_run_dir(
     }
     let dir = opts.out.clone().unwrap_or_else(|| default_run_dir(job));
     // A restarted job without a checkpoint yet starts again in its own directory.
-    if dir.join("metrics.jsonl").exists() && opts.restart.is_none() {
+    if dir.join("metrics.jsonl").exists() && !opts.owns(&dir) {
         return Err(TrainError::Usage(format!(
             "{} already holds a run; choose another --out, or continue it with --resume {}",
             dir.display(),
@@ -777,6 +800,10 @@ fn prepare_run_dir(
     }
     std::fs::create_dir_all(&dir).map_err(TrainError::io(&dir))?;
     write_job(&dir, job)?;
+    if let Some(id) = &opts.launch_id {
+        let path = dir.join(LAUNCH_ID_FILE);
+        std::fs::write(&path, id).map_err(TrainError::io(&path))?;
+    }
     Ok(dir)
 }
 

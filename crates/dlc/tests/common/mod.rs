@@ -133,3 +133,13 @@ pub fn have(cmd: &str, args: &[&str], what: &str) -> bool {
     }
     ok
 }
+
+/// The lines of `run/metrics.jsonl` of one `kind` (`step`, `epoch`, `restart`, `stop`).
+pub fn metrics_lines(run: &Path, kind: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_else(|e| panic!("{}: {e}", run.join("metrics.jsonl").display()))
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == kind)
+        .collect()
+}

@@ -189,17 +189,21 @@ impl GradSync {
             }
             GradSync::Ring(comm) => {
                 let mut v = flat_grads(&model, grads, weight);
-                // More sums ride along: the loss, and the stop signals (how many
-                // workers were asked to stop, and the sum of their signal numbers:
-                // their mean names the signal when they agree, as they do).
+                // More sums ride along: the loss, and how many workers were asked to
+                // stop to requeue (SIGUSR1) and to end (SIGTERM, SIGINT).
+                let requeue = stop == Some(libc::SIGUSR1 as usize);
                 v.push(loss as f32 * weight);
-                v.push(stop.unwrap_or(0) as f32);
-                v.push(f32::from(u8::from(stop.is_some())));
+                v.push(f32::from(u8::from(requeue)));
+                v.push(f32::from(u8::from(stop.is_some() && !requeue)));
                 comm.named("gradients").all_reduce(&mut v, ReduceOp::Sum)?;
                 let comm_s = started.elapsed().as_secs_f64();
-                let stopping = v.pop().unwrap_or(0.0);
-                let signals = v.pop().unwrap_or(0.0);
-                let stop = (stopping > 0.0).then(|| (signals / stopping).round() as usize);
+                let (ending, requeueing) = (v.pop().unwrap_or(0.0), v.pop().unwrap_or(0.0));
+                // Ending wins over requeueing: the job is being taken down.
+                let stop = match (ending > 0.0, requeueing > 0.0) {
+                    (true, _) => Some(stop.filter(|_| !requeue).unwrap_or(libc::SIGTERM as usize)),
+                    (false, true) => Some(libc::SIGUSR1 as usize),
+                    (false, false) => None,
+                };
                 let global_loss = v.pop().unwrap_or(0.0) as f64;
                 let g = flat::grads_from_flat(&model, v, device);
                 Ok(Stepped {
