@@ -430,18 +430,19 @@ fn exit_if_stopped(s: &TrainSummary, lead: bool) {
     if !lead {
         return;
     }
-    if let Some(sig) = &s.stopped_by {
-        eprintln!(
-            "stopped by {sig} at global step {} after writing a checkpoint; continue with --resume {}",
-            s.global_step,
-            s.run_dir.display()
-        );
-    }
-    match s.stopped_by.as_deref() {
-        Some("SIGUSR1") => std::process::exit(dlc_launch::EXIT_REQUEUE),
-        Some(_) => std::process::exit(dlc_launch::EXIT_STOPPED),
-        None => {}
-    }
+    let Some(sig) = s.stopped_by else {
+        return;
+    };
+    eprintln!(
+        "stopped by {} at global step {} after writing a checkpoint; continue with --resume {}",
+        dlc_train::trainer::signal_name(sig),
+        s.global_step,
+        s.run_dir.display()
+    );
+    std::process::exit(match sig {
+        libc::SIGUSR1 => dlc_launch::EXIT_REQUEUE,
+        _ => dlc_launch::EXIT_STOPPED,
+    })
 }
 
 /// The restart this process belongs to, from the launcher's `DLC_RESTART_*`

@@ -53,7 +53,7 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        wait_for_training(&out.join("metrics.jsonl"));
+        wait_for_step_lines(&out, 1, Duration::from_secs(90));
         let workers = children(launcher.id());
         assert_eq!(workers.len(), 3, "one process per worker: {workers:?}");
         Self {
@@ -92,17 +92,6 @@ impl Running {
             assert!(!alive(*p), "worker process {p} outlived the job");
         }
         (status, took, err)
-    }
-}
-
-fn wait_for_training(metrics: &std::path::Path) {
-    let start = Instant::now();
-    while !std::fs::read_to_string(metrics).is_ok_and(|t| t.contains("\"step\"")) {
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "training never started"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -266,7 +255,7 @@ fn strangers_dribbling_bytes_neither_stall_nor_delay_the_job() {
         .spawn()
         .unwrap();
     let started = Instant::now();
-    wait_for_training(&out.join("metrics.jsonl"));
+    wait_for_step_lines(&out, 1, Duration::from_secs(90));
     let rank1 = *children(launcher.id())
         .iter()
         .find(|&&p| rank_of(p) == Some(1))
@@ -394,7 +383,7 @@ fn a_stopped_rank_0_that_runs_the_coordinator_is_named_by_the_others() {
                 .unwrap()
         })
         .collect();
-    wait_for_training(&out.join("metrics.jsonl"));
+    wait_for_step_lines(&out, 1, Duration::from_secs(90));
     let hit = Instant::now();
     signal("-STOP", ranks[0].id());
     let bound = SILENCE + Duration::from_secs(4);

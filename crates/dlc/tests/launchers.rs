@@ -644,20 +644,7 @@ fn slurm_job_signalled(job: &Path, run: &Path, signal: &str) -> String {
         run.to_str().unwrap(),
     ]);
     let id = id.lines().next().unwrap().trim().to_string();
-    let t = Instant::now();
-    while std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .count()
-        < 4
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "job {id} never trained: {}",
-            slurm_state(&id)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_step_lines(run, 4, Duration::from_secs(120));
     let out = Command::new("scancel")
         .args([&format!("--signal={signal}"), &id])
         .output()
@@ -695,15 +682,7 @@ fn slurm_sigterm_checkpoints_and_launch_resume_continues() {
     // Stopped, not finished: exit 143 after the checkpoint, no requeue.
     let end = wait_slurm_end(&id, Duration::from_secs(60));
     assert_eq!(end, "FAILED", "job {id}");
-    let stop = metrics_lines(&run, "stop");
-    assert_eq!(stop.len(), 1, "{stop:?}");
-    assert_eq!(stop[0]["reason"], "SIGTERM");
-    let step = stop[0]["step"].as_u64().unwrap();
-    assert!(step < 1000, "the job ended before the signal");
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint/state.json")).unwrap())
-            .unwrap();
-    assert_eq!(state["global_step"], step);
+    let step = assert_stopped_at_checkpoint(&run, "SIGTERM", &format!("job {id}"));
     let logs = ok(&["logs", &id]);
     assert!(
         logs.contains("stopped by SIGTERM with a checkpoint"),

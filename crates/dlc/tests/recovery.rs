@@ -11,7 +11,7 @@ use common::*;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// 6000 samples, global batch 60, drop_last: 100 steps in one epoch; a checkpoint
 /// every 20 steps.
@@ -27,15 +27,7 @@ fn job_text(limit: usize) -> String {
 /// Runs `dlc train` with a worker killed at `kill` (`RANK:STEP`) and returns the
 /// summary.
 fn train_killed(job: &Path, out: &Path, kill: &str, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec![
-        "train",
-        job.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "-q",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
+    let args = train_args(job, out, extra);
     let o = dlc()
         .args(&args)
         .env("DLC_FAULT_KILL_AT_STEP", kill)
@@ -236,15 +228,7 @@ fn stop_with_sigterm(job: &Path, out: &Path, workers: &str) -> u64 {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let logged = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
-        if logged.lines().count() >= 4 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the job did not start training");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_step_lines(out, 4, Duration::from_secs(120));
     // SAFETY: kill(2) on our own child.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
@@ -252,19 +236,11 @@ fn stop_with_sigterm(job: &Path, out: &Path, workers: &str) -> u64 {
     let status = child.wait().unwrap();
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-    let stop = metrics_lines(out, "stop");
-    assert_eq!(
-        stop.len(),
-        1,
-        "{workers} worker(s): no stop line; stderr:\n{err}"
+    let step = assert_stopped_at_checkpoint(
+        out,
+        "SIGTERM",
+        &format!("{workers} worker(s); stderr:\n{err}"),
     );
-    assert_eq!(stop[0]["reason"], "SIGTERM");
-    let step = stop[0]["step"].as_u64().unwrap();
-    assert!(step < 1000, "the job ended before the signal: {err}");
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint/state.json")).unwrap())
-            .unwrap();
-    assert_eq!(state["global_step"], step, "checkpoint at the stop step");
     if workers == "1" {
         // Stopped, not finished: 128 + SIGTERM, after a clean stop.
         assert_eq!(status.code(), Some(143), "one worker: {err}");

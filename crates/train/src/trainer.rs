@@ -118,8 +118,9 @@ pub struct TrainSummary {
     pub device: String,
     /// This process's peak resident memory in MiB (Linux; None elsewhere).
     pub peak_rss_mib: Option<f64>,
-    /// The signal that stopped training early (after a checkpoint), if one did.
-    pub stopped_by: Option<String>,
+    /// The signal number that stopped training early (after a checkpoint), if one
+    /// did ([`signal_name`] names it).
+    pub stopped_by: Option<i32>,
     /// What rank 0's checkpoints cost (zero elsewhere).
     pub checkpoints: CheckpointCost,
 }
@@ -689,7 +690,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
             if let End::Signal(sig) = end {
                 if let Some(m) = self.metrics.as_mut() {
                     m.write(&Record::Stop {
-                        reason: signal_name(sig),
+                        reason: signal_name(sig as i32),
                         step: self.state.global_step,
                     })?;
                 }
@@ -721,7 +722,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
                     }
                 }),
             stopped_by: match end {
-                End::Signal(sig) => Some(signal_name(sig)),
+                End::Signal(sig) => Some(sig as i32),
                 _ => None,
             },
         })
@@ -748,8 +749,8 @@ impl Window {
 }
 
 /// `SIGTERM`, `SIGUSR1`, … for a signal number.
-fn signal_name(sig: usize) -> String {
-    match sig as i32 {
+pub fn signal_name(sig: i32) -> String {
+    match sig {
         libc::SIGTERM => "SIGTERM".into(),
         libc::SIGUSR1 => "SIGUSR1".into(),
         libc::SIGINT => "SIGINT".into(),

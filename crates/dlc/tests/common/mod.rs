@@ -47,8 +47,9 @@ pub fn summary(out: &str) -> serde_json::Value {
     serde_json::from_str(out.lines().last().expect("dlc printed a summary")).unwrap()
 }
 
-/// Trains `job` into `out` quietly (with `extra` arguments) and returns its summary.
-pub fn train_to(job: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+/// `train JOB --out OUT -q --json EXTRA…`: a quiet training run that prints its
+/// summary as JSON.
+pub fn train_args<'a>(job: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "train",
         job.to_str().unwrap(),
@@ -58,7 +59,12 @@ pub fn train_to(job: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
         "--json",
     ];
     args.extend_from_slice(extra);
-    summary(&ok(&args))
+    args
+}
+
+/// Trains `job` into `out` quietly (with `extra` arguments) and returns its summary.
+pub fn train_to(job: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    summary(&ok(&train_args(job, out, extra)))
 }
 
 /// Writes a job file into `dir` and returns its path.
@@ -142,4 +148,45 @@ pub fn metrics_lines(run: &Path, kind: &str) -> Vec<serde_json::Value> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["kind"] == kind)
         .collect()
+}
+
+/// Waits until `run/metrics.jsonl` holds at least `n` step lines: the job trains.
+pub fn wait_for_step_lines(run: &Path, n: usize, limit: std::time::Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+        if text
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"step\""))
+            .count()
+            >= n
+        {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{}: training never reached {n} step line(s) in {limit:?}",
+            run.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Asserts that a signal named `reason` stopped `run` (one stop line) before its
+/// 1000th step, with the checkpoint at the stop step; returns that step. `context`
+/// goes into the failure messages.
+pub fn assert_stopped_at_checkpoint(run: &Path, reason: &str, context: &str) -> u64 {
+    let stop = metrics_lines(run, "stop");
+    assert_eq!(stop.len(), 1, "no single stop line: {stop:?}; {context}");
+    assert_eq!(stop[0]["reason"], reason, "{context}");
+    let step = stop[0]["step"].as_u64().unwrap();
+    assert!(step < 1000, "the job ended before the signal: {context}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        state["global_step"], step,
+        "checkpoint at the stop step; {context}"
+    );
+    step
 }
