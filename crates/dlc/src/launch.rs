@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use dlc_job::{JobSpec, Manager, Strategy};
+use dlc_job::{JobSpec, Manager, PsMode, Strategy};
 use dlc_launch::agent::{self, Framework};
 use dlc_launch::record::{self, JobRecord};
 use dlc_launch::{ForeignCommand, LaunchSpec, OutputVolume, ResourceManager};
@@ -359,6 +359,8 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
             d.join_timeout().as_secs()
         },
         command,
+        // Asynchronous servers cannot stop with their workers (no consistent step).
+        checkpoints: !(foreign || d.strategy == Strategy::Ps && d.ps_mode == PsMode::Async),
         max_restarts,
         min_workers: d.min_workers,
     };

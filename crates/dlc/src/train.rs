@@ -483,9 +483,10 @@ fn fault_from_env(rank: usize, restarted: bool) -> Result<Option<usize>> {
 /// current step with a checkpoint, where the strategy can checkpoint; elsewhere they
 /// keep their default effect.
 fn stop_on_signals(job: &JobSpec) -> Option<Arc<AtomicUsize>> {
-    // ps servers count steps and cannot stop early with the workers (see
-    // `GradSync::keeps_optimizer_state`): every ps process keeps the default action.
-    if job.distributed.strategy == Strategy::Ps {
+    // Asynchronous ps workers cannot stop together (see `GradSync::checkpoints`):
+    // every process keeps the default action. Synchronous servers ignore the flag and
+    // stop when rank 0 says training is over, after its checkpoint.
+    if job.distributed.strategy == Strategy::Ps && job.distributed.ps_mode == PsMode::Async {
         return None;
     }
     let flag = Arc::new(AtomicUsize::new(0));

@@ -554,7 +554,7 @@ fn dry_runs_of_a_foreign_command_run_dlc_exec_on_every_manager() {
         " exec --framework auto --strategy ring",
         "--out /shared/runs/t -- python train.py --lr 0.1",
         "for attempt in $(seq 0 2)",
-        "export DLC_RESTART_COUNT=$attempt",
+        "export DLC_RESTART_COUNT=$((requeued + attempt))",
     ] {
         assert!(s.contains(want), "missing {want:?}:\n{s}");
     }
@@ -630,19 +630,25 @@ fn slurm_state(id: &str) -> String {
     s["state"].as_str().unwrap_or("").to_string()
 }
 
-/// Submits `job` to Slurm with 2 workers into `run`, waits until it trains, sends
-/// `signal` to its tasks (`scancel --signal`), and returns the job id.
-fn slurm_job_signalled(job: &Path, run: &Path, signal: &str) -> String {
-    let id = ok(&[
-        "launch",
-        "--manager",
-        "slurm",
-        job.to_str().unwrap(),
-        "--workers",
-        "2",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+/// Submits `job` to Slurm with 2 workers (and `extra` arguments) into `run`, waits
+/// until it trains, sends `signal` to its tasks (`scancel --signal`), and returns the
+/// job id.
+fn slurm_job_signalled(job: &Path, run: &Path, signal: &str, extra: &[&str]) -> String {
+    let launch = [
+        &[
+            "launch",
+            "--manager",
+            "slurm",
+            job.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--out",
+            run.to_str().unwrap(),
+        ][..],
+        extra,
+    ]
+    .concat();
+    let id = ok(&launch);
     let id = id.lines().next().unwrap().trim().to_string();
     wait_for_step_lines(run, 4, Duration::from_secs(120));
     let out = Command::new("scancel")
@@ -675,44 +681,51 @@ fn slurm_sigterm_checkpoints_and_launch_resume_continues() {
     }
     let dir = tempfile::tempdir().unwrap();
     let job = job(dir.path(), "long.toml", &long_equivalence_job());
-    let whole = dir.path().join("whole");
-    train_to(&job, &whole, &["--workers", "2"]);
-    let run = dir.path().join("run");
-    let id = slurm_job_signalled(&job, &run, "TERM");
-    // Stopped, not finished: exit 143 after the checkpoint, no requeue.
-    let end = wait_slurm_end(&id, Duration::from_secs(60));
-    assert_eq!(end, "FAILED", "job {id}");
-    let step = assert_stopped_at_checkpoint(&run, "SIGTERM", &format!("job {id}"));
-    let logs = ok(&["logs", &id]);
-    assert!(
-        logs.contains("stopped by SIGTERM with a checkpoint"),
-        "{logs}"
-    );
-    // `dlc launch --resume` continues under Slurm from that step.
-    let out = dlc()
-        .args(["launch", "--manager", "slurm", job.to_str().unwrap()])
-        .args([
-            "--workers",
-            "2",
-            "--wait",
-            "--resume",
-            run.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let d = max_abs_diff(
-        &weights(&whole.join("model.safetensors")),
-        &weights(&run.join("model.safetensors")),
-    );
-    assert!(
-        d < 1e-6,
-        "stopped at {step} and resumed under Slurm: differs by {d}"
-    );
+    // Ring, and synchronous parameter servers (which stop with their workers).
+    for (name, extra) in [
+        ("ring", &[][..]),
+        ("ps", &["--strategy", "ps", "--ps-servers", "1"][..]),
+    ] {
+        let whole = dir.path().join(format!("whole-{name}"));
+        train_to(&job, &whole, &[&["--workers", "2"][..], extra].concat());
+        let run = dir.path().join(format!("run-{name}"));
+        let id = slurm_job_signalled(&job, &run, "TERM", extra);
+        // Stopped, not finished: exit 143 after the checkpoint, no requeue.
+        let end = wait_slurm_end(&id, Duration::from_secs(60));
+        assert_eq!(end, "FAILED", "{name}: job {id}");
+        let step = assert_stopped_at_checkpoint(&run, "SIGTERM", &format!("{name}: job {id}"));
+        let logs = ok(&["logs", &id]);
+        assert!(
+            logs.contains("stopped by SIGTERM with a checkpoint"),
+            "{name}: {logs}"
+        );
+        // `dlc launch --resume` continues under Slurm from that step.
+        let out = dlc()
+            .args(["launch", "--manager", "slurm", job.to_str().unwrap()])
+            .args([
+                "--workers",
+                "2",
+                "--wait",
+                "--resume",
+                run.to_str().unwrap(),
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let d = max_abs_diff(
+            &weights(&whole.join("model.safetensors")),
+            &weights(&run.join("model.safetensors")),
+        );
+        assert!(
+            d < 1e-6,
+            "{name}: stopped at {step} and resumed under Slurm: differs by {d}"
+        );
+    }
 }
 
 #[test]
@@ -726,7 +739,7 @@ fn slurm_sigusr1_before_the_time_limit_requeues_and_the_job_continues() {
     train_to(&job, &whole, &["--workers", "2"]);
     let run = dir.path().join("run");
     // What `#SBATCH --signal=USR1@120` sends two minutes before the time limit.
-    let id = slurm_job_signalled(&job, &run, "USR1");
+    let id = slurm_job_signalled(&job, &run, "USR1", &[]);
     // Slurm holds a requeued job for about two minutes before it may start again.
     let end = wait_slurm_end(&id, Duration::from_secs(400));
     assert_eq!(end, "COMPLETED", "job {id}");

@@ -1,6 +1,7 @@
 //! Recovery end to end: automatic restarts after a killed worker (exact, and elastic
-//! with fewer workers), resuming on a different number of workers, stopping on
-//! SIGTERM with a checkpoint, and falling back from a damaged checkpoint.
+//! with fewer workers), resuming on a different number of workers and with the other
+//! strategy (ring ↔ parameter servers), stopping on SIGTERM with a checkpoint (ring
+//! and ps), and falling back from a damaged checkpoint.
 //!
 //! Workers are killed with a real SIGKILL at a chosen step through the fault-injection
 //! variable `DLC_FAULT_KILL_AT_STEP=RANK:STEP` (first attempt only), so every kill
@@ -213,9 +214,9 @@ fn a_checkpoint_resumes_on_another_number_of_workers() {
     }
 }
 
-/// Starts `dlc train` on a 1000-step job, sends SIGTERM once step 20 is logged, and
-/// returns the step it stopped at.
-fn stop_with_sigterm(job: &Path, out: &Path, workers: &str) -> u64 {
+/// Starts `dlc train` (with `extra` arguments) on a 1000-step job, sends SIGTERM once
+/// step 20 is logged, and returns the step it stopped at.
+fn stop_with_sigterm(job: &Path, out: &Path, workers: &str, extra: &[&str]) -> u64 {
     let mut child = dlc()
         .args([
             "train",
@@ -224,6 +225,7 @@ fn stop_with_sigterm(job: &Path, out: &Path, workers: &str) -> u64 {
             out.to_str().unwrap(),
         ])
         .args(["-q", "--workers", workers])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -265,7 +267,7 @@ fn sigterm_checkpoints_at_the_current_step_and_resume_continues_there() {
             weights(&whole.join("model.safetensors"))
         };
         let out = dir.path().join(format!("stopped-{workers}"));
-        let step = stop_with_sigterm(&job, &out, workers);
+        let step = stop_with_sigterm(&job, &out, workers, &[]);
         let s = summary(&ok(&[
             "train",
             j,
@@ -330,7 +332,7 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
     assert!(d < 1e-6, "resumed from the fallback differs by {d}");
     // Both damaged: a clear error, nothing trained.
     for d in ["checkpoint", "checkpoint.old"] {
-        std::fs::write(out.join(d).join("optim.bin"), b"garbage").unwrap();
+        std::fs::write(out.join(d).join("optim.safetensors"), b"garbage").unwrap();
     }
     let err = fails(&[
         "train",
@@ -373,4 +375,111 @@ fn a_restart_never_takes_over_another_runs_directory() {
         before
     );
     assert!(metrics_lines(&old, "restart").is_empty());
+}
+
+/// The arguments of a synchronous parameter-server job with `servers` servers.
+fn ps(servers: &'static str) -> [&'static str; 4] {
+    ["--strategy", "ps", "--ps-servers", servers]
+}
+
+#[test]
+fn a_checkpoint_resumes_with_the_other_strategy() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "j.toml", &job_text(6000));
+    let j = job.to_str().unwrap();
+    let whole = dir.path().join("whole");
+    train_to(&job, &whole, &["--workers", "2"]);
+    let reference = weights(&whole.join("model.safetensors"));
+    // Ring on 2 workers → 3 workers and 2 servers; 2 workers and 1 server → ring on 1.
+    let ring2: &[&str] = &["--workers", "2"];
+    let ps3 = [&["--workers", "3"][..], &ps("2")].concat();
+    let ps2 = [&["--workers", "2"][..], &ps("1")].concat();
+    let ring1: &[&str] = &["--workers", "1"];
+    for (name, from, to) in [
+        ("ring → ps", ring2, &ps3[..]),
+        ("ps → ring", &ps2[..], ring1),
+    ] {
+        let out = dir.path().join(name.replace(' ', ""));
+        let s = train_to(&job, &out, &[from, &["--steps", "45"]].concat());
+        assert_eq!(s["global_step"], 45, "{name}");
+        let o = out.to_str().unwrap();
+        let s = summary(&ok(
+            &[&["train", j, "--resume", o, "-q", "--json"][..], to].concat()
+        ));
+        assert_eq!(s["global_step"], 100, "{name}");
+        let d = max_abs_diff(&reference, &weights(&out.join("model.safetensors")));
+        assert!(
+            d < 1e-4,
+            "{name} differs from the uninterrupted ring run by {d}"
+        );
+    }
+}
+
+#[test]
+fn parameter_servers_restart_a_killed_worker_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "j.toml", &job_text(6000));
+    let args = [&["--workers", "2"][..], &ps("2")].concat();
+    let whole = dir.path().join("whole");
+    train_to(&job, &whole, &args);
+    let reference = weights(&whole.join("model.safetensors"));
+    for kill in ["1:57", "0:33"] {
+        let out = dir
+            .path()
+            .join(format!("killed-{}", kill.replace(':', "-")));
+        let s = train_killed(
+            &job,
+            &out,
+            kill,
+            &[&args[..], &["--max-restarts", "1"]].concat(),
+        );
+        assert_eq!(s["global_step"], 100, "kill {kill}");
+        let r = &metrics_lines(&out, "restart")[..];
+        assert_eq!(r.len(), 1, "kill {kill}: {r:?}");
+        assert_eq!(
+            weights(&out.join("model.safetensors")),
+            reference,
+            "kill {kill}: the servers' restored optimizer state differs from the uninterrupted run's"
+        );
+    }
+}
+
+#[test]
+fn sigterm_stops_parameter_servers_with_a_checkpoint_and_resume_continues_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "j.toml", &job_text(60_000));
+    let j = job.to_str().unwrap();
+    let whole = dir.path().join("whole");
+    train_to(&job, &whole, &[&["--workers", "2"][..], &ps("2")].concat());
+    let reference = weights(&whole.join("model.safetensors"));
+    let out = dir.path().join("stopped");
+    let step = stop_with_sigterm(&job, &out, "2", &ps("2"));
+    let o = out.to_str().unwrap();
+    let s = summary(&ok(&[
+        &["train", j, "--resume", o, "--workers", "2", "-q", "--json"][..],
+        &ps("2"),
+    ]
+    .concat()));
+    assert_eq!(s["global_step"], 1000);
+    assert_eq!(
+        weights(&out.join("model.safetensors")),
+        reference,
+        "stopped at {step} and resumed: differs from the uninterrupted run"
+    );
+}
+
+#[test]
+fn asynchronous_parameter_servers_refuse_checkpoints_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "j.toml", &job_text(600));
+    let out = dir.path().join("async");
+    let err = fails(&train_args(
+        &job,
+        &out,
+        &[&["--workers", "2"][..], &ps("1"), &["--ps-mode", "async"]].concat(),
+    ));
+    assert!(
+        err.contains("not possible here") && err.contains("ps_mode = \"sync\""),
+        "{err}"
+    );
 }

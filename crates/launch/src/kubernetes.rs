@@ -163,7 +163,7 @@ pub fn manifests(spec: &LaunchSpec, token: &str) -> Result<Vec<Value>, ManagerEr
         if let Some(t) = spec.time_limit {
             job["spec"]["activeDeadlineSeconds"] = json!(t.as_secs().max(1));
         }
-        if spec.checkpoints() {
+        if spec.checkpoints {
             // A deleted or evicted pod gets SIGTERM: its workers finish the step, write
             // a checkpoint and stop; this leaves the time for that before SIGKILL.
             job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] =
@@ -357,6 +357,7 @@ mod tests {
             port: None,
             timeout_s: 30,
             command: None,
+            checkpoints: true,
             max_restarts: 0,
             min_workers: None,
             output_volume: None,

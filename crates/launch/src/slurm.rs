@@ -65,7 +65,7 @@ impl Slurm {
         if let Some(p) = &spec.partition {
             sb("partition", shell_quote(p));
         }
-        if spec.checkpoints() {
+        if spec.checkpoints {
             // SIGUSR1 two minutes before the time limit: the workers stop with a
             // checkpoint and the script requeues the job, which then continues.
             sb("signal", "USR1@120".into());
@@ -102,20 +102,11 @@ impl Slurm {
                 .map(|a| shell_quote(a)),
         );
         let step = cmd.join(" ");
-        if spec.checkpoints() {
-            s.push_str(&native_steps(&step, spec.max_restarts));
-        } else if spec.max_restarts == 0 {
+        if spec.checkpoints || spec.max_restarts > 0 {
+            s.push_str(&attempts(&step, spec.max_restarts, spec.checkpoints));
+        } else {
             s.push_str(&step);
             s.push('\n');
-        } else {
-            // One restart mechanism: the whole step again, DLC_RESTART_COUNT exported.
-            s.push_str(&format!(
-                "for attempt in $(seq 0 {}); do\n  export DLC_RESTART_COUNT=$attempt\n  \
-                 if {step}; then exit 0; fi\n  \
-                 echo \"dlc: attempt $((attempt + 1)) failed\" >&2\n\
-                 done\nexit 1\n",
-                spec.max_restarts
-            ));
         }
         Ok(s)
     }
@@ -132,14 +123,26 @@ impl Slurm {
     }
 }
 
-/// The step of a job file's job: repeated after a failure up to `max_restarts` times
-/// (each attempt and each requeue continue from the newest checkpoint), requeued when
-/// the workers stopped for the time limit ([`crate::EXIT_REQUEUE`]), ended when
-/// SIGTERM stopped them ([`crate::EXIT_STOPPED`]; `dlc launch --resume` continues).
-fn native_steps(step: &str, max_restarts: usize) -> String {
+/// The job's step in the one restart loop of job files and foreign commands alike:
+/// repeated after a failure up to `max_restarts` times with `DLC_RESTART_COUNT` (and
+/// Slurm's requeues, `SLURM_RESTART_COUNT`) and `DLC_RESTART_REASON` exported. A job
+/// that `checkpoints` resumes from its newest checkpoint, is requeued when its workers
+/// stopped for the time limit ([`crate::EXIT_REQUEUE`]) and ends when SIGTERM stopped
+/// them ([`crate::EXIT_STOPPED`]; `dlc launch --resume` continues).
+fn attempts(step: &str, max_restarts: usize, checkpoints: bool) -> String {
+    let stops = if checkpoints {
+        format!(
+            "    {req}) echo \"dlc: stopped with a checkpoint before the time limit; requeueing job $SLURM_JOB_ID\" >&2\n        \
+             scontrol requeue \"$SLURM_JOB_ID\"; exit 0 ;;\n    \
+             {stop}) echo \"dlc: stopped by SIGTERM with a checkpoint; continue with dlc launch --resume\" >&2; exit $rc ;;\n",
+            req = crate::EXIT_REQUEUE,
+            stop = crate::EXIT_STOPPED,
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "# Restarts (DLC_RESTART_COUNT) and requeues (SLURM_RESTART_COUNT) resume from the\n\
-         # newest checkpoint in the run directory.\n\
+        "# Restarts (DLC_RESTART_COUNT) and requeues (SLURM_RESTART_COUNT){resume}.\n\
          requeued=${{SLURM_RESTART_COUNT:-0}}\n\
          if [ \"$requeued\" -gt 0 ]; then export DLC_RESTART_REASON=\"requeued by Slurm\"; fi\n\
          for attempt in $(seq 0 {max_restarts}); do\n  \
@@ -147,17 +150,18 @@ fn native_steps(step: &str, max_restarts: usize) -> String {
          rc=0\n  \
          {step} || rc=$?\n  \
          case $rc in\n    \
-         0) exit 0 ;;\n    \
-         {req}) echo \"dlc: stopped with a checkpoint before the time limit; requeueing job $SLURM_JOB_ID\" >&2\n        \
-         scontrol requeue \"$SLURM_JOB_ID\"; exit 0 ;;\n    \
-         {stop}) echo \"dlc: stopped by SIGTERM with a checkpoint; continue with dlc launch --resume\" >&2; exit $rc ;;\n  \
+         0) exit 0 ;;\n\
+         {stops}  \
          esac\n  \
          export DLC_RESTART_REASON=\"attempt $((attempt + 1)) failed (exit code $rc)\"\n  \
          echo \"dlc: $DLC_RESTART_REASON\" >&2\n\
          done\n\
          exit 1\n",
-        req = crate::EXIT_REQUEUE,
-        stop = crate::EXIT_STOPPED,
+        resume = if checkpoints {
+            " resume from the\n# newest checkpoint in the run directory"
+        } else {
+            ""
+        },
     )
 }
 
@@ -371,6 +375,7 @@ mod tests {
             port: None,
             timeout_s: 30,
             command: None,
+            checkpoints: true,
             max_restarts: 0,
             min_workers: None,
             output_volume: None,
@@ -432,7 +437,14 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("export DLC_PORT=4242\n"), "{s}");
-        // ps processes cannot stop early together: no early signal, no requeue.
+        // Synchronous servers stop with their workers: the early signal, the requeue.
+        assert!(
+            s.contains("--signal=USR1@120") && s.contains("--requeue"),
+            "{s}"
+        );
+        // Asynchronous ones cannot: neither.
+        sp.checkpoints = false;
+        let s = Slurm::script(&sp).unwrap();
         assert!(!s.contains("--signal") && !s.contains("--requeue"), "{s}");
         sp.nodes = 7;
         assert!(Slurm::script(&sp)

@@ -48,6 +48,10 @@ pub struct LaunchSpec {
     pub timeout_s: u64,
     /// A foreign command run by `dlc exec` in every process instead of `dlc worker`.
     pub command: Option<ForeignCommand>,
+    /// The job's processes stop on SIGTERM/SIGUSR1 with a checkpoint and resume from
+    /// it (a job file's job, unless its parameter servers are asynchronous; a foreign
+    /// command handles signals its own way).
+    pub checkpoints: bool,
     /// Restarts of the whole job after a failure (0: a failure ends it).
     pub max_restarts: usize,
     /// Elastic restarts: continue without failed workers while at least this many
@@ -100,13 +104,6 @@ impl LaunchSpec {
                 a
             }
         }
-    }
-
-    /// Whether the job's processes stop on SIGTERM/SIGUSR1 with a checkpoint and
-    /// resume from it: a job file's job without parameter servers (whose optimizer
-    /// state the servers hold); a foreign command handles signals its own way.
-    pub fn checkpoints(&self) -> bool {
-        self.command.is_none() && self.servers == 0
     }
 
     /// Processes in the job: workers plus servers.

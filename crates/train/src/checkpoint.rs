@@ -2,11 +2,13 @@
 //! off the training thread, with the previous checkpoint kept as a fallback.
 //!
 //! Layout: `<run>/checkpoint/` (newest) and `<run>/checkpoint.old/` (the one before),
-//! each with `model.bin` (burn record, with parameter ids), `optim.bin` (optimizer
-//! record keyed by those ids) and `state.json` ([`LoopState`] plus each file's length
-//! and CRC-32C). Nothing in a checkpoint is keyed by rank or by the number of
-//! workers: the data cursor counts global batches, so any number of workers (and
-//! either strategy that keeps optimizer state on the workers) continues it.
+//! each with `model.bin` (burn record), `optim.safetensors` (the optimizer's
+//! [`FlatState`]: one f32 tensor per slot — `moment_1`, `moment_2` or `velocity` — over
+//! the flattened trainable parameters, with `optimizer` and `time` in its metadata)
+//! and `state.json` ([`LoopState`] plus each file's length and CRC-32C). Nothing in a
+//! checkpoint is keyed by rank, by the number of workers or by the strategy: the data
+//! cursor counts global batches and the optimizer state is flat, so any number of
+//! ring workers or parameter servers continues it.
 //!
 //! Writing: [`Snapshot::take`] copies the state into memory on the training thread
 //! (the only part training waits for); [`Writer`] writes it into `checkpoint.tmp` on a
@@ -21,10 +23,11 @@ use std::thread::JoinHandle;
 use burn::module::Module;
 use burn::record::{BinBytesRecorder, BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
+use dlc_job::TrainSpec;
 use dlc_model::Net;
 use serde::{Deserialize, Serialize};
 
-use crate::optim::AnyOptim;
+use crate::optim::{slot_names, FlatState};
 use crate::TrainError;
 
 /// Where the training loop stands: the global data cursor.
@@ -52,7 +55,7 @@ struct StateFile {
     /// Workers of the run that wrote it (informational: any number may resume).
     #[serde(default)]
     workers: usize,
-    /// Length and CRC-32C of `model.bin` and `optim.bin`.
+    /// Length and CRC-32C of `model.bin` and `optim.safetensors`.
     #[serde(default)]
     files: Vec<FileSum>,
 }
@@ -93,16 +96,20 @@ pub fn exists(run: &Path) -> bool {
 /// A checkpoint copied into memory, ready to be written.
 pub struct Snapshot {
     model: Vec<u8>,
-    optim: Vec<u8>,
+    optim: FlatState,
+    optimizer: String,
+    slots: &'static [&'static str],
     state: StateFile,
 }
 
 impl Snapshot {
-    /// Copies the model, the optimizer state and the loop position (`samples_in_epoch`
-    /// and `workers` are recorded for people reading `state.json`).
+    /// Copies the model and takes the optimizer state (of `spec`'s optimizer) and the
+    /// loop position (`samples_in_epoch` and `workers` are recorded for people reading
+    /// `state.json`).
     pub fn take<B: AutodiffBackend>(
         model: &Net<B>,
-        optim: &AnyOptim<B, Net<B>>,
+        optim: FlatState,
+        spec: &TrainSpec,
         state: LoopState,
         samples_in_epoch: usize,
         workers: usize,
@@ -116,7 +123,9 @@ impl Snapshot {
         })?;
         Ok(Self {
             model,
-            optim: optim.to_bytes()?,
+            optim,
+            optimizer: optimizer_name(spec),
+            slots: slot_names(spec),
             state: StateFile {
                 state,
                 samples_in_epoch,
@@ -131,14 +140,20 @@ impl Snapshot {
         let tmp = run.join("checkpoint.tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(TrainError::io(&tmp))?;
+        let optim = encode_optim(&self.optim, &self.optimizer, self.slots).map_err(|message| {
+            TrainError::BadState {
+                path: tmp.join(OPTIM_FILE),
+                message,
+            }
+        })?;
         self.state.files = vec![
             FileSum::of("model.bin", &self.model),
-            FileSum::of("optim.bin", &self.optim),
+            FileSum::of(OPTIM_FILE, &optim),
         ];
         let json = serde_json::to_vec_pretty(&self.state).expect("state serialises");
         for (name, data) in [
             ("model.bin", &self.model),
-            ("optim.bin", &self.optim),
+            (OPTIM_FILE, &optim),
             ("state.json", &json),
         ] {
             let path = tmp.join(name);
@@ -246,33 +261,30 @@ impl Drop for Writer {
     }
 }
 
-/// The optimizer of a [`Net`].
-type Optim<B> = AnyOptim<B, Net<B>>;
-
-/// A model, its optimizer and the loop position, as restored from a checkpoint.
+/// A model, its optimizer state and the loop position, as restored from a checkpoint.
 pub struct Restored<B: AutodiffBackend> {
     /// The model.
     pub model: Net<B>,
-    /// The optimizer with its state.
-    pub optim: AnyOptim<B, Net<B>>,
+    /// The optimizer state, for the workers' optimizer or the parameter servers'.
+    pub optim: FlatState,
     /// Where the loop continues.
     pub state: LoopState,
     /// Why the newest checkpoint was not used, when the previous one was.
     pub warning: Option<String>,
 }
 
-/// Loads the newest intact checkpoint of `run` into a freshly built model and
-/// optimizer: `checkpoint/`, else (with a warning) `checkpoint.old/`.
+/// Loads the newest intact checkpoint of `run` into a freshly built model, with the
+/// state of `spec`'s optimizer: `checkpoint/`, else (with a warning) `checkpoint.old/`.
 pub fn load<B: AutodiffBackend>(
     run: &Path,
     model: Net<B>,
-    optim: AnyOptim<B, Net<B>>,
+    spec: &TrainSpec,
     device: &B::Device,
 ) -> Result<Restored<B>, TrainError> {
     let newest = dir(run);
     match verify(&newest) {
         Ok(state) => {
-            let (model, optim) = decode(&newest, model, optim, device)?;
+            let (model, optim) = decode(&newest, model, spec, device)?;
             Ok(Restored {
                 model,
                 optim,
@@ -288,7 +300,7 @@ pub fn load<B: AutodiffBackend>(
                     "no intact checkpoint to resume from: {damage}; the previous one: {e}"
                 ),
             })?;
-            let (model, optim) = decode(&old, model, optim, device)?;
+            let (model, optim) = decode(&old, model, spec, device)?;
             Ok(Restored {
                 model,
                 optim,
@@ -331,9 +343,9 @@ fn verify(d: &Path) -> Result<LoopState, String> {
 fn decode<B: AutodiffBackend>(
     d: &Path,
     model: Net<B>,
-    optim: AnyOptim<B, Net<B>>,
+    spec: &TrainSpec,
     device: &B::Device,
-) -> Result<(Net<B>, Optim<B>), TrainError> {
+) -> Result<(Net<B>, FlatState), TrainError> {
     let rec = BinFileRecorder::<FullPrecisionSettings>::new();
     let mismatch = |e: String| TrainError::BadState {
         path: d.join("model.bin"),
@@ -358,8 +370,94 @@ fn decode<B: AutodiffBackend>(
         mismatch(format!("its layers differ from the job's ({first})"))
     })?;
     let model = loaded.map_err(|e| mismatch(e.to_string()))?;
-    let optim = optim.load(&d.join("optim"), device)?;
+    let path = d.join(OPTIM_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| TrainError::BadState {
+        path: path.clone(),
+        message: format!(
+            "cannot read the optimizer state ({e}); was the checkpoint written by an older dlc?"
+        ),
+    })?;
+    let optim = decode_optim(&bytes, &optimizer_name(spec), slot_names(spec))
+        .map_err(|message| TrainError::BadState { path, message })?;
     Ok((model, optim))
+}
+
+/// The optimizer state's file in a checkpoint.
+const OPTIM_FILE: &str = "optim.safetensors";
+
+fn optimizer_name(spec: &TrainSpec) -> String {
+    serde_json::to_value(spec.optimizer)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// `state` as safetensors: one f32 tensor per slot, `optimizer` and `time` as metadata.
+fn encode_optim(state: &FlatState, optimizer: &str, slots: &[&str]) -> Result<Vec<u8>, String> {
+    if !state.is_empty() && state.slots.len() != slots.len() {
+        return Err(format!(
+            "{} slot(s) of optimizer state for {optimizer}, which keeps {}",
+            state.slots.len(),
+            slots.len()
+        ));
+    }
+    let bytes: Vec<Vec<u8>> = state
+        .slots
+        .iter()
+        .map(|s| s.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = slots
+        .iter()
+        .zip(&bytes)
+        .map(|(name, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![b.len() / 4], b)
+                .map(|v| (name.to_string(), v))
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let meta = std::collections::HashMap::from([
+        ("optimizer".to_string(), optimizer.to_string()),
+        ("time".to_string(), state.time.to_string()),
+        ("producer".to_string(), "dlcluster".to_string()),
+    ]);
+    safetensors::tensor::serialize(views, &Some(meta)).map_err(|e| e.to_string())
+}
+
+/// Reads what [`encode_optim`] wrote, for the job's `optimizer` with `slots`.
+fn decode_optim(bytes: &[u8], optimizer: &str, slots: &[&str]) -> Result<FlatState, String> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let found = meta.get("optimizer").map_or("", String::as_str);
+    if found != optimizer {
+        return Err(format!(
+            "the checkpoint holds {found} state, the job trains with {optimizer}; resume with the checkpoint's optimizer"
+        ));
+    }
+    let time = meta
+        .get("time")
+        .and_then(|t| t.parse().ok())
+        .ok_or("no optimizer step count (`time`) in the metadata")?;
+    if st.names().is_empty() {
+        return Ok(FlatState {
+            time,
+            slots: Vec::new(),
+        });
+    }
+    let slots = slots
+        .iter()
+        .map(|name| {
+            let t = st.tensor(name).map_err(|e| format!("slot `{name}`: {e}"))?;
+            if t.dtype() != safetensors::Dtype::F32 {
+                return Err(format!("slot `{name}` is {:?}, not F32", t.dtype()));
+            }
+            Ok(t.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
+        })
+        .collect::<Result<Vec<Vec<f32>>, String>>()?;
+    Ok(FlatState { time, slots })
 }
 
 #[cfg(test)]

@@ -298,11 +298,11 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
         }
         let resume = opts.resume_dir();
         if let (Err(why), true) = (
-            sync.keeps_optimizer_state(),
+            sync.checkpoints(),
             resume.is_some() || spec.checkpoint_every.is_some(),
         ) {
             return Err(TrainError::Usage(format!(
-                "checkpoints (--resume, checkpoint_every) are not supported here yet: {why}"
+                "checkpoints (--resume, checkpoint_every) are not possible here: {why}"
             )));
         }
         let progress = Progress::new(opts.quiet || !lead);
@@ -326,14 +326,14 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
         };
         B::seed(device, spec.seed);
         let mut model = Net::<B>::new(&plan, device);
-        let mut optim = AnyOptim::<B, Net<B>>::new(&spec);
         let mut state = LoopState::default();
+        let mut restored = None;
         if resume.is_some() {
-            let r = checkpoint::load(&run_dir, model, optim, device)?;
+            let r = checkpoint::load(&run_dir, model, &spec, device)?;
             if let Some(w) = &r.warning {
                 progress.println(&format!("warning: {w}"));
             }
-            (model, optim, state) = (r.model, r.optim, r.state);
+            (model, state, restored) = (r.model, r.state, Some(r.optim));
             progress.println(&format!(
                 "resuming {} at epoch {}, step {} (global step {}) on {workers} worker(s)",
                 run_dir.display(),
@@ -388,8 +388,15 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
             .unwrap_or(usize::MAX)
             .min(spec.epochs * steps_per_epoch)
             .saturating_sub(state.global_step);
-        model = sync.init(model, total_steps)?;
-        let checkpoints = (lead && sync.keeps_optimizer_state().is_ok()).then(|| Checkpoints {
+        let (model, optim) = sync.init(
+            model,
+            AnyOptim::<B, Net<B>>::new(&spec),
+            restored.as_ref(),
+            &spec,
+            total_steps,
+            device,
+        )?;
+        let checkpoints = (lead && sync.checkpoints().is_ok()).then(|| Checkpoints {
             every: spec.checkpoint_every,
             writer: checkpoint::Writer::new(&run_dir),
             last_step: state.global_step,
@@ -600,12 +607,14 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
         let Some(c) = self.checkpoints.as_mut() else {
             return Ok(());
         };
-        let (model, optim, state) = (&self.model, &self.optim, self.state);
+        let (model, optim, state, spec) = (&self.model, &self.optim, self.state, &self.spec);
         let samples = (self.state.step_in_epoch * self.spec.batch_size).min(self.data.train.len());
-        let workers = self.workers;
+        let (workers, device) = (self.workers, self.device);
+        let copying = Instant::now();
+        // The other ranks wait for this in their next step; servers answer at once.
+        let flat = sync.optimizer_state(model, optim, spec, device)?;
         sync.busy("writing a checkpoint", || {
-            let copying = Instant::now();
-            let snap = Snapshot::take(model, optim, state, samples, workers)?;
+            let snap = Snapshot::take(model, flat, spec, state, samples, workers)?;
             c.copy_time += copying.elapsed();
             c.writer.write(snap)
         })?;

@@ -79,6 +79,7 @@ pub fn run(job: &JobSpec, opts: &TrainOptions, id: &Identity) -> Result<Outcome,
                 workers: d.workers,
                 servers: d.ps_servers,
                 mode: d.ps_mode,
+                params: 0,
             };
             Ok(Outcome::Worker(Box::new(train_distributed(
                 job, opts, sync,

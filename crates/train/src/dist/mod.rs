@@ -7,6 +7,9 @@
 //!   written back; every worker applies the same optimizer step.
 //! * [`GradSync::Ps`]: workers push weighted gradient shards to parameter servers,
 //!   which run the optimizer ([`ps::serve`]), and pull fresh parameters back.
+//!
+//! Every strategy hands its optimizer state over as one [`FlatState`], so a checkpoint
+//! does not depend on the strategy that wrote it.
 
 pub mod flat;
 pub mod ps;
@@ -19,7 +22,8 @@ use dlc_model::Net;
 
 use flat::Which;
 
-use crate::optim::AnyOptim;
+use crate::optim::{slot_names, AnyOptim, FlatState, NetOptim};
+use crate::TrainError;
 
 /// The network graph seen from one worker.
 pub enum GradSync {
@@ -37,6 +41,8 @@ pub enum GradSync {
         servers: usize,
         /// Sync or async.
         mode: PsMode,
+        /// Trainable parameters (known from [`GradSync::init`] on).
+        params: usize,
     },
 }
 
@@ -99,14 +105,49 @@ impl GradSync {
         }
     }
 
-    /// Whether the workers hold the whole training state (model and optimizer), so a
-    /// checkpoint of rank 0 captures it; else why not.
-    pub fn keeps_optimizer_state(&self) -> Result<(), String> {
+    /// Whether the job's state can be checkpointed (and the job stopped on a signal
+    /// after a step every worker agrees on); else why not.
+    pub fn checkpoints(&self) -> Result<(), String> {
         match self {
             GradSync::Local | GradSync::Ring(_) => Ok(()),
-            GradSync::Ps { .. } => Err(
-                "with the ps strategy the optimizer state lives on the parameter servers".into(),
+            GradSync::Ps {
+                mode: PsMode::Sync, ..
+            } => Ok(()),
+            GradSync::Ps {
+                mode: PsMode::Async,
+                ..
+            } => Err(
+                "asynchronous parameter servers apply each worker's gradients as they arrive, \
+                 so there is no step at which the job's state is one consistent whole; use \
+                 ps_mode = \"sync\" or the ring strategy"
+                    .into(),
             ),
+        }
+    }
+
+    /// The optimizer state of the whole job (rank 0: from the servers with `ps`).
+    pub fn optimizer_state<B: AutodiffBackend>(
+        &mut self,
+        model: &Net<B>,
+        optim: &AnyOptim<B, Net<B>>,
+        spec: &dlc_job::TrainSpec,
+        device: &B::Device,
+    ) -> Result<FlatState, TrainError> {
+        match self {
+            GradSync::Local | GradSync::Ring(_) => optim.export(model, device),
+            GradSync::Ps {
+                comm,
+                workers,
+                servers,
+                params,
+                ..
+            } => Ok(ps::gather_state(
+                comm,
+                *workers,
+                *servers,
+                *params,
+                slot_names(spec).len(),
+            )?),
         }
     }
 
@@ -118,37 +159,63 @@ impl GradSync {
         }
     }
 
-    /// Makes every replica start from the same parameters: rank 0's (ring), or the
-    /// servers' copy of rank 0's (ps). `total_steps` tells servers when to stop.
+    /// Makes every replica start from the same parameters — rank 0's (ring), or the
+    /// servers' copy of rank 0's (ps) — and puts the optimizer state of a checkpoint
+    /// (`restored`) where the strategy keeps it: in the workers' optimizer, or in the
+    /// servers' (from rank 0). `total_steps` tells asynchronous servers when to stop.
     pub fn init<B: AutodiffBackend>(
         &mut self,
         model: Net<B>,
+        optim: NetOptim<B>,
+        restored: Option<&FlatState>,
+        spec: &dlc_job::TrainSpec,
         total_steps: usize,
-    ) -> Result<Net<B>, CommError> {
+        device: &B::Device,
+    ) -> Result<(Net<B>, NetOptim<B>), TrainError> {
+        // The workers' optimizer steps with ring and alone; servers' with ps.
+        let optim = match (&*self, restored) {
+            (GradSync::Local | GradSync::Ring(_), Some(state)) => {
+                optim.import(&model, state, device)?
+            }
+            _ => optim,
+        };
         match self {
-            GradSync::Local => Ok(model),
+            GradSync::Local => Ok((model, optim)),
             GradSync::Ring(comm) => {
                 let mut all = flat::params_to_flat(&model, Which::All);
                 comm.named("parameters").broadcast(&mut all, 0)?;
-                Ok(flat::params_from_flat(model, &all, Which::All))
+                Ok((flat::params_from_flat(model, &all, Which::All), optim))
             }
             GradSync::Ps {
                 comm,
                 workers,
                 servers,
+                params,
                 ..
             } => {
-                let params = flat::params_to_flat(&model, Which::Trainable);
+                let values = flat::params_to_flat(&model, Which::Trainable);
+                *params = values.len();
                 if comm.rank() == 0 {
-                    comm.kv_set("ps/params", &params.len().to_string())?;
+                    comm.kv_set("ps/params", &values.len().to_string())?;
                     comm.kv_set("ps/steps", &total_steps.to_string())?;
-                    let shards: Vec<(usize, &[f32])> = (0..*servers)
-                        .map(|s| (*workers + s, &params[ps::shard(params.len(), s, *servers)]))
+                    let empty = FlatState::default();
+                    let state = restored.unwrap_or(&empty);
+                    let slots = slot_names(spec).len();
+                    let msgs: Vec<Vec<f32>> = (0..*servers)
+                        .map(|s| ps::init_message(&values, state, slots, s, *servers))
                         .collect();
-                    comm.exchange(&shards, &mut [])?;
+                    let sends: Vec<(usize, &[f32])> = msgs
+                        .iter()
+                        .enumerate()
+                        .map(|(s, m)| (*workers + s, &m[..]))
+                        .collect();
+                    comm.exchange(&sends, &mut [])?;
                 }
-                let fresh = ps::pull(comm, *workers, *servers, params.len())?;
-                Ok(flat::params_from_flat(model, &fresh, Which::Trainable))
+                let (fresh, _) = ps::pull(comm, *workers, *servers, values.len(), 0)?;
+                Ok((
+                    flat::params_from_flat(model, &fresh, Which::Trainable),
+                    optim,
+                ))
             }
         }
     }
@@ -198,12 +265,7 @@ impl GradSync {
                 comm.named("gradients").all_reduce(&mut v, ReduceOp::Sum)?;
                 let comm_s = started.elapsed().as_secs_f64();
                 let (ending, requeueing) = (v.pop().unwrap_or(0.0), v.pop().unwrap_or(0.0));
-                // Ending wins over requeueing: the job is being taken down.
-                let stop = match (ending > 0.0, requeueing > 0.0) {
-                    (true, _) => Some(stop.filter(|_| !requeue).unwrap_or(libc::SIGTERM as usize)),
-                    (false, true) => Some(libc::SIGUSR1 as usize),
-                    (false, false) => None,
-                };
+                let stop = agreed_stop(stop, requeueing, ending);
                 let global_loss = v.pop().unwrap_or(0.0) as f64;
                 let g = flat::grads_from_flat(&model, v, device);
                 Ok(Stepped {
@@ -218,6 +280,7 @@ impl GradSync {
                 workers,
                 servers,
                 mode,
+                ..
             } => {
                 // Async servers apply each worker's mean gradient on its own; a worker
                 // without samples asks for the parameters without a step (an Adam
@@ -229,10 +292,19 @@ impl GradSync {
                 };
                 let v = flat_grads(&model, grads, w);
                 let n = v.len();
+                let sync = *mode == PsMode::Sync;
+                let ctl = match stop {
+                    Some(s) if s == libc::SIGUSR1 as usize => ps::Ctl::StepRequeue,
+                    Some(_) => ps::Ctl::StepEnd,
+                    None => ps::Ctl::Step,
+                };
                 let msgs: Vec<Vec<f32>> = (0..*servers)
                     .map(|s| {
                         let mut m = v[ps::shard(n, s, *servers)].to_vec();
                         m.push(lr);
+                        if sync {
+                            m.push(ctl.word());
+                        }
                         m
                     })
                     .collect();
@@ -242,12 +314,17 @@ impl GradSync {
                     .map(|(s, m)| (*workers + s, &m[..]))
                     .collect();
                 comm.exchange(&sends, &mut [])?;
-                let fresh = ps::pull(comm, *workers, *servers, n)?;
+                // Synchronous servers count the workers asked to stop (requeue, end).
+                let (fresh, counts) = ps::pull(comm, *workers, *servers, n, 2 * usize::from(sync))?;
+                let stop = match counts[..] {
+                    [requeueing, ending] => agreed_stop(stop, requeueing, ending),
+                    // Asynchronous workers run on their own: they ignore signals.
+                    _ => None,
+                };
                 Ok(Stepped {
                     model: flat::params_from_flat(model, &fresh, Which::Trainable),
                     loss,
-                    // Servers take no part in stopping early: ps workers ignore signals.
-                    stop: None,
+                    stop,
                     comm_s: started.elapsed().as_secs_f64(),
                 })
             }
@@ -320,6 +397,18 @@ impl GradSync {
     /// Waits for every rank (workers and servers) at the end of training, then
     /// announces this rank's clean exit.
     pub fn finish(&mut self) -> Result<(), CommError> {
+        if let GradSync::Ps {
+            comm,
+            workers,
+            servers,
+            mode: PsMode::Sync,
+            params,
+        } = self
+        {
+            if comm.rank() == 0 {
+                ps::finish(comm, *workers, *servers, *params)?;
+            }
+        }
         match self {
             GradSync::Local => Ok(()),
             GradSync::Ring(c) | GradSync::Ps { comm: c, .. } => {
@@ -337,5 +426,17 @@ impl GradSync {
             GradSync::Local => {}
             GradSync::Ring(c) | GradSync::Ps { comm: c, .. } => c.fail(reason),
         }
+    }
+}
+
+/// The stop every worker agrees on, from its own signal and how many workers were
+/// asked to requeue and to end: ending wins over requeueing (the job is being taken
+/// down).
+fn agreed_stop(own: Option<usize>, requeueing: f32, ending: f32) -> Option<usize> {
+    let requeue = own == Some(libc::SIGUSR1 as usize);
+    match (ending > 0.0, requeueing > 0.0) {
+        (true, _) => Some(own.filter(|_| !requeue).unwrap_or(libc::SIGTERM as usize)),
+        (false, true) => Some(libc::SIGUSR1 as usize),
+        (false, false) => None,
     }
 }

@@ -3,13 +3,21 @@
 //! Server `s` of `K` owns shard `s` of the flattened trainable parameters (contiguous,
 //! near-equal shards) and runs the job's optimizer on it, with burn's own optimizer
 //! applied to a one-tensor module, so a synchronous PS step is the same arithmetic as
-//! one worker's step. Each worker message is the gradient shard followed by the
-//! step's learning rate.
+//! one worker's step, and its optimizer state is a range of the workers' flat state
+//! ([`FlatState`]). At the start, rank 0 sends each server its shard of the
+//! parameters and of the optimizer state (from a checkpoint, or empty).
 //!
-//! * sync: every step, receive all workers' (already weighted) gradients, sum them in
-//!   worker order, step, send the new shard to every worker.
-//! * async: serve workers as their gradients arrive; apply each at once; reply to a
-//!   worker only while it is at most `max_staleness` steps ahead of the slowest.
+//! * sync: a worker's message is its gradient shard (already weighted), the step's
+//!   learning rate and a control word ([`Ctl`]: a stop signal it got). Each round the
+//!   server reads rank 0's message first: a gradient step, a request for the shard's
+//!   optimizer state (a checkpoint), or the end of training. For a step it reads the
+//!   other workers', sums in worker order, steps, and replies to every worker with the
+//!   new shard and how many workers were asked to requeue and to end, so every worker
+//!   stops after the same step.
+//! * async: serve workers as their gradients arrive (gradient shard and learning
+//!   rate); apply each at once; reply to a worker only while it is at most
+//!   `max_staleness` steps ahead of the slowest. Async jobs take no checkpoints: there
+//!   is no step at which the job's state is one consistent whole.
 
 use std::ops::Range;
 use std::time::Duration;
@@ -22,7 +30,7 @@ use dlc_comm::{CommError, Communicator};
 use dlc_job::{JobSpec, PsMode};
 
 use crate::dist::flat::{params_to_flat, Which};
-use crate::optim::AnyOptim;
+use crate::optim::{slot_names, AnyOptim, FlatState};
 
 /// The element range of shard `s` of `k` over `n` parameters.
 pub fn shard(n: usize, s: usize, k: usize) -> Range<usize> {
@@ -37,23 +45,181 @@ pub struct Shard<B: Backend> {
     pub values: Param<Tensor<B, 1>>,
 }
 
-/// Receives every server's shard and concatenates them (`n` parameters in all).
+/// Receives every server's shard and concatenates them (`n` parameters in all),
+/// each followed by `extra` values; returns the parameters and server 0's extras.
 pub fn pull(
     comm: &mut Communicator,
     workers: usize,
     servers: usize,
     n: usize,
-) -> Result<Vec<f32>, CommError> {
-    let mut out = vec![0.0f32; n];
-    let mut rest = &mut out[..];
-    let mut parts: Vec<(usize, &mut [f32])> = Vec::with_capacity(servers);
-    for s in 0..servers {
-        let (part, tail) = rest.split_at_mut(shard(n, s, servers).len());
-        parts.push((workers + s, part));
-        rest = tail;
-    }
+    extra: usize,
+) -> Result<(Vec<f32>, Vec<f32>), CommError> {
+    let mut bufs: Vec<Vec<f32>> = (0..servers)
+        .map(|s| vec![0.0f32; shard(n, s, servers).len() + extra])
+        .collect();
+    let mut parts: Vec<(usize, &mut [f32])> = bufs
+        .iter_mut()
+        .enumerate()
+        .map(|(s, b)| (workers + s, &mut b[..]))
+        .collect();
     comm.exchange(&[], &mut parts)?;
-    Ok(out)
+    let extras = bufs[0][bufs[0].len() - extra..].to_vec();
+    let mut out = Vec::with_capacity(n);
+    for mut b in bufs {
+        b.truncate(b.len() - extra);
+        out.extend(b);
+    }
+    Ok((out, extras))
+}
+
+/// What a synchronous worker's message asks of the servers (its last value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ctl {
+    /// A gradient step.
+    Step,
+    /// A gradient step; this worker was asked to stop and requeue (SIGUSR1).
+    StepRequeue,
+    /// A gradient step; this worker was asked to end (SIGTERM, SIGINT).
+    StepEnd,
+    /// Rank 0 only: send me your shard's optimizer state (a checkpoint).
+    State,
+    /// Rank 0 only: training is over.
+    Finish,
+}
+
+impl Ctl {
+    /// The control word.
+    pub fn word(self) -> f32 {
+        match self {
+            Ctl::Step => 0.0,
+            Ctl::StepRequeue => 1.0,
+            Ctl::StepEnd => 2.0,
+            Ctl::State => 3.0,
+            Ctl::Finish => 4.0,
+        }
+    }
+
+    fn of(word: f32) -> Option<Ctl> {
+        [
+            Ctl::Step,
+            Ctl::StepRequeue,
+            Ctl::StepEnd,
+            Ctl::State,
+            Ctl::Finish,
+        ]
+        .into_iter()
+        .find(|c| c.word() == word)
+    }
+}
+
+/// Rank 0's first message to server `s` of `servers`: its shard of the parameters
+/// and of the optimizer state (`slots` of them; empty before the first step).
+pub fn init_message(
+    params: &[f32],
+    state: &FlatState,
+    slots: usize,
+    s: usize,
+    servers: usize,
+) -> Vec<f32> {
+    let range = shard(params.len(), s, servers);
+    let mut m = params[range.clone()].to_vec();
+    m.extend(state_message(
+        &state.slice(range.clone()),
+        slots,
+        range.len(),
+    ));
+    m
+}
+
+/// A shard's optimizer state on the wire: whether there is one, the step count (its
+/// bits), then `slots` buffers of `len` values.
+fn state_message(state: &FlatState, slots: usize, len: usize) -> Vec<f32> {
+    let mut m = Vec::with_capacity(2 + slots * len);
+    let has = !state.is_empty() && state.slots.len() == slots;
+    m.push(f32::from(u8::from(has)));
+    m.push(f32::from_bits(state.time as u32));
+    for i in 0..slots {
+        match state.slots.get(i).filter(|_| has) {
+            Some(v) => m.extend_from_slice(v),
+            None => m.resize(m.len() + len, 0.0),
+        }
+    }
+    m
+}
+
+fn state_from_message(m: &[f32], slots: usize, len: usize) -> FlatState {
+    if m[0] == 0.0 {
+        return FlatState::default();
+    }
+    FlatState {
+        time: m[1].to_bits() as usize,
+        slots: (0..slots)
+            .map(|i| m[2 + i * len..2 + (i + 1) * len].to_vec())
+            .collect(),
+    }
+}
+
+/// Rank 0 asks every server for its shard's optimizer state and joins them.
+pub fn gather_state(
+    comm: &mut Communicator,
+    workers: usize,
+    servers: usize,
+    n: usize,
+    slots: usize,
+) -> Result<FlatState, CommError> {
+    let reqs: Vec<Vec<f32>> = (0..servers)
+        .map(|s| {
+            let mut m = vec![0.0f32; shard(n, s, servers).len() + 2];
+            *m.last_mut().expect("not empty") = Ctl::State.word();
+            m
+        })
+        .collect();
+    let sends: Vec<(usize, &[f32])> = reqs
+        .iter()
+        .enumerate()
+        .map(|(s, m)| (workers + s, &m[..]))
+        .collect();
+    comm.exchange(&sends, &mut [])?;
+    let mut bufs: Vec<Vec<f32>> = (0..servers)
+        .map(|s| vec![0.0f32; 2 + slots * shard(n, s, servers).len()])
+        .collect();
+    let mut recvs: Vec<(usize, &mut [f32])> = bufs
+        .iter_mut()
+        .enumerate()
+        .map(|(s, b)| (workers + s, &mut b[..]))
+        .collect();
+    comm.exchange(&[], &mut recvs)?;
+    let parts = bufs
+        .iter()
+        .enumerate()
+        .map(|(s, b)| state_from_message(b, slots, shard(n, s, servers).len()))
+        .collect();
+    FlatState::concat(parts).map_err(|e| CommError::Protocol {
+        peer: "parameter servers".into(),
+        message: format!("their optimizer states do not fit together: {e}"),
+    })
+}
+
+/// Rank 0 tells every (synchronous) server that training is over.
+pub fn finish(
+    comm: &mut Communicator,
+    workers: usize,
+    servers: usize,
+    n: usize,
+) -> Result<(), CommError> {
+    let msgs: Vec<Vec<f32>> = (0..servers)
+        .map(|s| {
+            let mut m = vec![0.0f32; shard(n, s, servers).len() + 2];
+            *m.last_mut().expect("not empty") = Ctl::Finish.word();
+            m
+        })
+        .collect();
+    let sends: Vec<(usize, &[f32])> = msgs
+        .iter()
+        .enumerate()
+        .map(|(s, m)| (workers + s, &m[..]))
+        .collect();
+    comm.exchange(&sends, &mut [])
 }
 
 fn parse_kv(comm: &mut Communicator, key: &str) -> Result<usize, CommError> {
@@ -66,7 +232,7 @@ fn parse_kv(comm: &mut Communicator, key: &str) -> Result<usize, CommError> {
 /// parameters, take no optimizer step.
 pub const NO_STEP: f32 = f32::NAN;
 
-/// Runs server `index` (rank `workers + index`) until the job's last step.
+/// Runs server `index` (rank `workers + index`) until training ends.
 pub fn serve<B: AutodiffBackend>(
     job: &JobSpec,
     comm: &mut Communicator,
@@ -79,46 +245,79 @@ pub fn serve<B: AutodiffBackend>(
     let total_steps = parse_kv(comm, "ps/steps")?;
     let range = shard(n, index, servers);
     let len = range.len();
-    let mut init = vec![0.0f32; len];
+    let slots = slot_names(&job.train).len();
+    let mut init = vec![0.0f32; len + 2 + slots * len];
     comm.exchange(&[], &mut [(0, &mut init[..])])?;
+    let state = state_from_message(&init[len..], slots, len);
+    init.truncate(len);
     let mut module = Shard::<B> {
         values: Param::from_tensor(Tensor::from_data(
             TensorData::new(init.clone(), [len]),
             device,
         )),
     };
-    let mut optim = AnyOptim::<B, Shard<B>>::new(&job.train);
+    let bad_state = |e: crate::TrainError| CommError::Protocol {
+        peer: "rank 0".into(),
+        message: e.to_string(),
+    };
+    let mut optim = AnyOptim::<B, Shard<B>>::new(&job.train)
+        .import(&module, &state, device)
+        .map_err(bad_state)?;
     let all: Vec<usize> = (0..workers).collect();
     let sends: Vec<(usize, &[f32])> = all.iter().map(|&w| (w, &init[..])).collect();
     comm.exchange(&sends, &mut [])?;
 
-    let mut apply = |module: Shard<B>, grad: Vec<f32>, lr: f64| {
+    let apply = |optim: &mut AnyOptim<B, Shard<B>>, module: Shard<B>, grad: Vec<f32>, lr: f64| {
         let mut grads = GradientsParams::new();
         let g = Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(grad, [len]), device);
         grads.register::<B::InnerBackend, 1>(module.values.id, g);
         optim.step(lr, module, grads)
     };
     match job.distributed.ps_mode {
-        PsMode::Sync => {
-            for _ in 0..total_steps {
-                let mut bufs: Vec<Vec<f32>> = (0..workers).map(|_| vec![0.0f32; len + 1]).collect();
-                let mut recvs: Vec<(usize, &mut [f32])> = bufs
-                    .iter_mut()
-                    .enumerate()
-                    .map(|(w, b)| (w, &mut b[..]))
-                    .collect();
-                comm.exchange(&[], &mut recvs)?;
-                let lr = bufs[0][len] as f64;
-                let mut sum = bufs[0][..len].to_vec();
-                for b in &bufs[1..] {
-                    sum.iter_mut().zip(&b[..len]).for_each(|(s, x)| *s += *x);
+        PsMode::Sync => loop {
+            let mut first = vec![0.0f32; len + 2];
+            comm.exchange(&[], &mut [(0, &mut first[..])])?;
+            let ctl = Ctl::of(first[len + 1]).ok_or_else(|| CommError::Protocol {
+                peer: "rank 0".into(),
+                message: format!("unknown control word {}", first[len + 1]),
+            })?;
+            match ctl {
+                Ctl::Finish => break,
+                Ctl::State => {
+                    let state = optim.export(&module, device).map_err(bad_state)?;
+                    let m = state_message(&state, slots, len);
+                    comm.exchange(&[(0, &m[..])], &mut [])?;
+                    continue;
                 }
-                module = apply(module, sum, lr);
-                let fresh = params_to_flat(&module, Which::Trainable);
-                let sends: Vec<(usize, &[f32])> = all.iter().map(|&w| (w, &fresh[..])).collect();
-                comm.exchange(&sends, &mut [])?;
+                Ctl::Step | Ctl::StepRequeue | Ctl::StepEnd => {}
             }
-        }
+            let mut bufs: Vec<Vec<f32>> = (1..workers).map(|_| vec![0.0f32; len + 2]).collect();
+            let mut recvs: Vec<(usize, &mut [f32])> = bufs
+                .iter_mut()
+                .enumerate()
+                .map(|(w, b)| (w + 1, &mut b[..]))
+                .collect();
+            comm.exchange(&[], &mut recvs)?;
+            bufs.insert(0, first);
+            let lr = bufs[0][len] as f64;
+            let (mut requeue, mut end) = (0.0f32, 0.0f32);
+            for b in &bufs {
+                match Ctl::of(b[len + 1]) {
+                    Some(Ctl::StepRequeue) => requeue += 1.0,
+                    Some(Ctl::StepEnd) => end += 1.0,
+                    _ => {}
+                }
+            }
+            let mut sum = bufs[0][..len].to_vec();
+            for b in &bufs[1..] {
+                sum.iter_mut().zip(&b[..len]).for_each(|(s, x)| *s += *x);
+            }
+            module = apply(&mut optim, module, sum, lr);
+            let mut fresh = params_to_flat(&module, Which::Trainable);
+            fresh.extend([requeue, end]);
+            let sends: Vec<(usize, &[f32])> = all.iter().map(|&w| (w, &fresh[..])).collect();
+            comm.exchange(&sends, &mut [])?;
+        },
         PsMode::Async => {
             let mut gate = StalenessGate::new(workers, job.distributed.max_staleness, total_steps);
             let poll = Duration::from_millis(200);
@@ -153,7 +352,7 @@ pub fn serve<B: AutodiffBackend>(
                     let lr = buf[len];
                     buf.truncate(len);
                     if !lr.is_nan() {
-                        module = apply(module, buf, f64::from(lr));
+                        module = apply(&mut optim, module, buf, f64::from(lr));
                     }
                     gate.pushed(w);
                 }
