@@ -10,6 +10,8 @@ use dlc_bench::size::{format_size, parse_size};
 use dlc_train::backend::{Cpu, Gpu, GpuDevice};
 use dlc_train::device::probe_cuda;
 
+mod train;
+
 /// Benchmarks.
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -22,6 +24,9 @@ pub enum BenchCommand {
     /// Time square matrix products on CPU and GPU over sizes and dtypes; print time,
     /// GFLOP/s and GPU/CPU speedup; write matmul.csv, matmul.json and plots.
     Matmul(MatmulArgs),
+    /// Time a job's training steps per CPU thread count (steady state, interleaved
+    /// rounds), as ../shared/bench/torch_fmnist.py times PyTorch: samples/s to compare.
+    Train(train::TrainArgs),
 }
 
 #[derive(Args, Debug)]
@@ -104,6 +109,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Allreduce(a) => allreduce_cmd(a),
         BenchCommand::Data(a) => data_cmd(a),
         BenchCommand::Matmul(a) => matmul_cmd(a),
+        BenchCommand::Train(a) => train::run(a),
     }
 }
 
