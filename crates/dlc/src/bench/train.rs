@@ -28,6 +28,10 @@ pub struct TrainArgs {
     /// machine's speed spreads over all of them).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// The model's name in the rows (to match a reference's, e.g. `cnn` for
+    /// torch_fmnist.py) [default: the job's preset, else the job's name].
+    #[arg(long)]
+    model: Option<String>,
     /// One JSON object per run on stdout instead of a table.
     #[arg(long)]
     json: bool,
@@ -58,11 +62,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
     std::fs::write(&job_file, job.to_toml()).context("writing the benchmark's job file")?;
     let total = a.skip_steps + a.steps;
     let exe = std::env::current_exe().context("locating the dlc binary")?;
-    let model = job
-        .model
-        .preset
-        .map(|p| format!("{p:?}").to_lowercase())
-        .unwrap_or_else(|| "custom".into());
+    let model = a.model.clone().unwrap_or_else(|| match job.model.preset {
+        Some(p) => format!("{p:?}").to_lowercase(),
+        None => job.display_name().to_string(),
+    });
     let mut runs: Vec<Run> = Vec::new();
     for round in 0..a.rounds {
         for &threads in &a.threads {
