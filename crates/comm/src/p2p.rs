@@ -232,6 +232,9 @@ impl Communicator {
 pub struct Stall {
     begun: Instant,
     idle_from: Instant,
+    /// Whether a rank was busy at the last look: the deadline then restarts when
+    /// the work is seen to end, not at that last look (a wait slice earlier).
+    was_busy: bool,
 }
 
 impl Stall {
@@ -241,6 +244,7 @@ impl Stall {
         Self {
             begun: now,
             idle_from: now,
+            was_busy: false,
         }
     }
 
@@ -248,7 +252,9 @@ impl Stall {
     /// it is over (a timeout).
     pub fn left(&mut self, comm: &Communicator) -> Option<Duration> {
         let timeout = comm.cfg.timeout;
-        if !comm.control.busy.is_empty() {
+        let busy = !comm.control.busy.is_empty();
+        let was_busy = std::mem::replace(&mut self.was_busy, busy);
+        if busy || was_busy {
             self.idle_from = Instant::now();
         }
         let cap = timeout.max(BUSY_LIMIT).checked_sub(self.begun.elapsed())?;

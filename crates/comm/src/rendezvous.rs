@@ -371,6 +371,16 @@ fn send(w: &Arc<Mutex<TcpStream>>, reply: &Reply) -> Result<(), CommError> {
     write_frame(&mut *s, reply)
 }
 
+/// Sends a heartbeat answer with the ranks busy now. The list is read while the
+/// connection's write lock is held, so the answers a rank receives never go back in
+/// time: an answer read before another rank's busy notice cannot overtake it (the
+/// waiting rank would forget the busy peer and time out on it).
+fn send_beat(w: &Arc<Mutex<TcpStream>>, sh: &Shared) -> Result<(), CommError> {
+    let mut s = lock(w);
+    let busy = lock(&sh.state).busy_ranks();
+    write_frame(&mut *s, &Reply::Beat { busy })
+}
+
 /// Serves one control connection.
 fn handle(mut stream: TcpStream, peer: SocketAddr, sh: Arc<Shared>, handshaking: Handshaking) {
     let _ = stream.set_nonblocking(false);
@@ -561,10 +571,10 @@ fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Sh
         let reply = match req {
             Request::Beat => {
                 beating = true;
-                let st = lock(&sh.state);
-                let busy = st.busy_ranks();
-                drop(st);
-                Reply::Beat { busy }
+                if send_beat(w, sh).is_err() {
+                    return fail(sh, rank, "control connection broke");
+                }
+                continue;
             }
             Request::Busy { what } => {
                 match &what {
@@ -575,10 +585,12 @@ fn serve(stream: &mut TcpStream, rank: usize, w: &Arc<Mutex<TcpStream>>, sh: &Sh
                 st.busy[rank] = what;
                 // Every rank hears it at once: one blocked in a collective must not
                 // time out before its next heartbeat answer.
-                let busy = st.busy_ranks();
                 let others = writers_except(&st, rank);
                 drop(st);
-                notify(&others, &Reply::Beat { busy });
+                for w in &others {
+                    let _ = lock(w).set_write_timeout(Some(Duration::from_secs(1)));
+                    let _ = send_beat(w, sh);
+                }
                 continue;
             }
             Request::Leave => {

@@ -459,9 +459,10 @@ fn ranks_wait_beyond_the_deadline_for_a_rank_that_announced_long_work() {
             c.all_reduce(&mut buf, ReduceOp::Sum).map(|()| buf[0])
         });
         if announced {
-            for (r, o) in out.into_iter().enumerate() {
-                assert_eq!(o.unwrap_or_else(|e| panic!("rank {r}: {e}")), 4.0);
-            }
+            // Both outcomes in the message: the first rank's error may only be the
+            // consequence of the other's.
+            let ok = out.iter().all(|o| matches!(o, Ok(v) if *v == 4.0));
+            assert!(ok, "announced long work: {out:?}");
         } else {
             let e = out[1].as_ref().unwrap_err();
             assert!(
