@@ -1,5 +1,5 @@
 //! `dlc bench train` end to end: real training processes per thread count, in
-//! interleaved rounds, reported as torch_fmnist.py reports PyTorch.
+//! interleaved rounds, reported in the fields PyTorch throughput is reported in.
 
 mod common;
 use common::*;
@@ -61,7 +61,7 @@ fn bench_train_measures_every_thread_count_in_interleaved_rounds() {
         "1",
     ]);
     assert!(
-        table.contains("samples/s") && table.contains("torch_fmnist.py"),
+        table.contains("samples/s") && table.contains("compare with PyTorch"),
         "{table}"
     );
     let err = fails(&["bench", "train", j, "--threads", "0"]);

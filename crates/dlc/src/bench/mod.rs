@@ -25,7 +25,7 @@ pub enum BenchCommand {
     /// GFLOP/s and GPU/CPU speedup; write matmul.csv, matmul.json and plots.
     Matmul(MatmulArgs),
     /// Time a job's training steps per CPU thread count (steady state, interleaved
-    /// rounds), as ../shared/bench/torch_fmnist.py times PyTorch: samples/s to compare.
+    /// rounds), timed as PyTorch training usually is: samples/s to compare.
     Train(train::TrainArgs),
 }
 

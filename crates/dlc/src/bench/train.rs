@@ -1,6 +1,6 @@
 //! `dlc bench train`: steady-state training throughput per CPU thread count, the way
-//! `../shared/bench/torch_fmnist.py` measures PyTorch, so the two compare in one
-//! session.
+//! PyTorch training is usually timed (samples/s after a warm-up, threads fixed per
+//! process), so the two compare in one session.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -28,8 +28,8 @@ pub struct TrainArgs {
     /// machine's speed spreads over all of them).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// The model's name in the rows (to match a reference's, e.g. `cnn` for
-    /// torch_fmnist.py) [default: the job's preset, else the job's name].
+    /// The model's name in the rows (to match a PyTorch run's, e.g. `cnn`)
+    /// [default: the job's preset, else the job's name].
     #[arg(long)]
     model: Option<String>,
     /// One JSON object per run on stdout instead of a table.
@@ -106,7 +106,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 job.train.batch_size,
             )?;
             if a.json {
-                // The fields of torch_fmnist.py's lines, where they mean the same.
+                // The fields a PyTorch throughput script prints, where they mean the same.
                 let row = serde_json::json!({
                     "bench": "train",
                     "framework": "dlc",
@@ -158,8 +158,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
             );
         }
         println!(
-            "PyTorch on the same machine: ../shared/bench/torch_fmnist.py --threads {} (see its README)",
-            a.threads.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")
+            "compare with PyTorch on this machine: the same model, batch and optimizer, \
+             torch.set_num_threads({}), samples/s after the same warm-up",
+            a.threads
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
     }
     Ok(())
