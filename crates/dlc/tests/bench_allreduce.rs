@@ -16,10 +16,7 @@ fn bench_allreduce_runs_processes_and_reports_json() {
         "2",
         "--json",
     ]);
-    let rows: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = json_lines(&out);
     assert_eq!(rows.len(), 2);
     for (row, bytes) in rows.iter().zip([4096, 1 << 20]) {
         assert_eq!(row["ranks"], 3);

@@ -24,10 +24,7 @@ fn bench_train_measures_every_thread_count_in_interleaved_rounds() {
         "2",
         "--json",
     ]);
-    let rows: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = json_lines(&out);
     let order: Vec<(u64, u64)> = rows
         .iter()
         .map(|r| {

@@ -185,7 +185,6 @@ fn elastic_restart_continues_on_fewer_workers() {
 fn a_checkpoint_resumes_on_another_number_of_workers() {
     let dir = tempfile::tempdir().unwrap();
     let job = job(dir.path(), "j.toml", &job_text(6000));
-    let j = job.to_str().unwrap();
     let whole = dir.path().join("whole");
     train_to(&job, &whole, &["--workers", "2"]);
     let reference = weights(&whole.join("model.safetensors"));
@@ -197,21 +196,38 @@ fn a_checkpoint_resumes_on_another_number_of_workers() {
             &["--workers", &from.to_string(), "--steps", "45"],
         );
         assert_eq!(s["global_step"], 45);
-        let o = out.to_str().unwrap();
-        let s = summary(&ok(&[
-            "train",
-            j,
-            "--resume",
-            o,
-            "--workers",
-            &to.to_string(),
-            "-q",
-            "--json",
-        ]));
-        assert_eq!(s["global_step"], 100, "{from} → {to}");
-        let d = max_abs_diff(&reference, &weights(&out.join("model.safetensors")));
-        assert!(d < 1e-4, "{from} → {to} workers differs by {d}");
+        let label = format!("{from} → {to} workers");
+        resume_and_compare(
+            &job,
+            &out,
+            &["--workers", &to.to_string()],
+            &reference,
+            &label,
+        );
     }
+}
+
+/// Resumes the 100-step job `job` from the checkpoint in `out` with the `args`
+/// given, and checks that it ends at step 100 with the `reference` weights.
+fn resume_and_compare(
+    job: &Path,
+    out: &Path,
+    args: &[&str],
+    reference: &[(String, Vec<f32>)],
+    label: &str,
+) {
+    let (j, o) = (job.to_str().unwrap(), out.to_str().unwrap());
+    let s = summary(&ok(&[
+        &["train", j, "--resume", o, "-q", "--json"][..],
+        args,
+    ]
+    .concat()));
+    assert_eq!(s["global_step"], 100, "{label}");
+    let d = max_abs_diff(reference, &weights(&out.join("model.safetensors")));
+    assert!(
+        d < 1e-4,
+        "{label}: differs from the uninterrupted run by {d}"
+    );
 }
 
 /// Starts `dlc train` (with `extra` arguments) on a 1000-step job, sends SIGTERM once
@@ -386,7 +402,6 @@ fn ps(servers: &'static str) -> [&'static str; 4] {
 fn a_checkpoint_resumes_with_the_other_strategy() {
     let dir = tempfile::tempdir().unwrap();
     let job = job(dir.path(), "j.toml", &job_text(6000));
-    let j = job.to_str().unwrap();
     let whole = dir.path().join("whole");
     train_to(&job, &whole, &["--workers", "2"]);
     let reference = weights(&whole.join("model.safetensors"));
@@ -402,16 +417,7 @@ fn a_checkpoint_resumes_with_the_other_strategy() {
         let out = dir.path().join(name.replace(' ', ""));
         let s = train_to(&job, &out, &[from, &["--steps", "45"]].concat());
         assert_eq!(s["global_step"], 45, "{name}");
-        let o = out.to_str().unwrap();
-        let s = summary(&ok(
-            &[&["train", j, "--resume", o, "-q", "--json"][..], to].concat()
-        ));
-        assert_eq!(s["global_step"], 100, "{name}");
-        let d = max_abs_diff(&reference, &weights(&out.join("model.safetensors")));
-        assert!(
-            d < 1e-4,
-            "{name} differs from the uninterrupted ring run by {d}"
-        );
+        resume_and_compare(&job, &out, to, &reference, name);
     }
 }
 

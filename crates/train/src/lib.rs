@@ -16,6 +16,8 @@ pub mod optim;
 pub mod progress;
 pub mod task;
 pub mod tensorboard;
+#[cfg(test)]
+mod testing;
 pub mod trainer;
 pub mod worker;
 

@@ -408,22 +408,12 @@ mod tests {
     use crate::backend::CpuTrain;
     use crate::dist::flat::{self, Which};
     use crate::dist::ps::Shard;
+    use crate::testing::lenet;
     use burn::module::Param;
     use burn::tensor::Distribution;
-    use dlc_job::Preset;
-    use dlc_model::{plan, Net, Shape};
+    use dlc_model::Net;
 
     type B = CpuTrain;
-
-    fn net() -> Net<B> {
-        let p = plan(
-            &Preset::Lenet.layers(10),
-            Shape::Spatial { c: 1, h: 28, w: 28 },
-            10,
-        )
-        .unwrap();
-        Net::new(&p, &Default::default())
-    }
 
     fn grads(model: &Net<B>, seed: u64) -> GradientsParams {
         <B as Backend>::seed(&Default::default(), seed);
@@ -459,7 +449,7 @@ mod tests {
     fn flat_state_moves_between_optimizers_and_strategies() {
         let dev = Default::default();
         for spec in specs() {
-            let mut model = net();
+            let mut model = lenet();
             let mut optim = AnyOptim::<B, Net<B>>::new(&spec);
             let fresh = optim.export(&model, &dev).unwrap();
             assert!(fresh.is_empty(), "{:?}", spec.optimizer);
@@ -530,7 +520,7 @@ mod tests {
     fn state_of_another_size_is_refused() {
         let dev = Default::default();
         let spec = &specs()[0];
-        let model = net();
+        let model = lenet();
         let n = flat(&model).len();
         let state = FlatState {
             time: 3,

@@ -190,3 +190,10 @@ pub fn assert_stopped_at_checkpoint(run: &Path, reason: &str, context: &str) -> 
     );
     step
 }
+
+/// Each line of `out` parsed as one JSON value (a `--json` command's output).
+pub fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line: {l:?}: {e}")))
+        .collect()
+}

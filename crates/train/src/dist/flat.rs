@@ -196,24 +196,13 @@ pub fn grads_from_flat<B: AutodiffBackend, M: AutodiffModule<B>>(
 mod tests {
     use super::*;
     use crate::backend::CpuTrain;
-    use dlc_job::Preset;
-    use dlc_model::{plan, Net, Shape};
-
-    fn net() -> Net<CpuTrain> {
-        let p = plan(
-            &Preset::Lenet.layers(10),
-            Shape::Spatial { c: 1, h: 28, w: 28 },
-            10,
-        )
-        .unwrap();
-        Net::new(&p, &Default::default())
-    }
+    use crate::testing::lenet;
 
     #[test]
     fn params_round_trip_keeps_every_tensor_in_place() {
-        let a = net();
+        let a = lenet();
         let flat = params_to_flat(&a, Which::All);
-        let b = params_from_flat(net(), &flat, Which::All);
+        let b = params_from_flat(lenet(), &flat, Which::All);
         let mut va = ParamFlattener::<CpuTrain> {
             which: Which::All,
             parts: Vec::new(),

@@ -167,19 +167,7 @@ pub fn gather_state(
     n: usize,
     slots: usize,
 ) -> Result<FlatState, CommError> {
-    let reqs: Vec<Vec<f32>> = (0..servers)
-        .map(|s| {
-            let mut m = vec![0.0f32; shard(n, s, servers).len() + 2];
-            *m.last_mut().expect("not empty") = Ctl::State.word();
-            m
-        })
-        .collect();
-    let sends: Vec<(usize, &[f32])> = reqs
-        .iter()
-        .enumerate()
-        .map(|(s, m)| (workers + s, &m[..]))
-        .collect();
-    comm.exchange(&sends, &mut [])?;
+    control(comm, workers, servers, n, Ctl::State)?;
     let mut bufs: Vec<Vec<f32>> = (0..servers)
         .map(|s| vec![0.0f32; 2 + slots * shard(n, s, servers).len()])
         .collect();
@@ -207,10 +195,22 @@ pub fn finish(
     servers: usize,
     n: usize,
 ) -> Result<(), CommError> {
+    control(comm, workers, servers, n, Ctl::Finish)
+}
+
+/// Sends every server a control message from rank 0: a worker message's shape (an
+/// empty gradient shard and learning rate) ending in `ctl`.
+fn control(
+    comm: &mut Communicator,
+    workers: usize,
+    servers: usize,
+    n: usize,
+    ctl: Ctl,
+) -> Result<(), CommError> {
     let msgs: Vec<Vec<f32>> = (0..servers)
         .map(|s| {
             let mut m = vec![0.0f32; shard(n, s, servers).len() + 2];
-            *m.last_mut().expect("not empty") = Ctl::Finish.word();
+            *m.last_mut().expect("not empty") = ctl.word();
             m
         })
         .collect();
