@@ -70,6 +70,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    dlc_train::backend::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => train::train(a),

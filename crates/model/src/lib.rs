@@ -10,6 +10,7 @@
 //! `layers.<i>.projection.weight` / `.bias` for its shortcut's projection; an
 //! embedding's table is `layers.0.weight` (`[vocab, dim]`).
 
+pub mod kernels;
 mod net;
 mod norm;
 mod shape;

@@ -276,7 +276,9 @@ fn apply<B: Backend>(op: &Op<B>, x: Act<B>) -> Act<B> {
     match (op, x) {
         (Op::Dense(l), x) => Act::Flat(l.forward(x.flat())),
         (Op::Conv2d(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
-        (Op::Maxpool2d(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
+        (Op::Maxpool2d(l), Act::Spatial(t)) => {
+            Act::Spatial(crate::kernels::max_pool_2x2(l, t).unwrap_or_else(|t| l.forward(t)))
+        }
         (Op::Avgpool2d(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
         (Op::GlobalAvgpool(_), Act::Spatial(t)) => {
             Act::Flat(t.mean_dim(3).mean_dim(2).flatten(1, 3))
