@@ -782,16 +782,25 @@ impl CoordClient {
             addr: addr.to_string(),
         })?;
         // The coordinator answers within its own deadline; allow a little more.
-        match self.call_reply(timeout + Duration::from_secs(5))? {
-            Reply::Peers { addrs, host } if addrs.len() == world => {
-                self.host = host;
-                Ok(addrs)
+        let deadline = Instant::now() + timeout + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.call_reply(left.max(Duration::from_millis(1)))? {
+                Reply::Peers { addrs, host } if addrs.len() == world => {
+                    self.host = host;
+                    return Ok(addrs);
+                }
+                Reply::Peers { addrs, .. } => {
+                    return Err(CommError::Rendezvous(format!(
+                        "coordinator returned {} peers for world size {world}",
+                        addrs.len()
+                    )))
+                }
+                // Another rank, started first, announced long work before this
+                // rank's peer table went out: a notice, not the answer.
+                Reply::Beat { busy } => self.heard_beat(busy),
+                other => return Err(reply_error(other)),
             }
-            Reply::Peers { addrs, .. } => Err(CommError::Rendezvous(format!(
-                "coordinator returned {} peers for world size {world}",
-                addrs.len()
-            ))),
-            other => Err(reply_error(other)),
         }
     }
 
@@ -1099,6 +1108,31 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, CommError> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_busy_notice_that_comes_before_the_peer_table_is_kept_not_an_error() {
+        // A coordinator that answers a join the way a real one can when another
+        // rank, started first, announces long work at once: the notice first.
+        let key = JobKey::new("j", "t");
+        let t = Duration::from_secs(5);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let k = key.clone();
+        let coord = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            accept_handshake(&mut s, &k, t).unwrap();
+            let _ = read_frame::<_, Request>(&mut s, "rank 0").unwrap();
+            write_frame(&mut s, &Reply::Beat { busy: vec![1] }).unwrap();
+            let addrs = vec!["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
+            write_frame(&mut s, &Reply::Peers { addrs, host: None }).unwrap();
+            s
+        });
+        let mut c = CoordClient::connect(&addr, &key, 0, t).unwrap();
+        let peers = c.join(&key, 2, "127.0.0.1:1", t).unwrap();
+        assert_eq!(peers.len(), 2);
+        assert_eq!(c.busy, vec![1], "the notice is not lost");
+        drop(coord.join().unwrap());
+    }
 
     #[test]
     fn a_request_dribbled_across_read_timeouts_is_served() {
