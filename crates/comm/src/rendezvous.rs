@@ -782,25 +782,18 @@ impl CoordClient {
             addr: addr.to_string(),
         })?;
         // The coordinator answers within its own deadline; allow a little more.
-        let deadline = Instant::now() + timeout + Duration::from_secs(5);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.call_reply(left.max(Duration::from_millis(1)))? {
-                Reply::Peers { addrs, host } if addrs.len() == world => {
-                    self.host = host;
-                    return Ok(addrs);
-                }
-                Reply::Peers { addrs, .. } => {
-                    return Err(CommError::Rendezvous(format!(
-                        "coordinator returned {} peers for world size {world}",
-                        addrs.len()
-                    )))
-                }
-                // Another rank, started first, announced long work before this
-                // rank's peer table went out: a notice, not the answer.
-                Reply::Beat { busy } => self.heard_beat(busy),
-                other => return Err(reply_error(other)),
+        // A busy notice can come first (another rank, started first, announced long
+        // work before this rank's peer table went out): `next_reply` keeps it.
+        match self.next_reply(Instant::now() + timeout + Duration::from_secs(5))? {
+            Reply::Peers { addrs, host } if addrs.len() == world => {
+                self.host = host;
+                Ok(addrs)
             }
+            Reply::Peers { addrs, .. } => Err(CommError::Rendezvous(format!(
+                "coordinator returned {} peers for world size {world}",
+                addrs.len()
+            ))),
+            other => Err(reply_error(other)),
         }
     }
 
@@ -959,11 +952,21 @@ impl CoordClient {
         self.next_id += 1;
         let deadline = Instant::now() + timeout;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.call_reply(left.max(Duration::from_millis(1)))? {
+            match self.next_reply(deadline)? {
                 Reply::Value { id: got, .. } | Reply::Stored { id: got } if got != id => {
                     tracing::debug!("dropping a late reply to coordinator request {got}");
                 }
+                reply => return Ok(reply),
+            }
+        }
+    }
+
+    /// The next reply that is not a heartbeat answer or busy notice (the coordinator
+    /// sends those unasked, at any time); those that come first are recorded.
+    fn next_reply(&mut self, deadline: Instant) -> Result<Reply, CommError> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.call_reply(left.max(Duration::from_millis(1)))? {
                 Reply::Beat { busy } => self.heard_beat(busy),
                 reply => return Ok(reply),
             }
