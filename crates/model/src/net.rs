@@ -252,7 +252,7 @@ fn run<B: Backend>(layers: &[Layer<B>], mut x: Act<B>) -> Act<B> {
                 let y = r.layers.iter().fold(x.clone(), |a, op| apply(op, a));
                 let skip = match (&r.projection, x) {
                     (None, x) => x,
-                    (Some(Shortcut::Conv(c)), Act::Spatial(t)) => Act::Spatial(c.forward(t)),
+                    (Some(Shortcut::Conv(c)), Act::Spatial(t)) => Act::Spatial(conv(c, t)),
                     (Some(Shortcut::Dense(l)), x) => Act::Flat(l.forward(x.flat())),
                     (Some(Shortcut::Conv(_)), Act::Flat(_) | Act::Seq(_)) => {
                         panic!("a convolution shortcut on a flat input; build Net from crate::plan")
@@ -275,7 +275,7 @@ fn run<B: Backend>(layers: &[Layer<B>], mut x: Act<B>) -> Act<B> {
 fn apply<B: Backend>(op: &Op<B>, x: Act<B>) -> Act<B> {
     match (op, x) {
         (Op::Dense(l), x) => Act::Flat(l.forward(x.flat())),
-        (Op::Conv2d(l), Act::Spatial(t)) => Act::Spatial(l.forward(t)),
+        (Op::Conv2d(l), Act::Spatial(t)) => Act::Spatial(conv(l, t)),
         (Op::Maxpool2d(l), Act::Spatial(t)) => {
             Act::Spatial(crate::kernels::max_pool_2x2(l, t).unwrap_or_else(|t| l.forward(t)))
         }
@@ -303,6 +303,11 @@ fn apply<B: Backend>(op: &Op<B>, x: Act<B>) -> Act<B> {
         }
         (_, _) => panic!("layer does not match its input; build Net from crate::plan"),
     }
+}
+
+/// A convolution by our kernel where it applies, else by burn's module.
+fn conv<B: Backend>(l: &Conv2d<B>, t: Tensor<B, 4>) -> Tensor<B, 4> {
+    crate::kernels::conv2d(l, t).unwrap_or_else(|t| l.forward(t))
 }
 
 impl<B: Backend> Act<B> {

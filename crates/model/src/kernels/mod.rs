@@ -1,21 +1,24 @@
 //! Our own CPU kernels for layers where burn-flex's generic ones are slow, plugged in
-//! without forking burn: a layer asks [`max_pool_2x2`] first and falls back to burn's
-//! module when the kernel does not apply (another backend, another shape of pooling).
+//! without forking burn: a layer asks [`conv2d`] or [`max_pool_2x2`] first and falls
+//! back to burn's module when the kernel does not apply (another backend, another
+//! shape of layer).
 //!
 //! The dispatch is by type at run time ([`std::any::Any`]), so models stay generic
 //! over the backend: on `Autodiff<Flex>` (training on CPU) a kernel records its own
 //! backward step; on `Flex` (evaluation) it runs forward only; any other backend
 //! (CUDA) keeps burn's path.
 
+mod conv;
 mod maxpool;
 
 use std::any::Any;
 
 use burn::backend::{Autodiff, Flex};
+use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 /// `pool` applied to `x` by our 2×2, stride-2 max-pool kernel when `pool` is that
 /// pooling and the backend is burn-flex (with or without autodiff); `Err(x)` gives
@@ -32,7 +35,7 @@ pub fn max_pool_2x2<B: Backend>(
             pool.padding,
             PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0)
         );
-    if !plain || x.dtype() != burn::tensor::DType::F32 {
+    if !plain || x.dtype() != DType::F32 {
         return Err(x);
     }
     let x = match cast::<_, Tensor<Autodiff<Flex>, 4>>(x) {
@@ -41,6 +44,48 @@ pub fn max_pool_2x2<B: Backend>(
     };
     match cast::<_, Tensor<Flex, 4>>(x) {
         Ok(t) => Ok(cast(maxpool::forward(t)).unwrap_or_else(|_| unreachable!())),
+        Err(x) => Err(x),
+    }
+}
+
+/// `conv` applied to `x` by our convolution kernel when the layer has a bias, one group,
+/// no dilation and explicit (or no) padding, and the backend is burn-flex (with or
+/// without autodiff); `Err(x)` gives the input back otherwise, for burn's own module.
+pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => (0, 0, 0, 0),
+        PaddingConfig2d::Explicit(top, left, bottom, right) => (top, left, bottom, right),
+        PaddingConfig2d::Same => return Err(x),
+    };
+    let Some(bias) = &conv.bias else {
+        return Err(x);
+    };
+    let geom = conv::Geom::new(x.dims(), conv.weight.dims(), conv.stride, padding);
+    let (Some(geom), true, [1, 1], true) = (
+        geom,
+        conv.groups == 1,
+        conv.dilation,
+        x.dtype() == DType::F32 && conv.weight.dtype() == DType::F32,
+    ) else {
+        return Err(x);
+    };
+    let (w, b) = (conv.weight.val(), bias.val());
+    let x = match cast::<_, Tensor<Autodiff<Flex>, 4>>(x) {
+        Ok(x) => {
+            let (Ok(w), Ok(b)) = (cast(w), cast(b)) else {
+                unreachable!("the layer's parameters live on the input's backend")
+            };
+            return Ok(cast(conv::autodiff(geom, x, w, b)).unwrap_or_else(|_| unreachable!()));
+        }
+        Err(x) => x,
+    };
+    match cast::<_, Tensor<Flex, 4>>(x) {
+        Ok(x) => {
+            let (Ok(w), Ok(b)) = (cast(w), cast(b)) else {
+                unreachable!("the layer's parameters live on the input's backend")
+            };
+            Ok(cast(conv::forward(geom, x, w, b)).unwrap_or_else(|_| unreachable!()))
+        }
         Err(x) => Err(x),
     }
 }
@@ -57,6 +102,7 @@ fn cast<T: 'static, U: 'static>(v: T) -> Result<U, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::nn::conv::Conv2dConfig;
     use burn::nn::pool::MaxPool2dConfig;
     use burn::tensor::{Distribution, TensorData, Tolerance};
 
@@ -119,6 +165,142 @@ mod tests {
         let x = input::<Flex>([2, 3, 6, 8], 3).swap_dims(2, 3);
         let ours = max_pool_2x2(&pool2(), x.clone()).expect("the kernel applies");
         assert_eq!(ours.into_data(), pool2().forward(x).into_data());
+    }
+
+    /// A convolution layer as the model builds it (weights from burn's initialiser).
+    fn conv_layer<B: Backend>(
+        channels: [usize; 2],
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: PaddingConfig2d,
+        seed: u64,
+    ) -> Conv2d<B> {
+        B::seed(&Default::default(), seed);
+        Conv2dConfig::new(channels, kernel)
+            .with_stride(stride)
+            .with_padding(padding)
+            .init(&Default::default())
+    }
+
+    /// Input dims, output channels, kernel, stride, padding.
+    type ConvCase = ([usize; 4], usize, [usize; 2], [usize; 2], PaddingConfig2d);
+
+    /// Shapes of the example models and the corners of the index arithmetic: odd sizes,
+    /// strides that do not divide, asymmetric padding, rows that read only padding, 1×1
+    /// projections.
+    fn conv_cases() -> Vec<ConvCase> {
+        use PaddingConfig2d::{Explicit, Valid};
+        vec![
+            ([3, 1, 28, 28], 4, [5, 5], [1, 1], Valid),
+            ([2, 3, 12, 12], 5, [5, 5], [1, 1], Explicit(2, 2, 2, 2)),
+            ([2, 3, 9, 7], 4, [3, 3], [2, 2], Explicit(1, 0, 2, 1)),
+            ([1, 2, 5, 6], 3, [2, 3], [1, 2], Valid),
+            ([4, 6, 8, 8], 2, [1, 1], [2, 2], Valid),
+            ([2, 2, 3, 3], 2, [3, 3], [1, 1], Explicit(3, 3, 3, 3)),
+            ([17, 2, 4, 5], 3, [3, 2], [3, 1], Explicit(0, 2, 1, 0)),
+            ([2, 2, 5, 5], 3, [3, 3], [1, 1], Explicit(0, 0, 1, 2)),
+        ]
+    }
+
+    #[test]
+    fn convolution_values_and_gradients_match_burns_own() {
+        for (i, (dims, co, kernel, stride, padding)) in conv_cases().into_iter().enumerate() {
+            let layer = conv_layer::<Ad>([dims[1], co], kernel, stride, padding.clone(), i as u64);
+            let x = Tensor::<Ad, 4>::random(dims, Distribution::Default, &Default::default());
+            let ours = conv2d(&layer, x.clone()).expect("the kernel applies");
+            let theirs = layer.forward(x.clone());
+            let weights =
+                Tensor::<Ad, 4>::random(theirs.dims(), Distribution::Default, &Default::default());
+            let run = |mine: bool| {
+                let x = x.clone().detach().require_grad();
+                let y = if mine {
+                    conv2d(&layer, x.clone()).expect("the kernel applies")
+                } else {
+                    layer.forward(x.clone())
+                };
+                let grads = (y.clone() * weights.clone()).sum().backward();
+                let bias = layer.bias.as_ref().expect("a bias");
+                [
+                    y.into_data(),
+                    x.grad(&grads).expect("x is tracked").into_data(),
+                    layer
+                        .weight
+                        .val()
+                        .grad(&grads)
+                        .expect("tracked")
+                        .into_data(),
+                    bias.val().grad(&grads).expect("tracked").into_data(),
+                ]
+            };
+            let tol = Tolerance::<f32>::rel_abs(1e-4, 1e-5);
+            for (name, (a, b)) in ["output", "input grad", "weight grad", "bias grad"]
+                .iter()
+                .zip(run(true).into_iter().zip(run(false)))
+            {
+                assert_eq!(a.shape, b.shape, "case {i} {dims:?}: {name} shape");
+                a.assert_approx_eq::<f32>(&b, tol);
+            }
+            ours.into_data()
+                .assert_approx_eq::<f32>(&theirs.into_data(), tol);
+        }
+    }
+
+    #[test]
+    fn convolution_in_evaluation_matches_burns_own_also_on_a_strided_input() {
+        for (i, (dims, co, kernel, stride, padding)) in conv_cases().into_iter().enumerate() {
+            let layer = conv_layer::<Flex>([dims[1], co], kernel, stride, padding, i as u64);
+            let [n, c, h, w] = dims;
+            let x =
+                Tensor::<Flex, 4>::random([n, c, w, h], Distribution::Default, &Default::default())
+                    .swap_dims(2, 3);
+            let ours = conv2d(&layer, x.clone()).expect("the kernel applies");
+            ours.into_data().assert_approx_eq::<f32>(
+                &layer.forward(x).into_data(),
+                Tolerance::<f32>::rel_abs(1e-4, 1e-5),
+            );
+        }
+    }
+
+    #[test]
+    fn a_first_layer_gets_weight_gradients_without_an_input_gradient() {
+        let layer = conv_layer::<Ad>([1, 3], [3, 3], [1, 1], PaddingConfig2d::Valid, 5);
+        let x = Tensor::<Ad, 4>::random([2, 1, 6, 6], Distribution::Default, &Default::default());
+        let grads = conv2d(&layer, x.clone()).expect("applies").sum().backward();
+        assert!(x.grad(&grads).is_none());
+        let ours = layer
+            .weight
+            .val()
+            .grad(&grads)
+            .expect("tracked")
+            .into_data();
+        let grads = layer.forward(x).sum().backward();
+        let theirs = layer
+            .weight
+            .val()
+            .grad(&grads)
+            .expect("tracked")
+            .into_data();
+        ours.assert_approx_eq::<f32>(&theirs, Tolerance::<f32>::rel_abs(1e-4, 1e-5));
+    }
+
+    #[test]
+    fn other_convolutions_are_left_to_burn() {
+        let x = Tensor::<Flex, 4>::ones([1, 2, 6, 6], &Default::default());
+        let dev = Default::default();
+        for c in [
+            Conv2dConfig::new([2, 2], [3, 3])
+                .with_bias(false)
+                .init::<Flex>(&dev),
+            Conv2dConfig::new([2, 2], [3, 3]).with_groups(2).init(&dev),
+            Conv2dConfig::new([2, 2], [3, 3])
+                .with_dilation([2, 2])
+                .init(&dev),
+            Conv2dConfig::new([2, 2], [3, 3])
+                .with_padding(PaddingConfig2d::Same)
+                .init(&dev),
+        ] {
+            assert!(conv2d(&c, x.clone()).is_err(), "{c:?}");
+        }
     }
 
     #[test]

@@ -1,0 +1,605 @@
+//! 2-D convolution (groups 1, dilation 1, any stride and explicit padding, with bias)
+//! on contiguous f32 NCHW tensors, forward and backward as one op.
+//!
+//! The forward pass lays each sample's receptive fields out as a column matrix
+//! (`im2col`, `[Cin·Kh·Kw, OH·OW]`) and multiplies the weights by it straight into the
+//! sample's output, which already holds the bias: no per-call transposes, samples in
+//! parallel, one single-threaded GEMM each. In training the column matrices are kept
+//! for the backward pass, which then needs no second `im2col`:
+//!
+//! - weight gradient: `Σ_s dY_s · col_sᵀ`, the transpose read through the GEMM's
+//!   strides (burn's generic backward copies `swap_dims` views instead), summed over
+//!   fixed groups of samples so the result does not depend on the thread count;
+//! - bias gradient: the sum of `dY` over samples and positions;
+//! - input gradient (only when the input is tracked, so never for a first layer):
+//!   `Wᵀ · dY_s` per sample, scattered back with a `col2im` that adds whole rows.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{DType, Shape, Tensor, TensorData, TensorPrimitive};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+
+/// Samples per partial sum of the weight gradient (fixed, so the summation order and
+/// hence the result are the same on any number of threads).
+const GRAD_GROUP: usize = 8;
+
+/// The shape of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Geom {
+    /// Batch size.
+    pub n: usize,
+    /// Input channels.
+    pub ci: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub co: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Vertical stride.
+    pub sh: usize,
+    /// Horizontal stride.
+    pub sw: usize,
+    /// Padding above.
+    pub pt: usize,
+    /// Padding on the left.
+    pub pl: usize,
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+}
+
+impl Geom {
+    /// The geometry of convolving `[n, ci, h, w]` with `[co, ci, kh, kw]` weights at
+    /// `stride`, padded by `(top, left, bottom, right)`; `None` when no output fits.
+    pub fn new(
+        x: [usize; 4],
+        weight: [usize; 4],
+        stride: [usize; 2],
+        (top, left, bottom, right): (usize, usize, usize, usize),
+    ) -> Option<Self> {
+        let [n, ci, h, w] = x;
+        let [co, wci, kh, kw] = weight;
+        let [sh, sw] = stride;
+        let (hp, wp) = (h + top + bottom, w + left + right);
+        // Empty inputs and kernels stay with burn: every sample below has values.
+        let empty = [ci, h, w, kh, kw, sh, sw].contains(&0);
+        if empty || wci != ci || hp < kh || wp < kw {
+            return None;
+        }
+        Some(Self {
+            n,
+            ci,
+            h,
+            w,
+            co,
+            kh,
+            kw,
+            sh,
+            sw,
+            pt: top,
+            pl: left,
+            oh: (hp - kh) / sh + 1,
+            ow: (wp - kw) / sw + 1,
+        })
+    }
+
+    /// Stride 1 and no padding read: every column-matrix row is a run of plain copies.
+    fn plain(&self) -> bool {
+        let (sh, sw, pt, pl) = (self.sh, self.sw, self.pt, self.pl);
+        sh == 1
+            && sw == 1
+            && pt == 0
+            && pl == 0
+            && self.oh + self.kh <= self.h + 1
+            && self.ow + self.kw <= self.w + 1
+    }
+
+    /// Rows of a column matrix: `ci·kh·kw`.
+    fn k(&self) -> usize {
+        self.ci * self.kh * self.kw
+    }
+
+    /// Output positions per channel: `oh·ow`.
+    fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Values per input sample.
+    fn sample_in(&self) -> usize {
+        self.ci * self.h * self.w
+    }
+
+    /// Values per output sample.
+    fn sample_out(&self) -> usize {
+        self.co * self.p()
+    }
+
+    /// The output columns `lo..hi` whose input column for kernel column `j` lies
+    /// inside the image (the others read padding).
+    fn valid_cols(&self, j: usize) -> (usize, usize) {
+        // ox·sw + j − pl ∈ [0, w)
+        let lo = if self.pl > j {
+            (self.pl - j).div_ceil(self.sw)
+        } else {
+            0
+        };
+        let hi = if self.w + self.pl > j {
+            ((self.w - 1 + self.pl - j) / self.sw + 1).min(self.ow)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+
+    /// The input row that output row `oy` reads for kernel row `i`, if not padding.
+    fn input_row(&self, oy: usize, i: usize) -> Option<usize> {
+        (oy * self.sh + i)
+            .checked_sub(self.pt)
+            .filter(|&r| r < self.h)
+    }
+}
+
+/// Calls `f(at, src, valid)` for every output row of every column-matrix row, the walk
+/// `im2col` and `col2im` share: `at` is where that row starts in the column matrix,
+/// `src` where the input row it reads starts in the sample, and `valid` the output
+/// columns `lo..hi` that read the image (not padding) with the first one's input
+/// column; `None` when the whole row reads padding.
+fn walk(g: &Geom, mut f: impl FnMut(usize, usize, Option<(usize, usize, usize)>)) {
+    let p = g.p();
+    for c in 0..g.ci {
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let row = ((c * g.kh + i) * g.kw + j) * p;
+                let (lo, hi) = g.valid_cols(j);
+                for oy in 0..g.oh {
+                    let at = row + oy * g.ow;
+                    match g.input_row(oy, i) {
+                        Some(iy) if lo < hi => {
+                            let src = (c * g.h + iy) * g.w;
+                            f(at, src, Some((lo, hi, lo * g.sw + j - g.pl)))
+                        }
+                        _ => f(at, 0, None),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One sample's column matrix (`k × p`, row-major) from its input (`ci × h × w`);
+/// every value of `col` is written.
+fn im2col(g: &Geom, x: &[f32], col: &mut [MaybeUninit<f32>]) {
+    if g.plain() {
+        return im2col_valid(g, x, col);
+    }
+    let (ow, sw) = (g.ow, g.sw);
+    walk(g, |at, src, valid| {
+        let dst = &mut col[at..][..ow];
+        match valid {
+            None => fill(dst, 0.0),
+            Some((lo, hi, ix)) => {
+                fill(&mut dst[..lo], 0.0);
+                fill(&mut dst[hi..], 0.0);
+                let src = &x[src + ix..];
+                if sw == 1 {
+                    copy(&mut dst[lo..hi], &src[..hi - lo]);
+                } else {
+                    for (d, s) in dst[lo..hi].iter_mut().zip(src.iter().step_by(sw)) {
+                        d.write(*s);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// [`im2col`] for stride 1 without padding: every row is a plain copy.
+fn im2col_valid(g: &Geom, x: &[f32], col: &mut [MaybeUninit<f32>]) {
+    let (h, w, oh, ow) = (g.h, g.w, g.oh, g.ow);
+    let mut rows = col.chunks_exact_mut(ow);
+    for plane in x.chunks_exact(h * w).take(g.ci) {
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                for (oy, dst) in (&mut rows).take(oh).enumerate() {
+                    copy(dst, &plane[(oy + i) * w + j..][..ow]);
+                }
+            }
+        }
+    }
+}
+
+/// Writes `v` to every value of `dst`.
+fn fill(dst: &mut [MaybeUninit<f32>], v: f32) {
+    for d in dst {
+        d.write(v);
+    }
+}
+
+/// Copies `src` into `dst` (same length) in blocks of 8 values, the last block
+/// overlapping its predecessor instead of a tail loop: rows here are short (8–30
+/// values), and a library `memcpy` call per row costs more than the row.
+fn copy(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    let n = dst.len().min(src.len());
+    if n < 8 {
+        for (d, s) in dst.iter_mut().zip(src) {
+            d.write(*s);
+        }
+        return;
+    }
+    let mut block = |at: usize| {
+        for (d, s) in dst[at..at + 8].iter_mut().zip(&src[at..at + 8]) {
+            d.write(*s);
+        }
+    };
+    let mut at = 0;
+    while at + 8 <= n {
+        block(at);
+        at += 8;
+    }
+    if at < n {
+        block(n - 8);
+    }
+}
+
+/// `s` as initialised values.
+///
+/// # Safety
+/// Every value of `s` has been written.
+unsafe fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the caller vouches that
+    // every value is initialised.
+    unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// Adds one sample's column-matrix gradient (`k × p`) into its input gradient.
+fn col2im(g: &Geom, col: &[f32], dx: &mut [f32]) {
+    if g.plain() {
+        let (h, w, oh, ow) = (g.h, g.w, g.oh, g.ow);
+        let mut rows = col.chunks_exact(ow);
+        for plane in dx.chunks_exact_mut(h * w).take(g.ci) {
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    for (oy, src) in (&mut rows).take(oh).enumerate() {
+                        let dst = &mut plane[(oy + i) * w + j..][..ow];
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            *d += *s;
+                        }
+                    }
+                }
+            }
+        }
+        return;
+    }
+    let sw = g.sw;
+    walk(g, |at, dst, valid| {
+        if let Some((lo, hi, ix)) = valid {
+            let src = &col[at + lo..at + hi];
+            let dst = &mut dx[dst + ix..];
+            if sw == 1 {
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d += *s;
+                }
+            } else {
+                for (d, s) in dst.iter_mut().step_by(sw).zip(src) {
+                    *d += *s;
+                }
+            }
+        }
+    });
+}
+
+/// A matrix operand: its values and its row and column strides.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    v: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl Mat<'_> {
+    /// Row-major with rows `rs` apart.
+    fn rows(v: &[f32], rs: usize) -> Mat<'_> {
+        Mat { v, rs, cs: 1 }
+    }
+
+    /// Checks that an `r × c` matrix read through these strides stays inside `v`.
+    fn fits(&self, r: usize, c: usize) -> bool {
+        r == 0 || c == 0 || (r - 1) * self.rs + (c - 1) * self.cs < self.v.len()
+    }
+}
+
+/// `dst (m × n, rows dst_rs apart) = [dst +] a (m × k) · b (k × n)`, single-threaded
+/// (the callers run samples in parallel).
+fn matmul([m, n, k]: [usize; 3], dst: &mut [f32], dst_rs: usize, acc: bool, a: Mat, b: Mat) {
+    assert!(
+        a.fits(m, k) && b.fits(k, n) && (m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len()),
+        "matmul operands out of bounds"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            for r in 0..m {
+                dst[r * dst_rs..][..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    // SAFETY: the assertion above keeps every index the GEMM reads or writes inside
+    // the slices, and `dst` is borrowed mutably while `a` and `b` are shared borrows,
+    // so they do not alias it.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            acc,
+            a.v.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.v.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// A contiguous f32 view of `t` (copied when `t` is a strided view).
+fn contiguous(t: &FlexTensor) -> FlexTensor {
+    t.to_contiguous()
+}
+
+fn values(t: &FlexTensor) -> &[f32] {
+    t.as_slice().expect("contiguous f32 tensor")
+}
+
+/// The forward pass; with `cols`, each sample's column matrix is kept there.
+fn forward_pass(
+    g: &Geom,
+    x: &FlexTensor,
+    w: &FlexTensor,
+    b: &FlexTensor,
+    cols: Option<&mut Vec<f32>>,
+) -> FlexTensor {
+    let (x, w, b) = (contiguous(x), contiguous(w), contiguous(b));
+    let (xv, wv, bv) = (values(&x), values(&w), values(&b));
+    let (k, p) = (g.k(), g.p());
+    let shape = Shape::new([g.n, g.co, g.oh, g.ow]);
+    if g.n == 0 || g.sample_out() == 0 {
+        return FlexTensor::empty(shape, DType::F32);
+    }
+    // Written in full below (bias, then accumulated products), so never zeroed first.
+    let mut out = Box::<[f32]>::new_uninit_slice(g.n * g.sample_out());
+    let sample = |xs: &[f32], col: &mut [MaybeUninit<f32>], o: &mut [MaybeUninit<f32>]| {
+        im2col(g, xs, col);
+        for (row, &bias) in o.chunks_exact_mut(p).zip(bv) {
+            fill(row, bias);
+        }
+        // SAFETY: `im2col` wrote all of `col`, and the loop above all of `o` (`co`
+        // rows of `p`).
+        let (col, o) = unsafe { (assume_init(col), assume_init(o)) };
+        matmul(
+            [g.co, p, k],
+            o,
+            p,
+            true,
+            Mat::rows(wv, k),
+            Mat::rows(col, p),
+        );
+    };
+    let per_in = g.sample_in();
+    assert_eq!(xv.len(), g.n * per_in, "input of the planned shape");
+    match cols {
+        Some(cols) => {
+            let mut all = Box::<[f32]>::new_uninit_slice(g.n * k * p);
+            out.par_chunks_mut(g.sample_out())
+                .zip(xv.par_chunks(per_in))
+                .zip(all.par_chunks_mut(k * p))
+                .for_each(|((o, xs), col)| sample(xs, col, o));
+            // SAFETY: every sample's `im2col` wrote its whole chunk.
+            *cols = unsafe { all.assume_init() }.into_vec();
+        }
+        None => out
+            .par_chunks_mut(g.sample_out())
+            .zip(xv.par_chunks(per_in))
+            .for_each_init(
+                || Box::<[f32]>::new_uninit_slice(k * p),
+                |col, (o, xs)| sample(xs, col, o),
+            ),
+    }
+    // SAFETY: every sample's chunk was written in full by `sample`.
+    let out = unsafe { out.assume_init() }.into_vec();
+    FlexTensor::from_data(TensorData::new(out, shape))
+}
+
+/// What the backward pass needs from the forward pass.
+#[derive(Debug, Clone)]
+struct Saved {
+    g: Geom,
+    /// Every sample's column matrix, `n × k × p` (shared: burn may clone a state).
+    cols: Arc<Vec<f32>>,
+    /// The weights, `co × k`.
+    weight: FlexTensor,
+}
+
+/// The weight and bias gradients: partial sums over fixed groups of samples, added in
+/// group order.
+fn weight_and_bias_grads(s: &Saved, dy: &[f32]) -> (FlexTensor, FlexTensor) {
+    let g = &s.g;
+    let (k, p, co) = (g.k(), g.p(), g.co);
+    let mut dw = FlexTensor::zeros(Shape::new([co, g.ci, g.kh, g.kw]), DType::F32);
+    let mut db = FlexTensor::zeros(Shape::new([co]), DType::F32);
+    if g.n == 0 || k * p * co == 0 {
+        return (dw, db);
+    }
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = s
+        .cols
+        .par_chunks(GRAD_GROUP * k * p)
+        .zip(dy.par_chunks(GRAD_GROUP * co * p))
+        .map(|(cols, dys)| {
+            let mut w = vec![0.0; co * k];
+            let mut b = vec![0.0; co];
+            for (i, (col, dy)) in cols.chunks(k * p).zip(dys.chunks(co * p)).enumerate() {
+                // dW += dY_s (co × p) · col_sᵀ (p × k), the transpose read by strides.
+                let colt = Mat {
+                    v: col,
+                    rs: 1,
+                    cs: p,
+                };
+                matmul([co, k, p], &mut w, k, i > 0, Mat::rows(dy, p), colt);
+                for (b, row) in b.iter_mut().zip(dy.chunks_exact(p)) {
+                    *b += row.iter().sum::<f32>();
+                }
+            }
+            (w, b)
+        })
+        .collect();
+    let dwv: &mut [f32] = dw.storage_mut();
+    for (w, _) in &partials {
+        for (d, v) in dwv.iter_mut().zip(w) {
+            *d += v;
+        }
+    }
+    let dbv: &mut [f32] = db.storage_mut();
+    for (_, b) in &partials {
+        for (d, v) in dbv.iter_mut().zip(b) {
+            *d += v;
+        }
+    }
+    (dw, db)
+}
+
+/// The input gradient: `Wᵀ · dY_s` per sample, scattered back by `col2im`.
+fn input_grad(s: &Saved, dy: &[f32]) -> FlexTensor {
+    let g = &s.g;
+    let (k, p, co) = (g.k(), g.p(), g.co);
+    let mut dx = FlexTensor::zeros(Shape::new([g.n, g.ci, g.h, g.w]), DType::F32);
+    if g.n == 0 || g.sample_in() == 0 || k * p == 0 {
+        return dx;
+    }
+    let w = contiguous(&s.weight);
+    let wt = Mat {
+        v: values(&w),
+        rs: 1,
+        cs: k,
+    };
+    let dst: &mut [f32] = dx.storage_mut();
+    dst.par_chunks_mut(g.sample_in())
+        .zip(dy.par_chunks(co * p))
+        .for_each_init(
+            || vec![0.0; k * p],
+            |dcol, (dxs, dys)| {
+                matmul([k, p, co], dcol, p, false, wt, Mat::rows(dys, p));
+                col2im(g, dcol, dxs);
+            },
+        );
+    dx
+}
+
+/// Forward only (evaluation on burn-flex).
+pub(super) fn forward(
+    g: Geom,
+    x: Tensor<Flex, 4>,
+    w: Tensor<Flex, 4>,
+    b: Tensor<Flex, 1>,
+) -> Tensor<Flex, 4> {
+    let (x, w, b) = (
+        x.into_primitive().tensor(),
+        w.into_primitive().tensor(),
+        b.into_primitive().tensor(),
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(forward_pass(&g, &x, &w, &b, None)))
+}
+
+/// The backward step of [`autodiff`].
+#[derive(Debug)]
+struct Conv2dOp;
+
+impl Backward<Flex, 3> for Conv2dOp {
+    type State = Saved;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [px, pw, pb] = ops.parents;
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let dyv = values(&dy);
+        let saved = ops.state;
+        if pw.is_some() || pb.is_some() {
+            let (dw, db) = weight_and_bias_grads(&saved, dyv);
+            if let Some(node) = pw {
+                grads.register::<Flex>(node.id, dw);
+            }
+            if let Some(node) = pb {
+                grads.register::<Flex>(node.id, db);
+            }
+        }
+        if let Some(node) = px {
+            grads.register::<Flex>(node.id, input_grad(&saved, dyv));
+        }
+    }
+}
+
+/// Forward with its backward step recorded (training on burn-flex).
+pub(super) fn autodiff(
+    g: Geom,
+    x: Tensor<Autodiff<Flex>, 4>,
+    w: Tensor<Autodiff<Flex>, 4>,
+    b: Tensor<Autodiff<Flex>, 1>,
+) -> Tensor<Autodiff<Flex>, 4> {
+    let (x, w, b) = (
+        x.into_primitive().tensor(),
+        w.into_primitive().tensor(),
+        b.into_primitive().tensor(),
+    );
+    let out = match Conv2dOp
+        .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), b.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let mut cols = Vec::new();
+            let out = forward_pass(
+                &g,
+                &x.primitive,
+                &w.primitive,
+                &b.primitive,
+                Some(&mut cols),
+            );
+            let saved = Saved {
+                g,
+                cols: Arc::new(cols),
+                weight: w.primitive.clone(),
+            };
+            prep.finish(saved, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward_pass(
+            &g,
+            &x.primitive,
+            &w.primitive,
+            &b.primitive,
+            None,
+        )),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
