@@ -245,14 +245,26 @@ fn op<B: Backend>(lp: &LayerPlan, device: &B::Device) -> Op<B> {
 
 /// Runs `layers` in order on `x`.
 fn run<B: Backend>(layers: &[Layer<B>], mut x: Act<B>) -> Act<B> {
-    for layer in layers {
+    let mut rest = layers;
+    while let Some((layer, tail)) = rest.split_first() {
+        rest = tail;
         x = match layer {
-            Layer::Op(op) => apply(op, x),
+            Layer::Op(op) => {
+                let next = match tail.first() {
+                    Some(Layer::Op(next)) => Some(next),
+                    _ => None,
+                };
+                let (y, fused) = apply_fusing(op, next, x);
+                if fused {
+                    rest = &tail[1..];
+                }
+                y
+            }
             Layer::Residual(r) => {
-                let y = r.layers.iter().fold(x.clone(), |a, op| apply(op, a));
+                let y = run_ops(&r.layers, x.clone());
                 let skip = match (&r.projection, x) {
                     (None, x) => x,
-                    (Some(Shortcut::Conv(c)), Act::Spatial(t)) => Act::Spatial(conv(c, t)),
+                    (Some(Shortcut::Conv(c)), Act::Spatial(t)) => Act::Spatial(conv(c, t, false)),
                     (Some(Shortcut::Dense(l)), x) => Act::Flat(l.forward(x.flat())),
                     (Some(Shortcut::Conv(_)), Act::Flat(_) | Act::Seq(_)) => {
                         panic!("a convolution shortcut on a flat input; build Net from crate::plan")
@@ -269,13 +281,36 @@ fn run<B: Backend>(layers: &[Layer<B>], mut x: Act<B>) -> Act<B> {
     x
 }
 
+/// Runs a residual block's operations in order on `x`.
+fn run_ops<B: Backend>(ops: &[Op<B>], mut x: Act<B>) -> Act<B> {
+    let mut rest = ops;
+    while let Some((op, tail)) = rest.split_first() {
+        let (y, fused) = apply_fusing(op, tail.first(), x);
+        rest = if fused { &tail[1..] } else { tail };
+        x = y;
+    }
+    x
+}
+
+/// Applies `op`, or `op` and `next` as one step where our kernels fuse the pair (a
+/// convolution and the ReLU after it: the same values and gradients, one pass fewer);
+/// says whether `next` was applied too.
+fn apply_fusing<B: Backend>(op: &Op<B>, next: Option<&Op<B>>, x: Act<B>) -> (Act<B>, bool) {
+    match (op, next, x) {
+        (Op::Conv2d(l), Some(Op::Relu(_)), Act::Spatial(t)) => {
+            (Act::Spatial(conv(l, t, true)), true)
+        }
+        (op, _, x) => (apply(op, x), false),
+    }
+}
+
 /// Applies one operation. A feature vector arrives as `[batch, features, 1, 1]`;
 /// element-wise layers and batch norm treat that like a flat vector, and dense and
 /// layer-norm layers flatten it.
 fn apply<B: Backend>(op: &Op<B>, x: Act<B>) -> Act<B> {
     match (op, x) {
         (Op::Dense(l), x) => Act::Flat(l.forward(x.flat())),
-        (Op::Conv2d(l), Act::Spatial(t)) => Act::Spatial(conv(l, t)),
+        (Op::Conv2d(l), Act::Spatial(t)) => Act::Spatial(conv(l, t, false)),
         (Op::Maxpool2d(l), Act::Spatial(t)) => {
             Act::Spatial(crate::kernels::max_pool_2x2(l, t).unwrap_or_else(|t| l.forward(t)))
         }
@@ -305,9 +340,17 @@ fn apply<B: Backend>(op: &Op<B>, x: Act<B>) -> Act<B> {
     }
 }
 
-/// A convolution by our kernel where it applies, else by burn's module.
-fn conv<B: Backend>(l: &Conv2d<B>, t: Tensor<B, 4>) -> Tensor<B, 4> {
-    crate::kernels::conv2d(l, t).unwrap_or_else(|t| l.forward(t))
+/// A convolution (and the ReLU after it, when `relu`) by our kernel where it applies,
+/// else by burn's modules.
+fn conv<B: Backend>(l: &Conv2d<B>, t: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {
+    crate::kernels::conv2d(l, t, relu).unwrap_or_else(|t| {
+        let y = l.forward(t);
+        if relu {
+            Relu::new().forward(y)
+        } else {
+            y
+        }
+    })
 }
 
 impl<B: Backend> Act<B> {

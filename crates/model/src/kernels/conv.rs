@@ -23,10 +23,12 @@ use burn::tensor::{DType, Shape, Tensor, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::sync::Arc;
 
-/// Samples per partial sum of the weight gradient (fixed, so the summation order and
-/// hence the result are the same on any number of threads).
+/// Samples whose weight gradients are accumulated in order; larger groups are summed
+/// as a tree (see [`weight_and_bias_grads`]). Fixed, so the result is the same on any
+/// number of threads.
 const GRAD_GROUP: usize = 8;
 
 /// The shape of one convolution.
@@ -58,6 +60,9 @@ pub(super) struct Geom {
     pub oh: usize,
     /// Output width.
     pub ow: usize,
+    /// Whether a ReLU follows, fused into the output pass (and its gradient into the
+    /// backward pass).
+    pub relu: bool,
 }
 
 impl Geom {
@@ -92,6 +97,7 @@ impl Geom {
             pl: left,
             oh: (hp - kh) / sh + 1,
             ow: (wp - kw) / sw + 1,
+            relu: false,
         })
     }
 
@@ -316,15 +322,36 @@ impl Mat<'_> {
 
     /// Checks that an `r × c` matrix read through these strides stays inside `v`.
     fn fits(&self, r: usize, c: usize) -> bool {
-        r == 0 || c == 0 || (r - 1) * self.rs + (c - 1) * self.cs < self.v.len()
+        fits(self.v.len(), [self.rs, self.cs], r, c)
     }
 }
 
-/// `dst (m × n, rows dst_rs apart) = [dst +] a (m × k) · b (k × n)`, single-threaded
-/// (the callers run samples in parallel).
-fn matmul([m, n, k]: [usize; 3], dst: &mut [f32], dst_rs: usize, acc: bool, a: Mat, b: Mat) {
+/// A matrix result: its values and its row and column strides.
+struct Out<'a> {
+    v: &'a mut [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl Out<'_> {
+    /// Row-major with rows `rs` apart.
+    fn rows(v: &mut [f32], rs: usize) -> Out<'_> {
+        Out { v, rs, cs: 1 }
+    }
+}
+
+/// Whether an `r × c` matrix with strides `[rs, cs]` stays inside `len` values.
+fn fits(len: usize, [rs, cs]: [usize; 2], r: usize, c: usize) -> bool {
+    r == 0 || c == 0 || (r - 1) * rs + (c - 1) * cs < len
+}
+
+/// `dst (m × n) = [dst +] a (m × k) · b (k × n)`, single-threaded (the callers run
+/// samples in parallel). Strides choose the layouts: the GEMM packs (copies) an
+/// operand whose values are not contiguous along its rows of the result's columns,
+/// so callers pick the cheaper one to be copied.
+fn matmul([m, n, k]: [usize; 3], dst: Out, acc: bool, a: Mat, b: Mat) {
     assert!(
-        a.fits(m, k) && b.fits(k, n) && (m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len()),
+        a.fits(m, k) && b.fits(k, n) && fits(dst.v.len(), [dst.rs, dst.cs], m, n),
         "matmul operands out of bounds"
     );
     if m == 0 || n == 0 {
@@ -333,7 +360,9 @@ fn matmul([m, n, k]: [usize; 3], dst: &mut [f32], dst_rs: usize, acc: bool, a: M
     if k == 0 {
         if !acc {
             for r in 0..m {
-                dst[r * dst_rs..][..n].fill(0.0);
+                for c in 0..n {
+                    dst.v[r * dst.rs + c * dst.cs] = 0.0;
+                }
             }
         }
         return;
@@ -346,9 +375,9 @@ fn matmul([m, n, k]: [usize; 3], dst: &mut [f32], dst_rs: usize, acc: bool, a: M
             m,
             n,
             k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
+            dst.v.as_mut_ptr(),
+            dst.cs as isize,
+            dst.rs as isize,
             acc,
             a.v.as_ptr(),
             a.cs as isize,
@@ -402,12 +431,16 @@ fn forward_pass(
         let (col, o) = unsafe { (assume_init(col), assume_init(o)) };
         matmul(
             [g.co, p, k],
-            o,
-            p,
+            Out::rows(o, p),
             true,
             Mat::rows(wv, k),
             Mat::rows(col, p),
         );
+        if g.relu {
+            for v in o.iter_mut() {
+                *v = v.max(0.0);
+            }
+        }
     };
     let per_in = g.sample_in();
     assert_eq!(xv.len(), g.n * per_in, "input of the planned shape");
@@ -442,53 +475,77 @@ struct Saved {
     cols: Arc<Vec<f32>>,
     /// The weights, `co × k`.
     weight: FlexTensor,
+    /// The output, when a ReLU is fused in (its gradient passes where it is > 0).
+    out: Option<FlexTensor>,
 }
 
-/// The weight and bias gradients: partial sums over fixed groups of samples, added in
-/// group order.
+/// The weight and bias gradients, summed over the batch as a balanced binary tree
+/// split at the middle: a batch split over 2, 4, … workers, whose all-reduce adds
+/// the halves, sums in the same order as one worker, so their weights stay equal to
+/// the last bits (as with burn's own kernel). Adam magnifies rounding differences in
+/// gradients near zero (`g / (|g| + ε)`), so the order matters beyond one step.
 fn weight_and_bias_grads(s: &Saved, dy: &[f32]) -> (FlexTensor, FlexTensor) {
     let g = &s.g;
-    let (k, p, co) = (g.k(), g.p(), g.co);
+    let (k, co) = (g.k(), g.co);
     let mut dw = FlexTensor::zeros(Shape::new([co, g.ci, g.kh, g.kw]), DType::F32);
     let mut db = FlexTensor::zeros(Shape::new([co]), DType::F32);
-    if g.n == 0 || k * p * co == 0 {
+    if g.n == 0 || k * g.p() * co == 0 {
         return (dw, db);
     }
-    let partials: Vec<(Vec<f32>, Vec<f32>)> = s
-        .cols
-        .par_chunks(GRAD_GROUP * k * p)
-        .zip(dy.par_chunks(GRAD_GROUP * co * p))
-        .map(|(cols, dys)| {
-            let mut w = vec![0.0; co * k];
-            let mut b = vec![0.0; co];
-            for (i, (col, dy)) in cols.chunks(k * p).zip(dys.chunks(co * p)).enumerate() {
-                // dW += dY_s (co × p) · col_sᵀ (p × k), the transpose read by strides.
-                let colt = Mat {
-                    v: col,
-                    rs: 1,
-                    cs: p,
-                };
-                matmul([co, k, p], &mut w, k, i > 0, Mat::rows(dy, p), colt);
-                for (b, row) in b.iter_mut().zip(dy.chunks_exact(p)) {
-                    *b += row.iter().sum::<f32>();
-                }
-            }
-            (w, b)
-        })
-        .collect();
+    let (wt, b) = grad_tree(s, dy, 0..g.n);
     let dwv: &mut [f32] = dw.storage_mut();
-    for (w, _) in &partials {
-        for (d, v) in dwv.iter_mut().zip(w) {
-            *d += v;
+    for (c, row) in dwv.chunks_exact_mut(k).enumerate() {
+        for (kk, d) in row.iter_mut().enumerate() {
+            *d = wt[kk * co + c];
         }
     }
-    let dbv: &mut [f32] = db.storage_mut();
-    for (_, b) in &partials {
-        for (d, v) in dbv.iter_mut().zip(b) {
-            *d += v;
-        }
-    }
+    db.storage_mut::<f32>().copy_from_slice(&b);
     (dw, db)
+}
+
+/// The weight gradient, transposed (`k × co`), and the bias gradient of `samples`:
+/// up to [`GRAD_GROUP`] samples accumulated in order, more as the sum of the two
+/// halves (in parallel).
+fn grad_tree(s: &Saved, dy: &[f32], samples: Range<usize>) -> (Vec<f32>, Vec<f32>) {
+    let g = &s.g;
+    let (k, p, co) = (g.k(), g.p(), g.co);
+    if samples.len() > GRAD_GROUP {
+        let mid = samples.start + samples.len() / 2;
+        let ((mut w, mut b), (w2, b2)) = rayon::join(
+            || grad_tree(s, dy, samples.start..mid),
+            || grad_tree(s, dy, mid..samples.end),
+        );
+        for (a, v) in w.iter_mut().zip(&w2) {
+            *a += v;
+        }
+        for (a, v) in b.iter_mut().zip(&b2) {
+            *a += v;
+        }
+        return (w, b);
+    }
+    // dWᵀ (k × co), so that the GEMM reads the column matrices as they lie and
+    // copies only dY (co·p values a sample, not k·p).
+    let mut w = vec![0.0; k * co];
+    let mut b = vec![0.0; co];
+    for (i, n) in samples.enumerate() {
+        let (col, dy) = (&s.cols[n * k * p..][..k * p], &dy[n * co * p..][..co * p]);
+        // dW += dY_n (co × p) · col_nᵀ (p × k), both transposes by strides.
+        let colt = Mat {
+            v: col,
+            rs: 1,
+            cs: p,
+        };
+        let dwt = Out {
+            v: &mut w,
+            rs: 1,
+            cs: co,
+        };
+        matmul([co, k, p], dwt, i > 0, Mat::rows(dy, p), colt);
+        for (b, row) in b.iter_mut().zip(dy.chunks_exact(p)) {
+            *b += row.iter().sum::<f32>();
+        }
+    }
+    (w, b)
 }
 
 /// The input gradient: `Wᵀ · dY_s` per sample, scattered back by `col2im`.
@@ -511,11 +568,29 @@ fn input_grad(s: &Saved, dy: &[f32]) -> FlexTensor {
         .for_each_init(
             || vec![0.0; k * p],
             |dcol, (dxs, dys)| {
-                matmul([k, p, co], dcol, p, false, wt, Mat::rows(dys, p));
+                matmul([k, p, co], Out::rows(dcol, p), false, wt, Mat::rows(dys, p));
                 col2im(g, dcol, dxs);
             },
         );
     dx
+}
+
+/// `dy` where the fused ReLU's output `out` is positive, 0 elsewhere (burn-flex's
+/// `relu_backward`), in place when `dy` is not shared.
+fn relu_grad(out: &FlexTensor, mut dy: FlexTensor) -> FlexTensor {
+    let out = contiguous(out);
+    let ov = values(&out);
+    let dv: &mut [f32] = dy.storage_mut();
+    dv.par_chunks_mut(1 << 14)
+        .zip(ov.par_chunks(1 << 14))
+        .for_each(|(d, o)| {
+            for (d, &o) in d.iter_mut().zip(o) {
+                if o <= 0.0 {
+                    *d = 0.0;
+                }
+            }
+        });
+    dy
 }
 
 /// Forward only (evaluation on burn-flex).
@@ -542,9 +617,12 @@ impl Backward<Flex, 3> for Conv2dOp {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [px, pw, pb] = ops.parents;
-        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
-        let dyv = values(&dy);
         let saved = ops.state;
+        let mut dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        if let Some(out) = &saved.out {
+            dy = relu_grad(out, dy);
+        }
+        let dyv = values(&dy);
         if pw.is_some() || pb.is_some() {
             let (dw, db) = weight_and_bias_grads(&saved, dyv);
             if let Some(node) = pw {
@@ -590,6 +668,7 @@ pub(super) fn autodiff(
                 g,
                 cols: Arc::new(cols),
                 weight: w.primitive.clone(),
+                out: g.relu.then(|| out.clone()),
             };
             prep.finish(saved, out)
         }

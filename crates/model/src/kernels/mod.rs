@@ -48,10 +48,15 @@ pub fn max_pool_2x2<B: Backend>(
     }
 }
 
-/// `conv` applied to `x` by our convolution kernel when the layer has a bias, one group,
-/// no dilation and explicit (or no) padding, and the backend is burn-flex (with or
-/// without autodiff); `Err(x)` gives the input back otherwise, for burn's own module.
-pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+/// `conv` applied to `x` (followed by a ReLU when `relu`) by our convolution kernel
+/// when the layer has a bias, one group, no dilation and explicit (or no) padding, and
+/// the backend is burn-flex (with or without autodiff); `Err(x)` gives the input back
+/// otherwise, for burn's own module.
+pub fn conv2d<B: Backend>(
+    conv: &Conv2d<B>,
+    x: Tensor<B, 4>,
+    relu: bool,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
     let padding = match conv.padding {
         PaddingConfig2d::Valid => (0, 0, 0, 0),
         PaddingConfig2d::Explicit(top, left, bottom, right) => (top, left, bottom, right),
@@ -69,6 +74,7 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Result<Tensor<B,
     ) else {
         return Err(x);
     };
+    let geom = conv::Geom { relu, ..geom };
     let (w, b) = (conv.weight.val(), bias.val());
     let x = match cast::<_, Tensor<Autodiff<Flex>, 4>>(x) {
         Ok(x) => {
@@ -202,46 +208,56 @@ mod tests {
         ]
     }
 
+    /// burn's own convolution, and ReLU when asked.
+    fn reference<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {
+        let y = layer.forward(x);
+        if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        }
+    }
+
     #[test]
     fn convolution_values_and_gradients_match_burns_own() {
         for (i, (dims, co, kernel, stride, padding)) in conv_cases().into_iter().enumerate() {
-            let layer = conv_layer::<Ad>([dims[1], co], kernel, stride, padding.clone(), i as u64);
-            let x = Tensor::<Ad, 4>::random(dims, Distribution::Default, &Default::default());
-            let ours = conv2d(&layer, x.clone()).expect("the kernel applies");
-            let theirs = layer.forward(x.clone());
-            let weights =
-                Tensor::<Ad, 4>::random(theirs.dims(), Distribution::Default, &Default::default());
-            let run = |mine: bool| {
-                let x = x.clone().detach().require_grad();
-                let y = if mine {
-                    conv2d(&layer, x.clone()).expect("the kernel applies")
-                } else {
-                    layer.forward(x.clone())
+            for relu in [false, true] {
+                let layer =
+                    conv_layer::<Ad>([dims[1], co], kernel, stride, padding.clone(), i as u64);
+                let x = Tensor::<Ad, 4>::random(
+                    dims,
+                    Distribution::Uniform(-1.0, 1.0),
+                    &Default::default(),
+                );
+                let y = reference(&layer, x.clone(), false);
+                let weights =
+                    Tensor::<Ad, 4>::random(y.dims(), Distribution::Default, &Default::default());
+                let run = |mine: bool| {
+                    let x = x.clone().detach().require_grad();
+                    let y = if mine {
+                        conv2d(&layer, x.clone(), relu).expect("the kernel applies")
+                    } else {
+                        reference(&layer, x.clone(), relu)
+                    };
+                    let grads = (y.clone() * weights.clone()).sum().backward();
+                    let bias = layer.bias.as_ref().expect("a bias");
+                    let weight = layer.weight.val();
+                    [
+                        y.into_data(),
+                        x.grad(&grads).expect("x is tracked").into_data(),
+                        weight.grad(&grads).expect("tracked").into_data(),
+                        bias.val().grad(&grads).expect("tracked").into_data(),
+                    ]
                 };
-                let grads = (y.clone() * weights.clone()).sum().backward();
-                let bias = layer.bias.as_ref().expect("a bias");
-                [
-                    y.into_data(),
-                    x.grad(&grads).expect("x is tracked").into_data(),
-                    layer
-                        .weight
-                        .val()
-                        .grad(&grads)
-                        .expect("tracked")
-                        .into_data(),
-                    bias.val().grad(&grads).expect("tracked").into_data(),
-                ]
-            };
-            let tol = Tolerance::<f32>::rel_abs(1e-4, 1e-5);
-            for (name, (a, b)) in ["output", "input grad", "weight grad", "bias grad"]
-                .iter()
-                .zip(run(true).into_iter().zip(run(false)))
-            {
-                assert_eq!(a.shape, b.shape, "case {i} {dims:?}: {name} shape");
-                a.assert_approx_eq::<f32>(&b, tol);
+                let tol = Tolerance::<f32>::rel_abs(1e-4, 1e-5);
+                for (name, (a, b)) in ["output", "input grad", "weight grad", "bias grad"]
+                    .iter()
+                    .zip(run(true).into_iter().zip(run(false)))
+                {
+                    assert_eq!(a.shape, b.shape, "case {i} {dims:?} relu {relu}: {name}");
+                    a.assert_approx_eq::<f32>(&b, tol);
+                }
             }
-            ours.into_data()
-                .assert_approx_eq::<f32>(&theirs.into_data(), tol);
         }
     }
 
@@ -250,14 +266,19 @@ mod tests {
         for (i, (dims, co, kernel, stride, padding)) in conv_cases().into_iter().enumerate() {
             let layer = conv_layer::<Flex>([dims[1], co], kernel, stride, padding, i as u64);
             let [n, c, h, w] = dims;
-            let x =
-                Tensor::<Flex, 4>::random([n, c, w, h], Distribution::Default, &Default::default())
-                    .swap_dims(2, 3);
-            let ours = conv2d(&layer, x.clone()).expect("the kernel applies");
-            ours.into_data().assert_approx_eq::<f32>(
-                &layer.forward(x).into_data(),
-                Tolerance::<f32>::rel_abs(1e-4, 1e-5),
-            );
+            let x = Tensor::<Flex, 4>::random(
+                [n, c, w, h],
+                Distribution::Uniform(-1.0, 1.0),
+                &Default::default(),
+            )
+            .swap_dims(2, 3);
+            for relu in [false, true] {
+                let ours = conv2d(&layer, x.clone(), relu).expect("the kernel applies");
+                ours.into_data().assert_approx_eq::<f32>(
+                    &reference(&layer, x.clone(), relu).into_data(),
+                    Tolerance::<f32>::rel_abs(1e-4, 1e-5),
+                );
+            }
         }
     }
 
@@ -265,7 +286,10 @@ mod tests {
     fn a_first_layer_gets_weight_gradients_without_an_input_gradient() {
         let layer = conv_layer::<Ad>([1, 3], [3, 3], [1, 1], PaddingConfig2d::Valid, 5);
         let x = Tensor::<Ad, 4>::random([2, 1, 6, 6], Distribution::Default, &Default::default());
-        let grads = conv2d(&layer, x.clone()).expect("applies").sum().backward();
+        let grads = conv2d(&layer, x.clone(), false)
+            .expect("applies")
+            .sum()
+            .backward();
         assert!(x.grad(&grads).is_none());
         let ours = layer
             .weight
@@ -284,6 +308,29 @@ mod tests {
     }
 
     #[test]
+    fn a_batchs_weight_gradient_is_the_exact_sum_of_its_halves() {
+        // What keeps 2 (or 4) workers, whose all-reduce adds the halves, equal to one.
+        for n in [60, 17, 128] {
+            let layer = conv_layer::<Ad>([3, 4], [3, 3], [1, 1], PaddingConfig2d::Valid, 2);
+            let dev = Default::default();
+            let x = Tensor::<Ad, 4>::random([n, 3, 10, 10], Distribution::Default, &dev);
+            let dy = Tensor::<Ad, 4>::random([n, 4, 8, 8], Distribution::Normal(0.0, 1e-3), &dev);
+            let grads = |a: usize, b: usize| {
+                let y = conv2d(&layer, x.clone().narrow(0, a, b - a), true).expect("applies");
+                let g = (y * dy.clone().narrow(0, a, b - a)).sum().backward();
+                let bias = layer.bias.as_ref().expect("a bias").val().grad(&g);
+                let weight = layer.weight.val().grad(&g).expect("tracked");
+                [weight.flatten::<1>(0, 3), bias.expect("tracked")]
+            };
+            let mid = n / 2;
+            let (full, (left, right)) = (grads(0, n), (grads(0, mid), grads(mid, n)));
+            for ((f, l), r) in full.into_iter().zip(left).zip(right) {
+                assert_eq!(f.into_data(), (l + r).into_data(), "batch of {n}");
+            }
+        }
+    }
+
+    #[test]
     fn other_convolutions_are_left_to_burn() {
         let x = Tensor::<Flex, 4>::ones([1, 2, 6, 6], &Default::default());
         let dev = Default::default();
@@ -299,7 +346,7 @@ mod tests {
                 .with_padding(PaddingConfig2d::Same)
                 .init(&dev),
         ] {
-            assert!(conv2d(&c, x.clone()).is_err(), "{c:?}");
+            assert!(conv2d(&c, x.clone(), false).is_err(), "{c:?}");
         }
     }
 
