@@ -9,7 +9,7 @@
 //!
 //! - weight gradient: `Σ_s dY_s · col_sᵀ`, the transpose read through the GEMM's
 //!   strides (burn's generic backward copies `swap_dims` views instead), summed over
-//!   fixed groups of samples so the result does not depend on the thread count;
+//!   the batch as a tree of halves (see [`weight_and_bias_grads`]);
 //! - bias gradient: the sum of `dY` over samples and positions;
 //! - input gradient (only when the input is tracked, so never for a first layer):
 //!   `Wᵀ · dY_s` per sample, scattered back with a `col2im` that adds whole rows.
@@ -184,13 +184,29 @@ fn walk(g: &Geom, mut f: impl FnMut(usize, usize, Option<(usize, usize, usize)>)
     }
 }
 
+/// [`walk`] when [`Geom::plain`]: no row reads padding, so `f(at, src)` gets only
+/// where each `ow`-long row starts in the column matrix and in the sample.
+fn walk_plain(g: &Geom, mut f: impl FnMut(usize, usize)) {
+    let mut at = 0;
+    for c in 0..g.ci {
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                for oy in 0..g.oh {
+                    f(at, (c * g.h + oy + i) * g.w + j);
+                    at += g.ow;
+                }
+            }
+        }
+    }
+}
+
 /// One sample's column matrix (`k × p`, row-major) from its input (`ci × h × w`);
 /// every value of `col` is written.
 fn im2col(g: &Geom, x: &[f32], col: &mut [MaybeUninit<f32>]) {
-    if g.plain() {
-        return im2col_valid(g, x, col);
-    }
     let (ow, sw) = (g.ow, g.sw);
+    if g.plain() {
+        return walk_plain(g, |at, src| copy(&mut col[at..][..ow], &x[src..][..ow]));
+    }
     walk(g, |at, src, valid| {
         let dst = &mut col[at..][..ow];
         match valid {
@@ -209,21 +225,6 @@ fn im2col(g: &Geom, x: &[f32], col: &mut [MaybeUninit<f32>]) {
             }
         }
     });
-}
-
-/// [`im2col`] for stride 1 without padding: every row is a plain copy.
-fn im2col_valid(g: &Geom, x: &[f32], col: &mut [MaybeUninit<f32>]) {
-    let (h, w, oh, ow) = (g.h, g.w, g.oh, g.ow);
-    let mut rows = col.chunks_exact_mut(ow);
-    for plane in x.chunks_exact(h * w).take(g.ci) {
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                for (oy, dst) in (&mut rows).take(oh).enumerate() {
-                    copy(dst, &plane[(oy + i) * w + j..][..ow]);
-                }
-            }
-        }
-    }
 }
 
 /// Writes `v` to every value of `dst`.
@@ -271,24 +272,14 @@ unsafe fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 
 /// Adds one sample's column-matrix gradient (`k × p`) into its input gradient.
 fn col2im(g: &Geom, col: &[f32], dx: &mut [f32]) {
+    let (ow, sw) = (g.ow, g.sw);
     if g.plain() {
-        let (h, w, oh, ow) = (g.h, g.w, g.oh, g.ow);
-        let mut rows = col.chunks_exact(ow);
-        for plane in dx.chunks_exact_mut(h * w).take(g.ci) {
-            for i in 0..g.kh {
-                for j in 0..g.kw {
-                    for (oy, src) in (&mut rows).take(oh).enumerate() {
-                        let dst = &mut plane[(oy + i) * w + j..][..ow];
-                        for (d, s) in dst.iter_mut().zip(src) {
-                            *d += *s;
-                        }
-                    }
-                }
+        return walk_plain(g, |at, dst| {
+            for (d, s) in dx[dst..][..ow].iter_mut().zip(&col[at..][..ow]) {
+                *d += *s;
             }
-        }
-        return;
+        });
     }
-    let sw = g.sw;
     walk(g, |at, dst, valid| {
         if let Some((lo, hi, ix)) = valid {
             let src = &col[at + lo..at + hi];
@@ -395,29 +386,25 @@ fn matmul([m, n, k]: [usize; 3], dst: Out, acc: bool, a: Mat, b: Mat) {
     }
 }
 
-/// A contiguous f32 view of `t` (copied when `t` is a strided view).
-fn contiguous(t: &FlexTensor) -> FlexTensor {
-    t.to_contiguous()
-}
-
+/// The values of a contiguous f32 tensor (after `to_contiguous`).
 fn values(t: &FlexTensor) -> &[f32] {
     t.as_slice().expect("contiguous f32 tensor")
 }
 
-/// The forward pass; with `cols`, each sample's column matrix is kept there.
+/// The forward pass, and with `keep` every sample's column matrix (`n × k × p`).
 fn forward_pass(
     g: &Geom,
     x: &FlexTensor,
     w: &FlexTensor,
     b: &FlexTensor,
-    cols: Option<&mut Vec<f32>>,
-) -> FlexTensor {
-    let (x, w, b) = (contiguous(x), contiguous(w), contiguous(b));
+    keep: bool,
+) -> (FlexTensor, Option<Vec<f32>>) {
+    let (x, w, b) = (x.to_contiguous(), w.to_contiguous(), b.to_contiguous());
     let (xv, wv, bv) = (values(&x), values(&w), values(&b));
     let (k, p) = (g.k(), g.p());
     let shape = Shape::new([g.n, g.co, g.oh, g.ow]);
     if g.n == 0 || g.sample_out() == 0 {
-        return FlexTensor::empty(shape, DType::F32);
+        return (FlexTensor::empty(shape, DType::F32), keep.then(Vec::new));
     }
     // Written in full below (bias, then accumulated products), so never zeroed first.
     let mut out = Box::<[f32]>::new_uninit_slice(g.n * g.sample_out());
@@ -444,27 +431,26 @@ fn forward_pass(
     };
     let per_in = g.sample_in();
     assert_eq!(xv.len(), g.n * per_in, "input of the planned shape");
-    match cols {
-        Some(cols) => {
-            let mut all = Box::<[f32]>::new_uninit_slice(g.n * k * p);
-            out.par_chunks_mut(g.sample_out())
-                .zip(xv.par_chunks(per_in))
-                .zip(all.par_chunks_mut(k * p))
-                .for_each(|((o, xs), col)| sample(xs, col, o));
-            // SAFETY: every sample's `im2col` wrote its whole chunk.
-            *cols = unsafe { all.assume_init() }.into_vec();
-        }
-        None => out
-            .par_chunks_mut(g.sample_out())
+    let cols = if keep {
+        let mut all = Box::<[f32]>::new_uninit_slice(g.n * k * p);
+        out.par_chunks_mut(g.sample_out())
+            .zip(xv.par_chunks(per_in))
+            .zip(all.par_chunks_mut(k * p))
+            .for_each(|((o, xs), col)| sample(xs, col, o));
+        // SAFETY: every sample's `im2col` wrote its whole chunk.
+        Some(unsafe { all.assume_init() }.into_vec())
+    } else {
+        out.par_chunks_mut(g.sample_out())
             .zip(xv.par_chunks(per_in))
             .for_each_init(
                 || Box::<[f32]>::new_uninit_slice(k * p),
                 |col, (o, xs)| sample(xs, col, o),
-            ),
-    }
+            );
+        None
+    };
     // SAFETY: every sample's chunk was written in full by `sample`.
     let out = unsafe { out.assume_init() }.into_vec();
-    FlexTensor::from_data(TensorData::new(out, shape))
+    (FlexTensor::from_data(TensorData::new(out, shape)), cols)
 }
 
 /// What the backward pass needs from the forward pass.
@@ -553,10 +539,10 @@ fn input_grad(s: &Saved, dy: &[f32]) -> FlexTensor {
     let g = &s.g;
     let (k, p, co) = (g.k(), g.p(), g.co);
     let mut dx = FlexTensor::zeros(Shape::new([g.n, g.ci, g.h, g.w]), DType::F32);
-    if g.n == 0 || g.sample_in() == 0 || k * p == 0 {
+    if g.n == 0 {
         return dx;
     }
-    let w = contiguous(&s.weight);
+    let w = s.weight.to_contiguous();
     let wt = Mat {
         v: values(&w),
         rs: 1,
@@ -578,7 +564,7 @@ fn input_grad(s: &Saved, dy: &[f32]) -> FlexTensor {
 /// `dy` where the fused ReLU's output `out` is positive, 0 elsewhere (burn-flex's
 /// `relu_backward`), in place when `dy` is not shared.
 fn relu_grad(out: &FlexTensor, mut dy: FlexTensor) -> FlexTensor {
-    let out = contiguous(out);
+    let out = out.to_contiguous();
     let ov = values(&out);
     let dv: &mut [f32] = dy.storage_mut();
     dv.par_chunks_mut(1 << 14)
@@ -605,7 +591,8 @@ pub(super) fn forward(
         w.into_primitive().tensor(),
         b.into_primitive().tensor(),
     );
-    Tensor::from_primitive(TensorPrimitive::Float(forward_pass(&g, &x, &w, &b, None)))
+    let (out, _) = forward_pass(&g, &x, &w, &b, false);
+    Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
 /// The backward step of [`autodiff`].
@@ -618,7 +605,7 @@ impl Backward<Flex, 3> for Conv2dOp {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [px, pw, pb] = ops.parents;
         let saved = ops.state;
-        let mut dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let mut dy = grads.consume::<Flex>(&ops.node).to_contiguous();
         if let Some(out) = &saved.out {
             dy = relu_grad(out, dy);
         }
@@ -656,29 +643,18 @@ pub(super) fn autodiff(
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let mut cols = Vec::new();
-            let out = forward_pass(
-                &g,
-                &x.primitive,
-                &w.primitive,
-                &b.primitive,
-                Some(&mut cols),
-            );
+            let (out, cols) = forward_pass(&g, &x.primitive, &w.primitive, &b.primitive, true);
             let saved = Saved {
                 g,
-                cols: Arc::new(cols),
+                cols: Arc::new(cols.unwrap_or_default()),
                 weight: w.primitive.clone(),
                 out: g.relu.then(|| out.clone()),
             };
             prep.finish(saved, out)
         }
-        OpsKind::UnTracked(prep) => prep.finish(forward_pass(
-            &g,
-            &x.primitive,
-            &w.primitive,
-            &b.primitive,
-            None,
-        )),
+        OpsKind::UnTracked(prep) => {
+            prep.finish(forward_pass(&g, &x.primitive, &w.primitive, &b.primitive, false).0)
+        }
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }

@@ -78,21 +78,28 @@ pub fn conv2d<B: Backend>(
     let (w, b) = (conv.weight.val(), bias.val());
     let x = match cast::<_, Tensor<Autodiff<Flex>, 4>>(x) {
         Ok(x) => {
-            let (Ok(w), Ok(b)) = (cast(w), cast(b)) else {
-                unreachable!("the layer's parameters live on the input's backend")
-            };
+            let (w, b) = on_backend(w, b);
             return Ok(cast(conv::autodiff(geom, x, w, b)).unwrap_or_else(|_| unreachable!()));
         }
         Err(x) => x,
     };
     match cast::<_, Tensor<Flex, 4>>(x) {
         Ok(x) => {
-            let (Ok(w), Ok(b)) = (cast(w), cast(b)) else {
-                unreachable!("the layer's parameters live on the input's backend")
-            };
+            let (w, b) = on_backend(w, b);
             Ok(cast(conv::forward(geom, x, w, b)).unwrap_or_else(|_| unreachable!()))
         }
         Err(x) => Err(x),
+    }
+}
+
+/// A layer's weight and bias as tensors of the backend `C` its input was found on.
+fn on_backend<B: Backend, C: Backend>(
+    w: Tensor<B, 4>,
+    b: Tensor<B, 1>,
+) -> (Tensor<C, 4>, Tensor<C, 1>) {
+    match (cast(w), cast(b)) {
+        (Ok(w), Ok(b)) => (w, b),
+        _ => unreachable!("the layer's parameters live on the input's backend"),
     }
 }
 
