@@ -3,7 +3,8 @@
 # a TrueType font for PNG plots). With --launchers also Open MPI and Slurm (for
 # `mpirun … dlc worker` and a local test cluster: scripts/slurm-local.sh start) and
 # python3-venv (CI checks the Kubernetes manifests with pip's kubernetes-validate), and
-# iproute2 (`ss`, with which the fault-injection tests cut a running job's links).
+# iproute2 (`ss`, with which the fault-injection tests cut a running job's links; `ip`
+# and `tc`, with which scripts/netns-cluster.sh makes hosts out of network namespaces).
 # Uses sudo only when not root. Safe to run again: installs only what is missing.
 set -euo pipefail
 

@@ -74,6 +74,8 @@ pub struct Communicator {
     pub(crate) p2p_recv_seq: Vec<u64>,
     pub(crate) scratch: Vec<u64>,
     listen_addr: std::net::SocketAddr,
+    /// Every rank's listening address as the coordinator handed it out.
+    peer_addrs: Vec<String>,
     /// Leave or Fail was said (or a crash simulated): dropping says nothing more.
     ended: bool,
     /// Tells the coordinator that this process is alive until dropped.
@@ -194,6 +196,7 @@ impl Communicator {
             p2p_recv_seq: vec![0; world],
             scratch: vec![0u64; (1 << 20) / 8],
             listen_addr: addr,
+            peer_addrs: peers,
             ended: false,
             heartbeat,
             _acceptor: acceptor,
@@ -213,6 +216,12 @@ impl Communicator {
     /// The address this rank listens on for peer links.
     pub fn listen_addr(&self) -> std::net::SocketAddr {
         self.listen_addr
+    }
+
+    /// Every rank's address for peer links, in rank order, as the rendezvous handed
+    /// it out (what the other ranks dialled: routable across hosts).
+    pub fn peer_addrs(&self) -> &[String] {
+        &self.peer_addrs
     }
 
     /// Closes every connection without telling the coordinator, as a crash would

@@ -7,6 +7,9 @@
 //! (`epoch` is 1-based: the number of epochs completed); a regression job has
 //! `test_rmse` and `test_mae` instead of `test_accuracy`.
 //!
+//! World lines: `{"kind":"world","workers","addrs"}` (a distributed job's start, and
+//! each restart: the address every rank listens on, in rank order, servers after
+//! workers).
 //! Restart lines: `{"kind":"restart","restart","reason","workers_before","workers_after","step","steps_lost"}`
 //! (written when a job continues after a failure, `--max-restarts`); stop lines:
 //! `{"kind":"stop","reason","step"}` (a signal stopped training after a checkpoint).
@@ -66,6 +69,13 @@ pub enum Record {
         test_mae: Option<f64>,
         /// Wall time of the epoch's training and evaluation.
         seconds: f64,
+    },
+    /// Who takes part: written when a distributed job starts (or restarts).
+    World {
+        /// Workers (ranks `0..workers`; parameter servers follow).
+        workers: usize,
+        /// The address each rank listens on for peer links, in rank order.
+        addrs: Vec<String>,
     },
     /// The job was restarted after a failure and continues from a checkpoint.
     Restart {
@@ -182,6 +192,7 @@ impl MetricsSink {
                     ("restart/steps_lost", steps_lost as f64),
                 ],
             ),
+            Record::World { .. } => Ok(()),
             Record::Stop { step, .. } => self
                 .events
                 .scalars(step as u64, &[("stop/step", step as f64)]),

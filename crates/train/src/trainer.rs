@@ -347,6 +347,12 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
         } else {
             None
         };
+        if let (Some(m), false) = (metrics.as_mut(), sync.peer_addrs().is_empty()) {
+            m.write(&Record::World {
+                workers,
+                addrs: sync.peer_addrs().to_vec(),
+            })?;
+        }
         if let (Some(m), Some(r)) = (metrics.as_mut(), &opts.restart) {
             let lost = last_logged_step(&run_dir).saturating_sub(state.global_step);
             m.write(&Record::Restart {

@@ -94,8 +94,10 @@ pub struct AllreduceArgs {
     /// 4MiB (fixed, capped by net.core.rmem_max). Default: what training uses.
     #[arg(long, value_parser = parse_buffer)]
     socket_buffer: Option<Buffer>,
-    /// One benchmark process under the local launcher (internal).
-    #[arg(long, hide = true)]
+    /// Run as one rank of a job started by a launcher (srun, mpirun, torchrun, or the
+    /// DLC_* variables), e.g. one rank per host to measure the network between hosts;
+    /// rank 0 prints `{"event":"summary","medians":[[bytes, seconds], …]}`.
+    #[arg(long)]
     worker: bool,
     #[arg(long, hide = true)]
     tcp_source: Option<String>,
@@ -266,11 +268,19 @@ pub(crate) fn allreduce_rows(
 fn bench_worker(a: &AllreduceArgs) -> Result<()> {
     dlc_launch::die_with_parent();
     let id = dlc_launch::env::from_process_env("")?;
+    let timeout = Duration::from_secs(a.timeout);
+    // Under srun, mpirun or torchrun (ranks on several hosts) rank 0 hosts the rendezvous.
+    let coordinator = id
+        .host_coordinator(timeout)
+        .with_context(|| format!("rank 0 cannot host the coordinator at {}", id.bind_addr()))?;
     let mut cfg = dlc_comm::CommConfig::new(&id.coordinator, id.key(), id.rank, id.world);
-    cfg.timeout = Duration::from_secs(a.timeout);
+    cfg.timeout = timeout;
     cfg.join_timeout = cfg.timeout;
     cfg.socket_buffer = a.buffer();
     let medians = allreduce::worker(cfg, &a.sizes, a.iters.max(1))?;
+    if let Some(c) = coordinator {
+        c.shutdown(timeout);
+    }
     if id.rank == 0 {
         println!(
             "{}",

@@ -91,6 +91,14 @@ impl GradSync {
         }
     }
 
+    /// Every rank's address for peer links in rank order (empty for one worker).
+    pub fn peer_addrs(&self) -> &[String] {
+        match self {
+            GradSync::Local => &[],
+            GradSync::Ring(c) | GradSync::Ps { comm: c, .. } => c.peer_addrs(),
+        }
+    }
+
     /// How the job combines gradients, for the start-of-training line.
     pub fn describe(&self) -> String {
         match self {

@@ -1,0 +1,445 @@
+//! Multi-node paths across several hosts on this machine: `scripts/netns-cluster.sh`
+//! makes each host a network namespace with its own address on a shared bridge, so
+//! the ranks of one job run on different hosts, reach each other through routable
+//! addresses (never loopback) and lose each other when a host's link goes down.
+//!
+//! Needs root and iproute2; skips without them unless `DLC_REQUIRE_LAUNCHERS=1` (CI).
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The tests share one cluster name: one at a time.
+static CLUSTER: Mutex<()> = Mutex::new(());
+
+/// Object names of the test cluster (`dlct-h0`, `dlct-br`, …), apart from a user's
+/// `dlc-*` cluster.
+const PREFIX: &str = "dlct";
+
+fn netns_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/netns-cluster.sh")
+}
+
+/// `netns-cluster.sh ARGS…` for the test cluster.
+fn netns(args: &[&str]) -> Output {
+    Command::new("bash")
+        .arg(netns_script())
+        .args(args)
+        .env("DLC_NETNS_PREFIX", PREFIX)
+        .output()
+        .expect("bash runs")
+}
+
+/// A cluster of namespace hosts, removed when dropped (also when a test fails).
+struct Cluster {
+    _lock: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    /// `up HOSTS --rate RATE`; `None` (skip) without root, unless required.
+    fn up(hosts: usize, rate: &str) -> Option<Cluster> {
+        let lock = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        if !root || !have("ip", &["-V"], "iproute2") {
+            assert!(
+                !required(),
+                "the namespace cluster needs root (DLC_REQUIRE_LAUNCHERS=1)"
+            );
+            eprintln!("skipping: the namespace cluster needs root and iproute2");
+            return None;
+        }
+        let out = netns(&["up", &hosts.to_string(), "--rate", rate]);
+        assert!(
+            out.status.success(),
+            "netns-cluster up failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(Cluster { _lock: lock })
+    }
+
+    fn host(i: usize) -> String {
+        format!("{PREFIX}-h{i}")
+    }
+
+    /// `ip netns exec HOST dlc ARGS…`, with `env`.
+    fn dlc_on(host: usize, args: &[&str], env: &[(&str, String)]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &Self::host(host)])
+            .arg(env!("CARGO_BIN_EXE_dlc"))
+            .args(args)
+            .env("DLC_STATE_DIR", state_dir());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let out = netns(&["down"]);
+        if !out.status.success() {
+            eprintln!(
+                "netns-cluster down failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// Names of this machine's network objects (namespaces, links) with the test prefix.
+fn leftovers() -> Vec<String> {
+    let text = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut found: Vec<String> = text(&["netns", "list"])
+        .lines()
+        .chain(text(&["-o", "link", "show"]).lines())
+        .flat_map(|l| l.split([' ', ':', '@']))
+        .filter(|w| w.starts_with(&format!("{PREFIX}-")))
+        .map(str::to_string)
+        .collect();
+    found.sort();
+    found.dedup();
+    for i in 0..8 {
+        let etc = format!("/etc/netns/{}", Cluster::host(i));
+        if Path::new(&etc).exists() {
+            found.push(etc);
+        }
+    }
+    if Path::new(&format!("/run/dlc-netns/{PREFIX}")).exists() {
+        found.push("state file".into());
+    }
+    found
+}
+
+/// 1800 samples, global batch 60, drop_last: 30 steps in one epoch.
+fn equivalence_job() -> String {
+    "[model]\npreset = \"mlp\"\n[data]\ndataset = \"fashion-mnist\"\nlimit = 1800\ntest_limit = 500\n\
+     [train]\nepochs = 1\nbatch_size = 60\noptimizer = \"adam\"\nlearning_rate = 0.002\n\
+     log_every = 10\nseed = 11\ndrop_last = true\n"
+        .to_string()
+}
+
+fn one_worker_run(dir: &Path, job: &Path) -> PathBuf {
+    let one = dir.join("one");
+    ok(&[
+        "train",
+        job.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--out",
+        one.to_str().unwrap(),
+        "-q",
+    ]);
+    one
+}
+
+fn assert_same_weights(one: &Path, other: &Path, label: &str) {
+    let diff = max_abs_diff(
+        &weights(&one.join("model.safetensors")),
+        &weights(&other.join("model.safetensors")),
+    );
+    assert!(
+        diff < 1e-4,
+        "{label} vs one worker: max abs difference {diff}"
+    );
+}
+
+/// The run's `world` line: every rank's address in rank order. Asserts that rank r
+/// listened on host r / per_host's address (10.213.0.(host + 1)), never loopback.
+fn assert_ranks_on_hosts(run: &Path, world: usize, per_host: usize) {
+    let lines = metrics_lines(run, "world");
+    let addrs: Vec<String> = lines[0]["addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(addrs.len(), world, "{addrs:?}");
+    for (rank, addr) in addrs.iter().enumerate() {
+        let want = format!("10.213.0.{}:", rank / per_host + 1);
+        assert!(addr.starts_with(&want), "rank {rank} at {addr}: {addrs:?}");
+    }
+}
+
+/// Renders the Slurm script for `job` on 3 nodes (`extra` adds options) and runs it
+/// across the namespace hosts with the cluster's `srun`.
+fn slurm_across_hosts(dir: &Path, job: &Path, run: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "launch",
+        "--manager",
+        "slurm",
+        "--nodes",
+        "3",
+        "--dry-run",
+        job.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let script = ok(&args);
+    // The node list is Slurm's compressed form; the workers expand it and the first
+    // host runs the coordinator.
+    assert!(script.contains("#SBATCH --ntasks-per-node=2"), "{script}");
+    let path = dir.join("job.sbatch");
+    std::fs::write(&path, &script).unwrap();
+    let out = netns(&["slurm", path.to_str().unwrap()]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the Slurm script failed:\n{text}");
+    text
+}
+
+#[test]
+fn the_cluster_comes_up_shaped_and_leaves_nothing_behind() {
+    let Some(cluster) = Cluster::up(3, "1gbit") else {
+        return;
+    };
+    // Three namespaces with their own address, names resolved on every host, and the
+    // links shaped on both ends.
+    let st = String::from_utf8_lossy(&netns(&["status"]).stdout).into_owned();
+    assert!(
+        st.contains("3 host(s)") && st.contains("10.213.0.3") && st.contains("1gbit"),
+        "{st}"
+    );
+    let hosts = std::fs::read_to_string(format!("/etc/netns/{}/hosts", Cluster::host(1))).unwrap();
+    assert!(hosts.contains("10.213.0.1 dlct-h0"), "{hosts}");
+    let qdisc = Command::new("tc")
+        .args(["qdisc", "show", "dev", "dlct-h2-v"])
+        .output()
+        .unwrap();
+    let q = String::from_utf8_lossy(&qdisc.stdout);
+    assert!(q.contains("tbf") && q.contains("rate 1Gbit"), "{q}");
+    // No route leaves a host: only the bridge's /24.
+    let routes = Command::new("ip")
+        .args(["netns", "exec", "dlct-h1", "ip", "route"])
+        .output()
+        .unwrap();
+    let r = String::from_utf8_lossy(&routes.stdout);
+    assert_eq!(r.lines().count(), 1, "{r}");
+    assert!(r.starts_with("10.213.0.0/24 dev eth0"), "{r}");
+    // `up` again is idempotent.
+    assert!(netns(&["up", "3", "--rate", "1gbit"]).status.success());
+    drop(cluster);
+    assert_eq!(leftovers(), Vec::<String>::new());
+
+    // An `up` that fails half-way (host 2's link name is taken by something the
+    // script did not create) removes what it made and leaves the stranger alone.
+    let _lock = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let made = Command::new("ip")
+        .args([
+            "link",
+            "add",
+            "dlct-h2-v",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "dlctforeign",
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let out = netns(&["up", "3"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let left = leftovers();
+    let removed = Command::new("ip")
+        .args(["link", "del", "dlct-h2-v"])
+        .status()
+        .unwrap();
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("dlct-h2-v exists and was not created by netns-cluster.sh"),
+        "{err}"
+    );
+    assert_eq!(left, vec!["dlct-h2-v".to_string()], "{err}");
+    assert!(removed.success(), "the stranger's link was removed by up");
+    assert!(netns(&["down"]).status.success());
+    assert_eq!(leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn a_slurm_script_across_three_hosts_trains_like_one_worker() {
+    let Some(_cluster) = Cluster::up(3, "1gbit") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "m.toml", &equivalence_job());
+    let one = one_worker_run(dir.path(), &job);
+
+    // Ring: 6 workers, 2 per host.
+    let ring = dir.path().join("ring");
+    slurm_across_hosts(dir.path(), &job, &ring, &["--workers", "6"]);
+    assert_same_weights(&one, &ring, "ring, 3 hosts x 2");
+    assert_ranks_on_hosts(&ring, 6, 2);
+
+    // Parameter servers: 4 workers on hosts 0 and 1, the 2 servers on host 2.
+    let ps = dir.path().join("ps");
+    slurm_across_hosts(
+        dir.path(),
+        &job,
+        &ps,
+        &["--workers", "4", "--strategy", "ps", "--ps-servers", "2"],
+    );
+    assert_same_weights(&one, &ps, "ps, 4 workers + 2 servers on 3 hosts");
+    assert_ranks_on_hosts(&ps, 6, 2);
+}
+
+/// Starts rank r of `world` on host r / 2 with the variables `mpirun` gives.
+fn mpi_rank(job: &Path, run: &Path, rank: usize, world: usize, master: bool) -> Child {
+    let mut env = vec![
+        ("OMPI_COMM_WORLD_RANK", rank.to_string()),
+        ("OMPI_COMM_WORLD_SIZE", world.to_string()),
+        ("OMPI_COMM_WORLD_LOCAL_RANK", (rank % 2).to_string()),
+        ("OMPI_COMM_WORLD_LOCAL_SIZE", "2".to_string()),
+        ("OMPI_MCA_ess_base_jobid", "4242".to_string()),
+        ("DLC_JOB_TOKEN", "multi-host-mpi".to_string()),
+    ];
+    if master {
+        env.push(("MASTER_ADDR", Cluster::host(0)));
+    }
+    Cluster::dlc_on(
+        rank / 2,
+        &[
+            "worker",
+            job.to_str().unwrap(),
+            "--threads",
+            "1",
+            "-q",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        &env,
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+#[test]
+fn mpi_ranks_across_three_hosts_find_rank_0_through_master_addr() {
+    let Some(_cluster) = Cluster::up(3, "1gbit") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "m.toml", &equivalence_job());
+    let one = one_worker_run(dir.path(), &job);
+    let run = dir.path().join("mpi");
+    let ranks: Vec<Child> = (0..6).map(|r| mpi_rank(&job, &run, r, 6, true)).collect();
+    for (r, c) in ranks.into_iter().enumerate() {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "rank {r}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_same_weights(&one, &run, "MPI environment, 3 hosts x 2");
+    assert_ranks_on_hosts(&run, 6, 2);
+
+    // Without MASTER_ADDR, ranks that span hosts cannot guess where rank 0 is: they
+    // say how to tell them.
+    let out = mpi_rank(&job, &dir.path().join("x"), 2, 6, false)
+        .wait_with_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("span several hosts") && err.contains("MASTER_ADDR"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_lost_host_is_named_by_every_other_rank_within_the_liveness_bound() {
+    // 200 Mbit/s links: each step's all-reduce takes tens of milliseconds, so the
+    // job is still training when host 2's link goes down.
+    let Some(_cluster) = Cluster::up(3, "200mbit") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(
+        dir.path(),
+        "long.toml",
+        &equivalence_job()
+            .replace("limit = 1800", "limit = 36000")
+            .replace("log_every = 10", "log_every = 2"),
+    );
+    let run = dir.path().join("run");
+    let script = ok(&[
+        "launch",
+        "--manager",
+        "slurm",
+        "--nodes",
+        "3",
+        "--workers",
+        "6",
+        "--dry-run",
+        job.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let path = dir.path().join("job.sbatch");
+    std::fs::write(&path, &script).unwrap();
+    let child = Command::new("bash")
+        .arg(netns_script())
+        .args(["slurm", path.to_str().unwrap()])
+        .env("DLC_NETNS_PREFIX", PREFIX)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_step_lines(&run, 2, Duration::from_secs(60));
+    let lost = Instant::now();
+    let down = Command::new("ip")
+        .args(["link", "set", "dlct-h2-v", "down"])
+        .status()
+        .unwrap();
+    assert!(down.success());
+    let out = child.wait_with_output().unwrap();
+    let took = lost.elapsed();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "the job survived a lost host:\n{text}"
+    );
+    // Heartbeats stop reaching the coordinator: 6 s of silence, plus a margin for
+    // a loaded 2-core machine.
+    assert!(took < Duration::from_secs(20), "{took:?}\n{text}");
+    assert!(
+        metrics_lines(&run, "epoch").is_empty(),
+        "the epoch finished before the host was lost: make the job longer\n{text}"
+    );
+    // Ranks 0-3 (hosts 0 and 1) blame a rank of host 2; ranks 4 and 5 lost everyone
+    // and name the coordinator's rank, saying its host or network may be down.
+    for rank in 0..4 {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("error: rank {rank} (slurm launcher) failed")))
+            .unwrap_or_else(|| panic!("no error from rank {rank}:\n{text}"));
+        assert!(
+            line.contains("rank 4 failed") || line.contains("rank 5 failed"),
+            "rank {rank} blamed the wrong rank: {line}"
+        );
+    }
+    for rank in 4..6 {
+        assert!(
+            text.contains(&format!("rank {rank} (slurm launcher) failed")),
+            "no error from rank {rank}:\n{text}"
+        );
+    }
+    assert!(text.contains("host or network is down"), "{text}");
+}
