@@ -106,15 +106,32 @@ pub fn rows(
     Ok(rows)
 }
 
-/// One benchmark process (started by the local launcher): joins, times every size
-/// and returns `(bytes, median seconds)` per size (rank 0's are the ones reported).
-pub fn worker(
-    cfg: CommConfig,
-    sizes: &[usize],
-    iters: usize,
-) -> Result<Vec<(usize, f64)>, BenchError> {
+/// What one benchmark process measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timings {
+    /// `(bytes, median seconds)` per size.
+    pub medians: Vec<(usize, f64)>,
+    /// Distinct hosts among the ranks (by the address each listens on).
+    pub hosts: usize,
+}
+
+/// One benchmark process (started by a launcher): joins, times every size and
+/// returns the medians (rank 0's are the ones reported).
+pub fn worker(cfg: CommConfig, sizes: &[usize], iters: usize) -> Result<Timings, BenchError> {
     let (rank, ranks) = (cfg.rank, cfg.world);
     let mut comm = Communicator::connect(cfg)?;
+    let mut ips: Vec<String> = comm
+        .peer_addrs()
+        .iter()
+        .map(|a| {
+            a.rsplit_once(':')
+                .map_or(a.as_str(), |(h, _)| h)
+                .to_string()
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    let hosts = ips.len().max(1);
     let mut medians = Vec::with_capacity(sizes.len());
     for &bytes in sizes {
         let mut buf = vec![1.0f32; bytes / 4];
@@ -143,7 +160,7 @@ pub fn worker(
     }
     comm.barrier()?;
     comm.leave();
-    Ok(medians)
+    Ok(Timings { medians, hosts })
 }
 
 /// Median single-thread memcpy throughput for `bytes`, GB/s.

@@ -78,6 +78,12 @@ pub struct PlanArgs {
     /// Predict 2 local ring workers from a 1-worker profile, run them, compare.
     #[arg(long)]
     validate: bool,
+    /// Measured network terms from `dlc bench allreduce --save FILE` (repeatable):
+    /// one host's ring sets the bandwidth and latency within a node, a ring across
+    /// hosts the latency between nodes (and, with --link, the fraction of a link
+    /// reached) [default: 2.5 GB/s and 50 µs, assumed].
+    #[arg(long, value_name = "FILE")]
+    comm_profile: Vec<PathBuf>,
 }
 
 fn load_catalog(path: &Option<PathBuf>) -> Result<Catalog> {
@@ -265,10 +271,27 @@ pub fn plan_cmd(a: PlanArgs) -> Result<()> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let epochs = a.epochs.unwrap_or(job.train.epochs);
-    let assumptions = Assumptions {
+    let mut assumptions = Assumptions {
         gpu_efficiency: a.gpu_efficiency,
         ..Default::default()
     };
+    for path in &a.comm_profile {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let p: dlc_plan::CommProfile = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a communication profile written by `dlc bench allreduce --save`",
+                path.display()
+            )
+        })?;
+        if !(p.bandwidth_gbps > 0.0 && p.bandwidth_gbps.is_finite() && p.latency_s >= 0.0) {
+            bail!(
+                "{}: bandwidth_gbps must be positive and latency_s non-negative",
+                path.display()
+            );
+        }
+        assumptions.apply(&p);
+    }
     let all = estimate_all(&catalog, &profile, epochs, a.max_nodes, &assumptions);
     write_csv(&a.out, &all)?;
     match dlc_plan::plot::write_plot(&a.out, &all) {
@@ -323,13 +346,35 @@ pub fn plan_cmd(a: PlanArgs) -> Result<()> {
         a.out.join("plan.csv").display(),
         a.out.join("plan.png").display()
     );
+    let within = if assumptions.sources.iter().any(|s| s.starts_with("within")) {
+        "measured"
+    } else {
+        "assumed"
+    };
+    let between = if assumptions.sources.iter().any(|s| s.starts_with("between")) {
+        "measured"
+    } else {
+        "assumed"
+    };
     println!(
-        "assumptions: GPU efficiency {} of f32 peak, {} s/step GPU overhead, {} µs latency, no compute/communication overlap, {} s start-up",
+        "assumptions: GPU efficiency {} of f32 peak, {} s/step GPU overhead, no compute/communication overlap, {} s start-up; \
+         within a node {:.3} GB/s and {:.1} µs per hop ({within}); between nodes {:.1} µs per hop and {:.0} % of the network ({between}){}",
         assumptions.gpu_efficiency,
         assumptions.gpu_step_overhead_s,
+        assumptions.startup_s,
+        assumptions.loopback_gbps,
         assumptions.latency_s * 1e6,
-        assumptions.startup_s
+        assumptions.network_latency_s * 1e6,
+        assumptions.network_efficiency * 100.0,
+        if within == "assumed" || between == "assumed" {
+            "; measure with `dlc bench allreduce --save F` and pass --comm-profile F"
+        } else {
+            ""
+        }
     );
+    for s in &assumptions.sources {
+        println!("  {s}");
+    }
     Ok(())
 }
 

@@ -443,3 +443,41 @@ fn a_lost_host_is_named_by_every_other_rank_within_the_liveness_bound() {
     }
     assert!(text.contains("host or network is down"), "{text}");
 }
+
+#[test]
+fn the_network_term_is_measured_across_hosts() {
+    // One rank per host on 200 Mbit/s links: the fitted ring bandwidth is the link's
+    // rate (what the planner then assumes of a catalog network), within 15 %.
+    let Some(_cluster) = Cluster::up(3, "200mbit") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("net.json");
+    let script = format!(
+        "#!/bin/bash\n#SBATCH --nodes=3\n#SBATCH --ntasks=3\nexport DLC_JOB_TOKEN=bench-across-hosts\n\
+         srun --ntasks=3 {} bench allreduce --worker --sizes 64KiB,1MiB,4MiB --iters 6 \
+         --save {} --link 200mbit\n",
+        env!("CARGO_BIN_EXE_dlc"),
+        saved.display()
+    );
+    let path = dir.path().join("bench.sbatch");
+    std::fs::write(&path, script).unwrap();
+    let out = netns(&["slurm", path.to_str().unwrap()]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    assert_eq!(
+        (p["ranks"].as_u64(), p["hosts"].as_u64()),
+        (Some(3), Some(3)),
+        "{p}"
+    );
+    let bw = p["bandwidth_gbps"].as_f64().unwrap();
+    assert!(
+        (bw - 0.025).abs() / 0.025 < 0.15,
+        "fitted {bw} GB/s on 0.025 GB/s links: {p}"
+    );
+    assert_eq!(p["link_gbps"].as_f64(), Some(0.025), "{p}");
+    assert!(text.contains("3 ranks on 3 host(s)"), "{text}");
+}

@@ -187,3 +187,100 @@ fn validate_predicts_and_measures_two_local_workers() {
     }
     assert!(v["error"].as_f64().unwrap().is_finite());
 }
+
+/// A measured job profile, written by hand so that the estimates are known exactly.
+const JOB_PROFILE: &str = r#"{"job":"cnn","device":"cpu","cpu_model":"test","threads":1,"params":250000,
+"grad_bytes":1000000,"flops_per_sample":1e7,"samples_per_sec":1000,"seconds_per_sample":0.001,
+"achieved_flops":1e10,"data_bytes_per_sample":785,"batch_size":128,"train_samples":60000,"epochs":1,
+"steps_measured":20}"#;
+
+/// One CPU instance: 2 workers per node, 0.25 GB/s network.
+const ONE_CPU: &str = "[[instances]]\nname = \"cpu4\"\nprovider = \"p\"\ngpus = 0\nvcpus = 4\n\
+    memory_gib = 16\nnetwork_gbps = 0.25\ngpu_link = \"none\"\ngpu_link_gbps = 0\n\
+    price_per_hour = 1.0\nprice_date = \"2026-12\"\nregion = \"r\"\n";
+
+#[test]
+fn measured_communication_profiles_replace_the_assumed_network_terms() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str, text: &str| {
+        let p = dir.path().join(n);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (prof, cat) = (path("p.json", JOB_PROFILE), path("c.toml", ONE_CPU));
+    let out = dir.path().join("plan");
+    let plan = |extra: &[&str]| {
+        let mut args = vec![
+            "plan",
+            CNN,
+            "--profile",
+            &prof,
+            "--catalog",
+            &cat,
+            "--max-nodes",
+            "2",
+            "--explain",
+            "--top",
+            "10",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ok(&args)
+    };
+    // The ring row's explanation, for 1 or 2 nodes.
+    let ring = |table: &str, nodes: usize| -> String {
+        table
+            .lines()
+            .find(|l| l.contains(&format!("cpu4 × {nodes} (")) && l.contains("ring over"))
+            .unwrap_or_else(|| panic!("no {nodes}-node ring row:\n{table}"))
+            .to_string()
+    };
+    let assumed = plan(&[]);
+    assert!(
+        ring(&assumed, 1).contains("ring over 2.5000 GB/s"),
+        "{assumed}"
+    );
+    assert!(
+        ring(&assumed, 2).contains("ring over 0.2500 GB/s"),
+        "{assumed}"
+    );
+    assert!(ring(&assumed, 2).contains("latency 0.00005s"), "{assumed}");
+    assert!(
+        assumed.contains("(assumed)") && assumed.contains("--comm-profile"),
+        "{assumed}"
+    );
+
+    // Within a node 0.5 GB/s and 100 µs per hop; between nodes 300 µs and 80 % of
+    // the link (0.02 of 0.025 GB/s): 2 nodes ring over 0.25 × 0.8 = 0.2 GB/s.
+    let node = path(
+        "node.json",
+        r#"{"ranks":2,"hosts":1,"bandwidth_gbps":0.5,"latency_s":0.0001,"points":[],"fit_error":0.01}"#,
+    );
+    let net = path(
+        "net.json",
+        r#"{"ranks":3,"hosts":3,"bandwidth_gbps":0.02,"latency_s":0.0003,"link_gbps":0.025,"points":[],"fit_error":0.02}"#,
+    );
+    let measured = plan(&["--comm-profile", &node, "--comm-profile", &net]);
+    let one = ring(&measured, 1);
+    assert!(
+        one.contains("ring over 0.5000 GB/s") && one.contains("latency 0.0001s"),
+        "{one}"
+    );
+    let two = ring(&measured, 2);
+    assert!(
+        two.contains("ring over 0.2000 GB/s") && two.contains("latency 0.0003s"),
+        "{two}"
+    );
+    // 4 workers: comm = 1.5 × 1 MB ÷ 0.2 GB/s + 6 × 300 µs = 9.3 ms.
+    assert!(two.contains("comm = 0.0093s"), "{two}");
+    assert!(
+        measured.contains("within a node: measured")
+            && measured.contains("between nodes: measured"),
+        "{measured}"
+    );
+    assert!(!measured.contains("(assumed)"), "{measured}");
+
+    let e = fails(&["plan", CNN, "--profile", &prof, "--comm-profile", &prof]);
+    assert!(e.contains("not a communication profile"), "{e}");
+}

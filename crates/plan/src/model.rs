@@ -10,7 +10,11 @@
 //!   GPU worker peak = the GPU's f32 peak; efficiency = --gpu-efficiency (assumption)
 //!   CPU worker peak × efficiency = the per-core FLOP/s measured by the profile
 //! ring comm   = 2(n−1)/n × S ÷ bw + 2(n−1) × latency
-//!   bw = GPU link (one node) or min(GPU link, network) (several nodes); CPU: loopback / network
+//!   bw = GPU link (one node) or min(GPU link, network × efficiency) (several nodes);
+//!   CPU: loopback (one node) or min(loopback, network × efficiency);
+//!   latency = per hop within a node, or between nodes (several nodes);
+//!   loopback, the latencies and the efficiency come from measured communication
+//!   profiles ([`crate::comm`]) where given, else from the defaults of [`Assumptions`]
 //! ps comm     = max(S ÷ bw_worker, n × S ÷ (k × bw_server)) + 2 × latency      (BytePS bound;
 //!               k servers co-located one per node, bw_worker = network ÷ workers per node)
 //! step        = compute + comm × (1 − overlap)            (dlcluster does not overlap yet: 0)
@@ -31,10 +35,16 @@ pub struct Assumptions {
     pub gpu_efficiency: f64,
     /// Fixed per-step overhead on a GPU (kernel launches, host sync), seconds.
     pub gpu_step_overhead_s: f64,
-    /// Per-message latency of the transport, seconds.
+    /// Latency per ring hop between processes of one node, seconds.
     pub latency_s: f64,
     /// Bandwidth between worker processes on one CPU host (TCP loopback), GB/s.
     pub loopback_gbps: f64,
+    /// Latency per ring hop between nodes, seconds.
+    pub network_latency_s: f64,
+    /// Fraction of a node's network bandwidth dlc's collectives reach.
+    pub network_efficiency: f64,
+    /// Where the communication figures came from (measured profiles), for people.
+    pub sources: Vec<String>,
     /// Fraction of communication hidden behind computation.
     pub overlap: f64,
     /// Start-up time of a job (provisioning, data load), seconds.
@@ -48,8 +58,33 @@ impl Default for Assumptions {
             gpu_step_overhead_s: 0.002,
             latency_s: 50e-6,
             loopback_gbps: 2.5,
+            network_latency_s: 50e-6,
+            network_efficiency: 1.0,
+            sources: Vec::new(),
             overlap: 0.0,
             startup_s: 60.0,
+        }
+    }
+}
+
+impl Assumptions {
+    /// Takes the communication figures from a measured profile: one host's ring sets
+    /// the bandwidth and latency between processes of a node; a ring across hosts
+    /// sets the latency between nodes and, when its link rate is known, the fraction
+    /// of a network link dlc reaches.
+    pub fn apply(&mut self, p: &crate::comm::CommProfile) {
+        if p.hosts <= 1 {
+            self.loopback_gbps = p.bandwidth_gbps;
+            self.latency_s = p.latency_s;
+            self.sources
+                .push(format!("within a node: measured, {}", p.describe()));
+        } else {
+            self.network_latency_s = p.latency_s;
+            if let Some(e) = p.link_efficiency() {
+                self.network_efficiency = e;
+            }
+            self.sources
+                .push(format!("between nodes: measured, {}", p.describe()));
         }
     }
 }
@@ -180,27 +215,33 @@ pub fn estimate(
         (Some(_), _) => inst.gpu_link_gbps,
         (None, _) => a.loopback_gbps,
     };
+    let network = inst.network_gbps * a.network_efficiency;
+    let latency = if nodes == 1 {
+        a.latency_s
+    } else {
+        a.network_latency_s.max(a.latency_s)
+    };
     let (comm_s, bw_note) = match strategy {
         Strategy::Ring => {
             let bw = if nodes == 1 {
                 one_node_bw
             } else {
-                one_node_bw.min(inst.network_gbps)
+                one_node_bw.min(network)
             };
             (
-                ring_time(s, workers, bw, a.latency_s),
-                format!("ring over {bw} GB/s"),
+                ring_time(s, workers, bw, latency),
+                format!("ring over {bw:.4} GB/s"),
             )
         }
         Strategy::Ps(k) => {
             let (bw_w, bw_s) = if nodes == 1 {
                 (one_node_bw, one_node_bw)
             } else {
-                (inst.network_gbps / per_node as f64, inst.network_gbps)
+                (network / per_node as f64, network)
             };
             (
-                ps_time(s, workers, k, bw_w, bw_s, a.latency_s),
-                format!("ps: worker {bw_w:.3} GB/s, {k} server(s) at {bw_s} GB/s"),
+                ps_time(s, workers, k, bw_w, bw_s, latency),
+                format!("ps: worker {bw_w:.3} GB/s, {k} server(s) at {bw_s:.4} GB/s"),
             )
         }
     };
@@ -213,7 +254,7 @@ pub fn estimate(
         "{} × {nodes} ({workers} workers, local batch {local}): compute = {local} × {:.3e} FLOP ÷ {:.3e} FLOP/s [{peak_note}] + {overhead}s = {:.4}s; \
          comm = {:.4}s [{bw_note}, {} gradient bytes, latency {}s]; step = {:.4}s; {steps} steps + {}s start-up = {:.0}s; \
          ${}/h × {nodes} → ${cost:.2} (price {} {})",
-        inst.name, p.flops_per_sample, worker_flops, compute_s, comm_s, p.grad_bytes, a.latency_s, step_s, a.startup_s, total_s,
+        inst.name, p.flops_per_sample, worker_flops, compute_s, comm_s, p.grad_bytes, latency, step_s, a.startup_s, total_s,
         inst.price_per_hour, inst.region, inst.price_date
     );
     Some(Estimate {
@@ -335,6 +376,7 @@ mod tests {
         .unwrap();
         let a = Assumptions {
             latency_s: 0.0,
+            network_latency_s: 0.0,
             startup_s: 0.0,
             loopback_gbps: 2.0,
             ..Default::default()
@@ -371,6 +413,45 @@ mod tests {
         .unwrap();
         assert_eq!(e2.workers, 8);
         assert!((e2.comm_s - 2.0 * 7.0 / 8.0 * 4e6 / 1e9).abs() < 1e-12);
+
+        // Measured profiles: within a node 0.5 GB/s, 10 µs per hop; between nodes
+        // 100 µs per hop and half the link reached.
+        let mut m = a.clone();
+        let fit = |hosts, bw, lat, link| crate::comm::CommProfile {
+            ranks: 2,
+            hosts,
+            bandwidth_gbps: bw,
+            latency_s: lat,
+            link_gbps: link,
+            points: vec![],
+            fit_error: 0.0,
+        };
+        m.apply(&fit(1, 0.5, 10e-6, None));
+        m.apply(&fit(2, 0.4, 100e-6, Some(0.8)));
+        assert_eq!(m.sources.len(), 2);
+        let e1 = estimate(
+            &cat,
+            &cat.instances[0],
+            1,
+            Strategy::Ring,
+            &profile(),
+            1,
+            &m,
+        )
+        .unwrap();
+        assert!((e1.comm_s - (2.0 * 3.0 / 4.0 * 4e6 / 0.5e9 + 6.0 * 10e-6)).abs() < 1e-12);
+        let e2 = estimate(
+            &cat,
+            &cat.instances[0],
+            2,
+            Strategy::Ring,
+            &profile(),
+            1,
+            &m,
+        )
+        .unwrap();
+        // min(0.5 loopback, 1 GB/s × 0.5) = 0.5 GB/s; 14 hops × 100 µs.
+        assert!((e2.comm_s - (2.0 * 7.0 / 8.0 * 4e6 / 0.5e9 + 14.0 * 100e-6)).abs() < 1e-12);
     }
 
     fn est(cost: f64, t: f64) -> Estimate {

@@ -94,9 +94,18 @@ pub struct AllreduceArgs {
     /// 4MiB (fixed, capped by net.core.rmem_max). Default: what training uses.
     #[arg(long, value_parser = parse_buffer)]
     socket_buffer: Option<Buffer>,
+    /// Write the fitted ring model (bandwidth, latency per hop) to this file, for
+    /// `dlc plan --comm-profile` (with --worker: rank 0 writes it).
+    #[arg(long, value_name = "FILE")]
+    save: Option<std::path::PathBuf>,
+    /// Rate of the links between the hosts (e.g. 10gbit, 200mbit), recorded in the
+    /// saved profile: the planner then applies the fraction of a link dlc reached to
+    /// every instance's network.
+    #[arg(long, value_parser = parse_link)]
+    link: Option<f64>,
     /// Run as one rank of a job started by a launcher (srun, mpirun, torchrun, or the
     /// DLC_* variables), e.g. one rank per host to measure the network between hosts;
-    /// rank 0 prints `{"event":"summary","medians":[[bytes, seconds], …]}`.
+    /// rank 0 prints `{"event":"summary","medians":[[bytes, seconds], …],"hosts":H}`.
     #[arg(long)]
     worker: bool,
     #[arg(long, hide = true)]
@@ -189,6 +198,9 @@ fn allreduce_cmd(a: AllreduceArgs) -> Result<()> {
     if a.sizes.iter().any(|&s| !s.is_multiple_of(4)) {
         bail!("sizes must be multiples of 4 bytes (f32 elements)");
     }
+    if a.link.is_some() && a.save.is_none() {
+        bail!("--link is recorded in the profile that --save writes: give --save FILE too");
+    }
     if a.worker {
         return bench_worker(&a);
     }
@@ -199,6 +211,10 @@ fn allreduce_cmd(a: AllreduceArgs) -> Result<()> {
         Duration::from_secs(a.timeout),
         a.buffer(),
     )?;
+    if let Some(path) = &a.save {
+        let medians: Vec<(usize, f64)> = rows.iter().map(|r| (r.bytes, r.median_s)).collect();
+        save_comm_profile(path, a.ranks, 1, &medians, a.link)?;
+    }
     if a.json {
         for r in &rows {
             println!("{}", serde_json::to_string(r)?);
@@ -263,6 +279,41 @@ pub(crate) fn allreduce_rows(
     )?)
 }
 
+/// Fits the ring model to `medians` and writes it to `path` as a communication
+/// profile for `dlc plan --comm-profile`; says what it fitted on stderr.
+fn save_comm_profile(
+    path: &std::path::Path,
+    ranks: usize,
+    hosts: usize,
+    medians: &[(usize, f64)],
+    link_gbps: Option<f64>,
+) -> Result<()> {
+    let mut p = dlc_plan::CommProfile::fit(ranks, hosts, medians)
+        .context("fitting the all-reduce model (--save)")?;
+    p.link_gbps = link_gbps;
+    std::fs::write(path, serde_json::to_string_pretty(&p)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("communication profile {}: {}", path.display(), p.describe());
+    Ok(())
+}
+
+/// `--link`: a rate in bits per second (`200mbit`, `10gbit`) as GB/s.
+fn parse_link(s: &str) -> Result<f64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, scale) = [("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)]
+        .iter()
+        .find_map(|(u, k)| t.strip_suffix(u).map(|n| (n.to_string(), *k)))
+        .ok_or_else(|| {
+            format!("{s}: give the link rate in bits per second, e.g. 10gbit or 200mbit")
+        })?;
+    match num.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v * scale / 8.0 / 1e9),
+        _ => Err(format!(
+            "{s}: give the link rate in bits per second, e.g. 10gbit or 200mbit"
+        )),
+    }
+}
+
 /// One process of `dlc bench allreduce`: identity from the launcher's variables; rank
 /// 0 reports the medians as the launcher's summary event.
 fn bench_worker(a: &AllreduceArgs) -> Result<()> {
@@ -277,14 +328,17 @@ fn bench_worker(a: &AllreduceArgs) -> Result<()> {
     cfg.timeout = timeout;
     cfg.join_timeout = cfg.timeout;
     cfg.socket_buffer = a.buffer();
-    let medians = allreduce::worker(cfg, &a.sizes, a.iters.max(1))?;
+    let t = allreduce::worker(cfg, &a.sizes, a.iters.max(1))?;
     if let Some(c) = coordinator {
         c.shutdown(timeout);
     }
     if id.rank == 0 {
+        if let Some(path) = &a.save {
+            save_comm_profile(path, id.world, t.hosts, &t.medians, a.link)?;
+        }
         println!(
             "{}",
-            serde_json::json!({"event": "summary", "medians": medians})
+            serde_json::json!({"event": "summary", "medians": t.medians, "hosts": t.hosts})
         );
     }
     Ok(())
