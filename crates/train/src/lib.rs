@@ -4,6 +4,7 @@
 //! Training code is generic over the burn backend; [`backend`] names the concrete
 //! ones. Keep monomorphised code here, not in the binary, so it compiles once.
 
+pub mod adam;
 pub mod backend;
 pub mod checkpoint;
 pub mod data;

@@ -6,14 +6,15 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::{MomentumConfig, MomentumState};
 use burn::optim::record::AdaptorRecord;
 use burn::optim::{
-    Adam, AdamConfig, AdamState, AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState,
-    GradientsParams, Optimizer, Sgd, SgdConfig, SgdState, SimpleOptimizer,
+    AdamState, AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsParams, Optimizer,
+    Sgd, SgdConfig, SgdState, SimpleOptimizer,
 };
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use dlc_job::{OptimizerKind, TrainSpec};
 
+use crate::adam::FusedAdam;
 use crate::TrainError;
 
 /// One of the supported optimizers for a module `M` (a `Net`, or a parameter
@@ -21,8 +22,8 @@ use crate::TrainError;
 pub enum AnyOptim<B: AutodiffBackend, M: AutodiffModule<B>> {
     /// SGD with momentum.
     Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, M, B>),
-    /// Adam.
-    Adam(OptimizerAdaptor<Adam, M, B>),
+    /// Adam (burn's, fused into one pass per parameter on burn-flex).
+    Adam(OptimizerAdaptor<FusedAdam, M, B>),
     /// AdamW.
     AdamW(OptimizerAdaptor<AdamW, M, B>),
 }
@@ -49,9 +50,9 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> AnyOptim<B, M> {
                         .init(),
                 )
             }
-            OptimizerKind::Adam => {
-                AnyOptim::Adam(AdamConfig::new().with_weight_decay(decay).init())
-            }
+            OptimizerKind::Adam => AnyOptim::Adam(OptimizerAdaptor::from(FusedAdam::new(
+                (spec.weight_decay > 0.0).then_some(spec.weight_decay as f32),
+            ))),
             OptimizerKind::Adamw => AnyOptim::AdamW(
                 AdamWConfig::new()
                     .with_weight_decay(spec.weight_decay as f32)
@@ -156,7 +157,7 @@ trait Slots<B: Backend>: SimpleOptimizer<B> {
     fn import<const D: usize>(time: usize, slots: Vec<Tensor<B, D>>) -> Self::State<D>;
 }
 
-impl<B: Backend> Slots<B> for Adam {
+impl<B: Backend> Slots<B> for FusedAdam {
     fn export<const D: usize>(s: AdamState<B, D>, _: &B::Device) -> (usize, Vec<Tensor<B, D>>) {
         let m = s.momentum;
         (m.time, vec![m.moment_1, m.moment_2])
