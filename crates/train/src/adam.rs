@@ -10,8 +10,6 @@
 //! burn's [`AdamState`], so records, checkpoints and [`crate::optim::FlatState`] are
 //! unchanged.
 
-use std::any::Any;
-
 use burn::backend::Flex;
 use burn::optim::{
     Adam, AdamConfig, AdamState, AdaptiveMomentumState, LearningRate, SimpleOptimizer,
@@ -19,6 +17,7 @@ use burn::optim::{
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_flex::FlexTensor;
+use dlc_model::kernels::cast;
 use rayon::prelude::*;
 
 /// burn's defaults for [`AdamConfig`].
@@ -258,15 +257,6 @@ fn contiguous(t: FlexTensor) -> FlexTensor {
         t
     } else {
         t.to_contiguous()
-    }
-}
-
-/// `v` as a `U` when `T` is `U`, else `v` back.
-fn cast<T: 'static, U: 'static>(v: T) -> Result<U, T> {
-    let mut slot = Some(v);
-    match (&mut slot as &mut dyn Any).downcast_mut::<Option<U>>() {
-        Some(u) => Ok(u.take().expect("just filled")),
-        None => Err(slot.expect("not taken")),
     }
 }
 

@@ -103,8 +103,9 @@ fn on_backend<B: Backend, C: Backend>(
     }
 }
 
-/// `v` as a `U` when `T` is `U`, else `v` back.
-fn cast<T: 'static, U: 'static>(v: T) -> Result<U, T> {
+/// `v` as a `U` when `T` is `U`, else `v` back: how a kernel written for one
+/// backend is chosen inside code generic over the backend.
+pub fn cast<T: 'static, U: 'static>(v: T) -> Result<U, T> {
     let mut slot = Some(v);
     match (&mut slot as &mut dyn Any).downcast_mut::<Option<U>>() {
         Some(u) => Ok(u.take().expect("just filled")),
