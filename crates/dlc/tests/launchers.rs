@@ -66,41 +66,6 @@ fn last_epoch(run: &Path) -> serde_json::Value {
         .expect("an epoch line")
 }
 
-/// 1800 samples, global batch 60, drop_last: 30 steps in one epoch.
-fn equivalence_job() -> String {
-    "[model]\npreset = \"mlp\"\n[data]\ndataset = \"fashion-mnist\"\nlimit = 1800\ntest_limit = 500\n\
-     [train]\nepochs = 1\nbatch_size = 60\noptimizer = \"adam\"\nlearning_rate = 0.002\n\
-     log_every = 10\nseed = 11\ndrop_last = true\n"
-        .to_string()
-}
-
-/// Trains `job` with one single-threaded worker into `dir/one` (the reference run).
-fn one_worker_run(dir: &Path, job: &Path) -> std::path::PathBuf {
-    let one = dir.join("one");
-    ok(&[
-        "train",
-        job.to_str().unwrap(),
-        "--threads",
-        "1",
-        "--out",
-        one.to_str().unwrap(),
-        "-q",
-    ]);
-    one
-}
-
-/// Asserts that two runs ended with the same weights (max |Δw| < 1e-4).
-fn assert_same_weights(one: &Path, two: &Path, label: &str) {
-    let diff = max_abs_diff(
-        &weights(&one.join("model.safetensors")),
-        &weights(&two.join("model.safetensors")),
-    );
-    assert!(
-        diff < 1e-4,
-        "{label} vs one worker: max abs difference {diff}"
-    );
-}
-
 #[test]
 fn mpirun_two_workers_match_one_worker() {
     if !have("mpirun", &["--version"], "Open MPI (Debian openmpi-bin)") {

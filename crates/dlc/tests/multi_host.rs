@@ -121,39 +121,6 @@ fn leftovers() -> Vec<String> {
     found
 }
 
-/// 1800 samples, global batch 60, drop_last: 30 steps in one epoch.
-fn equivalence_job() -> String {
-    "[model]\npreset = \"mlp\"\n[data]\ndataset = \"fashion-mnist\"\nlimit = 1800\ntest_limit = 500\n\
-     [train]\nepochs = 1\nbatch_size = 60\noptimizer = \"adam\"\nlearning_rate = 0.002\n\
-     log_every = 10\nseed = 11\ndrop_last = true\n"
-        .to_string()
-}
-
-fn one_worker_run(dir: &Path, job: &Path) -> PathBuf {
-    let one = dir.join("one");
-    ok(&[
-        "train",
-        job.to_str().unwrap(),
-        "--threads",
-        "1",
-        "--out",
-        one.to_str().unwrap(),
-        "-q",
-    ]);
-    one
-}
-
-fn assert_same_weights(one: &Path, other: &Path, label: &str) {
-    let diff = max_abs_diff(
-        &weights(&one.join("model.safetensors")),
-        &weights(&other.join("model.safetensors")),
-    );
-    assert!(
-        diff < 1e-4,
-        "{label} vs one worker: max abs difference {diff}"
-    );
-}
-
 /// The run's `world` line: every rank's address in rank order. Asserts that rank r
 /// listened on host r / per_host's address (10.213.0.(host + 1)), never loopback.
 fn assert_ranks_on_hosts(run: &Path, world: usize, per_host: usize) {
