@@ -15,6 +15,7 @@
 #                                          `dlc launch --manager slurm --dry-run`)
 #                                          across the hosts: its `srun` starts each
 #                                          task on its node with Slurm's variables
+#                                          (and fails on a host whose link is down)
 #
 # Needs root (or CAP_NET_ADMIN + CAP_SYS_ADMIN) and iproute2 (`ip`, `tc`).
 #
@@ -40,7 +41,7 @@ SELF="$(readlink -f "$0")"
 
 die() { echo "netns-cluster: $*" >&2; exit 1; }
 
-usage() { sed -n '2,31p' "$SELF" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,32p' "$SELF" | sed 's/^# \{0,1\}//'; }
 
 check_names() {
     [[ "$P" =~ ^[a-z][a-z0-9]{0,5}$ ]] || die "DLC_NETNS_PREFIX=$P: use 1-6 lowercase letters or digits, starting with a letter"
@@ -248,7 +249,9 @@ cmd_exec() {
 
 # Runs an sbatch script with Slurm's batch variables and an `srun` that places
 # tasks on the hosts block-wise (tasks 0..k-1 on the first node, …), like Slurm's
-# default distribution.
+# default distribution. A host whose link is down is unreachable, as a failed node
+# is to Slurm: a step that needs it fails to launch ("Communication connection
+# failure"). `scontrol show hostnames LIST` expands the node lists it writes.
 cmd_slurm() {
     local script="${1:?slurm SCRIPT}"
     [ -f "$script" ] || die "no such script: $script"
@@ -266,8 +269,10 @@ cmd_slurm() {
     [ "$nodes" -le "$have" ] || die "the script asks for $nodes nodes; the cluster has $have"
     local shim
     shim=$(mktemp -d)
-    printf '#!/bin/bash\nexec %q __srun "$@"\n' "$SELF" >"$shim/srun"
-    chmod +x "$shim/srun"
+    for tool in srun scontrol; do
+        printf '#!/bin/bash\nexec %q __%s "$@"\n' "$SELF" "$tool" >"$shim/$tool"
+        chmod +x "$shim/$tool"
+    done
     local nodelist="$P-h[0-$((nodes - 1))]"
     [ "$nodes" = 1 ] && nodelist="$P-h0"
     local rc=0
@@ -282,25 +287,80 @@ cmd_slurm() {
     return "$rc"
 }
 
+# The host names of a Slurm node list as this script writes them (`p-h[a-b]`,
+# `p-hN`, comma-separated), one per line.
+expand_nodelist() {
+    local item
+    local -a items
+    IFS=, read -ra items <<<"$1"
+    for item in "${items[@]}"; do
+        if [[ "$item" =~ ^(.*)\[([0-9]+)-([0-9]+)\]$ ]]; then
+            seq -f "${BASH_REMATCH[1]}%g" "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}"
+        elif [ -n "$item" ]; then
+            echo "$item"
+        fi
+    done
+}
+
+# A host is reachable while its link is up.
+host_up() { ip -o link show dev "$1-v" 2>/dev/null | grep -q 'state UP'; }
+
+cmd_scontrol() {
+    case "${1:-} ${2:-}" in
+    "show hostnames") expand_nodelist "${3:-${SLURM_JOB_NODELIST:-}}" ;;
+    *) echo "scontrol: the namespace cluster's scontrol only does \`show hostnames\`" >&2; return 1 ;;
+    esac
+}
+
 cmd_srun() {
     local ntasks="${SLURM_NTASKS:-1}" kill_on_bad_exit=false label=false
+    local want_nodes="" nodelist="" exclude=""
     while [ $# -gt 0 ] && [[ "$1" == -* ]]; do
         case "$1" in
         --ntasks=*) ntasks="${1#--ntasks=}" ;;
         -n) ntasks="$2"; shift ;;
+        --nodes=*) want_nodes="${1#--nodes=}" ;;
+        -N) want_nodes="$2"; shift ;;
+        --nodelist=*) nodelist="${1#--nodelist=}" ;;
+        -w) nodelist="$2"; shift ;;
+        --exclude=*) exclude="${1#--exclude=}" ;;
+        -x) exclude="$2"; shift ;;
         --kill-on-bad-exit=1 | --kill-on-bad-exit | -K) kill_on_bad_exit=true ;;
         --label | -l) label=true ;;
         esac
         shift
     done
     [ $# -gt 0 ] || die "srun: no command"
-    local per_node="${SLURM_NTASKS_PER_NODE:-$ntasks}" t node pids=() rc=0
+    # The step's nodes: the given list, else the allocation's without the excluded,
+    # the first --nodes of them.
+    local -a hosts=()
+    local h
+    while read -r h; do
+        [ -n "$h" ] && ! expand_nodelist "$exclude" | grep -qxF "$h" && hosts+=("$h")
+    done < <(expand_nodelist "${nodelist:-$SLURM_JOB_NODELIST}")
+    [ -z "$want_nodes" ] && [ -z "$nodelist" ] && want_nodes="${SLURM_NNODES:-${#hosts[@]}}"
+    [ -n "$want_nodes" ] || want_nodes=${#hosts[@]}
+    [ "$want_nodes" -le "${#hosts[@]}" ] || {
+        echo "srun: error: Unable to create step: requested $want_nodes node(s), the allocation has ${#hosts[@]}" >&2
+        return 1
+    }
+    [ "$ntasks" -ge "$want_nodes" ] || want_nodes=$ntasks
+    hosts=("${hosts[@]:0:$want_nodes}")
+    for h in "${hosts[@]}"; do
+        host_up "$h" || {
+            echo "srun: error: Task launch for StepId=$SLURM_JOB_ID failed on node $h: Communication connection failure" >&2
+            return 1
+        }
+    done
+    local step_nodes
+    step_nodes=$(IFS=,; echo "${hosts[*]}")
+    local per_node=$(((ntasks + want_nodes - 1) / want_nodes)) t node pids=() rc=0
     local task
     for ((t = 0; t < ntasks; t++)); do
         node=$((t / per_node))
-        task=(ip netns exec "$(host_name "$node")" env SLURM_PROCID="$t" SLURM_LOCALID="$((t % per_node))"
+        task=(ip netns exec "${hosts[$node]}" env SLURM_PROCID="$t" SLURM_LOCALID="$((t % per_node))"
             SLURM_NODEID="$node" SLURM_NTASKS="$ntasks" SLURM_STEP_NUM_TASKS="$ntasks"
-            SLURM_STEP_NODELIST="$SLURM_JOB_NODELIST" SLURMD_NODENAME="$(host_name "$node")" "$@")
+            SLURM_STEP_NODELIST="$step_nodes" SLURMD_NODENAME="${hosts[$node]}" "$@")
         if $label; then
             # Whole lines prefixed with the task's rank, as `srun --label` writes them.
             "${task[@]}" > >(sed -u "s/^/$t: /") 2> >(sed -u "s/^/$t: /" >&2) &
@@ -331,6 +391,7 @@ hosts) cmd_hosts ;;
 exec) shift; need_tools; cmd_exec "$@" ;;
 slurm) shift; need_tools; cmd_slurm "$@" ;;
 __srun) shift; cmd_srun "$@" ;;
+__scontrol) shift; cmd_scontrol "$@" ;;
 -h | --help | help) usage ;;
 "") usage; exit 2 ;;
 *) usage >&2; die "unknown command $1" ;;

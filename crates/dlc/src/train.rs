@@ -67,8 +67,9 @@ pub struct RunOpts {
     /// [distributed] max_restarts (or [command] max_restarts), else 0].
     #[arg(long, value_name = "K")]
     pub max_restarts: Option<usize>,
-    /// Elastic restarts: continue without the ranks that failed while at least M
-    /// workers remain (the global batch stays the same) [default: restart all].
+    /// Elastic restarts: continue with fewer workers while at least M remain (the
+    /// global batch stays the same): locally without the rank that failed, under
+    /// Slurm without the nodes that no longer answer [default: restart all].
     #[arg(long, value_name = "M")]
     pub min_workers: Option<usize>,
     /// No progress output.

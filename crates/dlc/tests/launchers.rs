@@ -394,11 +394,13 @@ fn dry_runs_print_the_script_and_the_manifests() {
     assert!(e.contains("--image"), "{e}");
     let e = fails(&["launch", "--manager", "yarn", example, "--dry-run"]);
     assert!(e.contains("slurm"), "{e}");
-    // Elastic restarts are the local manager's so far: refused, not ignored.
+    // Elastic restarts are the local manager's and Slurm's: refused, not ignored.
     let e = fails(&[
         "launch",
         "--manager",
-        "slurm",
+        "kubernetes",
+        "--image",
+        "dlc:test",
         example,
         "--workers",
         "2",
@@ -408,7 +410,7 @@ fn dry_runs_print_the_script_and_the_manifests() {
         "1",
         "--dry-run",
     ]);
-    assert!(e.contains("works with the local manager so far"), "{e}");
+    assert!(e.contains("works with the local manager and Slurm"), "{e}");
 }
 
 #[test]
@@ -691,6 +693,72 @@ fn slurm_sigterm_checkpoints_and_launch_resume_continues() {
             "{name}: stopped at {step} and resumed under Slurm: differs by {d}"
         );
     }
+}
+
+#[test]
+fn slurm_elastic_restart_keeps_every_node_that_answers() {
+    if !slurm_up() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // 100 steps, a checkpoint every 20.
+    let text = long_equivalence_job()
+        .replace("limit = 60000", "limit = 6000")
+        .replace(
+            "drop_last = true",
+            "drop_last = true\ncheckpoint_every = \"20 steps\"",
+        );
+    let job = job(dir.path(), "elastic.toml", &text);
+    let whole = dir.path().join("whole");
+    train_to(&job, &whole, &["--workers", "3"]);
+    let run = dir.path().join("run");
+    // Rank 2 dies at step 50; its node still answers, so the restart keeps 3 workers.
+    let out = dlc()
+        .args(["launch", "--manager", "slurm", job.to_str().unwrap()])
+        .args([
+            "--workers",
+            "3",
+            "--max-restarts",
+            "1",
+            "--min-workers",
+            "2",
+        ])
+        .args(["--wait", "--out", run.to_str().unwrap()])
+        .env("DLC_FAULT_KILL_AT_STEP", "2:50")
+        .output()
+        .unwrap();
+    let logs = std::fs::read_dir(&run)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("slurm-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(
+        out.status.success(),
+        "{}\n{logs}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        logs.contains("restarting with 3 worker(s) on 1 node(s)")
+            && !logs.contains("does not answer"),
+        "{logs}"
+    );
+    let restart = metrics_lines(&run, "restart");
+    assert_eq!(restart.len(), 1, "{restart:?}");
+    assert_eq!(
+        (
+            &restart[0]["workers_before"],
+            &restart[0]["workers_after"],
+            &restart[0]["step"]
+        ),
+        (&3.into(), &3.into(), &40.into()),
+        "{restart:?}"
+    );
+    let d = max_abs_diff(
+        &weights(&whole.join("model.safetensors")),
+        &weights(&run.join("model.safetensors")),
+    );
+    assert!(d < 1e-6, "restarted under Slurm: differs by {d}");
 }
 
 #[test]

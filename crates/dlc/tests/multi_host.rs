@@ -121,11 +121,12 @@ fn leftovers() -> Vec<String> {
     found
 }
 
-/// The run's `world` line: every rank's address in rank order. Asserts that rank r
-/// listened on host r / per_host's address (10.213.0.(host + 1)), never loopback.
+/// The run's last `world` line: every rank's address in rank order. Asserts that
+/// rank r listened on host r / per_host's address (10.213.0.(host + 1)), never
+/// loopback.
 fn assert_ranks_on_hosts(run: &Path, world: usize, per_host: usize) {
     let lines = metrics_lines(run, "world");
-    let addrs: Vec<String> = lines[0]["addrs"]
+    let addrs: Vec<String> = lines.last().expect("a world line")["addrs"]
         .as_array()
         .unwrap()
         .iter()
@@ -409,6 +410,102 @@ fn a_lost_host_is_named_by_every_other_rank_within_the_liveness_bound() {
         );
     }
     assert!(text.contains("host or network is down"), "{text}");
+}
+
+#[test]
+fn an_elastic_slurm_job_continues_on_the_hosts_left_after_losing_one() {
+    // 200 Mbit/s links keep the job training when host 2's link goes down.
+    let Some(_cluster) = Cluster::up(3, "200mbit") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // 100 steps, a checkpoint every 10.
+    let text = equivalence_job()
+        .replace("limit = 1800", "limit = 6000")
+        .replace(
+            "log_every = 10",
+            "log_every = 5\ncheckpoint_every = \"10 steps\"",
+        );
+    let job = job(dir.path(), "elastic.toml", &text);
+    let one = one_worker_run(dir.path(), &job);
+    let run = dir.path().join("run");
+    let script = ok(&[
+        "launch",
+        "--manager",
+        "slurm",
+        "--nodes",
+        "3",
+        "--workers",
+        "6",
+        "--max-restarts",
+        "1",
+        "--min-workers",
+        "2",
+        "--dry-run",
+        job.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let path = dir.path().join("job.sbatch");
+    std::fs::write(&path, &script).unwrap();
+    let child = Command::new("bash")
+        .arg(netns_script())
+        .args(["slurm", path.to_str().unwrap()])
+        .env("DLC_NETNS_PREFIX", PREFIX)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_step_lines(&run, 3, Duration::from_secs(60));
+    let down = Command::new("ip")
+        .args(["link", "set", "dlct-h2-v", "down"])
+        .status()
+        .unwrap();
+    assert!(down.success());
+    let lost = Instant::now();
+    // Training again: the restarted rank 0's restart line.
+    while metrics_lines(&run, "restart").is_empty() && lost.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "host lost -> training again on 2 hosts: {:?}",
+        lost.elapsed()
+    );
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the elastic job failed:\n{text}");
+    assert!(
+        text.contains("node dlct-h2 does not answer")
+            && text.contains("restarting with 4 worker(s) on 2 node(s)"),
+        "{text}"
+    );
+    // One restart: 6 workers before, the 4 of hosts 0 and 1 after, from a checkpoint.
+    let restart = metrics_lines(&run, "restart");
+    assert_eq!(restart.len(), 1, "{restart:?}\n{text}");
+    let r = &restart[0];
+    assert_eq!(
+        (&r["workers_before"], &r["workers_after"]),
+        (&6.into(), &4.into()),
+        "{r}"
+    );
+    let step = r["step"].as_u64().unwrap();
+    assert!(step > 0 && step.is_multiple_of(10) && step < 100, "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("node dlct-h2 does not answer"),
+        "{r}"
+    );
+    assert_ranks_on_hosts(&run, 4, 2);
+    let epoch = metrics_lines(&run, "epoch");
+    assert_eq!(epoch.len(), 1, "{epoch:?}");
+    // The global batch stayed 60: only the summation order differs.
+    assert_same_weights(&one, &run, "6 workers on 3 hosts, then 4 on 2");
 }
 
 #[test]

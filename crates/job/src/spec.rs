@@ -773,8 +773,9 @@ pub struct DistributedSpec {
     /// Restarts of every process after a failure, each resuming from the newest
     /// checkpoint (`--max-restarts`; 0: a failure ends the job).
     pub max_restarts: usize,
-    /// Elastic restarts: a restart continues without the ranks that failed as long as
-    /// at least this many workers remain (`--min-workers`) [default: restart all].
+    /// Elastic restarts: a restart continues with fewer workers as long as at least
+    /// this many remain (`--min-workers`): locally without the rank that failed,
+    /// under Slurm without the nodes that no longer answer [default: restart all].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_workers: Option<usize>,
 }

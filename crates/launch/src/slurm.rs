@@ -65,6 +65,21 @@ impl Slurm {
         if let Some(p) = &spec.partition {
             sb("partition", shell_quote(p));
         }
+        let elastic = spec
+            .min_workers
+            .filter(|_| spec.max_restarts > 0)
+            .map(|min_workers| Elastic {
+                min_workers,
+                workers: spec.workers,
+                servers: spec.servers,
+                nodes: spec.nodes,
+                per_node: world.div_ceil(spec.nodes),
+            });
+        if elastic.is_some() {
+            // A failed node leaves the allocation instead of ending the job; the
+            // next attempt runs on the nodes left.
+            sb("no-kill", String::new());
+        }
         if spec.checkpoints {
             // SIGUSR1 two minutes before the time limit: the workers stop with a
             // checkpoint and the script requeues the job, which then continues.
@@ -88,10 +103,16 @@ impl Slurm {
         if spec.command.is_none() {
             cmd.push("--label".into());
         }
-        cmd.extend([
-            format!("--ntasks={world}"),
-            format!("--cpus-per-task={}", spec.cpus_per_worker.max(1)),
-        ]);
+        match elastic {
+            // The attempt's nodes and tasks, and the nodes left out.
+            Some(_) => cmd.extend([
+                "--nodes=\"$nodes\"".into(),
+                "--ntasks=$((workers + servers))".into(),
+                "${exclude:+\"--exclude=$exclude\"}".into(),
+            ]),
+            None => cmd.push(format!("--ntasks={world}")),
+        }
+        cmd.push(format!("--cpus-per-task={}", spec.cpus_per_worker.max(1)));
         if spec.gpus_per_worker > 0 {
             cmd.push(format!("--gpus-per-task={}", spec.gpus_per_worker));
         }
@@ -103,7 +124,12 @@ impl Slurm {
         );
         let step = cmd.join(" ");
         if spec.checkpoints || spec.max_restarts > 0 {
-            s.push_str(&attempts(&step, spec.max_restarts, spec.checkpoints));
+            s.push_str(&attempts(
+                &step,
+                spec.max_restarts,
+                spec.checkpoints,
+                elastic,
+            ));
         } else {
             s.push_str(&step);
             s.push('\n');
@@ -123,13 +149,36 @@ impl Slurm {
     }
 }
 
+/// The shape of an elastic job (`--min-workers`): what its restarts may shrink.
+#[derive(Debug, Clone, Copy)]
+struct Elastic {
+    min_workers: usize,
+    workers: usize,
+    servers: usize,
+    nodes: usize,
+    /// Tasks per node (Slurm's block distribution).
+    per_node: usize,
+}
+
 /// The job's step in the one restart loop of job files and foreign commands alike:
 /// repeated after a failure up to `max_restarts` times with `DLC_RESTART_COUNT` (and
 /// Slurm's requeues, `SLURM_RESTART_COUNT`) and `DLC_RESTART_REASON` exported. A job
 /// that `checkpoints` resumes from its newest checkpoint, is requeued when its workers
 /// stopped for the time limit ([`crate::EXIT_REQUEUE`]) and ends when SIGTERM stopped
 /// them ([`crate::EXIT_STOPPED`]; `dlc launch --resume` continues).
-fn attempts(step: &str, max_restarts: usize, checkpoints: bool) -> String {
+///
+/// An `elastic` job asks every node of the allocation after a failure whether it
+/// still runs a task (a one-task step with a deadline); a node that does not answer
+/// is excluded from then on, and the next attempt has as many workers as the nodes
+/// left hold (the global batch stays, so each worker's share grows) while at least
+/// `min_workers` remain. A process that failed on a node that still answers is
+/// started again: its node's CPUs are still the job's.
+fn attempts(
+    step: &str,
+    max_restarts: usize,
+    checkpoints: bool,
+    elastic: Option<Elastic>,
+) -> String {
     let stops = if checkpoints {
         format!(
             "    {req}) echo \"dlc: stopped with a checkpoint before the time limit; requeueing job $SLURM_JOB_ID\" >&2\n        \
@@ -141,8 +190,44 @@ fn attempts(step: &str, max_restarts: usize, checkpoints: bool) -> String {
     } else {
         String::new()
     };
+    let (shape, shrink) = match elastic {
+        None => (String::new(), String::new()),
+        Some(e) => (
+            format!(
+                "# Elastic (--min-workers {min}): nodes that stop answering leave the job.\n\
+                 workers={workers}; servers={servers}; alive={nodes}; nodes={nodes}; per_node={per_node}; exclude=\n",
+                min = e.min_workers,
+                workers = e.workers,
+                servers = e.servers,
+                nodes = e.nodes,
+                per_node = e.per_node,
+            ),
+            format!(
+                "  [ \"$attempt\" -lt {max_restarts} ] || break\n  \
+                 export DLC_RESTART_WORKERS_BEFORE=$workers\n  \
+                 for node in $(scontrol show hostnames \"$SLURM_JOB_NODELIST\"); do\n    \
+                 case \",$exclude,\" in *\",$node,\"*) continue ;; esac\n    \
+                 if ! timeout 60 srun --nodes=1 --ntasks=1 --cpus-per-task=1 --nodelist=\"$node\" true >/dev/null 2>&1; then\n      \
+                 exclude=\"${{exclude:+$exclude,}}$node\"; alive=$((alive - 1))\n      \
+                 export DLC_RESTART_REASON=\"$DLC_RESTART_REASON; node $node does not answer\"\n      \
+                 echo \"dlc: node $node does not answer: the job continues without it\" >&2\n    \
+                 fi\n  \
+                 done\n  \
+                 fit=$((alive * per_node - servers))\n  \
+                 if [ \"$fit\" -lt \"$workers\" ]; then workers=$fit; fi\n  \
+                 if [ \"$workers\" -lt {min} ]; then\n    \
+                 echo \"dlc: not restarting: $workers worker(s) would remain, fewer than --min-workers {min}\" >&2\n    \
+                 exit 1\n  \
+                 fi\n  \
+                 nodes=$((workers + servers < alive ? workers + servers : alive))\n  \
+                 echo \"dlc: restarting with $workers worker(s) on $nodes node(s)\" >&2\n",
+                min = e.min_workers,
+            ),
+        ),
+    };
     format!(
         "# Restarts (DLC_RESTART_COUNT) and requeues (SLURM_RESTART_COUNT){resume}.\n\
+         {shape}\
          requeued=${{SLURM_RESTART_COUNT:-0}}\n\
          if [ \"$requeued\" -gt 0 ]; then export DLC_RESTART_REASON=\"requeued by Slurm\"; fi\n\
          for attempt in $(seq 0 {max_restarts}); do\n  \
@@ -155,6 +240,7 @@ fn attempts(step: &str, max_restarts: usize, checkpoints: bool) -> String {
          esac\n  \
          export DLC_RESTART_REASON=\"attempt $((attempt + 1)) failed (exit code $rc)\"\n  \
          echo \"dlc: $DLC_RESTART_REASON\" >&2\n\
+         {shrink}\
          done\n\
          exit 1\n",
         resume = if checkpoints {
@@ -451,6 +537,62 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("empty"));
+    }
+
+    /// `bash -n`: the script parses.
+    fn parses(script: &str) {
+        let mut child = std::process::Command::new("bash")
+            .arg("-n")
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("bash runs");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{script}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn elastic_scripts_keep_the_allocation_and_shrink_to_the_nodes_that_answer() {
+        let mut sp = spec();
+        sp.max_restarts = 2;
+        sp.min_workers = Some(2);
+        sp.servers = 1;
+        let s = Slurm::script(&sp).unwrap();
+        parses(&s);
+        for want in [
+            "#SBATCH --no-kill\n",
+            "workers=4; servers=1; alive=2; nodes=2; per_node=3; exclude=\n",
+            "--label --nodes=\"$nodes\" --ntasks=$((workers + servers)) ${exclude:+\"--exclude=$exclude\"} --cpus-per-task=8",
+            "export DLC_RESTART_WORKERS_BEFORE=$workers\n",
+            "timeout 60 srun --nodes=1 --ntasks=1 --cpus-per-task=1 --nodelist=\"$node\" true",
+            "fit=$((alive * per_node - servers))",
+            "fewer than --min-workers 2\"",
+            "[ \"$attempt\" -lt 2 ] || break\n",
+        ] {
+            assert!(s.contains(want), "missing {want:?} in\n{s}");
+        }
+        // Without restarts there is nothing to shrink.
+        sp.max_restarts = 0;
+        let s = Slurm::script(&sp).unwrap();
+        parses(&s);
+        assert!(!s.contains("no-kill") && s.contains("--ntasks=5 "), "{s}");
+        // Every other shape parses too.
+        sp.min_workers = None;
+        sp.max_restarts = 1;
+        parses(&Slurm::script(&sp).unwrap());
+        sp.checkpoints = false;
+        parses(&Slurm::script(&sp).unwrap());
     }
 
     #[test]
