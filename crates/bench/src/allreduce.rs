@@ -33,6 +33,9 @@ pub struct Row {
     pub memcpy_gbps: f64,
     /// Single-stream TCP loopback between two processes, GB/s.
     pub tcp_gbps: f64,
+    /// What carried rank 0's links: `shm`, `tcp`, or `shm+tcp` (some of each).
+    #[serde(default)]
+    pub transport: String,
 }
 
 /// Why a benchmark failed.
@@ -82,6 +85,7 @@ pub fn rows(
     medians: &[(usize, f64)],
     iters: usize,
     socket_buffer: Option<usize>,
+    transport: &str,
 ) -> Result<Vec<Row>, BenchError> {
     let mut rows = Vec::new();
     for &(bytes, t) in medians {
@@ -101,6 +105,7 @@ pub fn rows(
             },
             memcpy_gbps: memcpy,
             tcp_gbps: tcp,
+            transport: transport.to_string(),
         });
     }
     Ok(rows)
@@ -113,6 +118,25 @@ pub struct Timings {
     pub medians: Vec<(usize, f64)>,
     /// Distinct hosts among the ranks (by the address each listens on).
     pub hosts: usize,
+    /// What carried this rank's links ([`link_kinds`]).
+    pub transport: String,
+}
+
+/// `shm`, `tcp`, or `shm+tcp`: the transports of a rank's links.
+pub fn link_kinds(comm: &Communicator) -> String {
+    let mut kinds: Vec<&str> = comm
+        .transports()
+        .iter()
+        .flatten()
+        .map(|t| t.name())
+        .collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    if kinds.is_empty() {
+        "none".into()
+    } else {
+        kinds.join("+")
+    }
 }
 
 /// One benchmark process (started by a launcher): joins, times every size and
@@ -132,6 +156,7 @@ pub fn worker(cfg: CommConfig, sizes: &[usize], iters: usize) -> Result<Timings,
     ips.sort();
     ips.dedup();
     let hosts = ips.len().max(1);
+    let transport = link_kinds(&comm);
     let mut medians = Vec::with_capacity(sizes.len());
     for &bytes in sizes {
         let mut buf = vec![1.0f32; bytes / 4];
@@ -160,7 +185,11 @@ pub fn worker(cfg: CommConfig, sizes: &[usize], iters: usize) -> Result<Timings,
     }
     comm.barrier()?;
     comm.leave();
-    Ok(Timings { medians, hosts })
+    Ok(Timings {
+        medians,
+        hosts,
+        transport,
+    })
 }
 
 /// Median single-thread memcpy throughput for `bytes`, GB/s.

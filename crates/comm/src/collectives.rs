@@ -21,7 +21,7 @@ use std::ops::Range;
 
 use crate::communicator::{Communicator, ReduceOp};
 use crate::element::Element;
-use crate::transport::{read_some, write_some, Io};
+use crate::link::Io;
 use crate::CommError;
 
 pub(crate) const HEADER: usize = 64;
@@ -280,7 +280,7 @@ impl Communicator {
                 // Send: header, then chunks; step k may only send what step k-1 received.
                 loop {
                     if tx.hdr_done < HEADER {
-                        match write_some(self.link(right), &tx.hdr[tx.hdr_done..], right)? {
+                        match self.link(right).write_some(&tx.hdr[tx.hdr_done..], right)? {
                             Io::Moved(m) => {
                                 tx.hdr_done += m;
                                 moved = true;
@@ -307,7 +307,7 @@ impl Communicator {
                     };
                     if tx.done < avail {
                         let bytes: &[u8] = bytemuck::cast_slice(&buf[range]);
-                        match write_some(self.link(right), &bytes[tx.done..avail], right)? {
+                        match self.link(right).write_some(&bytes[tx.done..avail], right)? {
                             Io::Moved(m) => {
                                 tx.done += m;
                                 moved = true;
@@ -331,7 +331,7 @@ impl Communicator {
                 loop {
                     if rx.hdr_done < HEADER {
                         let h = &mut rx.hdr[rx.hdr_done..];
-                        match read_some(self.link(left), h, left)? {
+                        match self.link(left).read_some(h, left)? {
                             Io::Moved(m) => {
                                 rx.hdr_done += m;
                                 moved = true;
@@ -353,14 +353,35 @@ impl Communicator {
                         rx.done = 0;
                         continue;
                     }
+                    if rx.step < reduce_steps && partial == 0 {
+                        // Shared memory lends the arrived bytes: reduce straight
+                        // out of them (whole, aligned elements), no copy.
+                        let link = self.link(left);
+                        if let Some(lent) = link.lend(total - rx.done, left)? {
+                            if lent.is_empty() {
+                                break;
+                            }
+                            let whole = lent.len() / size * size;
+                            if let Ok(src) = bytemuck::try_cast_slice::<u8, T>(&lent[..whole]) {
+                                if !src.is_empty() {
+                                    let first = range.start + rx.done / size;
+                                    T::add_assign_slice(&mut buf[first..first + src.len()], src);
+                                    link.consume(whole);
+                                    rx.done += whole;
+                                    moved = true;
+                                    continue;
+                                }
+                            }
+                            // A partial or unaligned element: through the scratch.
+                        }
+                    }
                     if rx.step < reduce_steps {
                         let want = (total - rx.done).min(scratch_cap - partial);
                         let sbytes: &mut [u8] = bytemuck::cast_slice_mut(&mut scratch[..]);
-                        match read_some(
-                            self.link(left),
-                            &mut sbytes[partial..partial + want],
-                            left,
-                        )? {
+                        match self
+                            .link(left)
+                            .read_some(&mut sbytes[partial..partial + want], left)?
+                        {
                             Io::Moved(m) => {
                                 moved = true;
                                 let have = partial + m;
@@ -376,7 +397,7 @@ impl Communicator {
                         }
                     } else {
                         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf[range]);
-                        match read_some(self.link(left), &mut bytes[rx.done..], left)? {
+                        match self.link(left).read_some(&mut bytes[rx.done..], left)? {
                             Io::Moved(m) => {
                                 moved = true;
                                 rx.done += m;
@@ -434,7 +455,7 @@ impl Communicator {
             for p in (0..n).filter(|&p| p != r) {
                 let mut want_w = false;
                 while sent[p] < total {
-                    match write_some(self.link(p), &msg[sent[p]..], p)? {
+                    match self.link(p).write_some(&msg[sent[p]..], p)? {
                         Io::Moved(m) => {
                             sent[p] += m;
                             moved = true;
@@ -447,7 +468,7 @@ impl Communicator {
                 }
                 let mut want_r = false;
                 while got[p] < total {
-                    match read_some(self.link(p), &mut incoming[p][got[p]..], p)? {
+                    match self.link(p).read_some(&mut incoming[p][got[p]..], p)? {
                         Io::Moved(m) => {
                             got[p] += m;
                             moved = true;
@@ -507,7 +528,7 @@ impl Communicator {
             if let Some(p) = left {
                 let mut blocked = false;
                 while rx.hdr_done < HEADER {
-                    match read_some(self.link(p), &mut rx.hdr[rx.hdr_done..], p)? {
+                    match self.link(p).read_some(&mut rx.hdr[rx.hdr_done..], p)? {
                         Io::Moved(m) => {
                             rx.hdr_done += m;
                             moved = true;
@@ -523,7 +544,7 @@ impl Communicator {
                 }
                 while !blocked && rx.done < total {
                     let bytes: &mut [u8] = bytemuck::cast_slice_mut(buf);
-                    match read_some(self.link(p), &mut bytes[rx.done..], p)? {
+                    match self.link(p).read_some(&mut bytes[rx.done..], p)? {
                         Io::Moved(m) => {
                             rx.done += m;
                             moved = true;
@@ -539,7 +560,7 @@ impl Communicator {
                 let avail = if left.is_some() { rx.done } else { total };
                 let mut blocked = false;
                 while tx.hdr_done < HEADER && !blocked {
-                    match write_some(self.link(p), &tx.hdr[tx.hdr_done..], p)? {
+                    match self.link(p).write_some(&tx.hdr[tx.hdr_done..], p)? {
                         Io::Moved(m) => {
                             tx.hdr_done += m;
                             moved = true;
@@ -549,7 +570,7 @@ impl Communicator {
                 }
                 while !blocked && tx.hdr_done == HEADER && tx.done < avail {
                     let bytes: &[u8] = bytemuck::cast_slice(buf);
-                    match write_some(self.link(p), &bytes[tx.done..avail], p)? {
+                    match self.link(p).write_some(&bytes[tx.done..avail], p)? {
                         Io::Moved(m) => {
                             tx.done += m;
                             moved = true;

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::JobKey;
 use crate::frame::read_frame;
+use crate::link::{Link, Transport};
 use crate::rendezvous::{CoordClient, Heartbeat, Reply, HEARTBEAT, SILENCE};
 use crate::transport::{self, Acceptor};
 use crate::CommError;
@@ -32,6 +33,10 @@ pub struct CommConfig {
     /// Socket buffer size of peer links; `None` leaves Linux's autotuning on
     /// (measured in DESIGN.md).
     pub socket_buffer: Option<usize>,
+    /// What carries peer links: shared memory between ranks on one host and TCP
+    /// between hosts (`Auto`), or TCP everywhere. Both ends of a pair must ask for
+    /// shared memory to get it.
+    pub transport: Transport,
 }
 
 impl CommConfig {
@@ -46,6 +51,7 @@ impl CommConfig {
             timeout: Duration::from_secs(30),
             small_message_bytes: 16 << 10,
             socket_buffer: transport::SOCKET_BUFFER,
+            transport: Transport::Auto,
         }
     }
 }
@@ -65,7 +71,7 @@ pub enum ReduceOp {
 /// work early), so that every other rank stops at once, naming this one.
 pub struct Communicator {
     pub(crate) cfg: CommConfig,
-    pub(crate) links: Vec<Option<TcpStream>>,
+    pub(crate) links: Vec<Option<Box<dyn Link>>>,
     pub(crate) control: CoordClient,
     pub(crate) seq: u64,
     /// The caller's name for the next collective's buffer ([`Communicator::named`]).
@@ -178,8 +184,9 @@ impl Communicator {
             }
         }
         for s in links.iter().flatten() {
-            transport::tune(s, cfg.socket_buffer)?;
+            transport::set_buffers(s, cfg.socket_buffer);
         }
+        let links = crate::link::shm::upgrade(links, cfg.rank, cfg.transport, deadline)?;
         control
             .stream
             .set_nonblocking(true)
@@ -228,8 +235,8 @@ impl Communicator {
     /// (the kernel closes a dead process's sockets). For fault-injection tests.
     pub fn simulate_crash(&mut self) {
         self.heartbeat = None;
-        for s in self.links.iter().flatten() {
-            let _ = s.shutdown(std::net::Shutdown::Both);
+        for l in self.links.iter().flatten() {
+            l.shutdown();
         }
         let _ = self.control.stream.shutdown(std::net::Shutdown::Both);
         self.ended = true;
@@ -273,8 +280,17 @@ impl Communicator {
     }
 
     /// The link to `peer`.
-    pub(crate) fn link(&self, peer: usize) -> &TcpStream {
-        self.links[peer].as_ref().expect("every peer has a link")
+    pub(crate) fn link(&self, peer: usize) -> &dyn Link {
+        self.links[peer].as_deref().expect("every peer has a link")
+    }
+
+    /// The transport of the link to each rank, in rank order (`None` for this
+    /// rank).
+    pub fn transports(&self) -> Vec<Option<Transport>> {
+        self.links
+            .iter()
+            .map(|l| l.as_ref().map(|l| l.transport()))
+            .collect()
     }
 
     /// Reads what the coordinator sent while a collective was blocked: the error it
@@ -387,8 +403,8 @@ impl Communicator {
 impl Drop for Communicator {
     fn drop(&mut self) {
         self.fail("stopped before the job finished (an error on this rank: see its output)");
-        for s in self.links.iter().flatten() {
-            let _ = s.shutdown(std::net::Shutdown::Both);
+        for l in self.links.iter().flatten() {
+            l.shutdown();
         }
     }
 }

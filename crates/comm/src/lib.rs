@@ -6,6 +6,8 @@
 //! * [`transport`]: TCP links between peers. Every connection starts with an HMAC
 //!   challenge–response proving both ends know the job token; links are non-blocking
 //!   and driven by one poll loop per collective.
+//! * [`link`]: what the collectives move bytes through — TCP, or shared memory
+//!   between ranks on the same host ([`Transport`]).
 //! * [`Communicator`]: the collectives on flat buffers — `all_reduce` (ring, pipelined;
 //!   direct exchange for small messages), `broadcast`, `all_gather`, `reduce_scatter`,
 //!   `barrier`. Knows nothing of models or tensors.
@@ -20,6 +22,7 @@ mod communicator;
 mod element;
 mod error;
 pub mod frame;
+pub mod link;
 mod p2p;
 pub mod rendezvous;
 pub mod transport;
@@ -27,5 +30,6 @@ pub mod transport;
 pub use communicator::{CommConfig, Communicator, ReduceOp};
 pub use element::Element;
 pub use error::CommError;
+pub use link::Transport;
 pub use p2p::Stall;
 pub use rendezvous::Coordinator;

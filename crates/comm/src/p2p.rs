@@ -9,9 +9,13 @@ use std::time::{Duration, Instant};
 use crate::collectives::{check_header, header, Op, HEADER};
 use crate::communicator::Communicator;
 use crate::element::Element;
+use crate::link::Io;
 use crate::rendezvous::{BUSY_LIMIT, HEARTBEAT};
-use crate::transport::{read_some, wait, write_some, Io, Want, Woke};
+use crate::transport::{wait, Want, Woke};
 use crate::CommError;
+
+/// How long a rank blocked on a shared-memory peer spins before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
 
 impl Communicator {
     fn p2p_header<T: Element>(&self, seq: u64, count: usize) -> [u8; HEADER] {
@@ -69,7 +73,7 @@ impl Communicator {
                     } else {
                         &bytes[sent[i] - HEADER..]
                     };
-                    match write_some(self.link(*p), chunk, *p)? {
+                    match self.link(*p).write_some(chunk, *p)? {
                         Io::Moved(m) => {
                             sent[i] += m;
                             moved = true;
@@ -85,10 +89,10 @@ impl Communicator {
                 let total = HEADER + std::mem::size_of_val(*buf);
                 while got[i] < total {
                     let res = if got[i] < HEADER {
-                        read_some(self.link(*p), &mut got_hdr[i][got[i]..], *p)?
+                        self.link(*p).read_some(&mut got_hdr[i][got[i]..], *p)?
                     } else {
                         let bytes: &mut [u8] = bytemuck::cast_slice_mut(buf);
-                        read_some(self.link(*p), &mut bytes[got[i] - HEADER..], *p)?
+                        self.link(*p).read_some(&mut bytes[got[i] - HEADER..], *p)?
                     };
                     match res {
                         Io::Moved(m) => {
@@ -126,12 +130,24 @@ impl Communicator {
         peers: &[usize],
         timeout: Duration,
     ) -> Result<Vec<usize>, CommError> {
+        // A shared-memory link with bytes waiting is readable without a poll.
+        let ready: Vec<usize> = peers
+            .iter()
+            .copied()
+            .filter(|&p| !self.link(p).arm(true, false))
+            .collect();
+        if !ready.is_empty() {
+            return Ok(ready);
+        }
         let mut fds: Vec<libc::pollfd> = peers
             .iter()
-            .map(|&p| libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(self.link(p)),
-                events: libc::POLLIN,
-                revents: 0,
+            .map(|&p| {
+                let (fd, events) = self.link(p).pollfd(true, false);
+                libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                }
             })
             .collect();
         fds.push(libc::pollfd {
@@ -187,6 +203,28 @@ impl Communicator {
         wants: &[(usize, bool, bool)],
         during: &str,
     ) -> Result<(), CommError> {
+        // A peer on shared memory usually answers within microseconds: spin a
+        // little before the system calls of sleeping and being woken.
+        if wants.iter().any(|&(p, _, _)| self.link(p).spins()) {
+            let start = Instant::now();
+            let mut spins = 0u32;
+            loop {
+                if wants
+                    .iter()
+                    .any(|&(p, write, read)| self.link(p).ready_now(read, write))
+                {
+                    return Ok(());
+                }
+                spins += 1;
+                if spins.is_multiple_of(64) {
+                    if start.elapsed() >= SPIN {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+                std::hint::spin_loop();
+            }
+        }
         let mut stall = Stall::new();
         loop {
             let Some(left) = stall.left(self) else {
@@ -200,7 +238,7 @@ impl Communicator {
             let w: Vec<Want<'_>> = wants
                 .iter()
                 .map(|&(peer, write, read)| Want {
-                    stream: self.link(peer),
+                    link: self.link(peer),
                     peer,
                     write,
                     read,

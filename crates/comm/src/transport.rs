@@ -6,11 +6,12 @@
 //! refusing them for the communicator's lifetime. Rank `r` connects to every rank
 //! below it and accepts from every rank above it, so each pair shares one link.
 //!
-//! Links are non-blocking, with `TCP_NODELAY` and large socket buffers; the
-//! collectives drive them with one `poll(2)` loop ([`wait`]). A shared-memory
-//! transport for ranks on one host can slot in behind the same link operations.
+//! Links are non-blocking, with `TCP_NODELAY`; the collectives drive them through
+//! [`crate::link::Link`] with one `poll(2)` loop ([`wait`]). Links between ranks on
+//! the same host become shared-memory links ([`crate::link::shm`]) right after
+//! they are authenticated.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::auth::{accept_handshake, connect_handshake, JobKey};
+use crate::link::Link;
 use crate::rendezvous::{Handshaking, MAX_HANDSHAKES};
 use crate::CommError;
 
@@ -176,58 +178,10 @@ pub fn connect_peer(
     }
 }
 
-/// Outcome of a non-blocking transfer attempt.
-pub enum Io {
-    /// Bytes moved.
-    Moved(usize),
-    /// The socket is not ready.
-    Blocked,
-}
-
-/// Writes what the socket takes now.
-pub fn write_some(s: &TcpStream, bytes: &[u8], peer: usize) -> Result<Io, CommError> {
-    loop {
-        match (&*s).write(bytes) {
-            Ok(n) => return Ok(Io::Moved(n)),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Io::Blocked),
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(CommError::PeerLost {
-                    rank: peer,
-                    reason: format!("send failed: {e}"),
-                })
-            }
-        }
-    }
-}
-
-/// Reads what the socket has now; end of stream is an error naming the peer.
-pub fn read_some(s: &TcpStream, buf: &mut [u8], peer: usize) -> Result<Io, CommError> {
-    loop {
-        match (&*s).read(buf) {
-            Ok(0) if !buf.is_empty() => {
-                return Err(CommError::PeerLost {
-                    rank: peer,
-                    reason: "connection closed".into(),
-                })
-            }
-            Ok(n) => return Ok(Io::Moved(n)),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Io::Blocked),
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(CommError::PeerLost {
-                    rank: peer,
-                    reason: format!("receive failed: {e}"),
-                })
-            }
-        }
-    }
-}
-
 /// What a blocked collective waits for.
 pub struct Want<'a> {
     /// The link.
-    pub stream: &'a TcpStream,
+    pub link: &'a dyn Link,
     /// Peer rank (for errors).
     pub peer: usize,
     /// Wait until writable.
@@ -245,7 +199,8 @@ pub enum Woke {
 }
 
 /// Waits until one of `wants` is ready, the control stream is readable, or `timeout`.
-/// On timeout, names the first peer waited on for reading (else for writing).
+/// On timeout, names the first peer waited on for reading (else for writing). A link
+/// that is ready already when armed ([`Link::arm`]) returns at once.
 pub fn wait(
     wants: &[Want<'_>],
     control: Option<&TcpStream>,
@@ -254,15 +209,12 @@ pub fn wait(
 ) -> Result<Woke, CommError> {
     let mut fds: Vec<libc::pollfd> = Vec::with_capacity(wants.len() + 1);
     for w in wants {
-        let mut events = 0;
-        if w.write {
-            events |= libc::POLLOUT;
+        if !w.link.arm(w.read, w.write) {
+            return Ok(Woke::Ready);
         }
-        if w.read {
-            events |= libc::POLLIN;
-        }
+        let (fd, events) = w.link.pollfd(w.read, w.write);
         fds.push(libc::pollfd {
-            fd: w.stream.as_raw_fd(),
+            fd,
             events,
             revents: 0,
         });

@@ -1,10 +1,11 @@
-//! Collectives across threads of one process (each thread a rank with real TCP links).
+//! Collectives across threads of one process (each thread a rank with real links:
+//! shared memory by default, as ranks on one host get; TCP where a test asks).
 
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use dlc_comm::auth::JobKey;
-use dlc_comm::{CommConfig, CommError, Communicator, Coordinator, ReduceOp};
+use dlc_comm::{CommConfig, CommError, Communicator, Coordinator, ReduceOp, Transport};
 
 fn key() -> JobKey {
     JobKey::new("test-job", "secret-token")
@@ -13,6 +14,16 @@ fn key() -> JobKey {
 /// Runs `f` on `n` ranks (threads), each leaving when `f` returns, and returns their
 /// results in rank order.
 fn ranks<R: Send + 'static>(
+    n: usize,
+    timeout: Duration,
+    f: impl Fn(&mut Communicator) -> R + Send + Sync + 'static,
+) -> Vec<R> {
+    ranks_over(Transport::Auto, n, timeout, f)
+}
+
+/// [`ranks`] with links over `transport`.
+fn ranks_over<R: Send + 'static>(
+    transport: Transport,
     n: usize,
     timeout: Duration,
     f: impl Fn(&mut Communicator) -> R + Send + Sync + 'static,
@@ -26,6 +37,7 @@ fn ranks<R: Send + 'static>(
             std::thread::spawn(move || {
                 let mut cfg = CommConfig::new(addr, key(), r, n);
                 cfg.timeout = timeout;
+                cfg.transport = transport;
                 let mut c = Communicator::connect(cfg).unwrap();
                 let out = f(&mut c);
                 c.leave();
@@ -92,6 +104,87 @@ fn all_reduce_sums_exactly_and_identically_for_1_to_5_ranks() {
             }
         }
     }
+}
+
+/// Every collective on `c`, over lengths that wrap a shared-memory ring many times,
+/// with f64 after odd f32 counts (elements that straddle the ring's end or lie
+/// unaligned in it); returns every result's bits.
+fn workout(c: &mut Communicator) -> Vec<u64> {
+    let (r, n) = (c.rank(), c.world());
+    let mut bits = Vec::new();
+    for len in [1usize, 7, 1001, 300_001, 1 << 19] {
+        let mut a = input(r, len);
+        c.all_reduce(&mut a, ReduceOp::Sum).unwrap();
+        bits.extend(a.iter().map(|x| x.to_bits() as u64));
+        let mut b: Vec<f64> = input(r + 1, len + 3)
+            .iter()
+            .map(|&x| x as f64 / 3.0)
+            .collect();
+        c.all_reduce(&mut b, ReduceOp::Mean).unwrap();
+        bits.extend(b.iter().map(|x| x.to_bits()));
+        let mut s = input(r, len);
+        let mine = c.reduce_scatter(&mut s).unwrap();
+        bits.extend(s[mine].iter().map(|x| x.to_bits() as u64));
+        let mut g = vec![0f32; len * n];
+        c.all_gather(&input(r, len), &mut g).unwrap();
+        bits.extend(g.iter().map(|x| x.to_bits() as u64));
+        let mut w = input(r, len);
+        c.broadcast(&mut w, n - 1).unwrap();
+        bits.extend(w.iter().map(|x| x.to_bits() as u64));
+    }
+    c.barrier().unwrap();
+    bits
+}
+
+#[test]
+fn shared_memory_and_tcp_links_compute_the_same_bits() {
+    for n in [2, 3] {
+        let kinds = |t| {
+            ranks_over(t, n, Duration::from_secs(30), |c| {
+                (c.transports(), workout(c))
+            })
+        };
+        let shm = kinds(Transport::Auto);
+        let tcp = kinds(Transport::Tcp);
+        for r in 0..n {
+            let want = |t| (0..n).map(|p| (p != r).then_some(t)).collect::<Vec<_>>();
+            assert_eq!(shm[r].0, want(Transport::Shm), "rank {r} of {n}");
+            assert_eq!(tcp[r].0, want(Transport::Tcp), "rank {r} of {n}");
+            // (Each rank's own reduce-scatter chunk differs from the others'.)
+            assert!(shm[r].1 == tcp[r].1, "rank {r} of {n}: shm and tcp differ");
+        }
+    }
+}
+
+#[test]
+fn a_rank_that_asks_for_tcp_gets_tcp_from_every_peer() {
+    let coord = Coordinator::start("127.0.0.1:0", key(), 2, Duration::from_secs(10)).unwrap();
+    let addr = coord.addr().to_string();
+    let handles: Vec<_> = [Transport::Auto, Transport::Tcp]
+        .into_iter()
+        .enumerate()
+        .map(|(r, t)| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut cfg = CommConfig::new(addr, key(), r, 2);
+                cfg.transport = t;
+                let mut c = Communicator::connect(cfg).unwrap();
+                let mut v = vec![r as f32 + 1.0; 3000];
+                c.all_reduce(&mut v, ReduceOp::Sum).unwrap();
+                c.leave();
+                (c.transports(), v[2999])
+            })
+        })
+        .collect();
+    for h in handles {
+        let (kinds, v) = h.join().unwrap();
+        assert!(
+            kinds.iter().flatten().all(|&t| t == Transport::Tcp),
+            "{kinds:?}"
+        );
+        assert_eq!(v, 3.0);
+    }
+    coord.shutdown(Duration::from_secs(5));
 }
 
 #[test]
@@ -200,10 +293,16 @@ fn a_mismatch_seen_by_two_ranks_reaches_the_third_with_its_diagnosis() {
 
 #[test]
 fn crashed_rank_makes_every_other_rank_fail_naming_it() {
+    for t in [Transport::Auto, Transport::Tcp] {
+        crashed_rank_over(t);
+    }
+}
+
+fn crashed_rank_over(transport: Transport) {
     let n = 4;
     let timeout = Duration::from_secs(10);
     let gate = Arc::new(Barrier::new(n));
-    let out = ranks(n, timeout, move |c| {
+    let out = ranks_over(transport, n, timeout, move |c| {
         let mut buf = vec![1.0f32; 1 << 20];
         c.all_reduce(&mut buf, ReduceOp::Sum).unwrap();
         gate.wait();
@@ -223,9 +322,12 @@ fn crashed_rank_makes_every_other_rank_fail_naming_it() {
     });
     for (r, o) in out.into_iter().enumerate() {
         let Some((err, took)) = o else { continue };
-        let err = err.unwrap_or_else(|| panic!("rank {r} saw no error"));
-        assert!(took < Duration::from_secs(5), "rank {r} took {took:?}");
-        assert!(err.contains("rank 2"), "rank {r}: {err}");
+        let err = err.unwrap_or_else(|| panic!("{transport}: rank {r} saw no error"));
+        assert!(
+            took < Duration::from_secs(5),
+            "{transport}: rank {r} took {took:?}"
+        );
+        assert!(err.contains("rank 2"), "{transport}: rank {r}: {err}");
     }
 }
 

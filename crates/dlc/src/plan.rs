@@ -390,6 +390,7 @@ fn validate(a: &PlanArgs, job: &JobSpec) -> Result<()> {
         10,
         Duration::from_secs(60),
         dlc_comm::transport::SOCKET_BUFFER,
+        dlc_comm::Transport::Auto,
     )
     .context("measuring the all-reduce")?;
     let comm = rows[0].median_s;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 pub use spec::{
     parse_duration, CheckpointEvery, ColumnSpec, CommandSpec, DataFormat, DataSpec, DeviceSpec,
     DistributedSpec, Framework, LayerSpec, LrSchedule, Manager, ModelSpec, OptimizerKind, Padding,
-    Preset, PsMode, ResourcesSpec, Strategy, Task, TrainSpec,
+    Preset, PsMode, ResourcesSpec, Strategy, Task, TrainSpec, Transport,
 };
 
 /// Why a job file was rejected.

@@ -734,6 +734,23 @@ impl std::str::FromStr for Strategy {
     }
 }
 
+/// What carries the links between ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Shared memory between ranks on the same host, TCP between hosts.
+    #[default]
+    Auto,
+    /// TCP for every link (to compare, or where /dev/shm is unusable).
+    Tcp,
+}
+
+impl Transport {
+    fn is_auto(&self) -> bool {
+        *self == Transport::Auto
+    }
+}
+
 /// Parameter-server consistency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -778,6 +795,10 @@ pub struct DistributedSpec {
     /// under Slurm without the nodes that no longer answer [default: restart all].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_workers: Option<usize>,
+    /// What carries the links between ranks: `auto` (shared memory within a host,
+    /// TCP between hosts) or `tcp`.
+    #[serde(skip_serializing_if = "Transport::is_auto")]
+    pub transport: Transport,
 }
 
 impl DistributedSpec {
@@ -813,6 +834,7 @@ impl Default for DistributedSpec {
             op_timeout_s: None,
             max_restarts: 0,
             min_workers: None,
+            transport: Transport::Auto,
         }
     }
 }

@@ -452,3 +452,16 @@ fn checkpoint_every_takes_steps_or_a_period_and_restarts_check_their_bounds() {
         .to_string();
     assert!(e.contains("needs distributed.max_restarts"), "{e}");
 }
+
+#[test]
+fn the_link_transport_is_auto_or_tcp() {
+    let d = format!("{GOOD}[distributed]\nworkers = 2\n");
+    let job = JobSpec::from_toml_str(&d, "t.toml").unwrap();
+    assert_eq!(job.distributed.transport, crate::Transport::Auto);
+    let job = JobSpec::from_toml_str(&format!("{d}transport = \"tcp\"\n"), "t.toml").unwrap();
+    assert_eq!(job.distributed.transport, crate::Transport::Tcp);
+    let e = JobSpec::from_toml_str(&format!("{d}transport = \"rdma\"\n"), "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("transport") && e.contains("tcp"), "{e}");
+}

@@ -66,6 +66,10 @@ pub fn run(job: &JobSpec, opts: &TrainOptions, id: &Identity) -> Result<Outcome,
     );
     cfg.join_timeout = d.join_timeout();
     cfg.timeout = d.op_timeout();
+    cfg.transport = match d.transport {
+        dlc_job::Transport::Auto => dlc_comm::Transport::Auto,
+        dlc_job::Transport::Tcp => dlc_comm::Transport::Tcp,
+    };
     let mut comm = Communicator::connect(cfg)?;
     match d.strategy {
         Strategy::Ring => Ok(Outcome::Worker(Box::new(train_distributed(

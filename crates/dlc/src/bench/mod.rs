@@ -94,6 +94,10 @@ pub struct AllreduceArgs {
     /// 4MiB (fixed, capped by net.core.rmem_max). Default: what training uses.
     #[arg(long, value_parser = parse_buffer)]
     socket_buffer: Option<Buffer>,
+    /// What carries the links: `auto` (shared memory between ranks on one host, TCP
+    /// between hosts; what training uses), `tcp` (TCP everywhere) or `shm`.
+    #[arg(long, default_value = "auto")]
+    transport: dlc_comm::Transport,
     /// Write the fitted ring model (bandwidth, latency per hop) to this file, for
     /// `dlc plan --comm-profile` (with --worker: rank 0 writes it).
     #[arg(long, value_name = "FILE")]
@@ -210,6 +214,7 @@ fn allreduce_cmd(a: AllreduceArgs) -> Result<()> {
         a.iters.max(1),
         Duration::from_secs(a.timeout),
         a.buffer(),
+        a.transport,
     )?;
     if let Some(path) = &a.save {
         let medians: Vec<(usize, f64)> = rows.iter().map(|r| (r.bytes, r.median_s)).collect();
@@ -234,6 +239,7 @@ pub(crate) fn allreduce_rows(
     iters: usize,
     timeout: Duration,
     socket_buffer: Option<usize>,
+    transport: dlc_comm::Transport,
 ) -> Result<Vec<Row>> {
     let exe = std::env::current_exe().context("locating the dlc binary")?;
     let size_arg = sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -251,6 +257,8 @@ pub(crate) fn allreduce_rows(
             timeout.as_secs().to_string(),
             "--socket-buffer".into(),
             socket_buffer.map_or("auto".into(), |b| b.to_string()),
+            "--transport".into(),
+            transport.to_string(),
         ],
         world: ranks,
         workers: ranks,
@@ -265,17 +273,25 @@ pub(crate) fn allreduce_rows(
     .context("all-reduce benchmark failed")?;
     let medians: Vec<(usize, f64)> = outcome
         .summary
+        .as_ref()
         .and_then(|v| serde_json::from_value(v["medians"].clone()).ok())
         .context("rank 0 of the all-reduce benchmark reported no timings")?;
     if medians.len() != sizes.len() {
         bail!("rank 0 reported {} of {} sizes", medians.len(), sizes.len());
     }
+    let used = outcome
+        .summary
+        .as_ref()
+        .and_then(|v| v["transport"].as_str())
+        .unwrap_or("?")
+        .to_string();
     Ok(allreduce::rows(
         &exe,
         ranks,
         &medians,
         iters,
         socket_buffer,
+        &used,
     )?)
 }
 
@@ -328,6 +344,7 @@ fn bench_worker(a: &AllreduceArgs) -> Result<()> {
     cfg.timeout = timeout;
     cfg.join_timeout = cfg.timeout;
     cfg.socket_buffer = a.buffer();
+    cfg.transport = a.transport;
     let t = allreduce::worker(cfg, &a.sizes, a.iters.max(1))?;
     if let Some(c) = coordinator {
         c.shutdown(timeout);
@@ -338,7 +355,7 @@ fn bench_worker(a: &AllreduceArgs) -> Result<()> {
         }
         println!(
             "{}",
-            serde_json::json!({"event": "summary", "medians": t.medians, "hosts": t.hosts})
+            serde_json::json!({"event": "summary", "medians": t.medians, "hosts": t.hosts, "transport": t.transport})
         );
     }
     Ok(())
@@ -346,8 +363,9 @@ fn bench_worker(a: &AllreduceArgs) -> Result<()> {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "all-reduce, {} ranks (f32, sum); GB/s = 1e9 bytes/s; busbw = algbw x 2(n-1)/n",
-        rows.first().map_or(0, |r| r.ranks)
+        "all-reduce, {} ranks over {} (f32, sum); GB/s = 1e9 bytes/s; busbw = algbw x 2(n-1)/n",
+        rows.first().map_or(0, |r| r.ranks),
+        rows.first().map_or("?", |r| r.transport.as_str())
     );
     println!(
         "{:>8} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
