@@ -65,6 +65,11 @@ fn n_workers_match_one_worker_with_the_same_global_batch() {
             assert_eq!(s["global_step"], 30, "{name} {label}");
             let diff = max_abs_diff(&reference, &weights(&out.join("model.safetensors")));
             assert!(diff < 1e-4, "{name} {label}: max abs difference {diff}");
+            // A distributed run's metrics (its world line included) plot like any.
+            assert!(
+                out.join("curves.png").exists(),
+                "{name} {label}: no curves plot"
+            );
             // metrics.jsonl reports compute, communication and data-wait time per step.
             let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
             let step: serde_json::Value = text

@@ -108,10 +108,11 @@ pub fn load(run_dir: &Path) -> Result<Run, CurvesError> {
             }
             // Events without a curve of their own; steps done again after a restart
             // replace the lost ones above.
-            Some("restart" | "stop") => {}
+            Some("restart" | "stop" | "world") => {}
             _ => {
                 return Err(bad(
-                    "\"kind\" is none of \"step\", \"epoch\", \"restart\", \"stop\"".into(),
+                    "\"kind\" is none of \"step\", \"epoch\", \"restart\", \"stop\", \"world\""
+                        .into(),
                 ))
             }
         }
@@ -245,7 +246,10 @@ mod tests {
         d
     }
 
-    const LINES: &str = "{\"kind\":\"step\",\"epoch\":1,\"step\":5,\"loss\":2.0}\n\
+    /// What a distributed run writes: its world line first.
+    const LINES: &str =
+        "{\"kind\":\"world\",\"workers\":2,\"addrs\":[\"127.0.0.1:1\",\"127.0.0.1:2\"]}\n\
+        {\"kind\":\"step\",\"epoch\":1,\"step\":5,\"loss\":2.0}\n\
         {\"kind\":\"step\",\"epoch\":1,\"step\":10,\"loss\":1.0}\n\
         {\"kind\":\"epoch\",\"epoch\":1,\"test_accuracy\":0.5}\n";
 
@@ -265,7 +269,7 @@ mod tests {
         assert_eq!(load(d.path()).unwrap().loss.len(), 2);
         let d = run_dir(&format!("{LINES}garbage\n"));
         let e = load(d.path()).unwrap_err().to_string();
-        assert!(e.contains("metrics.jsonl:4: not a metrics line"), "{e}");
+        assert!(e.contains("metrics.jsonl:5: not a metrics line"), "{e}");
         let d = run_dir("{\"kind\":\"step\",\"step\":1}\n");
         let e = load(d.path()).unwrap_err().to_string();
         assert!(e.contains(":1:") && e.contains("\"loss\""), "{e}");
