@@ -68,8 +68,10 @@ impl std::fmt::Display for Transport {
     }
 }
 
-/// A connection to one peer.
-pub trait Link: Send + Sync {
+/// A connection to one peer, used by one thread at a time (`&mut Communicator`):
+/// shared-memory rings have one reader and one writer, and what [`Link::lend`] lent
+/// stays valid until [`Link::consume`].
+pub trait Link: Send {
     /// Writes what the link takes now.
     fn write_some(&self, bytes: &[u8], peer: usize) -> Result<Io, CommError>;
     /// Reads what the link holds now; a closed link is an error naming `peer`.

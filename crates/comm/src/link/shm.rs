@@ -58,7 +58,6 @@ struct Mapping {
 // SAFETY: the mapping is plain shared memory; all access goes through atomics or
 // through byte ranges that the ring protocol gives to one side at a time.
 unsafe impl Send for Mapping {}
-unsafe impl Sync for Mapping {}
 
 impl Mapping {
     fn map(file: &std::fs::File, len: usize) -> std::io::Result<Self> {
@@ -138,7 +137,8 @@ impl Ring {
     fn write(&self, bytes: &[u8]) -> usize {
         let h = self.head().load(Ordering::Relaxed);
         let t = self.tail().load(Ordering::Acquire);
-        let free = RING_BYTES - (h - t) as usize;
+        // Clamped: counters the peer wrote can never make us copy outside the ring.
+        let free = RING_BYTES - (h.wrapping_sub(t) as usize).min(RING_BYTES);
         let n = free.min(bytes.len());
         if n == 0 {
             return 0;
@@ -159,7 +159,7 @@ impl Ring {
     fn read(&self, buf: &mut [u8]) -> usize {
         let t = self.tail().load(Ordering::Relaxed);
         let h = self.head().load(Ordering::Acquire);
-        let n = ((h - t) as usize).min(buf.len());
+        let n = (h.wrapping_sub(t) as usize).min(RING_BYTES).min(buf.len());
         if n == 0 {
             return 0;
         }
@@ -180,7 +180,7 @@ impl Ring {
         let t = self.tail().load(Ordering::Relaxed);
         let h = self.head().load(Ordering::Acquire);
         let at = t as usize & (RING_BYTES - 1);
-        let n = ((h - t) as usize).min(max).min(RING_BYTES - at);
+        let n = (h.wrapping_sub(t) as usize).min(max).min(RING_BYTES - at);
         // SAFETY: published bytes, not reused by the writer until `tail` moves past
         // them (`advance`), which only this reader does.
         unsafe { std::slice::from_raw_parts(self.data().add(at), n) }
@@ -197,7 +197,10 @@ impl Ring {
     }
 
     fn has_space(&self) -> bool {
-        let used = self.head().load(Ordering::SeqCst) - self.tail().load(Ordering::SeqCst);
+        let used = self
+            .head()
+            .load(Ordering::SeqCst)
+            .wrapping_sub(self.tail().load(Ordering::SeqCst));
         (used as usize) < RING_BYTES
     }
 }
@@ -212,8 +215,9 @@ pub struct ShmLink {
 }
 
 // SAFETY: the rings point into `_map`, which lives as long as the link; see Mapping.
+// Not Sync: each ring has one reader and one writer, and a link is used by one
+// thread at a time.
 unsafe impl Send for ShmLink {}
-unsafe impl Sync for ShmLink {}
 
 impl ShmLink {
     fn ring_bell(&self) {
@@ -300,18 +304,22 @@ impl Link for ShmLink {
     }
 
     fn arm(&self, read: bool, write: bool) -> bool {
-        let mut sleep = true;
         if read {
             self.rx.reader_waiting().store(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            sleep &= !self.rx.has_data();
         }
         if write {
             self.tx.writer_waiting().store(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            sleep &= !self.tx.has_space();
         }
-        sleep
+        fence(Ordering::SeqCst);
+        // Doorbells of wake-ups already used would wake the poll at once (and make
+        // `readable` report a peer that sent nothing): read them first. A doorbell
+        // rung after this is for the flags just raised. A closed peer: let the
+        // caller retry the link, which then reports it.
+        if self.drain(usize::MAX).is_err() {
+            return false;
+        }
+        let ready = (read && self.rx.has_data()) || (write && self.tx.has_space());
+        !ready
     }
 
     fn ready_now(&self, read: bool, write: bool) -> bool {
@@ -425,6 +433,10 @@ fn random_name() -> Result<String, CommError> {
 /// Creates and maps a segment; `None` when shared memory has no room (then the pair
 /// stays on TCP).
 fn create() -> Result<Option<(Created, Mapping, String)>, CommError> {
+    #[cfg(test)]
+    if tests::NO_ROOM.with(|n| n.get()) {
+        return Ok(None);
+    }
     let name = random_name()?;
     let path = PathBuf::from("/dev/shm").join(&name);
     let file = match std::fs::OpenOptions::new()
@@ -460,25 +472,42 @@ fn create() -> Result<Option<(Created, Mapping, String)>, CommError> {
     }
 }
 
+/// Maps the segment a peer created, checked: our naming, a plain file of ours (no
+/// symbolic link), the expected size. Unlinks it at once (the creator does too):
+/// once both ends map it, no name is left to leak.
 fn open(name: &str) -> std::io::Result<Mapping> {
-    if !name.starts_with("dlc-") || !name[4..].bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(std::io::Error::new(
-            ErrorKind::InvalidData,
-            format!("`{name}` is not a segment name"),
-        ));
+    use std::os::unix::fs::MetadataExt;
+    let bad = |why: String| std::io::Error::new(ErrorKind::InvalidData, why);
+    if name.len() != 36
+        || !name.starts_with("dlc-")
+        || !name[4..].bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Err(bad(format!("`{name}` is not a segment name")));
     }
+    let path = PathBuf::from("/dev/shm").join(name);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(PathBuf::from("/dev/shm").join(name))?;
-    let len = file.metadata()?.len();
-    if len != SEGMENT as u64 {
-        return Err(std::io::Error::new(
-            ErrorKind::InvalidData,
-            format!("segment of {len} bytes, expected {SEGMENT}"),
-        ));
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)?;
+    let meta = file.metadata()?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.file_type().is_file() || meta.uid() != me {
+        return Err(bad(format!(
+            "{} is not a file of this user",
+            path.display()
+        )));
     }
-    Mapping::map(&file, SEGMENT)
+    if meta.len() != SEGMENT as u64 {
+        return Err(bad(format!(
+            "segment of {} bytes, expected {SEGMENT}",
+            meta.len()
+        )));
+    }
+    let m = Mapping::map(&file, SEGMENT)?;
+    let _ = std::fs::remove_file(&path);
+    Ok(m)
 }
 
 /// Turns the links to peers on this host into shared-memory links when both ends
@@ -494,7 +523,8 @@ pub(crate) fn upgrade(
     deadline: Instant,
 ) -> Result<Vec<Option<Box<dyn Link>>>, CommError> {
     let host = host_id();
-    let ours = want != Transport::Tcp && !host.is_empty();
+    // The hello carries at most MSG - 5 bytes of it; a longer one would never match.
+    let ours = want != Transport::Tcp && !host.is_empty() && host.len() <= MSG - 5;
     let mut links = links;
     let hello = message(HELLO, u8::from(ours), &host);
     for (p, s) in links.iter_mut().enumerate() {
@@ -531,17 +561,16 @@ pub(crate) fn upgrade(
         }
         let s = links[p].as_mut().expect("a link to every peer");
         let name = text(&receive(s, NAME, p, deadline)?);
-        let mapped = if name.is_empty() {
-            None
-        } else {
-            match open(&name) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    tracing::warn!(
-                        "rank {rank}: cannot map rank {p}'s segment {name}: {e}; using TCP"
-                    );
-                    None
-                }
+        if name.is_empty() {
+            // The creator had no room: the pair stays on TCP, nothing to answer.
+            pair[p] = false;
+            continue;
+        }
+        let mapped = match open(&name) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!("rank {rank}: cannot map rank {p}'s segment {name}: {e}; using TCP");
+                None
             }
         };
         send(
@@ -595,6 +624,50 @@ pub(crate) fn upgrade(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::JobKey;
+    use crate::{CommConfig, Communicator, Coordinator, ReduceOp};
+
+    thread_local! {
+        /// This thread's rank finds no room in /dev/shm.
+        pub(super) static NO_ROOM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn a_pair_without_room_in_dev_shm_stays_on_tcp_and_works() {
+        let key = JobKey::new("j", "t");
+        let coord =
+            Coordinator::start("127.0.0.1:0", key.clone(), 3, Duration::from_secs(10)).unwrap();
+        let addr = coord.addr().to_string();
+        let ranks: Vec<_> = (0..3)
+            .map(|r| {
+                let (addr, key) = (addr.clone(), key.clone());
+                std::thread::spawn(move || {
+                    // Rank 2 creates the segments of pairs (0, 2) and (1, 2): none.
+                    NO_ROOM.with(|n| n.set(r == 2));
+                    let mut c = Communicator::connect(CommConfig::new(addr, key, r, 3)).unwrap();
+                    let mut v = vec![r as f32 + 1.0; 100_000];
+                    c.all_reduce(&mut v, ReduceOp::Sum).unwrap();
+                    let mut w = vec![1.0f64; 5];
+                    c.all_reduce(&mut w, ReduceOp::Sum).unwrap();
+                    c.leave();
+                    (c.transports(), v[99_999], w[4])
+                })
+            })
+            .collect();
+        let kinds: Vec<_> = ranks.into_iter().map(|h| h.join().unwrap()).collect();
+        for (r, (k, v, w)) in kinds.iter().enumerate() {
+            assert_eq!((*v, *w), (6.0, 3.0), "rank {r}");
+            let want: Vec<Option<Transport>> = (0..3)
+                .map(|p| match (r, p) {
+                    _ if p == r => None,
+                    (0, 1) | (1, 0) => Some(Transport::Shm),
+                    _ => Some(Transport::Tcp),
+                })
+                .collect();
+            assert_eq!(*k, want, "rank {r}");
+        }
+        coord.shutdown(Duration::from_secs(5));
+    }
 
     #[test]
     fn the_host_id_names_boot_and_network_namespace() {
@@ -606,5 +679,10 @@ mod tests {
     fn segment_names_from_a_peer_are_checked() {
         assert!(open("../etc/passwd").is_err());
         assert!(open("dlc-zz").is_err());
+        assert!(open("dlc-").is_err());
+        assert!(
+            open(&format!("dlc-{}", "0".repeat(32))).is_err(),
+            "no such file"
+        );
     }
 }
