@@ -754,10 +754,7 @@ fn slurm_elastic_restart_keeps_every_node_that_answers() {
         (&3.into(), &3.into(), &40.into()),
         "{restart:?}"
     );
-    let d = max_abs_diff(
-        &weights(&whole.join("model.safetensors")),
-        &weights(&run.join("model.safetensors")),
-    );
+    let d = model_diff(&whole, &run);
     assert!(d < 1e-6, "restarted under Slurm: differs by {d}");
 }
 

@@ -139,9 +139,9 @@ fn assert_ranks_on_hosts(run: &Path, world: usize, per_host: usize) {
     }
 }
 
-/// Renders the Slurm script for `job` on 3 nodes (`extra` adds options) and runs it
-/// across the namespace hosts with the cluster's `srun`.
-fn slurm_across_hosts(dir: &Path, job: &Path, run: &Path, extra: &[&str]) -> String {
+/// Renders the Slurm script for `job` on 3 nodes (`extra` adds options) into
+/// `dir/job.sbatch`.
+fn render_on_3_nodes(dir: &Path, job: &Path, run: &Path, extra: &[&str]) -> PathBuf {
     let mut args = vec![
         "launch",
         "--manager",
@@ -155,11 +155,19 @@ fn slurm_across_hosts(dir: &Path, job: &Path, run: &Path, extra: &[&str]) -> Str
     ];
     args.extend_from_slice(extra);
     let script = ok(&args);
-    // The node list is Slurm's compressed form; the workers expand it and the first
-    // host runs the coordinator.
-    assert!(script.contains("#SBATCH --ntasks-per-node=2"), "{script}");
     let path = dir.join("job.sbatch");
     std::fs::write(&path, &script).unwrap();
+    path
+}
+
+/// Renders the Slurm script for `job` on 3 nodes (`extra` adds options) and runs it
+/// across the namespace hosts with the cluster's `srun`.
+fn slurm_across_hosts(dir: &Path, job: &Path, run: &Path, extra: &[&str]) -> String {
+    let path = render_on_3_nodes(dir, job, run, extra);
+    // The node list is Slurm's compressed form; the workers expand it and the first
+    // host runs the coordinator.
+    let script = std::fs::read_to_string(&path).unwrap();
+    assert!(script.contains("#SBATCH --ntasks-per-node=2"), "{script}");
     let out = netns(&["slurm", path.to_str().unwrap()]);
     let text = format!(
         "{}{}",
@@ -168,6 +176,35 @@ fn slurm_across_hosts(dir: &Path, job: &Path, run: &Path, extra: &[&str]) -> Str
     );
     assert!(out.status.success(), "the Slurm script failed:\n{text}");
     text
+}
+
+/// Starts `job` as 6 workers on 3 hosts (`extra` adds options) in the background
+/// and, once `run` holds `steps` step lines, takes host 2's link down. Returns the
+/// running script and when the link went.
+fn lose_host_2_while_training(
+    dir: &Path,
+    job: &Path,
+    run: &Path,
+    extra: &[&str],
+    steps: usize,
+) -> (Child, Instant) {
+    let path = render_on_3_nodes(dir, job, run, &[&["--workers", "6"], extra].concat());
+    let child = Command::new("bash")
+        .arg(netns_script())
+        .args(["slurm", path.to_str().unwrap()])
+        .env("DLC_NETNS_PREFIX", PREFIX)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_step_lines(run, steps, Duration::from_secs(60));
+    let lost = Instant::now();
+    let down = Command::new("ip")
+        .args(["link", "set", "dlct-h2-v", "down"])
+        .status()
+        .unwrap();
+    assert!(down.success());
+    (child, lost)
 }
 
 #[test]
@@ -347,36 +384,7 @@ fn a_lost_host_is_named_by_every_other_rank_within_the_liveness_bound() {
             .replace("log_every = 10", "log_every = 2"),
     );
     let run = dir.path().join("run");
-    let script = ok(&[
-        "launch",
-        "--manager",
-        "slurm",
-        "--nodes",
-        "3",
-        "--workers",
-        "6",
-        "--dry-run",
-        job.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-    ]);
-    let path = dir.path().join("job.sbatch");
-    std::fs::write(&path, &script).unwrap();
-    let child = Command::new("bash")
-        .arg(netns_script())
-        .args(["slurm", path.to_str().unwrap()])
-        .env("DLC_NETNS_PREFIX", PREFIX)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_step_lines(&run, 2, Duration::from_secs(60));
-    let lost = Instant::now();
-    let down = Command::new("ip")
-        .args(["link", "set", "dlct-h2-v", "down"])
-        .status()
-        .unwrap();
-    assert!(down.success());
+    let (child, lost) = lose_host_2_while_training(dir.path(), &job, &run, &[], 2);
     let out = child.wait_with_output().unwrap();
     let took = lost.elapsed();
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -429,40 +437,13 @@ fn an_elastic_slurm_job_continues_on_the_hosts_left_after_losing_one() {
     let job = job(dir.path(), "elastic.toml", &text);
     let one = one_worker_run(dir.path(), &job);
     let run = dir.path().join("run");
-    let script = ok(&[
-        "launch",
-        "--manager",
-        "slurm",
-        "--nodes",
-        "3",
-        "--workers",
-        "6",
-        "--max-restarts",
-        "1",
-        "--min-workers",
-        "2",
-        "--dry-run",
-        job.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-    ]);
-    let path = dir.path().join("job.sbatch");
-    std::fs::write(&path, &script).unwrap();
-    let child = Command::new("bash")
-        .arg(netns_script())
-        .args(["slurm", path.to_str().unwrap()])
-        .env("DLC_NETNS_PREFIX", PREFIX)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_step_lines(&run, 3, Duration::from_secs(60));
-    let down = Command::new("ip")
-        .args(["link", "set", "dlct-h2-v", "down"])
-        .status()
-        .unwrap();
-    assert!(down.success());
-    let lost = Instant::now();
+    let (child, lost) = lose_host_2_while_training(
+        dir.path(),
+        &job,
+        &run,
+        &["--max-restarts", "1", "--min-workers", "2"],
+        3,
+    );
     // Training again: the restarted rank 0's restart line.
     while metrics_lines(&run, "restart").is_empty() && lost.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(20));

@@ -221,12 +221,17 @@ pub fn one_worker_run(dir: &Path, job: &Path) -> PathBuf {
     one
 }
 
+/// The largest difference between the final weights of two runs.
+pub fn model_diff(a: &Path, b: &Path) -> f32 {
+    max_abs_diff(
+        &weights(&a.join("model.safetensors")),
+        &weights(&b.join("model.safetensors")),
+    )
+}
+
 /// Asserts that two runs ended with the same weights (max |Δw| < 1e-4).
 pub fn assert_same_weights(one: &Path, two: &Path, label: &str) {
-    let diff = max_abs_diff(
-        &weights(&one.join("model.safetensors")),
-        &weights(&two.join("model.safetensors")),
-    );
+    let diff = model_diff(one, two);
     assert!(
         diff < 1e-4,
         "{label} vs one worker: max abs difference {diff}"
