@@ -3,7 +3,8 @@
 # host) at several link rates, beside the planner's ring term for the same topology.
 #
 #   scripts/netns-scaling.sh [--hosts 4] [--rates 200mbit,1gbit] [--sizes 64KiB,1MiB,8MiB]
-#                            [--rounds 2] [--dlc target/release/dlc]
+#                            [--rounds 2] [--compression none|bf16|fp16]
+#                            [--dlc target/release/dlc]
 #
 # Prints one line per rate × hosts × size: the mean of the rounds' medians (and their
 # spread), bus bandwidth (algbw × 2(n−1)/n), and the time `dlc plan` models for that
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-hosts=4 rates=200mbit,1gbit sizes=64KiB,1MiB,8MiB rounds=2
+hosts=4 rates=200mbit,1gbit sizes=64KiB,1MiB,8MiB rounds=2 compression=none
 dlc="$here/../target/release/dlc"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -25,8 +26,9 @@ while [ $# -gt 0 ]; do
     --rates) rates="$2"; shift 2 ;;
     --sizes) sizes="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
+    --compression) compression="$2"; shift 2 ;;
     --dlc) dlc="$2"; shift 2 ;;
-    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "netns-scaling: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -44,11 +46,12 @@ for ((round = 1; round <= rounds; round++)); do
     for rate in ${rates//,/ }; do
         "$cluster" up "$hosts" --rate "$rate" >/dev/null
         for ((n = 2; n <= hosts; n++)); do
-            printf '#!/bin/bash\n#SBATCH --nodes=%d\n#SBATCH --ntasks=%d\nexport DLC_JOB_TOKEN=%s\nsrun --ntasks=%d %q bench allreduce --worker --sizes %s --iters 6 --timeout 120\n' \
-                "$n" "$n" "$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" "$n" "$dlc" "$sizes" >"$work/b.sh"
+            printf '#!/bin/bash\n#SBATCH --nodes=%d\n#SBATCH --ntasks=%d\nexport DLC_JOB_TOKEN=%s\nsrun --ntasks=%d %q bench allreduce --worker --sizes %s --compression %s --iters 6 --timeout 120\n' \
+                "$n" "$n" "$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" "$n" "$dlc" "$sizes" "$compression" >"$work/b.sh"
             line=$("$cluster" slurm "$work/b.sh" | grep '"event":"summary"') ||
                 { echo "netns-scaling: the benchmark failed on $n hosts at $rate" >&2; exit 1; }
-            echo "$line" | tr -d '[]{}"' | sed 's/event:summary,medians://' | tr ',' '\n' | paste - - |
+            echo "$line" | python3 -c 'import json, sys
+for b, t in json.loads(sys.stdin.read())["medians"]: print(b, t)' |
                 while read -r bytes secs; do echo "$rate $n $round $bytes $secs"; done >>"$work/raw"
             echo "netns-scaling: round $round, $rate, $n hosts done" >&2
         done

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dlc_comm::{CommConfig, Communicator, ReduceOp};
+use dlc_comm::{CommConfig, Communicator, Compression, ReduceOp};
 use serde::{Deserialize, Serialize};
 
 /// One line of results.
@@ -36,6 +36,10 @@ pub struct Row {
     /// What carried rank 0's links: `shm`, `tcp`, or `shm+tcp` (some of each).
     #[serde(default)]
     pub transport: String,
+    /// How the f32 buffer travelled: `none` (f32), `bf16` or `fp16` (bytes above are
+    /// the f32 buffer's, so bandwidths count what the caller reduces).
+    #[serde(default)]
+    pub compression: String,
 }
 
 /// Why a benchmark failed.
@@ -86,6 +90,7 @@ pub fn rows(
     iters: usize,
     socket_buffer: Option<usize>,
     transport: &str,
+    compression: Compression,
 ) -> Result<Vec<Row>, BenchError> {
     let mut rows = Vec::new();
     for &(bytes, t) in medians {
@@ -106,6 +111,7 @@ pub fn rows(
             memcpy_gbps: memcpy,
             tcp_gbps: tcp,
             transport: transport.to_string(),
+            compression: compression.to_string(),
         });
     }
     Ok(rows)
@@ -139,9 +145,15 @@ pub fn link_kinds(comm: &Communicator) -> String {
     }
 }
 
-/// One benchmark process (started by a launcher): joins, times every size and
-/// returns the medians (rank 0's are the ones reported).
-pub fn worker(cfg: CommConfig, sizes: &[usize], iters: usize) -> Result<Timings, BenchError> {
+/// One benchmark process (started by a launcher): joins, times every size (f32
+/// buffers travelling as `compression`) and returns the medians (rank 0's are the
+/// ones reported).
+pub fn worker(
+    cfg: CommConfig,
+    sizes: &[usize],
+    iters: usize,
+    compression: Compression,
+) -> Result<Timings, BenchError> {
     let (rank, ranks) = (cfg.rank, cfg.world);
     let mut comm = Communicator::connect(cfg)?;
     let mut ips: Vec<String> = comm
@@ -162,16 +174,17 @@ pub fn worker(cfg: CommConfig, sizes: &[usize], iters: usize) -> Result<Timings,
         let mut buf = vec![1.0f32; bytes / 4];
         let n = iterations(bytes, iters);
         for _ in 0..3.min(n) {
-            comm.all_reduce(&mut buf, ReduceOp::Sum)?;
+            comm.all_reduce_compressed(&mut buf, ReduceOp::Sum, compression)?;
         }
         let mut times = Vec::with_capacity(n);
-        // Each rank contributes rank+1 everywhere: the sum n(n+1)/2 is exact in f32.
+        // Each rank contributes rank+1 everywhere: the sum n(n+1)/2 is exact in f32
+        // (and in bf16 and fp16 up to 22 ranks).
         let fill = (rank + 1) as f32;
         for _ in 0..n {
             buf.iter_mut().for_each(|x| *x = fill);
             comm.barrier()?;
             let t0 = Instant::now();
-            comm.all_reduce(&mut buf, ReduceOp::Sum)?;
+            comm.all_reduce_compressed(&mut buf, ReduceOp::Sum, compression)?;
             times.push(t0.elapsed().as_secs_f64());
         }
         let want = (ranks * (ranks + 1) / 2) as f32;

@@ -84,6 +84,8 @@ fn describe(h: &[u8; HEADER]) -> String {
     let dtype = match h[5] {
         1 => "f32",
         2 => "f64",
+        3 => "bf16",
+        4 => "f16",
         _ => "?",
     };
     let root = u16::from_le_bytes([h[6], h[7]]);

@@ -79,6 +79,8 @@ pub struct Communicator {
     pub(crate) p2p_send_seq: Vec<u64>,
     pub(crate) p2p_recv_seq: Vec<u64>,
     pub(crate) scratch: Vec<u64>,
+    /// Half-precision copies of compressed all-reduces, kept between calls.
+    pub(crate) wire: Vec<u16>,
     listen_addr: std::net::SocketAddr,
     /// Every rank's listening address as the coordinator handed it out.
     peer_addrs: Vec<String>,
@@ -202,6 +204,7 @@ impl Communicator {
             p2p_send_seq: vec![0; world],
             p2p_recv_seq: vec![0; world],
             scratch: vec![0u64; (1 << 20) / 8],
+            wire: Vec::new(),
             listen_addr: addr,
             peer_addrs: peers,
             ended: false,

@@ -10,7 +10,8 @@
 //!   between ranks on the same host ([`Transport`]).
 //! * [`Communicator`]: the collectives on flat buffers — `all_reduce` (ring, pipelined;
 //!   direct exchange for small messages), `broadcast`, `all_gather`, `reduce_scatter`,
-//!   `barrier`. Knows nothing of models or tensors.
+//!   `barrier`; `all_reduce_compressed` sends f32 buffers as bf16 or fp16
+//!   ([`Compression`]). Knows nothing of models or tensors.
 //!
 //! Every blocking wait has a deadline ([`CommConfig::timeout`], extended while a rank
 //! announced long work: [`Communicator::busy`]); a peer that dies, stops or stalls
@@ -19,6 +20,7 @@
 pub mod auth;
 mod collectives;
 mod communicator;
+mod compress;
 mod element;
 mod error;
 pub mod frame;
@@ -28,6 +30,7 @@ pub mod rendezvous;
 pub mod transport;
 
 pub use communicator::{CommConfig, Communicator, ReduceOp};
+pub use compress::Compression;
 pub use element::Element;
 pub use error::CommError;
 pub use link::Transport;

@@ -675,3 +675,72 @@ fn a_rank_that_fails_after_long_local_work_still_reports_its_reason() {
     let e = out[0].as_ref().unwrap();
     assert!(e.contains("rank 1 failed: the loss diverged"), "{e}");
 }
+
+#[test]
+fn compressed_all_reduce_is_close_identical_on_every_rank_and_halves_agree_on_the_wire() {
+    use dlc_comm::Compression;
+    // 3 ranks: the ring forwards partial sums twice (two roundings); 1 << 18 takes
+    // the ring and wraps a shared-memory ring, 4096 the direct path.
+    for transport in [Transport::Auto, Transport::Tcp] {
+        for compression in [Compression::Bf16, Compression::Fp16] {
+            let lens = [0usize, 5, 4096, 1 << 18];
+            let out = ranks_over(transport, 3, Duration::from_secs(20), move |c| {
+                lens.iter()
+                    .map(|&len| {
+                        let mut buf = input(c.rank(), len);
+                        c.all_reduce_compressed(&mut buf, ReduceOp::Sum, compression)
+                            .unwrap();
+                        buf
+                    })
+                    .collect::<Vec<_>>()
+            });
+            // bf16 keeps 8 significant bits, fp16 11; three roundings at most.
+            let rel = match compression {
+                Compression::Bf16 => 3.0 * 2f64.powi(-8),
+                _ => 3.0 * 2f64.powi(-11),
+            };
+            for (li, &len) in lens.iter().enumerate() {
+                let want = expected(3, len);
+                let mut inexact = 0;
+                for (i, (g, w)) in out[0][li].iter().zip(&want).enumerate() {
+                    let err = (*g as f64 - w).abs();
+                    assert!(
+                        err <= rel * (1.0 + w.abs()),
+                        "{compression} over {transport:?}, element {i}: got {g}, want {w}"
+                    );
+                    inexact += usize::from(err > 0.0);
+                }
+                // Compression really happened: inputs k/7 are not representable.
+                assert!(
+                    len < 100 || inexact > len / 2,
+                    "{compression}: {inexact} of {len}"
+                );
+                for r in 1..3 {
+                    assert!(
+                        out[r][li]
+                            .iter()
+                            .zip(&out[0][li])
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{compression}: rank {r} differs from rank 0 (len {len})"
+                    );
+                }
+            }
+        }
+    }
+    // A rank that compresses while its peer does not: both learn it, naming both calls.
+    let out = ranks(2, Duration::from_secs(5), |c| {
+        let mut buf = vec![1.0f32; 10];
+        let compression = if c.rank() == 0 {
+            Compression::Bf16
+        } else {
+            Compression::None
+        };
+        c.named("gradients")
+            .all_reduce_compressed(&mut buf, ReduceOp::Sum, compression)
+            .map_err(|e| e.to_string())
+    });
+    for r in out {
+        let e = r.unwrap_err();
+        assert!(e.contains("[bf16; 10]") && e.contains("[f32; 10]"), "{e}");
+    }
+}

@@ -169,7 +169,9 @@ fn measure(job: &JobSpec, steps: usize, threads: usize) -> Result<Profile> {
         cpu_model: dlc_train::device::cpu_info().model,
         threads,
         params,
-        grad_bytes: params * 4,
+        // Gradients as they travel: f32, or half of it with bf16/fp16 compression.
+        grad_bytes: params
+            * dlc_train::worker::wire_compression(job.distributed.compression).wire_bytes(),
         flops_per_sample: flops,
         samples_per_sec: s.samples_per_sec,
         seconds_per_sample: 1.0 / s.samples_per_sec,
@@ -383,7 +385,8 @@ fn validate(a: &PlanArgs, job: &JobSpec) -> Result<()> {
     let steps = 30;
     let p = measure(job, steps, 1)?;
     let exe = std::env::current_exe()?;
-    let bytes = (p.grad_bytes + 4).div_ceil(4) * 4;
+    // The f32 buffer a step all-reduces (gradients and the loss), sent as the job says.
+    let bytes = (p.params + 3) * 4;
     let rows = crate::bench::allreduce_rows(
         2,
         &[bytes],
@@ -391,6 +394,7 @@ fn validate(a: &PlanArgs, job: &JobSpec) -> Result<()> {
         Duration::from_secs(60),
         dlc_comm::transport::SOCKET_BUFFER,
         dlc_comm::Transport::Auto,
+        dlc_train::worker::wire_compression(job.distributed.compression),
     )
     .context("measuring the all-reduce")?;
     let comm = rows[0].median_s;

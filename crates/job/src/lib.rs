@@ -11,9 +11,9 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use spec::{
-    parse_duration, CheckpointEvery, ColumnSpec, CommandSpec, DataFormat, DataSpec, DeviceSpec,
-    DistributedSpec, Framework, LayerSpec, LrSchedule, Manager, ModelSpec, OptimizerKind, Padding,
-    Preset, PsMode, ResourcesSpec, Strategy, Task, TrainSpec, Transport,
+    parse_duration, CheckpointEvery, ColumnSpec, CommandSpec, Compression, DataFormat, DataSpec,
+    DeviceSpec, DistributedSpec, Framework, LayerSpec, LrSchedule, Manager, ModelSpec,
+    OptimizerKind, Padding, Preset, PsMode, ResourcesSpec, Strategy, Task, TrainSpec, Transport,
 };
 
 /// Why a job file was rejected.

@@ -751,6 +751,25 @@ impl Transport {
     }
 }
 
+/// How gradients travel between ring workers (`[distributed] compression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// f32: workers end with the exact sum (the same weights as one worker).
+    #[default]
+    None,
+    /// bf16 on the wire (half the bytes; sums formed in f32, rounded between hops).
+    Bf16,
+    /// fp16 on the wire (3 more bits than bf16; gradients above 65504 overflow).
+    Fp16,
+}
+
+impl Compression {
+    fn is_none(&self) -> bool {
+        *self == Compression::None
+    }
+}
+
 /// Parameter-server consistency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -799,6 +818,10 @@ pub struct DistributedSpec {
     /// TCP between hosts) or `tcp`.
     #[serde(skip_serializing_if = "Transport::is_auto")]
     pub transport: Transport,
+    /// Gradients on the wire (ring only): `none` (f32, exact), `bf16` or `fp16`
+    /// (half the bytes, rounded).
+    #[serde(skip_serializing_if = "Compression::is_none")]
+    pub compression: Compression,
 }
 
 impl DistributedSpec {
@@ -835,6 +858,7 @@ impl Default for DistributedSpec {
             max_restarts: 0,
             min_workers: None,
             transport: Transport::Auto,
+            compression: Compression::None,
         }
     }
 }

@@ -465,3 +465,32 @@ fn the_link_transport_is_auto_or_tcp() {
         .to_string();
     assert!(e.contains("transport") && e.contains("tcp"), "{e}");
 }
+
+#[test]
+fn gradient_compression_is_none_bf16_or_fp16_and_ring_only() {
+    let d = format!("{GOOD}[distributed]\nworkers = 2\n");
+    let job = JobSpec::from_toml_str(&d, "t.toml").unwrap();
+    assert_eq!(job.distributed.compression, crate::Compression::None);
+    assert!(
+        !job.to_toml().contains("compression"),
+        "default not written"
+    );
+    let job = JobSpec::from_toml_str(&format!("{d}compression = \"bf16\"\n"), "t.toml").unwrap();
+    assert_eq!(job.distributed.compression, crate::Compression::Bf16);
+    let again = JobSpec::from_toml_str(&job.to_toml(), "t.toml").unwrap();
+    assert_eq!(again.distributed.compression, crate::Compression::Bf16);
+    let e = JobSpec::from_toml_str(&format!("{d}compression = \"int8\"\n"), "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("compression") && e.contains("bf16"), "{e}");
+    let e = JobSpec::from_toml_str(
+        &format!("{d}compression = \"fp16\"\nstrategy = \"ps\"\n"),
+        "t.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("distributed.compression") && e.contains("ring"),
+        "{e}"
+    );
+}

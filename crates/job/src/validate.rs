@@ -494,6 +494,12 @@ pub(crate) fn check_distributed(d: &crate::DistributedSpec, batch: usize) -> Res
     if d.ps_servers == 0 {
         bad("distributed.ps_servers", "must be at least 1")?;
     }
+    if d.strategy == crate::Strategy::Ps && d.compression != crate::Compression::None {
+        bad(
+            "distributed.compression",
+            "works with strategy = \"ring\" only (parameter servers take f32 gradients)",
+        )?;
+    }
     if let Some(m) = d.min_workers {
         if m == 0 || m > d.workers {
             bad(

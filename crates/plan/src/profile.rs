@@ -15,7 +15,8 @@ pub struct Profile {
     pub threads: usize,
     /// Trainable parameters.
     pub params: usize,
-    /// Bytes of gradients exchanged per step (f32).
+    /// Bytes of gradients exchanged per step as they travel: 4 per parameter (f32), 2
+    /// with `[distributed] compression` bf16 or fp16.
     pub grad_bytes: usize,
     /// Training FLOPs per sample: forward from the layer list, ×3 for forward+backward.
     pub flops_per_sample: f64,

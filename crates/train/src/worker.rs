@@ -75,7 +75,7 @@ pub fn run(job: &JobSpec, opts: &TrainOptions, id: &Identity) -> Result<Outcome,
         Strategy::Ring => Ok(Outcome::Worker(Box::new(train_distributed(
             job,
             opts,
-            GradSync::Ring(comm),
+            GradSync::Ring(comm, wire_compression(d.compression)),
         )?))),
         Strategy::Ps if id.rank < d.workers => {
             let sync = GradSync::Ps {
@@ -110,5 +110,14 @@ pub fn run(job: &JobSpec, opts: &TrainOptions, id: &Identity) -> Result<Outcome,
                 }
             }
         }
+    }
+}
+
+/// The collectives' form of `[distributed] compression`.
+pub fn wire_compression(c: dlc_job::Compression) -> dlc_comm::Compression {
+    match c {
+        dlc_job::Compression::None => dlc_comm::Compression::None,
+        dlc_job::Compression::Bf16 => dlc_comm::Compression::Bf16,
+        dlc_job::Compression::Fp16 => dlc_comm::Compression::Fp16,
     }
 }

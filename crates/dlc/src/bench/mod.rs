@@ -98,6 +98,11 @@ pub struct AllreduceArgs {
     /// between hosts; what training uses), `tcp` (TCP everywhere) or `shm`.
     #[arg(long, default_value = "auto")]
     transport: dlc_comm::Transport,
+    /// How the f32 buffers travel: `none` (f32), `bf16` or `fp16` (half the bytes;
+    /// what `[distributed] compression` does to gradients). Sizes and bandwidths
+    /// count the f32 buffer.
+    #[arg(long, default_value = "none")]
+    compression: dlc_comm::Compression,
     /// Write the fitted ring model (bandwidth, latency per hop) to this file, for
     /// `dlc plan --comm-profile` (with --worker: rank 0 writes it).
     #[arg(long, value_name = "FILE")]
@@ -202,6 +207,9 @@ fn allreduce_cmd(a: AllreduceArgs) -> Result<()> {
     if a.sizes.iter().any(|&s| !s.is_multiple_of(4)) {
         bail!("sizes must be multiples of 4 bytes (f32 elements)");
     }
+    if a.save.is_some() && a.compression != dlc_comm::Compression::None {
+        bail!("--save records the f32 all-reduce the planner models: leave out --compression");
+    }
     if a.link.is_some() && a.save.is_none() {
         bail!("--link is recorded in the profile that --save writes: give --save FILE too");
     }
@@ -215,6 +223,7 @@ fn allreduce_cmd(a: AllreduceArgs) -> Result<()> {
         Duration::from_secs(a.timeout),
         a.buffer(),
         a.transport,
+        a.compression,
     )?;
     if let Some(path) = &a.save {
         let medians: Vec<(usize, f64)> = rows.iter().map(|r| (r.bytes, r.median_s)).collect();
@@ -240,6 +249,7 @@ pub(crate) fn allreduce_rows(
     timeout: Duration,
     socket_buffer: Option<usize>,
     transport: dlc_comm::Transport,
+    compression: dlc_comm::Compression,
 ) -> Result<Vec<Row>> {
     let exe = std::env::current_exe().context("locating the dlc binary")?;
     let size_arg = sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -259,6 +269,8 @@ pub(crate) fn allreduce_rows(
             socket_buffer.map_or("auto".into(), |b| b.to_string()),
             "--transport".into(),
             transport.to_string(),
+            "--compression".into(),
+            compression.to_string(),
         ],
         world: ranks,
         workers: ranks,
@@ -292,6 +304,7 @@ pub(crate) fn allreduce_rows(
         iters,
         socket_buffer,
         &used,
+        compression,
     )?)
 }
 
@@ -345,7 +358,7 @@ fn bench_worker(a: &AllreduceArgs) -> Result<()> {
     cfg.join_timeout = cfg.timeout;
     cfg.socket_buffer = a.buffer();
     cfg.transport = a.transport;
-    let t = allreduce::worker(cfg, &a.sizes, a.iters.max(1))?;
+    let t = allreduce::worker(cfg, &a.sizes, a.iters.max(1), a.compression)?;
     if let Some(c) = coordinator {
         c.shutdown(timeout);
     }
@@ -362,8 +375,12 @@ fn bench_worker(a: &AllreduceArgs) -> Result<()> {
 }
 
 fn print_table(rows: &[Row]) {
+    let wire = match rows.first().map_or("none", |r| r.compression.as_str()) {
+        "none" | "" => "f32".to_string(),
+        c => format!("f32 sent as {c}"),
+    };
     println!(
-        "all-reduce, {} ranks over {} (f32, sum); GB/s = 1e9 bytes/s; busbw = algbw x 2(n-1)/n",
+        "all-reduce, {} ranks over {} ({wire}, sum); GB/s = 1e9 bytes/s; busbw = algbw x 2(n-1)/n",
         rows.first().map_or(0, |r| r.ranks),
         rows.first().map_or("?", |r| r.transport.as_str())
     );

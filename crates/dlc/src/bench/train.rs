@@ -18,6 +18,10 @@ pub struct TrainArgs {
     /// Workers per run (job-wide samples/s; threads are per worker).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Gradients on the wire between workers: `none`, `bf16` or `fp16`
+    /// [default: the job's `[distributed] compression`].
+    #[arg(long, value_parser = ["none", "bf16", "fp16"])]
+    compression: Option<String>,
     /// Measured steps per run, after the skipped ones.
     #[arg(long, default_value_t = 100)]
     steps: usize,
@@ -57,6 +61,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
     // One step line per step; no checkpoints; enough epochs for every step.
     job.train.log_every = 1;
     job.train.checkpoint_every = None;
+    match a.compression.as_deref() {
+        Some("bf16") => job.distributed.compression = dlc_job::Compression::Bf16,
+        Some("fp16") => job.distributed.compression = dlc_job::Compression::Fp16,
+        Some(_) => job.distributed.compression = dlc_job::Compression::None,
+        None => {}
+    }
     let dir = tempfile::tempdir().context("creating a scratch directory")?;
     let job_file = dir.path().join("job.toml");
     std::fs::write(&job_file, job.to_toml()).context("writing the benchmark's job file")?;

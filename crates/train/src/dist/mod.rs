@@ -4,7 +4,8 @@
 //! * [`GradSync::Local`]: one worker, the optimizer steps on its own gradients.
 //! * [`GradSync::Ring`]: gradients are flattened (fixed, rank-independent order),
 //!   weighted by `local samples / global batch`, summed with ring all-reduce and
-//!   written back; every worker applies the same optimizer step.
+//!   written back; every worker applies the same optimizer step. With
+//!   `[distributed] compression` the gradients travel as bf16 or fp16.
 //! * [`GradSync::Ps`]: workers push weighted gradient shards to parameter servers,
 //!   which run the optimizer ([`ps::serve`]), and pull fresh parameters back.
 //!
@@ -16,7 +17,7 @@ pub mod ps;
 
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
-use dlc_comm::{CommError, Communicator, ReduceOp};
+use dlc_comm::{CommError, Communicator, Compression, ReduceOp};
 use dlc_job::PsMode;
 use dlc_model::Net;
 
@@ -29,8 +30,9 @@ use crate::TrainError;
 pub enum GradSync {
     /// Single worker.
     Local,
-    /// Ring all-reduce among `comm.world()` workers.
-    Ring(Communicator),
+    /// Ring all-reduce among `comm.world()` workers, gradients on the wire as
+    /// `Compression` says.
+    Ring(Communicator, Compression),
     /// Parameter servers: ranks `workers..workers + servers` of `comm`.
     Ps {
         /// Links to every rank.
@@ -86,7 +88,7 @@ impl GradSync {
     pub fn workers(&self) -> usize {
         match self {
             GradSync::Local => 1,
-            GradSync::Ring(c) => c.world(),
+            GradSync::Ring(c, _) => c.world(),
             GradSync::Ps { workers, .. } => *workers,
         }
     }
@@ -95,7 +97,7 @@ impl GradSync {
     pub fn peer_addrs(&self) -> &[String] {
         match self {
             GradSync::Local => &[],
-            GradSync::Ring(c) | GradSync::Ps { comm: c, .. } => c.peer_addrs(),
+            GradSync::Ring(c, _) | GradSync::Ps { comm: c, .. } => c.peer_addrs(),
         }
     }
 
@@ -103,7 +105,12 @@ impl GradSync {
     pub fn describe(&self) -> String {
         match self {
             GradSync::Local => "1 worker".into(),
-            GradSync::Ring(c) => format!("{} workers, ring all-reduce", c.world()),
+            GradSync::Ring(c, Compression::None) => {
+                format!("{} workers, ring all-reduce", c.world())
+            }
+            GradSync::Ring(c, z) => {
+                format!("{} workers, ring all-reduce, {z} gradients", c.world())
+            }
             GradSync::Ps {
                 workers,
                 servers,
@@ -117,7 +124,7 @@ impl GradSync {
     /// after a step every worker agrees on); else why not.
     pub fn checkpoints(&self) -> Result<(), String> {
         match self {
-            GradSync::Local | GradSync::Ring(_) => Ok(()),
+            GradSync::Local | GradSync::Ring(..) => Ok(()),
             GradSync::Ps {
                 mode: PsMode::Sync, ..
             } => Ok(()),
@@ -142,7 +149,7 @@ impl GradSync {
         device: &B::Device,
     ) -> Result<FlatState, TrainError> {
         match self {
-            GradSync::Local | GradSync::Ring(_) => optim.export(model, device),
+            GradSync::Local | GradSync::Ring(..) => optim.export(model, device),
             GradSync::Ps {
                 comm,
                 workers,
@@ -163,7 +170,7 @@ impl GradSync {
     pub fn rank(&self) -> usize {
         match self {
             GradSync::Local => 0,
-            GradSync::Ring(c) | GradSync::Ps { comm: c, .. } => c.rank(),
+            GradSync::Ring(c, _) | GradSync::Ps { comm: c, .. } => c.rank(),
         }
     }
 
@@ -182,14 +189,14 @@ impl GradSync {
     ) -> Result<(Net<B>, NetOptim<B>), TrainError> {
         // The workers' optimizer steps with ring and alone; servers' with ps.
         let optim = match (&*self, restored) {
-            (GradSync::Local | GradSync::Ring(_), Some(state)) => {
+            (GradSync::Local | GradSync::Ring(..), Some(state)) => {
                 optim.import(&model, state, device)?
             }
             _ => optim,
         };
         match self {
             GradSync::Local => Ok((model, optim)),
-            GradSync::Ring(comm) => {
+            GradSync::Ring(comm, _) => {
                 let mut all = flat::params_to_flat(&model, Which::All);
                 comm.named("parameters").broadcast(&mut all, 0)?;
                 Ok((flat::params_from_flat(model, &all, Which::All), optim))
@@ -262,19 +269,36 @@ impl GradSync {
                     comm_s: 0.0,
                 })
             }
-            GradSync::Ring(comm) => {
+            GradSync::Ring(comm, compression) => {
                 let mut v = flat_grads(&model, grads, weight);
                 // More sums ride along: the loss, and how many workers were asked to
                 // stop to requeue (SIGUSR1) and to end (SIGTERM, SIGINT).
                 let requeue = stop == Some(libc::SIGUSR1 as usize);
-                v.push(loss as f32 * weight);
-                v.push(f32::from(u8::from(requeue)));
-                v.push(f32::from(u8::from(stop.is_some() && !requeue)));
-                comm.named("gradients").all_reduce(&mut v, ReduceOp::Sum)?;
+                let mut extra = [
+                    loss as f32 * weight,
+                    f32::from(u8::from(requeue)),
+                    f32::from(u8::from(stop.is_some() && !requeue)),
+                ];
+                if *compression == Compression::None {
+                    v.extend_from_slice(&extra);
+                    comm.named("gradients").all_reduce(&mut v, ReduceOp::Sum)?;
+                    let tail = v.split_off(v.len() - extra.len());
+                    extra.copy_from_slice(&tail);
+                } else {
+                    // Compressed gradients; the loss and the stop counts stay exact
+                    // in a small f32 sum of their own.
+                    comm.named("gradients").all_reduce_compressed(
+                        &mut v,
+                        ReduceOp::Sum,
+                        *compression,
+                    )?;
+                    comm.named("loss and stops")
+                        .all_reduce(&mut extra, ReduceOp::Sum)?;
+                }
                 let comm_s = started.elapsed().as_secs_f64();
-                let (ending, requeueing) = (v.pop().unwrap_or(0.0), v.pop().unwrap_or(0.0));
+                let [global_loss, requeueing, ending] = extra;
                 let stop = agreed_stop(stop, requeueing, ending);
-                let global_loss = v.pop().unwrap_or(0.0) as f64;
+                let global_loss = global_loss as f64;
                 let g = flat::grads_from_flat(&model, v, device);
                 Ok(Stepped {
                     model: optim.step(lr, model, g),
@@ -343,7 +367,7 @@ impl GradSync {
     /// over workers, so every replica — and the saved model — reflects all data.
     pub fn sync_buffers<B: AutodiffBackend>(&mut self, model: Net<B>) -> Result<Net<B>, CommError> {
         match self {
-            GradSync::Ring(comm) => {
+            GradSync::Ring(comm, _) => {
                 let mut v = flat::params_to_flat(&model, Which::Buffers);
                 if v.is_empty() {
                     return Ok(model);
@@ -398,7 +422,7 @@ impl GradSync {
     pub fn busy<R>(&mut self, what: &str, work: impl FnOnce() -> R) -> R {
         match self {
             GradSync::Local => work(),
-            GradSync::Ring(c) | GradSync::Ps { comm: c, .. } => c.busy(what, work),
+            GradSync::Ring(c, _) | GradSync::Ps { comm: c, .. } => c.busy(what, work),
         }
     }
 
@@ -419,7 +443,7 @@ impl GradSync {
         }
         match self {
             GradSync::Local => Ok(()),
-            GradSync::Ring(c) | GradSync::Ps { comm: c, .. } => {
+            GradSync::Ring(c, _) | GradSync::Ps { comm: c, .. } => {
                 c.named("end of training").barrier()?;
                 c.leave();
                 Ok(())
@@ -432,7 +456,7 @@ impl GradSync {
     pub fn fail(&mut self, reason: &str) {
         match self {
             GradSync::Local => {}
-            GradSync::Ring(c) | GradSync::Ps { comm: c, .. } => c.fail(reason),
+            GradSync::Ring(c, _) | GradSync::Ps { comm: c, .. } => c.fail(reason),
         }
     }
 }
