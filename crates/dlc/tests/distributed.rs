@@ -83,6 +83,12 @@ fn n_workers_match_one_worker_with_the_same_global_batch() {
             assert_eq!(alone["comm_s"].as_f64(), Some(0.0), "1 worker: {alone}");
             let data_s = step["data_s"].as_f64().unwrap();
             assert!((0.0..60.0).contains(&data_s), "{label}: {step}");
+            // Workers on one host talk through shared memory (the world line says
+            // what carries rank 0's link to each rank).
+            let world = metrics_lines(&out, "world");
+            let links = &world.last().expect("a world line")["links"];
+            assert!(links[0].is_null(), "{label}: {links}");
+            assert_eq!(links[1], "shm", "{label}: {links}");
         }
     }
 }

@@ -289,6 +289,12 @@ fn a_slurm_script_across_three_hosts_trains_like_one_worker() {
     slurm_across_hosts(dir.path(), &job, &ring, &["--workers", "6"]);
     assert_same_weights(&one, &ring, "ring, 3 hosts x 2");
     assert_ranks_on_hosts(&ring, 6, 2);
+    // Hierarchical links: rank 0 reaches rank 1 (its host) through shared memory and
+    // rank 5 (host 2) over TCP; the ring above crossed both kinds.
+    let world = metrics_lines(&ring, "world");
+    let links = &world.last().unwrap()["links"];
+    assert_eq!(links[1], "shm", "{links}");
+    assert_eq!(links[5], "tcp", "{links}");
 
     // Parameter servers: 4 workers on hosts 0 and 1, the 2 servers on host 2.
     let ps = dir.path().join("ps");

@@ -7,9 +7,10 @@
 //! (`epoch` is 1-based: the number of epochs completed); a regression job has
 //! `test_rmse` and `test_mae` instead of `test_accuracy`.
 //!
-//! World lines: `{"kind":"world","workers","addrs"}` (a distributed job's start, and
-//! each restart: the address every rank listens on, in rank order, servers after
-//! workers).
+//! World lines: `{"kind":"world","workers","addrs","links"}` (a distributed job's
+//! start, and each restart: the address every rank listens on, in rank order, servers
+//! after workers; what carries rank 0's link to each rank: `"shm"`, `"tcp"`, or null
+//! for itself and ranks it has no link to).
 //! Restart lines: `{"kind":"restart","restart","reason","workers_before","workers_after","step","steps_lost"}`
 //! (written when a job continues after a failure, `--max-restarts`); stop lines:
 //! `{"kind":"stop","reason","step"}` (a signal stopped training after a checkpoint).
@@ -76,6 +77,8 @@ pub enum Record {
         workers: usize,
         /// The address each rank listens on for peer links, in rank order.
         addrs: Vec<String>,
+        /// What carries this rank's link to each rank (`shm`, `tcp`; null: none).
+        links: Vec<Option<&'static str>>,
     },
     /// The job was restarted after a failure and continues from a checkpoint.
     Restart {

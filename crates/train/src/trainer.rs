@@ -351,6 +351,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
             m.write(&Record::World {
                 workers,
                 addrs: sync.peer_addrs().to_vec(),
+                links: sync.links(),
             })?;
         }
         if let (Some(m), Some(r)) = (metrics.as_mut(), &opts.restart) {

@@ -101,6 +101,19 @@ impl GradSync {
         }
     }
 
+    /// What carries this rank's link to each rank (`shm`, `tcp`; `None` for itself
+    /// and ranks it has no link to); empty for one worker.
+    pub fn links(&self) -> Vec<Option<&'static str>> {
+        match self {
+            GradSync::Local => Vec::new(),
+            GradSync::Ring(c, _) | GradSync::Ps { comm: c, .. } => c
+                .transports()
+                .into_iter()
+                .map(|t| t.map(|t| t.name()))
+                .collect(),
+        }
+    }
+
     /// How the job combines gradients, for the start-of-training line.
     pub fn describe(&self) -> String {
         match self {
