@@ -39,9 +39,14 @@ pub struct LaunchArgs {
     /// Your command and its arguments (after `--`): every process runs it.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
-    /// Resource manager: local, slurm or kubernetes [default: [resources] manager, else local].
+    /// Resource manager: local, slurm, kubernetes or ray [default: [resources] manager,
+    /// else local].
     #[arg(long)]
     manager: Option<Manager>,
+    /// Ray: the cluster's address, HOST:6379 [default: [resources] address, else
+    /// RAY_ADDRESS, else the Ray head running on this machine].
+    #[arg(long)]
+    address: Option<String>,
     /// Machines [default: [resources] nodes, else 1].
     #[arg(long)]
     nodes: Option<usize>,
@@ -141,8 +146,9 @@ fn command_name(argv: &[String]) -> String {
         .map_or("command".into(), |s| s.to_string_lossy().into_owned())
 }
 
-/// Resolves the job file, `[resources]` and the command line into a launch.
-fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
+/// Resolves the job file, `[resources]` and the command line into a launch: the
+/// manager, where it submits to, and what.
+fn launch_spec(a: &LaunchArgs) -> Result<(Manager, dlc_launch::Target, LaunchSpec)> {
     let mut job: JobSpec = match (&a.job, a.command.is_empty()) {
         (Some(file), true) => RunArgs {
             job: file.clone(),
@@ -208,6 +214,9 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
     if a.port.is_some() {
         r.port = a.port;
     }
+    if a.address.is_some() {
+        r.address.clone_from(&a.address);
+    }
     if r.nodes == 0 || r.cpus_per_worker == 0 || r.workers_per_node == Some(0) {
         bail!("--nodes, --workers-per-node and --cpus-per-worker must be at least 1");
     }
@@ -237,7 +246,10 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
         (Some(dir), _) | (None, Some(dir)) => dir.clone(),
         (None, None) => dlc_train::trainer::default_run_dir(&job),
     };
-    let threads = (r.manager == Manager::Local).then_some(r.cpus_per_worker);
+    // Processes that get their CPUs from us (not from a scheduler's cgroup) are told
+    // how many tensor threads to use.
+    let own_threads = matches!(r.manager, Manager::Local | Manager::Ray);
+    let threads = own_threads.then_some(r.cpus_per_worker);
     let worker_args = a.run.process_flags(&job, threads);
     let (exe, image) = match r.manager {
         Manager::Kubernetes => (
@@ -289,7 +301,7 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
             "--join-timeout".into(),
             join_timeout.to_string(),
         ];
-        if r.manager == Manager::Local {
+        if own_threads {
             exec_args.extend(["--threads".into(), r.cpus_per_worker.to_string()]);
         }
         if r.gpus_per_worker > 0 {
@@ -365,28 +377,48 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, LaunchSpec)> {
         min_workers: d.min_workers,
     };
     if r.manager == Manager::Local && r.nodes > 1 {
-        bail!("the local manager runs on this machine only; use --manager slurm or kubernetes for {} nodes", r.nodes);
+        bail!("the local manager runs on this machine only; use --manager slurm, kubernetes or ray for {} nodes", r.nodes);
     }
-    if r.manager == Manager::Kubernetes && d.min_workers.is_some() {
-        bail!("--min-workers (elastic restarts) works with the local manager and Slurm; Kubernetes jobs do not restart yet");
+    if matches!(r.manager, Manager::Kubernetes | Manager::Ray) && d.min_workers.is_some() {
+        bail!(
+            "--min-workers (elastic restarts) works with the local manager and Slurm; {} jobs do not shrink yet{}",
+            r.manager,
+            if r.manager == Manager::Ray {
+                " (--max-restarts restarts every process; Ray places lost nodes' bundles on the nodes left)"
+            } else {
+                ""
+            }
+        );
     }
-    Ok((r.manager, spec))
+    if r.address.is_some() && r.manager != Manager::Ray {
+        bail!(
+            "--address ([resources] address) is the Ray cluster's; this job runs under {}",
+            r.manager
+        );
+    }
+    let target = dlc_launch::Target {
+        namespace: Some(spec.namespace.clone()),
+        address: r.address.clone(),
+        quiet: a.run.quiet,
+    };
+    Ok((r.manager, target, spec))
 }
 
 /// `dlc launch`.
 pub fn launch(a: LaunchArgs) -> Result<()> {
-    let (kind, spec) = launch_spec(&a)?;
-    let rm = dlc_launch::manager(kind, Some(spec.namespace.clone()), a.run.quiet);
+    let (kind, target, spec) = launch_spec(&a)?;
+    let rm = dlc_launch::manager(kind, target);
     if a.dry_run {
         print!("{}", rm.render(&spec)?);
         return Ok(());
     }
-    if kind == Manager::Local {
+    if rm.foreground() {
         if spec.command.is_some() {
             std::fs::create_dir_all(&spec.out)
                 .with_context(|| format!("creating the run directory {}", spec.out.display()))?;
         }
-        rm.submit(&spec).context("local launch failed")?;
+        rm.submit(&spec)
+            .with_context(|| format!("{kind} launch failed"))?;
         print_result(&spec.out);
         return Ok(());
     }
@@ -531,10 +563,17 @@ fn resolve(j: &JobRef) -> Result<(Manager, Option<String>)> {
 
 fn manager_of(j: &JobRef) -> Result<Box<dyn ResourceManager>> {
     let (manager, namespace) = resolve(j)?;
-    if manager == Manager::Local {
-        bail!("local jobs run in the foreground of `dlc train`/`dlc launch`; status, logs and cancel are for slurm and kubernetes jobs");
+    let rm = dlc_launch::manager(
+        manager,
+        dlc_launch::Target {
+            namespace,
+            ..Default::default()
+        },
+    );
+    if rm.foreground() {
+        bail!("{manager} jobs run in the foreground of `dlc train`/`dlc launch`; status, logs and cancel are for slurm and kubernetes jobs");
     }
-    Ok(dlc_launch::manager(manager, namespace, false))
+    Ok(rm)
 }
 
 /// `dlc status`.

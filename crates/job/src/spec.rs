@@ -874,6 +874,8 @@ pub enum Manager {
     Slurm,
     /// Kubernetes Indexed Jobs.
     Kubernetes,
+    /// Actors in a placement group on a Ray cluster (driver in the foreground).
+    Ray,
 }
 
 impl std::fmt::Display for Manager {
@@ -882,6 +884,7 @@ impl std::fmt::Display for Manager {
             Manager::Local => "local",
             Manager::Slurm => "slurm",
             Manager::Kubernetes => "kubernetes",
+            Manager::Ray => "ray",
         })
     }
 }
@@ -893,8 +896,9 @@ impl std::str::FromStr for Manager {
             "local" => Ok(Manager::Local),
             "slurm" => Ok(Manager::Slurm),
             "kubernetes" | "k8s" => Ok(Manager::Kubernetes),
+            "ray" => Ok(Manager::Ray),
             _ => Err(format!(
-                "unknown resource manager `{s}` (use local, slurm or kubernetes)"
+                "unknown resource manager `{s}` (use local, slurm, kubernetes or ray)"
             )),
         }
     }
@@ -904,7 +908,7 @@ impl std::str::FromStr for Manager {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResourcesSpec {
-    /// `local`, `slurm` or `kubernetes`.
+    /// `local`, `slurm`, `kubernetes` or `ray`.
     pub manager: Manager,
     /// Machines.
     pub nodes: usize,
@@ -936,6 +940,10 @@ pub struct ResourcesSpec {
     /// Kubernetes: a directory on the nodes (hostPath) that keeps the run directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_host_path: Option<PathBuf>,
+    /// Ray: the cluster's address (`HOST:6379`) [default: RAY_ADDRESS, else the Ray
+    /// head running on this machine].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 impl Default for ResourcesSpec {
@@ -953,6 +961,7 @@ impl Default for ResourcesSpec {
             port: None,
             output_claim: None,
             output_host_path: None,
+            address: None,
         }
     }
 }

@@ -7,6 +7,8 @@
 //!   `DLC_*` variables, a coordinator in the launcher;
 //! * [`slurm`]: an sbatch script whose `srun` step starts every process;
 //! * [`kubernetes`]: Indexed Jobs, a headless Service, a Secret and a ConfigMap;
+//! * [`ray`]: actors in a placement group of a Ray cluster, started by a Python
+//!   driver (`python -m dlcluster.ray_launch`) in the foreground;
 //! * foreign launchers (`srun`, `mpirun`, `torchrun`): [`env`] reads their variables.
 //!
 //! A job may also be the user's own command (`dlc launch -- python train.py`): every
@@ -23,6 +25,7 @@ pub mod hostlist;
 pub mod kubernetes;
 pub mod local;
 mod manager;
+pub mod ray;
 pub mod record;
 pub mod slurm;
 pub mod spec;
@@ -48,15 +51,28 @@ pub fn die_with_parent() {
     }
 }
 
-/// The resource manager of `kind`; `namespace` is for Kubernetes, `quiet` for local jobs.
-pub fn manager(
-    kind: dlc_job::Manager,
-    namespace: Option<String>,
-    quiet: bool,
-) -> Box<dyn ResourceManager> {
+/// Where a manager submits to, beyond its kind.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// Kubernetes namespace.
+    pub namespace: Option<String>,
+    /// Ray cluster address.
+    pub address: Option<String>,
+    /// Foreground managers (local, Ray) relay no output.
+    pub quiet: bool,
+}
+
+/// The resource manager of `kind`, submitting to `target`.
+pub fn manager(kind: dlc_job::Manager, target: Target) -> Box<dyn ResourceManager> {
+    let Target {
+        namespace,
+        address,
+        quiet,
+    } = target;
     match kind {
         dlc_job::Manager::Local => Box::new(local::Local { quiet }),
         dlc_job::Manager::Slurm => Box::new(slurm::Slurm),
         dlc_job::Manager::Kubernetes => Box::new(kubernetes::Kubernetes { namespace }),
+        dlc_job::Manager::Ray => Box::new(ray::Ray { address, quiet }),
     }
 }

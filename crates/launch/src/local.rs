@@ -516,6 +516,10 @@ impl ResourceManager for Local {
         "local"
     }
 
+    fn foreground(&self) -> bool {
+        true
+    }
+
     fn render(&self, spec: &LaunchSpec) -> Result<String, ManagerError> {
         let job = self.job(spec);
         let mut s = format!(

@@ -69,8 +69,13 @@ pub struct JobStatus {
 /// Every manager starts the same command, `dlc worker JOB …`, once per process; the
 /// worker reads its rank from the manager's environment ([`crate::env`]).
 pub trait ResourceManager {
-    /// `local`, `slurm`, `kubernetes`.
+    /// `local`, `slurm`, `kubernetes`, `ray`.
     fn name(&self) -> &'static str;
+    /// [`ResourceManager::submit`] runs the whole job and returns when it has ended
+    /// (local processes, a Ray driver): there is nothing for status, logs or cancel.
+    fn foreground(&self) -> bool {
+        false
+    }
     /// What would be submitted (a batch script, manifests), for `--dry-run`.
     fn render(&self, spec: &LaunchSpec) -> Result<String, ManagerError>;
     /// Submits the job; returns the scheduler's job id.
