@@ -4,13 +4,14 @@
 # `mpirun … dlc worker` and a local test cluster: scripts/slurm-local.sh start) and
 # python3-venv (CI checks the Kubernetes manifests with pip's kubernetes-validate), and
 # iproute2 (`ss`, with which the fault-injection tests cut a running job's links; `ip`
-# and `tc`, with which scripts/netns-cluster.sh makes hosts out of network namespaces).
+# and `tc`, with which scripts/netns-cluster.sh makes hosts out of network namespaces),
+# and a Java runtime (Spark, for `dlc launch --manager spark`).
 # Uses sudo only when not root. Safe to run again: installs only what is missing.
 set -euo pipefail
 
 packages=(dataset-fashion-mnist fonts-dejavu-core)
 if [ "${1:-}" = "--launchers" ]; then
-  packages+=(openmpi-bin slurm-wlm munge python3-venv iproute2)
+  packages+=(openmpi-bin slurm-wlm munge python3-venv iproute2 openjdk-17-jre-headless)
 fi
 
 missing=()

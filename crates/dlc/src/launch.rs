@@ -39,13 +39,15 @@ pub struct LaunchArgs {
     /// Your command and its arguments (after `--`): every process runs it.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
-    /// Resource manager: local, slurm, kubernetes or ray [default: [resources] manager,
-    /// else local].
+    /// Resource manager: local, slurm, kubernetes, ray or spark [default: [resources]
+    /// manager, else local].
     #[arg(long)]
     manager: Option<Manager>,
     /// Ray: the cluster's address, HOST:6379 [default: [resources] address, else
-    /// RAY_ADDRESS, else the Ray head running on this machine].
-    #[arg(long)]
+    /// RAY_ADDRESS, else the Ray head running on this machine]. Spark (also
+    /// --master): the master URL [default: [resources] address, else MASTER, else
+    /// local[N]].
+    #[arg(long, alias = "master")]
     address: Option<String>,
     /// Machines [default: [resources] nodes, else 1].
     #[arg(long)]
@@ -248,7 +250,7 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, dlc_launch::Target, LaunchSpe
     };
     // Processes that get their CPUs from us (not from a scheduler's cgroup) are told
     // how many tensor threads to use.
-    let own_threads = matches!(r.manager, Manager::Local | Manager::Ray);
+    let own_threads = matches!(r.manager, Manager::Local | Manager::Ray | Manager::Spark);
     let threads = own_threads.then_some(r.cpus_per_worker);
     let worker_args = a.run.process_flags(&job, threads);
     let (exe, image) = match r.manager {
@@ -377,22 +379,23 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, dlc_launch::Target, LaunchSpe
         min_workers: d.min_workers,
     };
     if r.manager == Manager::Local && r.nodes > 1 {
-        bail!("the local manager runs on this machine only; use --manager slurm, kubernetes or ray for {} nodes", r.nodes);
+        bail!("the local manager runs on this machine only; use --manager slurm, kubernetes, ray or spark for {} nodes", r.nodes);
     }
-    if matches!(r.manager, Manager::Kubernetes | Manager::Ray) && d.min_workers.is_some() {
+    let engine = matches!(r.manager, Manager::Ray | Manager::Spark);
+    if (engine || r.manager == Manager::Kubernetes) && d.min_workers.is_some() {
         bail!(
             "--min-workers (elastic restarts) works with the local manager and Slurm; {} jobs do not shrink yet{}",
             r.manager,
-            if r.manager == Manager::Ray {
-                " (--max-restarts restarts every process; Ray places lost nodes' bundles on the nodes left)"
+            if engine {
+                " (--max-restarts restarts every process)"
             } else {
                 ""
             }
         );
     }
-    if r.address.is_some() && r.manager != Manager::Ray {
+    if r.address.is_some() && !engine {
         bail!(
-            "--address ([resources] address) is the Ray cluster's; this job runs under {}",
+            "--address/--master ([resources] address) names a Ray cluster or a Spark master; this job runs under {}",
             r.manager
         );
     }

@@ -10,10 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn python() -> String {
-    std::env::var("DLC_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -62,14 +58,7 @@ impl RayHead {
 
     /// `dlc launch --manager ray --address … ARGS`, with this repository's driver.
     fn launch(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut c = dlc();
-        c.env("PYTHONPATH", repo().join("python"))
-            .args(["launch", "--manager", "ray", "--address", &self.address])
-            .args(args);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.output().unwrap()
+        launch_on("ray", &self.address, args, env)
     }
 }
 
@@ -118,70 +107,9 @@ fn ray_trains_like_one_worker_names_a_killed_rank_and_restarts_from_a_checkpoint
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    // 30 steps, a checkpoint every 10 (checkpoints do not change the weights).
-    let text = equivalence_job().replace(
-        "drop_last = true",
-        "drop_last = true\ncheckpoint_every = \"10 steps\"",
-    );
-    let job_file = job(dir.path(), "m.toml", &text);
-    let one = one_worker_run(dir.path(), &job_file);
-    let job_arg = job_file.to_str().unwrap();
-
-    // Two workers as two actors of a placement group: the same weights as one worker.
-    let two = dir.path().join("two");
-    let started = Instant::now();
-    let o = head.launch(
-        &[job_arg, "--workers", "2", "--out", two.to_str().unwrap()],
-        &[],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    eprintln!("ray: 2 workers, 30 steps in {:?}", started.elapsed());
-    assert_same_weights(&one, &two, "ray, 2 workers");
-    let world = metrics_lines(&two, "world");
-    assert_eq!(world.last().unwrap()["links"][1], "shm", "{world:?}");
-
-    // Rank 1 killed at step 15: the job fails, naming it, and stops the other rank.
-    let failed = dir.path().join("failed");
-    let started = Instant::now();
-    let o = head.launch(
-        &[job_arg, "--workers", "2", "--out", failed.to_str().unwrap()],
-        &[("DLC_FAULT_KILL_AT_STEP", "1:15")],
-    );
-    let err = stderr(&o);
-    assert!(!o.status.success(), "{err}");
-    assert!(err.contains("rank 1 failed (killed by signal 9)"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "took {:?}",
-        started.elapsed()
-    );
-
-    // With --max-restarts 1 every process starts again from the step-10 checkpoint
-    // and the job ends as if nothing had happened.
-    let restarted = dir.path().join("restarted");
-    let o = head.launch(
-        &[
-            job_arg,
-            "--workers",
-            "2",
-            "--max-restarts",
-            "1",
-            "--out",
-            restarted.to_str().unwrap(),
-        ],
-        &[("DLC_FAULT_KILL_AT_STEP", "1:15")],
-    );
-    let err = stderr(&o);
-    assert!(o.status.success(), "{err}");
-    assert!(
-        err.contains("rank 1 failed (killed by signal 9); restarting every process"),
-        "{err}"
-    );
-    let restart = metrics_lines(&restarted, "restart");
-    assert_eq!(restart.len(), 1, "{restart:?}");
-    assert_eq!(restart[0]["step"], 10, "{restart:?}");
-    assert_same_weights(&one, &restarted, "ray, restarted after a kill");
+    // Two workers as two actors of a placement group; a killed rank; a restart of
+    // every process from the checkpoint.
+    let text = engine_trains_names_and_restarts("ray", &head.address, dir.path());
 
     // Rank 1's Ray actor killed mid-run (as when Ray loses it): the job fails, naming
     // rank 1, and rank 0 stops.
@@ -245,39 +173,6 @@ fn ray_trains_like_one_worker_names_a_killed_rank_and_restarts_from_a_checkpoint
 
     // Your own PyTorch script, two processes as Ray actors (DDP over gloo).
     if have(&python(), &["-c", "import torch"], "PyTorch (DLC_PYTHON)") {
-        let run = dir.path().join("torch");
-        let script = repo().join("examples/frameworks/torch_ddp.py");
-        let o = head.launch(
-            &[
-                "--workers",
-                "2",
-                "--out",
-                run.to_str().unwrap(),
-                "--",
-                &python(),
-                script.to_str().unwrap(),
-                "--limit",
-                "1280",
-                "--batch-size",
-                "64",
-                "--steps",
-                "10",
-                "--seed",
-                "5",
-            ],
-            &[],
-        );
-        assert!(o.status.success(), "{}", stderr(&o));
-        let same = Command::new(python())
-            .args([
-                "-c",
-                "import sys, torch\na, b = (torch.load(p) for p in sys.argv[1:])\n\
-                 assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), 'ranks differ'",
-            ])
-            .arg(run.join("weights-rank0.pt"))
-            .arg(run.join("weights-rank1.pt"))
-            .output()
-            .unwrap();
-        assert!(same.status.success(), "{}", stderr(&same));
+        torch_ddp_on("ray", &head.address, &dir.path().join("torch"));
     }
 }

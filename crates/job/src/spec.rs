@@ -876,6 +876,8 @@ pub enum Manager {
     Kubernetes,
     /// Actors in a placement group on a Ray cluster (driver in the foreground).
     Ray,
+    /// The tasks of one barrier stage on a Spark cluster (driver in the foreground).
+    Spark,
 }
 
 impl std::fmt::Display for Manager {
@@ -885,6 +887,7 @@ impl std::fmt::Display for Manager {
             Manager::Slurm => "slurm",
             Manager::Kubernetes => "kubernetes",
             Manager::Ray => "ray",
+            Manager::Spark => "spark",
         })
     }
 }
@@ -897,8 +900,9 @@ impl std::str::FromStr for Manager {
             "slurm" => Ok(Manager::Slurm),
             "kubernetes" | "k8s" => Ok(Manager::Kubernetes),
             "ray" => Ok(Manager::Ray),
+            "spark" => Ok(Manager::Spark),
             _ => Err(format!(
-                "unknown resource manager `{s}` (use local, slurm, kubernetes or ray)"
+                "unknown resource manager `{s}` (use local, slurm, kubernetes, ray or spark)"
             )),
         }
     }
@@ -908,7 +912,7 @@ impl std::str::FromStr for Manager {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResourcesSpec {
-    /// `local`, `slurm`, `kubernetes` or `ray`.
+    /// `local`, `slurm`, `kubernetes`, `ray` or `spark`.
     pub manager: Manager,
     /// Machines.
     pub nodes: usize,
@@ -941,7 +945,8 @@ pub struct ResourcesSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_host_path: Option<PathBuf>,
     /// Ray: the cluster's address (`HOST:6379`) [default: RAY_ADDRESS, else the Ray
-    /// head running on this machine].
+    /// head running on this machine]; Spark: the master URL [default: MASTER, else
+    /// `local[N]`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
 }

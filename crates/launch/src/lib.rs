@@ -7,8 +7,9 @@
 //!   `DLC_*` variables, a coordinator in the launcher;
 //! * [`slurm`]: an sbatch script whose `srun` step starts every process;
 //! * [`kubernetes`]: Indexed Jobs, a headless Service, a Secret and a ConfigMap;
-//! * [`ray`]: actors in a placement group of a Ray cluster, started by a Python
-//!   driver (`python -m dlcluster.ray_launch`) in the foreground;
+//! * [`ray`]: actors in a placement group of a Ray cluster, and [`spark`]: the tasks
+//!   of one barrier-mode stage, each started by a Python driver of ours in the
+//!   foreground ([`driver`]);
 //! * foreign launchers (`srun`, `mpirun`, `torchrun`): [`env`] reads their variables.
 //!
 //! A job may also be the user's own command (`dlc launch -- python train.py`): every
@@ -20,6 +21,7 @@
 //! `dlc cancel` go through; [`LaunchSpec`] is what they launch.
 
 pub mod agent;
+mod driver;
 pub mod env;
 pub mod hostlist;
 pub mod kubernetes;
@@ -28,6 +30,7 @@ mod manager;
 pub mod ray;
 pub mod record;
 pub mod slurm;
+pub mod spark;
 pub mod spec;
 
 pub use manager::{JobStatus, ManagerError, ResourceManager};
@@ -56,7 +59,7 @@ pub fn die_with_parent() {
 pub struct Target {
     /// Kubernetes namespace.
     pub namespace: Option<String>,
-    /// Ray cluster address.
+    /// Ray cluster address, or Spark master URL.
     pub address: Option<String>,
     /// Foreground managers (local, Ray) relay no output.
     pub quiet: bool,
@@ -74,5 +77,9 @@ pub fn manager(kind: dlc_job::Manager, target: Target) -> Box<dyn ResourceManage
         dlc_job::Manager::Slurm => Box::new(slurm::Slurm),
         dlc_job::Manager::Kubernetes => Box::new(kubernetes::Kubernetes { namespace }),
         dlc_job::Manager::Ray => Box::new(ray::Ray { address, quiet }),
+        dlc_job::Manager::Spark => Box::new(spark::Spark {
+            master: address,
+            quiet,
+        }),
     }
 }

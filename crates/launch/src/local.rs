@@ -14,7 +14,7 @@ use dlc_comm::auth::JobKey;
 use dlc_comm::Coordinator;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::manager::{JobStatus, ManagerError, ResourceManager};
+use crate::manager::{ManagerError, ResourceManager};
 use crate::spec::LaunchSpec;
 
 /// Why a launch failed.
@@ -508,9 +508,6 @@ impl Local {
     }
 }
 
-const FOREGROUND: &str =
-    "local jobs run in the foreground of `dlc launch`/`dlc train`; there is nothing to query";
-
 impl ResourceManager for Local {
     fn name(&self) -> &'static str {
         "local"
@@ -547,18 +544,6 @@ impl ResourceManager for Local {
             Ok(_) => Ok(format!("{}-{}", job.name, std::process::id())),
             Err(e) => Err(ManagerError::Invalid(e.to_string())),
         }
-    }
-
-    fn status(&self, _id: &str) -> Result<JobStatus, ManagerError> {
-        Err(ManagerError::Invalid(FOREGROUND.into()))
-    }
-
-    fn logs(&self, _id: &str) -> Result<String, ManagerError> {
-        Err(ManagerError::Invalid(FOREGROUND.into()))
-    }
-
-    fn cancel(&self, _id: &str) -> Result<(), ManagerError> {
-        Err(ManagerError::Invalid(FOREGROUND.into()))
     }
 }
 

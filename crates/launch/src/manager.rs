@@ -80,12 +80,26 @@ pub trait ResourceManager {
     fn render(&self, spec: &LaunchSpec) -> Result<String, ManagerError>;
     /// Submits the job; returns the scheduler's job id.
     fn submit(&self, spec: &LaunchSpec) -> Result<String, ManagerError>;
-    /// The job's state.
-    fn status(&self, id: &str) -> Result<JobStatus, ManagerError>;
-    /// The job's output so far.
-    fn logs(&self, id: &str) -> Result<String, ManagerError>;
-    /// Stops the job.
-    fn cancel(&self, id: &str) -> Result<(), ManagerError>;
+    /// The job's state (a foreground manager has none to give).
+    fn status(&self, _id: &str) -> Result<JobStatus, ManagerError> {
+        Err(in_foreground(self.name()))
+    }
+    /// The job's output so far (a foreground manager relays it as the job runs).
+    fn logs(&self, _id: &str) -> Result<String, ManagerError> {
+        Err(in_foreground(self.name()))
+    }
+    /// Stops the job (a foreground job stops when its `dlc launch` is interrupted).
+    fn cancel(&self, _id: &str) -> Result<(), ManagerError> {
+        Err(in_foreground(self.name()))
+    }
+}
+
+/// What status, logs and cancel say about a job that lives in the foreground.
+fn in_foreground(manager: &str) -> ManagerError {
+    ManagerError::Invalid(format!(
+        "{manager} jobs run in the foreground of `dlc launch` (and local ones of `dlc train`): \
+         follow them there, and interrupt it to cancel; there is nothing to query"
+    ))
 }
 
 /// Runs a scheduler command (with `stdin` fed to it when given) and returns stdout.

@@ -237,3 +237,163 @@ pub fn assert_same_weights(one: &Path, two: &Path, label: &str) {
         "{label} vs one worker: max abs difference {diff}"
     );
 }
+
+/// The Python of the foreign-framework and engine tests: `DLC_PYTHON`, else `python3`.
+pub fn python() -> String {
+    std::env::var("DLC_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// `dlc launch --manager MANAGER --address ADDRESS ARGS…` with this repository's
+/// Python package (the Ray and Spark drivers) on the path and `env` added.
+pub fn launch_on(manager: &str, address: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = dlc();
+    c.env(
+        "PYTHONPATH",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../python"),
+    )
+    .args(["launch", "--manager", manager, "--address", address])
+    .args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("dlc runs")
+}
+
+/// Asserts that two torch state dicts (`torch.save`d) hold identical tensors.
+pub fn assert_same_torch_weights(a: &Path, b: &Path) {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import sys, torch\na, b = (torch.load(p) for p in sys.argv[1:])\n\
+             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), 'ranks differ'",
+        ])
+        .arg(a)
+        .arg(b)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{} vs {}: {}",
+        a.display(),
+        b.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs examples/frameworks/torch_ddp.py as 2 processes under `manager` at `address`
+/// (10 steps) into `run`, and asserts that both ranks ended with the same weights.
+pub fn torch_ddp_on(manager: &str, address: &str, run: &Path) {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/frameworks/torch_ddp.py");
+    let o = launch_on(
+        manager,
+        address,
+        &[
+            "--workers",
+            "2",
+            "--out",
+            run.to_str().unwrap(),
+            "--",
+            &python(),
+            script.to_str().unwrap(),
+            "--limit",
+            "1280",
+            "--batch-size",
+            "64",
+            "--steps",
+            "10",
+            "--seed",
+            "5",
+        ],
+        &[],
+    );
+    assert!(
+        o.status.success(),
+        "torch_ddp.py under {manager}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_same_torch_weights(&run.join("weights-rank0.pt"), &run.join("weights-rank1.pt"));
+}
+
+/// What every engine manager (Ray, Spark) must do, at `address`, in `dir`: 2 workers
+/// end with one worker's weights; rank 1 SIGKILLed at step 15 fails the job naming
+/// it; with `--max-restarts 1` the job starts again from the step-10 checkpoint and
+/// ends with one worker's weights. Returns the job's text (30 steps, a checkpoint
+/// every 10) for the engine's own checks.
+pub fn engine_trains_names_and_restarts(manager: &str, address: &str, dir: &Path) -> String {
+    let text = equivalence_job().replace(
+        "drop_last = true",
+        "drop_last = true\ncheckpoint_every = \"10 steps\"",
+    );
+    let job_file = job(dir, "m.toml", &text);
+    let one = one_worker_run(dir, &job_file);
+    let job_arg = job_file.to_str().unwrap();
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    let two = dir.join("two");
+    let started = std::time::Instant::now();
+    let o = launch_on(
+        manager,
+        address,
+        &[job_arg, "--workers", "2", "--out", two.to_str().unwrap()],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    eprintln!("{manager}: 2 workers, 30 steps in {:?}", started.elapsed());
+    assert_same_weights(&one, &two, &format!("{manager}, 2 workers"));
+    let world = metrics_lines(&two, "world");
+    assert_eq!(world.last().unwrap()["links"][1], "shm", "{world:?}");
+
+    let kill = [("DLC_FAULT_KILL_AT_STEP", "1:15")];
+    let failed = dir.join("failed");
+    let o = launch_on(
+        manager,
+        address,
+        &[job_arg, "--workers", "2", "--out", failed.to_str().unwrap()],
+        &kill,
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: {manager} launch failed: rank 1 failed (killed by signal 9)"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    let restarted = dir.join("restarted");
+    let o = launch_on(
+        manager,
+        address,
+        &[
+            job_arg,
+            "--workers",
+            "2",
+            "--max-restarts",
+            "1",
+            "--out",
+            restarted.to_str().unwrap(),
+        ],
+        &kill,
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("rank 1 failed (killed by signal 9); "),
+        "{err}"
+    );
+    let restart = metrics_lines(&restarted, "restart");
+    assert_eq!(restart.len(), 1, "{restart:?}");
+    assert_eq!(restart[0]["step"], 10, "{restart:?}");
+    assert_eq!(
+        restart[0]["reason"], "rank 1 failed (killed by signal 9)",
+        "{restart:?}"
+    );
+    assert_same_weights(
+        &one,
+        &restarted,
+        &format!("{manager}, restarted after a kill"),
+    );
+    text
+}
