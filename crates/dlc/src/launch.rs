@@ -39,8 +39,8 @@ pub struct LaunchArgs {
     /// Your command and its arguments (after `--`): every process runs it.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
-    /// Resource manager: local, slurm, kubernetes, ray or spark [default: [resources]
-    /// manager, else local].
+    /// Resource manager: local, slurm, kubernetes, ray, spark or yarn (--dry-run: a
+    /// service spec for `yarn app -launch`) [default: [resources] manager, else local].
     #[arg(long)]
     manager: Option<Manager>,
     /// Ray: the cluster's address, HOST:6379 [default: [resources] address, else
@@ -250,7 +250,10 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, dlc_launch::Target, LaunchSpe
     };
     // Processes that get their CPUs from us (not from a scheduler's cgroup) are told
     // how many tensor threads to use.
-    let own_threads = matches!(r.manager, Manager::Local | Manager::Ray | Manager::Spark);
+    let own_threads = matches!(
+        r.manager,
+        Manager::Local | Manager::Ray | Manager::Spark | Manager::Yarn
+    );
     let threads = own_threads.then_some(r.cpus_per_worker);
     let worker_args = a.run.process_flags(&job, threads);
     let (exe, image) = match r.manager {
@@ -380,6 +383,9 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, dlc_launch::Target, LaunchSpe
     };
     if r.manager == Manager::Local && r.nodes > 1 {
         bail!("the local manager runs on this machine only; use --manager slurm, kubernetes, ray or spark for {} nodes", r.nodes);
+    }
+    if r.manager == Manager::Yarn && (max_restarts > 0 || d.min_workers.is_some()) {
+        bail!("--max-restarts and --min-workers are not rendered for YARN yet (untested without a YARN cluster): resubmit the service, or use local, Slurm, Ray or Spark");
     }
     let engine = matches!(r.manager, Manager::Ray | Manager::Spark);
     if (engine || r.manager == Manager::Kubernetes) && d.min_workers.is_some() {

@@ -392,8 +392,43 @@ fn dry_runs_print_the_script_and_the_manifests() {
     kubernetes_schema_check(dir.path(), "gpu.yaml", &gpu);
     let e = fails(&["launch", "--manager", "kubernetes", example, "--dry-run"]);
     assert!(e.contains("--image"), "{e}");
-    let e = fails(&["launch", "--manager", "yarn", example, "--dry-run"]);
-    assert!(e.contains("slurm"), "{e}");
+    let e = fails(&["launch", "--manager", "mesos", example, "--dry-run"]);
+    assert!(e.contains("slurm") && e.contains("yarn"), "{e}");
+    // YARN: a service spec to launch with `yarn app -launch`, which dlc does not run.
+    let spec: serde_json::Value = serde_json::from_str(&ok(&[
+        "launch",
+        "--manager",
+        "yarn",
+        example,
+        "--workers",
+        "2",
+        "--gpus-per-worker",
+        "1",
+        "--dry-run",
+    ]))
+    .unwrap();
+    let worker = &spec["components"][0];
+    assert_eq!(worker["number_of_containers"], 2, "{spec}");
+    assert_eq!(worker["resource"]["additional"]["yarn.io/gpu"]["value"], 1);
+    assert!(
+        worker["launch_command"]
+            .as_str()
+            .unwrap()
+            .contains(" worker "),
+        "{spec}"
+    );
+    let e = fails(&["launch", "--manager", "yarn", example]);
+    assert!(e.contains("yarn app -launch"), "{e}");
+    let e = fails(&[
+        "launch",
+        "--manager",
+        "yarn",
+        example,
+        "--max-restarts",
+        "1",
+        "--dry-run",
+    ]);
+    assert!(e.contains("not rendered for YARN"), "{e}");
     // Elastic restarts are the local manager's and Slurm's: refused, not ignored.
     let e = fails(&[
         "launch",

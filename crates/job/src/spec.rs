@@ -878,6 +878,8 @@ pub enum Manager {
     Ray,
     /// The tasks of one barrier stage on a Spark cluster (driver in the foreground).
     Spark,
+    /// A YARN native-services spec (`--dry-run`; launched with `yarn app -launch`).
+    Yarn,
 }
 
 impl std::fmt::Display for Manager {
@@ -888,6 +890,7 @@ impl std::fmt::Display for Manager {
             Manager::Kubernetes => "kubernetes",
             Manager::Ray => "ray",
             Manager::Spark => "spark",
+            Manager::Yarn => "yarn",
         })
     }
 }
@@ -901,8 +904,9 @@ impl std::str::FromStr for Manager {
             "kubernetes" | "k8s" => Ok(Manager::Kubernetes),
             "ray" => Ok(Manager::Ray),
             "spark" => Ok(Manager::Spark),
+            "yarn" => Ok(Manager::Yarn),
             _ => Err(format!(
-                "unknown resource manager `{s}` (use local, slurm, kubernetes, ray or spark)"
+                "unknown resource manager `{s}` (use local, slurm, kubernetes, ray, spark or yarn)"
             )),
         }
     }
@@ -912,7 +916,7 @@ impl std::str::FromStr for Manager {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResourcesSpec {
-    /// `local`, `slurm`, `kubernetes`, `ray` or `spark`.
+    /// `local`, `slurm`, `kubernetes`, `ray`, `spark` or `yarn`.
     pub manager: Manager,
     /// Machines.
     pub nodes: usize,

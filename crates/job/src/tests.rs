@@ -282,12 +282,12 @@ fn resources_section() {
         (2, Some(4))
     );
     let e = JobSpec::from_toml_str(
-        &format!("{base}[resources]\nmanager = \"yarn\"\n"),
+        &format!("{base}[resources]\nmanager = \"mesos\"\n"),
         "j.toml",
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("yarn") && e.contains("slurm"), "{e}");
+    assert!(e.contains("mesos") && e.contains("slurm"), "{e}");
     let e = JobSpec::from_toml_str(
         &format!("{base}[resources]\ntime_limit = \"soon\"\n"),
         "j.toml",

@@ -10,6 +10,7 @@
 //! * [`ray`]: actors in a placement group of a Ray cluster, and [`spark`]: the tasks
 //!   of one barrier-mode stage, each started by a Python driver of ours in the
 //!   foreground ([`driver`]);
+//! * [`yarn`]: a YARN native-services spec to launch with `yarn app -launch`;
 //! * foreign launchers (`srun`, `mpirun`, `torchrun`): [`env`] reads their variables.
 //!
 //! A job may also be the user's own command (`dlc launch -- python train.py`): every
@@ -32,6 +33,7 @@ pub mod record;
 pub mod slurm;
 pub mod spark;
 pub mod spec;
+pub mod yarn;
 
 pub use manager::{JobStatus, ManagerError, ResourceManager};
 pub use spec::{ForeignCommand, LaunchSpec, OutputVolume};
@@ -81,5 +83,6 @@ pub fn manager(kind: dlc_job::Manager, target: Target) -> Box<dyn ResourceManage
             master: address,
             quiet,
         }),
+        dlc_job::Manager::Yarn => Box::new(yarn::Yarn),
     }
 }
