@@ -91,6 +91,12 @@ def identity(rank, world, local_rank, coordinator, job_id, token, attempt, reaso
     return env
 
 
+def say(prefix, msg):
+    """A line of the driver's own, `PREFIX: msg`, on stderr (`dlc launch` turns the
+    last one into its error)."""
+    print(f"{prefix}: {msg}", file=sys.stderr, flush=True)
+
+
 def free_port():
     """A TCP port free on this host now (for rank 0's rendezvous)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

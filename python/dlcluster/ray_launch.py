@@ -33,7 +33,7 @@ LOST = "its Ray actor died (killed, or its node was lost)"
 
 
 def _say(msg):
-    print(f"{PREFIX}: {msg}", file=sys.stderr, flush=True)
+    _driver.say(PREFIX, msg)
 
 
 def _settle():
@@ -59,7 +59,7 @@ def _rank_actor(ray):
     return Rank
 
 
-def _attempt(ray, Rank, pg, args, job_id, env_of):
+def _attempt(ray, Rank, pg, args, env_of):
     """Runs every process once; returns None on success, else (rank, why, tail).
     `env_of(rank, local_rank, coordinator, token)` gives a process its variables."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -179,7 +179,7 @@ def main(argv=None):
                 )
                 return env
 
-            failure = _attempt(ray, Rank, pg, args, job_id, env_of)
+            failure = _attempt(ray, Rank, pg, args, env_of)
             if failure is None:
                 _settle()
                 _say(f"job {job_id} completed")

@@ -35,7 +35,7 @@ MARK = "dlc-spark-failure: "
 
 
 def _say(msg):
-    print(f"{PREFIX}: {msg}", file=sys.stderr, flush=True)
+    _driver.say(PREFIX, msg)
 
 
 def _task(args, job_id, token, forwarded, attempt, reason):

@@ -238,6 +238,11 @@ pub fn assert_same_weights(one: &Path, two: &Path, label: &str) {
     );
 }
 
+/// The repository's root (examples, the Python package).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// The Python of the foreign-framework and engine tests: `DLC_PYTHON`, else `python3`.
 pub fn python() -> String {
     std::env::var("DLC_PYTHON").unwrap_or_else(|_| "python3".into())
@@ -247,12 +252,9 @@ pub fn python() -> String {
 /// Python package (the Ray and Spark drivers) on the path and `env` added.
 pub fn launch_on(manager: &str, address: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = dlc();
-    c.env(
-        "PYTHONPATH",
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../python"),
-    )
-    .args(["launch", "--manager", manager, "--address", address])
-    .args(args);
+    c.env("PYTHONPATH", repo().join("python"))
+        .args(["launch", "--manager", manager, "--address", address])
+        .args(args);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -283,8 +285,7 @@ pub fn assert_same_torch_weights(a: &Path, b: &Path) {
 /// Runs examples/frameworks/torch_ddp.py as 2 processes under `manager` at `address`
 /// (10 steps) into `run`, and asserts that both ranks ended with the same weights.
 pub fn torch_ddp_on(manager: &str, address: &str, run: &Path) {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/frameworks/torch_ddp.py");
+    let script = repo().join("examples/frameworks/torch_ddp.py");
     let o = launch_on(
         manager,
         address,
