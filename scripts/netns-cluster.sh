@@ -255,7 +255,7 @@ cmd_exec() {
 cmd_slurm() {
     local script="${1:?slurm SCRIPT}"
     [ -f "$script" ] || die "no such script: $script"
-    local have nodes ntasks per_node chdir
+    local have nodes ntasks per_node chdir cpus
     have=$(recorded_hosts)
     [ "$have" -gt 0 ] || die "no cluster: run \`$0 up N\` first"
     sbatch_opt() { sed -n "s/^#SBATCH --$1=\(.*\)$/\1/p" "$script" | tail -1; }
@@ -266,6 +266,7 @@ cmd_slurm() {
     per_node=$(sbatch_opt ntasks-per-node)
     per_node=${per_node:-$(((ntasks + nodes - 1) / nodes))}
     chdir=$(sbatch_opt chdir)
+    cpus=$(sbatch_opt cpus-per-task)
     [ "$nodes" -le "$have" ] || die "the script asks for $nodes nodes; the cluster has $have"
     local shim
     shim=$(mktemp -d)
@@ -281,6 +282,7 @@ cmd_slurm() {
         export PATH="$shim:$PATH" SLURM_JOB_ID="${SLURM_JOB_ID:-$((RANDOM * 32 + $$ % 32))}" \
             SLURM_JOB_NODELIST="$nodelist" SLURM_NNODES="$nodes" SLURM_JOB_NUM_NODES="$nodes" \
             SLURM_NTASKS="$ntasks" SLURM_NTASKS_PER_NODE="$per_node"
+        [ -n "$cpus" ] && export SLURM_CPUS_PER_TASK="$cpus"
         bash "$script"
     ) || rc=$?
     rm -rf "$shim"
@@ -325,6 +327,8 @@ cmd_srun() {
         -w) nodelist="$2"; shift ;;
         --exclude=*) exclude="${1#--exclude=}" ;;
         -x) exclude="$2"; shift ;;
+        --cpus-per-task=*) export SLURM_CPUS_PER_TASK="${1#--cpus-per-task=}" ;;
+        -c) export SLURM_CPUS_PER_TASK="$2"; shift ;;
         --kill-on-bad-exit=1 | --kill-on-bad-exit | -K) kill_on_bad_exit=true ;;
         --label | -l) label=true ;;
         esac

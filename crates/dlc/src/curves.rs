@@ -1,4 +1,5 @@
-//! `dlc plot`, and the curves plot `dlc train` leaves in the run directory.
+//! `dlc plot`: training curves of run directories (also drawn after `dlc train`),
+//! or measured scaling across hosts beside the planner (`--scaling`).
 
 use std::path::{Path, PathBuf};
 
@@ -9,16 +10,24 @@ use clap::Args;
 pub struct PlotArgs {
     /// Run directories (each holding metrics.jsonl); several are overlaid, e.g. one
     /// worker against four.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "scaling", conflicts_with = "scaling")]
     runs: Vec<PathBuf>,
+    /// Instead of runs: the scaling measurements `scripts/netns-scaling.sh --out DIR`
+    /// wrote (DIR/scaling.jsonl): print the table (rounds averaged, the planner's
+    /// prediction and error) and plot busbw and samples/s against hosts.
+    #[arg(long, value_name = "FILE")]
+    scaling: Option<PathBuf>,
     /// Output path without extension; writes OUT.svg and OUT.png [default:
-    /// RUN/curves for one run, ./curves for several].
+    /// RUN/curves for one run, ./curves for several, FILE's directory/scaling].
     #[arg(long)]
     out: Option<PathBuf>,
 }
 
 /// `dlc plot`.
 pub fn plot(args: PlotArgs) -> Result<()> {
+    if let Some(file) = &args.scaling {
+        return scaling(file, args.out.as_deref());
+    }
     let runs = args
         .runs
         .iter()
@@ -34,6 +43,21 @@ pub fn plot(args: PlotArgs) -> Result<()> {
     for f in files {
         println!("{}", f.display());
     }
+    Ok(())
+}
+
+/// `dlc plot --scaling FILE`: the table on stdout, then the plot's files.
+fn scaling(file: &Path, out: Option<&Path>) -> Result<()> {
+    use dlc_plan::scaling;
+    let summary = scaling::summarize(&scaling::load(file)?);
+    print!("{}", scaling::table(&summary));
+    let stem = match out {
+        Some(o) => o.to_path_buf(),
+        None => file.with_file_name("scaling"),
+    };
+    let files = scaling::write_plot(&stem, &summary)?;
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    println!("plot: {}", names.join(", "));
     Ok(())
 }
 

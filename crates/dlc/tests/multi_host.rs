@@ -532,3 +532,81 @@ fn the_network_term_is_measured_across_hosts() {
     assert_eq!(p["link_gbps"].as_f64(), Some(0.025), "{p}");
     assert!(text.contains("3 ranks on 3 host(s)"), "{text}");
 }
+
+#[test]
+fn the_scaling_script_measures_training_beside_the_planner_and_plots_it() {
+    // scripts/netns-scaling.sh end to end on 2 hosts at 200 Mbit/s: the all-reduce
+    // across them, an MLP trained on 1 and 2 hosts, `dlc plan`'s estimate for each
+    // (from a profile and the all-reduce measured in the same round), the table and
+    // the plot; and the cluster it made is gone afterwards.
+    let Some(_cluster) = Cluster::up(2, "200mbit") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "mlp.toml", &quick_mlp(6000, 5, 60));
+    let out_dir = dir.path().join("scaling");
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/netns-scaling.sh"))
+        .args([
+            "--hosts",
+            "2",
+            "--rates",
+            "200mbit",
+            "--sizes",
+            "64KiB,1MiB",
+        ])
+        .args(["--rounds", "1", "--steps", "60", "--train"])
+        .arg(&job)
+        .arg("--out")
+        .arg(&out_dir)
+        .args(["--dlc", env!("CARGO_BIN_EXE_dlc")])
+        .env("DLC_NETNS_PREFIX", PREFIX)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(leftovers(), Vec::<String>::new(), "{text}");
+    assert!(
+        text.contains("busbw GB/s") && text.contains("samples/s") && text.contains("scaling.svg"),
+        "{text}"
+    );
+    let records = json_lines(&std::fs::read_to_string(out_dir.join("scaling.jsonl")).unwrap());
+    let of = |kind: &str| -> Vec<&serde_json::Value> {
+        records.iter().filter(|r| r["kind"] == kind).collect()
+    };
+    let sizes: Vec<u64> = of("allreduce")
+        .iter()
+        .map(|r| r["bytes"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [65536, 1048576], "{records:?}");
+    assert!(of("allreduce")
+        .iter()
+        .all(|r| r["hosts"] == 2 && r["link_gbps"] == 0.025));
+    let train = of("train");
+    assert_eq!(
+        train
+            .iter()
+            .map(|r| r["hosts"].as_u64())
+            .collect::<Vec<_>>(),
+        [Some(1), Some(2)],
+        "{records:?}"
+    );
+    // On 200 Mbit/s links a 2-worker MLP step is mostly the all-reduce of its
+    // ≈0.94 MB of gradients, which the planner models from the measured profile:
+    // its estimate must be close, whatever the CPUs are doing.
+    let (measured, predicted) = (
+        train[1]["samples_per_sec"].as_f64().unwrap(),
+        train[1]["predicted_samples_per_sec"].as_f64().unwrap(),
+    );
+    assert!(
+        (predicted - measured).abs() / measured < 0.3,
+        "2 hosts: planner {predicted:.0} vs measured {measured:.0} samples/s\n{text}"
+    );
+    assert!(train[0]["predicted_samples_per_sec"].as_f64().unwrap() > measured);
+    let svg = std::fs::read_to_string(out_dir.join("scaling.svg")).unwrap();
+    assert!(
+        svg.contains("training throughput") && svg.contains("200mbit planner"),
+        "the plot lacks a panel or a series"
+    );
+}

@@ -6,12 +6,15 @@
 //! * [`model`]: the cost/performance model, one [`model::Estimate`] per
 //!   instance × node count × strategy, and the Pareto frontier.
 //! * [`plot`]: cost vs time with the frontier highlighted.
+//! * [`scaling`]: measured scaling across hosts beside the model's prediction, and
+//!   its plot.
 
 pub mod catalog;
 pub mod comm;
 pub mod model;
 pub mod plot;
 pub mod profile;
+pub mod scaling;
 
 pub use catalog::{Catalog, CatalogError};
 pub use comm::CommProfile;

@@ -7,8 +7,10 @@
 //!             = nodes × vCPUs/2                   (CPU instances: one single-threaded worker per core)
 //! local batch = ⌈B / workers⌉
 //! compute     = local batch × FLOPs/sample ÷ (worker peak × efficiency) + per-step overhead
-//!   GPU worker peak = the GPU's f32 peak; efficiency = --gpu-efficiency (assumption)
-//!   CPU worker peak × efficiency = the per-core FLOP/s measured by the profile
+//!   GPU worker peak = the GPU's f32 peak; efficiency = --gpu-efficiency (assumption);
+//!     overhead = an assumed 2 ms
+//!   CPU: t(b) = t0 + b × t1 fitted by the profile at the full and half batch:
+//!     worker peak × efficiency = FLOPs/sample ÷ t1 per core, overhead = t0
 //! ring comm   = 2(n−1)/n × S ÷ bw + 2(n−1) × latency
 //!   bw = GPU link (one node) or min(GPU link, network × efficiency) (several nodes);
 //!   CPU: loopback (one node) or min(loopback, network × efficiency);
@@ -199,11 +201,11 @@ pub fn estimate(
             )
         }
         None => (
-            p.flops_per_thread(),
-            0.0,
+            p.marginal_flops_per_thread(),
+            p.step_overhead_s,
             format!(
-                "measured {:.2} GFLOP/s per core ({})",
-                p.flops_per_thread() / 1e9,
+                "measured {:.2} GFLOP/s per core at the margin ({})",
+                p.marginal_flops_per_thread() / 1e9,
                 p.cpu_model
             ),
         ),
@@ -345,6 +347,7 @@ mod tests {
             train_samples: 6400,
             epochs: 1,
             steps_measured: 10,
+            step_overhead_s: 0.0,
         }
     }
 
