@@ -153,3 +153,7 @@ for ((round = 1; round <= rounds; round++)); do
 done
 
 "$dlc" plot --scaling "$records"
+cores=$(nproc)
+if [ -n "$job" ] && [ "$hosts" -gt "$cores" ]; then
+    echo "note: the hosts share this machine's $cores cores: training on more than $cores hosts measures oversubscription, which the planner (one core per host) does not model"
+fi

@@ -357,10 +357,10 @@ fn lines(points: &[Point], busbw: bool) -> Lines {
 
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
-    title: &str,
-    y_desc: &str,
+    (title, y_desc): (&str, &str),
     lines: &Lines,
     max_hosts: usize,
+    legend: SeriesLabelPosition,
 ) -> Result<(), String>
 where
     DB::ErrorType: 'static,
@@ -432,7 +432,7 @@ where
                 });
         }
     }
-    dlc_plot::lines::legend_box(&mut chart, SeriesLabelPosition::UpperRight)
+    dlc_plot::lines::legend_box(&mut chart, legend)
 }
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, s: &Summary) -> Result<(), String>
@@ -447,22 +447,26 @@ where
         .map(|p| p.hosts)
         .max()
         .unwrap_or(2);
-    let panels: Vec<(&str, &str, Lines)> = [
+    // The all-reduce has no 1-host point: its legend fits there. Training curves
+    // start high at 1 host or rise from it: the lower left is free.
+    let panels = [
         (
-            "ring all-reduce: bus bandwidth",
-            "busbw (GB/s)",
+            ("ring all-reduce: bus bandwidth", "busbw (GB/s)"),
             lines(&s.allreduce, true),
+            SeriesLabelPosition::UpperLeft,
         ),
-        ("training throughput", "samples/s", lines(&s.train, false)),
-    ]
-    .into_iter()
-    .filter(|p| !p.2.is_empty())
-    .collect();
-    let width = root.dim_in_pixel().0 / panels.len().max(1) as u32;
+        (
+            ("training throughput", "samples/s"),
+            lines(&s.train, false),
+            SeriesLabelPosition::LowerLeft,
+        ),
+    ];
+    let shown = panels.iter().filter(|p| !p.1.is_empty()).count();
+    let width = root.dim_in_pixel().0 / shown.max(1) as u32;
     let mut rest = root.clone();
-    for (title, y, l) in &panels {
+    for (titles, l, legend) in panels.into_iter().filter(|p| !p.1.is_empty()) {
         let (area, right) = rest.split_horizontally(width);
-        panel(&area, title, y, l, max_hosts)?;
+        panel(&area, titles, &l, max_hosts, legend)?;
         rest = right;
     }
     root.present().map_err(|x| x.to_string())
