@@ -146,7 +146,7 @@ pub fn instances(a: InstancesArgs) -> Result<()> {
 
 /// Measures a profile of `job` with a short training burst.
 fn measure(job: &JobSpec, steps: usize, threads: usize) -> Result<Profile> {
-    dlc_train::backend::set_cpu_threads(threads);
+    dlc_train::backend::set_cpu_threads(Some(threads));
     let data = JobData::load(&job.data, job.train.seed)?;
     let plan = data.model_plan(&job.model)?;
     let params: usize = plan.iter().map(|l| l.params).sum();

@@ -250,9 +250,7 @@ pub struct EvalArgs {
 }
 
 fn set_threads(threads: Option<usize>) {
-    if let Some(t) = threads {
-        dlc_train::backend::set_cpu_threads(t);
-    }
+    dlc_train::backend::set_cpu_threads(threads);
 }
 
 fn summary_json(s: &TrainSummary) -> serde_json::Value {
