@@ -149,8 +149,9 @@ fn command_name(argv: &[String]) -> String {
 }
 
 /// Resolves the job file, `[resources]` and the command line into a launch: the
-/// manager, where it submits to, and what.
-fn launch_spec(a: &LaunchArgs) -> Result<(Manager, dlc_launch::Target, LaunchSpec)> {
+/// manager (submitting where it was told) and what it launches, checked against what
+/// that manager can do.
+fn launch_spec(a: &LaunchArgs) -> Result<(Manager, Box<dyn ResourceManager>, LaunchSpec)> {
     let mut job: JobSpec = match (&a.job, a.command.is_empty()) {
         (Some(file), true) => RunArgs {
             job: file.clone(),
@@ -248,12 +249,15 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, dlc_launch::Target, LaunchSpe
         (Some(dir), _) | (None, Some(dir)) => dir.clone(),
         (None, None) => dlc_train::trainer::default_run_dir(&job),
     };
-    // Processes that get their CPUs from us (not from a scheduler's cgroup) are told
-    // how many tensor threads to use.
-    let own_threads = matches!(
+    let rm = dlc_launch::manager(
         r.manager,
-        Manager::Local | Manager::Ray | Manager::Spark | Manager::Yarn
-    );
+        dlc_launch::Target {
+            namespace: Some(r.namespace.clone()),
+            address: r.address.clone(),
+            quiet: a.run.quiet,
+        },
+    )?;
+    let own_threads = rm.assigns_threads();
     let threads = own_threads.then_some(r.cpus_per_worker);
     let worker_args = a.run.process_flags(&job, threads);
     let (exe, image) = match r.manager {
@@ -381,42 +385,13 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, dlc_launch::Target, LaunchSpe
         max_restarts,
         min_workers: d.min_workers,
     };
-    if r.manager == Manager::Local && r.nodes > 1 {
-        bail!("the local manager runs on this machine only; use --manager slurm, kubernetes, ray or spark for {} nodes", r.nodes);
-    }
-    if r.manager == Manager::Yarn && (max_restarts > 0 || d.min_workers.is_some()) {
-        bail!("--max-restarts and --min-workers are not rendered for YARN yet (untested without a YARN cluster): resubmit the service, or use local, Slurm, Ray or Spark");
-    }
-    let engine = matches!(r.manager, Manager::Ray | Manager::Spark);
-    if (engine || r.manager == Manager::Kubernetes) && d.min_workers.is_some() {
-        bail!(
-            "--min-workers (elastic restarts) works with the local manager and Slurm; {} jobs do not shrink yet{}",
-            r.manager,
-            if engine {
-                " (--max-restarts restarts every process)"
-            } else {
-                ""
-            }
-        );
-    }
-    if r.address.is_some() && !engine {
-        bail!(
-            "--address/--master ([resources] address) names a Ray cluster or a Spark master; this job runs under {}",
-            r.manager
-        );
-    }
-    let target = dlc_launch::Target {
-        namespace: Some(spec.namespace.clone()),
-        address: r.address.clone(),
-        quiet: a.run.quiet,
-    };
-    Ok((r.manager, target, spec))
+    rm.check(&spec)?;
+    Ok((r.manager, rm, spec))
 }
 
 /// `dlc launch`.
 pub fn launch(a: LaunchArgs) -> Result<()> {
-    let (kind, target, spec) = launch_spec(&a)?;
-    let rm = dlc_launch::manager(kind, target);
+    let (kind, rm, spec) = launch_spec(&a)?;
     if a.dry_run {
         print!("{}", rm.render(&spec)?);
         return Ok(());
@@ -578,7 +553,7 @@ fn manager_of(j: &JobRef) -> Result<Box<dyn ResourceManager>> {
             namespace,
             ..Default::default()
         },
-    );
+    )?;
     if rm.foreground() {
         bail!("{manager} jobs run in the foreground of `dlc train`/`dlc launch`; status, logs and cancel are for slurm and kubernetes jobs");
     }

@@ -188,6 +188,7 @@ fn measure(job: &JobSpec, steps: usize, threads: usize) -> Result<Profile> {
         job: job.display_name().into(),
         device: s.device.clone(),
         cpu_model: dlc_train::device::cpu_info().model,
+        gpu: gpu_name(&s.device),
         threads,
         params,
         // Gradients as they travel: f32, or half of it with bf16/fp16 compression.
@@ -204,6 +205,17 @@ fn measure(job: &JobSpec, steps: usize, threads: usize) -> Result<Profile> {
         steps_measured: s.global_step,
         step_overhead_s,
     })
+}
+
+/// The name `dlc devices` reports for `cuda:N`; `None` for the CPU.
+fn gpu_name(device: &str) -> Option<String> {
+    let index: usize = device.strip_prefix("cuda:")?.parse().ok()?;
+    let report = dlc_train::device::probe_cuda().ok()?;
+    report
+        .gpus
+        .into_iter()
+        .find(|g| g.index == index)
+        .map(|g| g.name)
 }
 
 /// The median samples/s of a run's step lines after the first fifth of `steps`
@@ -416,13 +428,43 @@ pub fn plan_cmd(a: PlanArgs) -> Result<()> {
     for s in &assumptions.sources {
         println!("  {s}");
     }
+    println!("  {}", gpu_source(&catalog, &profile, &assumptions));
     Ok(())
 }
 
+/// Where the GPU rows' efficiency comes from, for people.
+fn gpu_source(catalog: &Catalog, p: &Profile, a: &Assumptions) -> String {
+    let model = p.gpu.as_deref().and_then(|g| catalog.gpu_model_named(g));
+    match (p.on_gpu(), model) {
+        (false, _) => format!(
+            "GPU instances: efficiency {} of the f32 peak is assumed (a CPU profile); \
+             `dlc profile JOB --device cuda` on a GPU measures it",
+            a.gpu_efficiency
+        ),
+        (true, Some(m)) => format!(
+            "GPU instances: efficiency measured on {} ({m}); CPU instances are not priced \
+             from a GPU profile",
+            p.gpu.as_deref().unwrap_or(m)
+        ),
+        (true, None) => format!(
+            "GPU instances: efficiency {} assumed — the profiled GPU `{}` is not in the \
+             catalog (add it to a --catalog file); CPU instances are not priced from a GPU \
+             profile",
+            a.gpu_efficiency,
+            p.gpu.as_deref().unwrap_or("?")
+        ),
+    }
+}
+
 /// `dlc plan --validate`: 1-worker profile → the model's estimate for 2 ring workers
-/// here (its communication term the all-reduce measured now) → measured.
+/// here (its communication term the all-reduce measured now) → measured. Both the
+/// profile and the run are on the CPU, whatever the job file says: the model's CPU
+/// terms are what two local processes can check.
 fn validate(a: &PlanArgs, job: &JobSpec) -> Result<()> {
     let steps = 30;
+    let mut job = job.clone();
+    job.train.device = dlc_job::DeviceSpec::Cpu;
+    let job = &job;
     let p = measure(job, steps, 1)?;
     let exe = std::env::current_exe()?;
     // The f32 buffer a step all-reduces (gradients and the loss), sent as the job says.

@@ -313,3 +313,64 @@ fn measured_communication_profiles_replace_the_assumed_network_terms() {
     let e = fails(&["plan", CNN, "--profile", &prof, "--comm-profile", &prof]);
     assert!(e.contains("not a communication profile"), "{e}");
 }
+
+#[test]
+fn a_gpu_profile_prices_only_gpu_instances_at_the_efficiency_it_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("plan");
+    // Measured on a V100 (15.7 TFLOP/s f32 in the built-in catalog): 1e7 FLOP per
+    // sample at 1.57e12 FLOP/s = efficiency 0.1; no cpu_model, as a GPU profile may be.
+    let gpu_profile = JOB_PROFILE
+        .replace(
+            r#""device":"cpu","cpu_model":"test""#,
+            r#""device":"cuda:0","gpu":"Tesla V100-SXM2-16GB""#,
+        )
+        .replace(
+            r#""samples_per_sec":1000,"seconds_per_sample":0.001"#,
+            r#""samples_per_sec":157000,"seconds_per_sample":6.369426751592357e-6"#,
+        );
+    assert!(gpu_profile.contains("cuda:0"));
+    let prof = dir.path().join("gpu.json");
+    std::fs::write(&prof, gpu_profile).unwrap();
+    let table = ok(&[
+        "plan",
+        CNN,
+        "--profile",
+        prof.to_str().unwrap(),
+        "--max-nodes",
+        "1",
+        "--explain",
+        "--top",
+        "500",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let csv = std::fs::read_to_string(out.join("plan.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert!(!rows.is_empty());
+    for r in &rows {
+        assert!(
+            !r.starts_with("c5.") && !r.starts_with("c6i."),
+            "a CPU row: {r}"
+        );
+    }
+    // Every GPU is priced at the V100's measured efficiency, not the assumed 0.2.
+    let p3 = table
+        .lines()
+        .find(|l| l.contains("p3.2xlarge × 1 (") && l.contains("ring over"))
+        .unwrap_or_else(|| panic!("no p3.2xlarge row:\n{table}"));
+    assert!(p3.contains("efficiency 0.100 (measured on V100)"), "{p3}");
+    // Multi-GPU rows all-reduce on the host and copy over PCIe, not over NVLink.
+    let p3x8 = table
+        .lines()
+        .find(|l| l.contains("p3.16xlarge × 1 (") && l.contains("ring over"))
+        .unwrap_or_else(|| panic!("no p3.16xlarge row:\n{table}"));
+    assert!(
+        p3x8.contains("ring over 2.5000 GB/s") && p3x8.contains("GPU↔host copies"),
+        "{p3x8}"
+    );
+    assert!(
+        table.contains("efficiency measured on Tesla V100-SXM2-16GB (V100)"),
+        "{table}"
+    );
+}

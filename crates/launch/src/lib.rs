@@ -67,14 +67,25 @@ pub struct Target {
     pub quiet: bool,
 }
 
-/// The resource manager of `kind`, submitting to `target`.
-pub fn manager(kind: dlc_job::Manager, target: Target) -> Box<dyn ResourceManager> {
+/// The resource manager of `kind`, submitting to `target`; an address is refused
+/// where the manager has no cluster to address.
+pub fn manager(
+    kind: dlc_job::Manager,
+    target: Target,
+) -> Result<Box<dyn ResourceManager>, ManagerError> {
     let Target {
         namespace,
         address,
         quiet,
     } = target;
-    match kind {
+    let engine = matches!(kind, dlc_job::Manager::Ray | dlc_job::Manager::Spark);
+    if address.is_some() && !engine {
+        return Err(ManagerError::Invalid(format!(
+            "--address/--master ([resources] address) names a Ray cluster or a Spark master; \
+             this job runs under {kind}"
+        )));
+    }
+    Ok(match kind {
         dlc_job::Manager::Local => Box::new(local::Local { quiet }),
         dlc_job::Manager::Slurm => Box::new(slurm::Slurm),
         dlc_job::Manager::Kubernetes => Box::new(kubernetes::Kubernetes { namespace }),
@@ -84,5 +95,90 @@ pub fn manager(kind: dlc_job::Manager, target: Target) -> Box<dyn ResourceManage
             quiet,
         }),
         dlc_job::Manager::Yarn => Box::new(yarn::Yarn),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dlc_job::Manager;
+
+    fn manager_of(kind: Manager) -> Box<dyn ResourceManager> {
+        manager(kind, Target::default()).expect("no address, no refusal")
+    }
+
+    #[test]
+    fn each_manager_refuses_what_it_cannot_do_and_allows_the_rest() {
+        let mut spec = ray::tests::spec();
+        spec.max_restarts = 2;
+        for kind in [
+            Manager::Slurm,
+            Manager::Kubernetes,
+            Manager::Ray,
+            Manager::Spark,
+        ] {
+            manager_of(kind)
+                .check(&spec)
+                .expect("2 nodes with restarts");
+        }
+        let e = manager_of(Manager::Local).check(&spec).unwrap_err();
+        assert!(e.to_string().contains("this machine only"), "{e}");
+        let e = manager_of(Manager::Yarn).check(&spec).unwrap_err();
+        assert!(e.to_string().contains("not rendered for YARN"), "{e}");
+
+        spec.nodes = 1;
+        spec.min_workers = Some(2);
+        for kind in [Manager::Local, Manager::Slurm] {
+            manager_of(kind).check(&spec).expect("shrinks");
+        }
+        for kind in [
+            Manager::Kubernetes,
+            Manager::Ray,
+            Manager::Spark,
+            Manager::Yarn,
+        ] {
+            let e = manager_of(kind).check(&spec).unwrap_err().to_string();
+            assert!(e.contains("--min-workers"), "{kind}: {e}");
+        }
+    }
+
+    #[test]
+    fn only_cluster_engines_take_an_address_and_only_unscheduled_processes_get_threads() {
+        let addressed = |kind| {
+            manager(
+                kind,
+                Target {
+                    address: Some("ray://head:10001".into()),
+                    ..Default::default()
+                },
+            )
+        };
+        for kind in [Manager::Ray, Manager::Spark] {
+            assert!(addressed(kind).is_ok(), "{kind}");
+        }
+        for kind in [
+            Manager::Local,
+            Manager::Slurm,
+            Manager::Kubernetes,
+            Manager::Yarn,
+        ] {
+            let e = addressed(kind).err().expect("refused").to_string();
+            assert!(e.contains(&format!("runs under {kind}")), "{e}");
+        }
+        let threaded: Vec<_> = [
+            Manager::Local,
+            Manager::Slurm,
+            Manager::Kubernetes,
+            Manager::Ray,
+            Manager::Spark,
+            Manager::Yarn,
+        ]
+        .into_iter()
+        .filter(|&k| manager_of(k).assigns_threads())
+        .collect();
+        assert_eq!(
+            threaded,
+            [Manager::Local, Manager::Ray, Manager::Spark, Manager::Yarn]
+        );
     }
 }

@@ -517,6 +517,22 @@ impl ResourceManager for Local {
         true
     }
 
+    fn assigns_threads(&self) -> bool {
+        true
+    }
+
+    /// Restarts and shrinking are the launcher's own; nodes other than this one are not.
+    fn check(&self, spec: &LaunchSpec) -> Result<(), ManagerError> {
+        if spec.nodes > 1 {
+            return Err(ManagerError::Invalid(format!(
+                "the local manager runs on this machine only; use --manager slurm, \
+                 kubernetes, ray or spark for {} nodes",
+                spec.nodes
+            )));
+        }
+        Ok(())
+    }
+
     fn render(&self, spec: &LaunchSpec) -> Result<String, ManagerError> {
         let job = self.job(spec);
         let mut s = format!(

@@ -76,6 +76,17 @@ pub trait ResourceManager {
     fn foreground(&self) -> bool {
         false
     }
+    /// The processes get their CPUs from us, not from a scheduler's cgroup, and are
+    /// told how many tensor threads to use (`--threads`).
+    fn assigns_threads(&self) -> bool {
+        false
+    }
+    /// Refuses what this manager cannot do for `spec` before anything is rendered or
+    /// submitted. By default a job may restart (`max_restarts`) but not shrink
+    /// (`min_workers`); managers that can do more or less say so.
+    fn check(&self, spec: &LaunchSpec) -> Result<(), ManagerError> {
+        refuse_shrinking(self.name(), spec, "")
+    }
     /// What would be submitted (a batch script, manifests), for `--dry-run`.
     fn render(&self, spec: &LaunchSpec) -> Result<String, ManagerError>;
     /// Submits the job; returns the scheduler's job id.
@@ -91,6 +102,22 @@ pub trait ResourceManager {
     /// Stops the job (a foreground job stops when its `dlc launch` is interrupted).
     fn cancel(&self, _id: &str) -> Result<(), ManagerError> {
         Err(in_foreground(self.name()))
+    }
+}
+
+/// Refuses `min_workers` (elastic restarts) for a manager whose jobs do not shrink;
+/// `aside` ends the message with what the manager does instead.
+pub(crate) fn refuse_shrinking(
+    manager: &str,
+    spec: &LaunchSpec,
+    aside: &str,
+) -> Result<(), ManagerError> {
+    match spec.min_workers {
+        Some(_) => Err(ManagerError::Invalid(format!(
+            "--min-workers (elastic restarts) works with the local manager and Slurm; \
+             {manager} jobs do not shrink yet{aside}"
+        ))),
+        None => Ok(()),
     }
 }
 

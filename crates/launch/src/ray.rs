@@ -13,7 +13,7 @@
 //! node (one machine, or a shared file system).
 
 use crate::driver::Driver;
-use crate::manager::{ManagerError, ResourceManager};
+use crate::manager::{refuse_shrinking, ManagerError, ResourceManager};
 use crate::spec::LaunchSpec;
 
 const DRIVER: Driver = Driver {
@@ -51,6 +51,18 @@ impl ResourceManager for Ray {
 
     fn foreground(&self) -> bool {
         true
+    }
+
+    fn assigns_threads(&self) -> bool {
+        true
+    }
+
+    fn check(&self, spec: &LaunchSpec) -> Result<(), ManagerError> {
+        refuse_shrinking(
+            self.name(),
+            spec,
+            " (--max-restarts restarts every process)",
+        )
     }
 
     fn render(&self, spec: &LaunchSpec) -> Result<String, ManagerError> {

@@ -302,6 +302,11 @@ impl ResourceManager for Slurm {
         "slurm"
     }
 
+    /// The batch script restarts, and shrinks to the nodes that still answer.
+    fn check(&self, _spec: &LaunchSpec) -> Result<(), ManagerError> {
+        Ok(())
+    }
+
     fn render(&self, spec: &LaunchSpec) -> Result<String, ManagerError> {
         Self::script(spec)
     }

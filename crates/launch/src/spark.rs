@@ -12,7 +12,7 @@
 //! must be at the same paths on every node.
 
 use crate::driver::Driver;
-use crate::manager::{ManagerError, ResourceManager};
+use crate::manager::{refuse_shrinking, ManagerError, ResourceManager};
 use crate::spec::LaunchSpec;
 
 const DRIVER: Driver = Driver {
@@ -48,6 +48,18 @@ impl ResourceManager for Spark {
 
     fn foreground(&self) -> bool {
         true
+    }
+
+    fn assigns_threads(&self) -> bool {
+        true
+    }
+
+    fn check(&self, spec: &LaunchSpec) -> Result<(), ManagerError> {
+        refuse_shrinking(
+            self.name(),
+            spec,
+            " (--max-restarts restarts every process)",
+        )
     }
 
     fn render(&self, spec: &LaunchSpec) -> Result<String, ManagerError> {

@@ -80,6 +80,22 @@ impl ResourceManager for Yarn {
         "yarn"
     }
 
+    fn assigns_threads(&self) -> bool {
+        true
+    }
+
+    fn check(&self, spec: &LaunchSpec) -> Result<(), ManagerError> {
+        if spec.max_restarts > 0 || spec.min_workers.is_some() {
+            return Err(ManagerError::Invalid(
+                "--max-restarts and --min-workers are not rendered for YARN yet (untested \
+                 without a YARN cluster): resubmit the service, or use local, Slurm, Ray or \
+                 Spark"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn render(&self, spec: &LaunchSpec) -> Result<String, ManagerError> {
         let token = dlc_comm::auth::JobKey::random_token();
         let text = serde_json::to_string_pretty(&service(spec, &token))

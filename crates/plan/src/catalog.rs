@@ -113,6 +113,21 @@ impl Catalog {
         Self::parse(BUILTIN, "built-in catalog").expect("the built-in catalog is valid")
     }
 
+    /// The catalog's GPU model in a name as drivers report it: the longest model key
+    /// that appears in `reported` as a whole word, case aside ("Tesla V100-SXM2-16GB"
+    /// → `V100`, "NVIDIA A10G" → `A10G`, not `A10`).
+    pub fn gpu_model_named(&self, reported: &str) -> Option<&str> {
+        let words: Vec<String> = reported
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .map(str::to_ascii_uppercase)
+            .collect();
+        self.gpus
+            .keys()
+            .filter(|k| words.iter().any(|w| w.eq_ignore_ascii_case(k)))
+            .max_by_key(|k| k.len())
+            .map(String::as_str)
+    }
+
     /// Reads and validates a catalog file.
     pub fn from_file(path: &Path) -> Result<Self, CatalogError> {
         let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Io {
@@ -232,6 +247,29 @@ mod tests {
         ] {
             assert!(c.instances.iter().any(|i| i.name == name), "{name} missing");
         }
+    }
+
+    #[test]
+    fn drivers_gpu_names_match_catalog_models_by_whole_word() {
+        let c = Catalog::builtin();
+        for (reported, model) in [
+            ("Tesla V100-SXM2-16GB", Some("V100")),
+            ("Tesla K80", Some("K80")),
+            ("NVIDIA A10G", Some("A10G")),
+            ("NVIDIA A100-SXM4-40GB", Some("A100")),
+            ("NVIDIA H100 80GB HBM3", Some("H100")),
+            ("NVIDIA L4", Some("L4")),
+            ("NVIDIA H200", Some("H200")),
+            ("NVIDIA L40S", None),
+        ] {
+            assert_eq!(c.gpu_model_named(reported), model, "{reported}");
+        }
+        let p216 = c
+            .instances
+            .iter()
+            .find(|i| i.name == "p2.16xlarge")
+            .unwrap();
+        assert_eq!(p216.network_gbps, 25.0 / 8.0, "25 Gbit/s");
     }
 
     fn err(text: &str) -> String {

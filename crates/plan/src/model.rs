@@ -7,18 +7,27 @@
 //!             = nodes × vCPUs/2                   (CPU instances: one single-threaded worker per core)
 //! local batch = ⌈B / workers⌉
 //! compute     = local batch × FLOPs/sample ÷ (worker peak × efficiency) + per-step overhead
-//!   GPU worker peak = the GPU's f32 peak; efficiency = --gpu-efficiency (assumption);
-//!     overhead = an assumed 2 ms
-//!   CPU: t(b) = t0 + b × t1 fitted by the profile at the full and half batch:
+//!   t(b) = t0 + b × t1 is fitted by the profile at the full and half batch, on its device;
+//!   CPU instance (CPU profile only: a GPU profile never scales CPUs):
 //!     worker peak × efficiency = FLOPs/sample ÷ t1 per core, overhead = t0
-//! ring comm   = 2(n−1)/n × S ÷ bw + 2(n−1) × latency
-//!   bw = GPU link (one node) or min(GPU link, network × efficiency) (several nodes);
-//!   CPU: loopback (one node) or min(loopback, network × efficiency);
+//!   GPU instance, GPU profile whose GPU the catalog knows (by name):
+//!     efficiency = FLOPs/sample ÷ t1 ÷ that GPU's f32 peak, applied to this GPU's
+//!     peak; overhead = t0
+//!   GPU instance, CPU profile (or an unknown GPU): efficiency = --gpu-efficiency and
+//!     overhead 2 ms, both assumptions, and the estimate says so
+//! ring comm   = 2(n−1)/n × S ÷ bw + 2(n−1) × latency  [+ 2 × S ÷ PCIe on GPUs]
+//!   dlc all-reduces on the host: a GPU worker copies its gradients to the host and
+//!   the result back (PCIe), whatever NVLink the instance has;
+//!   bw = loopback (one node) or min(loopback, network × efficiency) (several nodes);
 //!   latency = per hop within a node, or between nodes (several nodes);
 //!   loopback, the latencies and the efficiency come from measured communication
 //!   profiles ([`crate::comm`]) where given, else from the defaults of [`Assumptions`]
-//! ps comm     = max(S ÷ bw_worker, n × S ÷ (k × bw_server)) + 2 × latency      (BytePS bound;
-//!               k servers co-located one per node, bw_worker = network ÷ workers per node)
+//! ps comm     = max(2S ÷ bw_worker, 2n × S ÷ (k × bw_server)) + 2 × latency + update ÷ k
+//!               (a worker pushes its gradients and pulls the new weights; each of k
+//!               servers, co-located one per node, takes n × S ÷ k in and sends as much
+//!               back, and runs the optimizer on its 1/k of the parameters in between:
+//!               update = the CPU profile's t0, else 3 ns per parameter (assumed);
+//!               bw_worker = network ÷ workers per node) [+ 2 × S ÷ PCIe on GPUs]
 //! step        = compute + comm × (1 − overlap)            (dlcluster does not overlap yet: 0)
 //! time        = steps × step + start-up;  cost = nodes × price × time
 //! ```
@@ -27,7 +36,7 @@
 
 use serde::Serialize;
 
-use crate::catalog::{Catalog, GpuLink, Instance};
+use crate::catalog::{Catalog, Instance};
 use crate::profile::Profile;
 
 /// Knobs of the model that are assumptions rather than measurements.
@@ -41,6 +50,11 @@ pub struct Assumptions {
     pub latency_s: f64,
     /// Bandwidth between worker processes on one CPU host (TCP loopback), GB/s.
     pub loopback_gbps: f64,
+    /// Host↔GPU copy bandwidth (PCIe 3.0 ×16 as measured in practice), GB/s.
+    pub pcie_gbps: f64,
+    /// A parameter server's optimizer update per parameter when no CPU profile
+    /// measured it, seconds (Adam reads and writes ~28 bytes per parameter).
+    pub update_s_per_param: f64,
     /// Latency per ring hop between nodes, seconds.
     pub network_latency_s: f64,
     /// Fraction of a node's network bandwidth dlc's collectives reach.
@@ -60,6 +74,8 @@ impl Default for Assumptions {
             gpu_step_overhead_s: 0.002,
             latency_s: 50e-6,
             loopback_gbps: 2.5,
+            pcie_gbps: 12.0,
+            update_s_per_param: 3e-9,
             network_latency_s: 50e-6,
             network_efficiency: 1.0,
             sources: Vec::new(),
@@ -147,8 +163,9 @@ pub fn ring_time(bytes: f64, n: usize, bw_gbps: f64, latency_s: f64) -> f64 {
     2.0 * (n - 1.0) / n * bytes / (bw_gbps * 1e9) + 2.0 * (n - 1.0) * latency_s
 }
 
-/// Parameter-server time (BytePS bound): each of `n` workers pushes and pulls
-/// `bytes` at `bw_worker`; each of `k` servers moves `n × bytes / k` at `bw_server`.
+/// Synchronous parameter-server time (BytePS bound): each of `n` workers pushes
+/// `bytes` of gradients and pulls as many of weights at `bw_worker`; each of `k`
+/// servers takes `n × bytes / k` in and sends as much out at `bw_server`.
 pub fn ps_time(
     bytes: f64,
     n: usize,
@@ -157,8 +174,8 @@ pub fn ps_time(
     bw_server_gbps: f64,
     latency_s: f64,
 ) -> f64 {
-    let worker = bytes / (bw_worker_gbps * 1e9);
-    let server = n as f64 * bytes / (k.max(1) as f64 * bw_server_gbps * 1e9);
+    let worker = 2.0 * bytes / (bw_worker_gbps * 1e9);
+    let server = 2.0 * n as f64 * bytes / (k.max(1) as f64 * bw_server_gbps * 1e9);
     worker.max(server) + 2.0 * latency_s
 }
 
@@ -174,6 +191,10 @@ pub fn estimate(
     a: &Assumptions,
 ) -> Option<Estimate> {
     let gpu = catalog.gpu_of(inst);
+    if gpu.is_none() && p.on_gpu() {
+        // A GPU's throughput says nothing about a CPU's.
+        return None;
+    }
     let per_node = match gpu {
         Some(_) => inst.gpus,
         None => (inst.vcpus / 2).max(1),
@@ -189,14 +210,38 @@ pub fn estimate(
             if (p.params * 16 * 2) as f64 > g.memory_gib * (1u64 << 30) as f64 {
                 return None;
             }
+            let measured_on = p
+                .gpu
+                .as_deref()
+                .filter(|_| p.on_gpu())
+                .and_then(|name| catalog.gpu_model_named(name))
+                .and_then(|m| catalog.gpus.get(m).map(|pg| (m, pg)));
+            let (efficiency, overhead, how) = match measured_on {
+                Some((m, pg)) => {
+                    let e = p.marginal_flops() / (pg.fp32_tflops * 1e12);
+                    (e, p.step_overhead_s, format!("measured on {m}"))
+                }
+                None if p.on_gpu() => (
+                    a.gpu_efficiency,
+                    p.step_overhead_s,
+                    format!(
+                        "assumed: the profiled GPU `{}` is not in the catalog",
+                        p.gpu.as_deref().unwrap_or("?")
+                    ),
+                ),
+                None => (
+                    a.gpu_efficiency,
+                    a.gpu_step_overhead_s,
+                    "assumed: a CPU profile; profile on a GPU to measure it".to_string(),
+                ),
+            };
             (
-                g.fp32_tflops * 1e12 * a.gpu_efficiency,
-                a.gpu_step_overhead_s,
+                g.fp32_tflops * 1e12 * efficiency,
+                overhead,
                 format!(
-                    "{} f32 peak {} TFLOP/s × efficiency {}",
+                    "{} f32 peak {} TFLOP/s × efficiency {efficiency:.3} ({how})",
                     inst.gpu.as_deref().unwrap_or("?"),
                     g.fp32_tflops,
-                    a.gpu_efficiency
                 ),
             )
         }
@@ -212,10 +257,14 @@ pub fn estimate(
     };
     let compute_s = local as f64 * p.flops_per_sample / worker_flops + overhead;
     let s = p.grad_bytes as f64;
-    let one_node_bw = match (gpu, inst.gpu_link) {
-        (Some(_), GpuLink::None) => inst.gpu_link_gbps.max(a.loopback_gbps),
-        (Some(_), _) => inst.gpu_link_gbps,
-        (None, _) => a.loopback_gbps,
+    // dlc all-reduces on the host, over its own transport, NVLink or not.
+    let one_node_bw = a.loopback_gbps;
+    // GPU workers that exchange anything copy gradients to the host and the result
+    // back (a parameter server is reached even by a single worker).
+    let exchanges = workers > 1 || matches!(strategy, Strategy::Ps(_));
+    let copies_s = match gpu {
+        Some(_) if exchanges => 2.0 * s / (a.pcie_gbps * 1e9),
+        _ => 0.0,
     };
     let network = inst.network_gbps * a.network_efficiency;
     let latency = if nodes == 1 {
@@ -241,11 +290,33 @@ pub fn estimate(
             } else {
                 (network / per_node as f64, network)
             };
+            let (update, source) = match (p.on_gpu(), p.step_overhead_s > 0.0) {
+                (false, true) => (p.step_overhead_s, "the profile's fixed step part"),
+                _ => (
+                    p.params as f64 * a.update_s_per_param,
+                    "assumed per parameter",
+                ),
+            };
+            let update = update / k.max(1) as f64;
             (
-                ps_time(s, workers, k, bw_w, bw_s, latency),
-                format!("ps: worker {bw_w:.3} GB/s, {k} server(s) at {bw_s:.4} GB/s"),
+                ps_time(s, workers, k, bw_w, bw_s, latency) + update,
+                format!(
+                    "ps: worker {bw_w:.3} GB/s, {k} server(s) at {bw_s:.4} GB/s, \
+                     server update {update:.2e}s ({source})"
+                ),
             )
         }
+    };
+    let (comm_s, bw_note) = if copies_s > 0.0 {
+        (
+            comm_s + copies_s,
+            format!(
+                "{bw_note}, + GPU↔host copies {copies_s:.4}s at {} GB/s",
+                a.pcie_gbps
+            ),
+        )
+    } else {
+        (comm_s, bw_note)
     };
     let exposed = comm_s * (1.0 - a.overlap);
     let step_s = compute_s + exposed;
@@ -348,6 +419,7 @@ mod tests {
             epochs: 1,
             steps_measured: 10,
             step_overhead_s: 0.0,
+            gpu: None,
         }
     }
 
@@ -362,10 +434,11 @@ mod tests {
 
     #[test]
     fn ps_bound_by_hand() {
-        // 8 workers, 1 server: server moves 8 × 1 MB at 1 GB/s = 8 ms > worker 1 ms.
-        assert!((ps_time(1e6, 8, 1, 1.0, 1.0, 0.0) - 0.008).abs() < 1e-12);
-        // 8 servers: bounded by the worker: 1 ms.
-        assert!((ps_time(1e6, 8, 8, 1.0, 1.0, 0.0) - 0.001).abs() < 1e-12);
+        // 8 workers, 1 server: the server takes 8 × 1 MB in and sends as much out at
+        // 1 GB/s = 16 ms > a worker's push and pull, 2 ms.
+        assert!((ps_time(1e6, 8, 1, 1.0, 1.0, 0.0) - 0.016).abs() < 1e-12);
+        // 8 servers: bounded by the worker: 2 ms.
+        assert!((ps_time(1e6, 8, 8, 1.0, 1.0, 0.0) - 0.002).abs() < 1e-12);
     }
 
     #[test]
@@ -455,6 +528,91 @@ mod tests {
         .unwrap();
         // min(0.5 loopback, 1 GB/s × 0.5) = 0.5 GB/s; 14 hops × 100 µs.
         assert!((e2.comm_s - (2.0 * 7.0 / 8.0 * 4e6 / 0.5e9 + 14.0 * 100e-6)).abs() < 1e-12);
+    }
+
+    const GPU_CATALOG: &str =
+        "[gpus.V100]\nfp32_tflops = 10.0\nfp16_tflops = 100.0\nmemory_gib = 16\n\
+        memory_bw_gbps = 900\n[gpus.A100]\nfp32_tflops = 20.0\nfp16_tflops = 300.0\n\
+        memory_gib = 40\nmemory_bw_gbps = 1555\n\
+        [[instances]]\nname = \"g\"\nprovider = \"p\"\ngpu = \"A100\"\ngpus = 4\nvcpus = 8\n\
+        memory_gib = 16\nnetwork_gbps = 1.0\ngpu_link = \"nvswitch\"\ngpu_link_gbps = 300\n\
+        price_per_hour = 3.6\nprice_date = \"2026-01\"\nregion = \"r\"\n\
+        [[instances]]\nname = \"c\"\nprovider = \"p\"\ngpus = 0\nvcpus = 8\nmemory_gib = 16\n\
+        network_gbps = 1.0\ngpu_link = \"none\"\ngpu_link_gbps = 0\nprice_per_hour = 3.6\n\
+        price_date = \"2026-01\"\nregion = \"r\"\n";
+
+    #[test]
+    fn a_gpu_profile_prices_gpus_from_its_measured_efficiency_and_never_cpus() {
+        let cat = Catalog::parse(GPU_CATALOG, "t").unwrap();
+        let a = Assumptions {
+            latency_s: 0.0,
+            startup_s: 0.0,
+            loopback_gbps: 2.0,
+            ..Default::default()
+        };
+        // Measured on a V100 (10 TFLOP/s peak): 1 ms fixed + 1e9 FLOP per sample at
+        // 2e12 FLOP/s at the margin = efficiency 0.2.
+        let mut p = profile();
+        p.device = "cuda:0".into();
+        p.gpu = Some("Tesla V100-SXM2-16GB".into());
+        p.cpu_model = String::new();
+        p.step_overhead_s = 1e-3;
+        p.seconds_per_sample = (1e-3 + 64.0 * 0.5e-3) / 64.0;
+        let (g, c) = (&cat.instances[0], &cat.instances[1]);
+        assert!(estimate(&cat, c, 1, Strategy::Ring, &p, 1, &a).is_none());
+        let e = estimate(&cat, g, 1, Strategy::Ring, &p, 1, &a).unwrap();
+        // 4 A100s at 0.2 × 20 TFLOP/s, local batch 16: 16 × 1e9 / 4e12 + 1 ms = 5 ms.
+        assert_eq!(e.workers, 4);
+        assert!((e.compute_s - 0.005).abs() < 1e-12, "{}", e.explain);
+        assert!(e.explain.contains("measured on V100"), "{}", e.explain);
+        // The host ring (2 GB/s, not NVSwitch's 300) plus the copy down and back up
+        // at 12 GB/s: 2·3/4 · 4e6 / 2e9 + 2 · 4e6 / 12e9.
+        let ring = 2.0 * 3.0 / 4.0 * 4e6 / 2e9 + 2.0 * 4e6 / 12e9;
+        assert!((e.comm_s - ring).abs() < 1e-12, "{}", e.explain);
+
+        // A GPU the catalog does not know: the assumption, said.
+        p.gpu = Some("NVIDIA H200".into());
+        let e = estimate(&cat, g, 1, Strategy::Ring, &p, 1, &a).unwrap();
+        assert!(
+            e.explain.contains("`NVIDIA H200` is not in the catalog"),
+            "{}",
+            e.explain
+        );
+        // A CPU profile prices GPUs by the assumption too, and says so.
+        let e = estimate(&cat, g, 1, Strategy::Ring, &profile(), 1, &a).unwrap();
+        assert!(
+            e.explain.contains("assumed: a CPU profile"),
+            "{}",
+            e.explain
+        );
+        assert!((e.compute_s - (16.0 * 1e9 / 4e12 + 0.002)).abs() < 1e-12);
+        assert!(estimate(&cat, c, 1, Strategy::Ring, &profile(), 1, &a).is_some());
+    }
+
+    #[test]
+    fn a_parameter_server_step_counts_push_pull_and_the_servers_update() {
+        let cat = Catalog::parse(GPU_CATALOG, "t").unwrap();
+        let a = Assumptions {
+            latency_s: 0.0,
+            startup_s: 0.0,
+            loopback_gbps: 2.0,
+            ..Default::default()
+        };
+        let mut p = profile();
+        p.step_overhead_s = 4e-3;
+        let c = &cat.instances[1];
+        let e = estimate(&cat, c, 1, Strategy::Ps(2), &p, 1, &a).unwrap();
+        // 4 workers, 2 servers: a server moves 2 × 4 × 4 MB / 2 at 2 GB/s = 8 ms,
+        // a worker 2 × 4 MB at 2 GB/s = 4 ms; the update 4 ms ÷ 2 servers.
+        assert!((e.comm_s - (0.008 + 0.002)).abs() < 1e-12, "{}", e.explain);
+        // Without a measured fixed part: 3 ns per parameter ÷ 2.
+        p.step_overhead_s = 0.0;
+        let e = estimate(&cat, c, 1, Strategy::Ps(2), &p, 1, &a).unwrap();
+        assert!(
+            (e.comm_s - (0.008 + 1e6 * 3e-9 / 2.0)).abs() < 1e-12,
+            "{}",
+            e.explain
+        );
     }
 
     fn est(cost: f64, t: f64) -> Estimate {

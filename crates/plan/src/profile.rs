@@ -9,8 +9,13 @@ pub struct Profile {
     pub job: String,
     /// Device measured on (`cpu`, `cuda:N`).
     pub device: String,
-    /// CPU model of the machine.
+    /// CPU model of the machine (optional in a GPU profile).
+    #[serde(default)]
     pub cpu_model: String,
+    /// The GPU's name as `dlc devices` reports it (`Tesla V100-SXM2-16GB`), in a
+    /// profile measured on `cuda:N`; matched to the catalog's GPU models by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<String>,
     /// Tensor threads used for the measurement.
     pub threads: usize,
     /// Trainable parameters.
@@ -46,6 +51,16 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// Measured on a GPU (`device = "cuda:N"`).
+    pub fn on_gpu(&self) -> bool {
+        self.device.starts_with("cuda")
+    }
+
+    /// FLOP/s of the whole device at the margin: FLOPs per sample ÷ t1.
+    pub fn marginal_flops(&self) -> f64 {
+        self.flops_per_sample / self.seconds_per_extra_sample().max(1e-15)
+    }
+
     /// Achieved FLOP/s per tensor thread (the per-core rate on CPU).
     pub fn flops_per_thread(&self) -> f64 {
         self.achieved_flops / self.threads.max(1) as f64
@@ -61,9 +76,7 @@ impl Profile {
     /// FLOP/s per tensor thread at the margin: FLOPs per sample ÷ t1 ÷ threads. With
     /// no fixed overhead this is [`Self::flops_per_thread`].
     pub fn marginal_flops_per_thread(&self) -> f64 {
-        self.flops_per_sample
-            / self.seconds_per_extra_sample().max(1e-15)
-            / self.threads.max(1) as f64
+        self.marginal_flops() / self.threads.max(1) as f64
     }
 }
 
