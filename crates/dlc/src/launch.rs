@@ -223,6 +223,15 @@ fn launch_spec(a: &LaunchArgs) -> Result<(Manager, Box<dyn ResourceManager>, Lau
     if r.nodes == 0 || r.cpus_per_worker == 0 || r.workers_per_node == Some(0) {
         bail!("--nodes, --workers-per-node and --cpus-per-worker must be at least 1");
     }
+    if !foreign && r.gpus_per_worker > 1 {
+        bail!(
+            "--gpus-per-worker {}: a dlc worker trains on one GPU (no model parallelism yet), \
+             so the others would sit idle; run one worker per GPU instead (--workers-per-node \
+             {} --gpus-per-worker 1)",
+            r.gpus_per_worker,
+            r.gpus_per_worker * r.workers_per_node.unwrap_or(1)
+        );
+    }
     if let Some(w) = r.workers_per_node {
         if a.run.workers.is_some_and(|n| n != w * r.nodes) {
             bail!(

@@ -90,6 +90,26 @@ fn auto_falls_back_to_cpu_and_cuda_fails_fast_without_a_gpu() {
         notices[0].contains("no usable GPU") && notices[0].contains("training on CPU"),
         "{err}"
     );
+    // Two workers: every rank that falls back says so, not only rank 0.
+    let out = dlc()
+        .args([
+            "train",
+            j,
+            "--device",
+            "auto",
+            "--workers",
+            "2",
+            "--out",
+            dir.path().join("a2").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for rank in 0..2 {
+        let said = format!("rank {rank}: device auto: no usable GPU");
+        assert!(err.lines().any(|l| l.contains(&said)), "{said}:\n{err}");
+    }
 
     let start = std::time::Instant::now();
     let err = fails(&[

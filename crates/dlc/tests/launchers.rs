@@ -429,6 +429,22 @@ fn dry_runs_print_the_script_and_the_manifests() {
         "--dry-run",
     ]);
     assert!(e.contains("not rendered for YARN"), "{e}");
+    // A native worker trains on one GPU: more per worker would sit idle.
+    let e = fails(&[
+        "launch",
+        "--manager",
+        "slurm",
+        example,
+        "--workers-per-node",
+        "2",
+        "--gpus-per-worker",
+        "4",
+        "--dry-run",
+    ]);
+    assert!(
+        e.contains("one GPU") && e.contains("--workers-per-node 8 --gpus-per-worker 1"),
+        "{e}"
+    );
     // Elastic restarts are the local manager's and Slurm's: refused, not ignored.
     let e = fails(&[
         "launch",

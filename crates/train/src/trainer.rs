@@ -158,10 +158,12 @@ pub fn train_distributed(
 ) -> Result<TrainSummary, TrainError> {
     let result = crate::device::resolve(job.train.device, opts.local_rank.unwrap_or(sync.rank()))
         .and_then(|(device, notice)| {
-            if let Some(n) = notice {
-                if !opts.quiet && sync.rank() == 0 {
-                    eprintln!("{n}");
-                }
+            // Which GPU rank 0 took is said once; a fall-back to the CPU by every rank
+            // that falls back (a rank on another host may be the one without a GPU).
+            match (notice, device) {
+                (Some(n), Device::Cpu) if !opts.quiet => eprintln!("rank {}: {n}", sync.rank()),
+                (Some(n), _) if !opts.quiet && sync.rank() == 0 => eprintln!("{n}"),
+                _ => {}
             }
             let mut summary = match device {
                 Device::Cpu => train_on::<CpuTrain>(job, opts, &Default::default(), &mut sync),
