@@ -244,6 +244,9 @@ pub struct EvalArgs {
     /// CPU threads for tensor operations [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
+    /// Device: auto, cpu, cuda, cuda:N [default: the job's [train] device].
+    #[arg(long)]
+    device: Option<dlc_job::DeviceSpec>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -507,13 +510,16 @@ fn stop_on_signals(job: &JobSpec) -> Option<Arc<AtomicUsize>> {
 pub fn eval(args: EvalArgs) -> Result<()> {
     let job = native_job(&args.job)?;
     set_threads(args.threads);
-    let r = dlc_train::evaluate_file(&job, &args.model)
+    let device = args.device.unwrap_or(job.train.device);
+    let (r, device) = dlc_train::evaluate_file(&job, &args.model, device)
         .with_context(|| format!("evaluating {} failed", args.model.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string(&r)?);
+        let mut v = serde_json::to_value(r)?;
+        v["device"] = device.to_string().into();
+        println!("{v}");
     } else {
         println!(
-            "test loss {:.4}, {} ({} samples)",
+            "test loss {:.4}, {} ({} samples, on {device})",
             r.loss,
             r.describe(),
             r.samples

@@ -81,6 +81,25 @@ fn auto_falls_back_to_cpu_and_cuda_fails_fast_without_a_gpu() {
         )
         .unwrap();
         assert!(s["test_accuracy"].as_f64().unwrap() > 0.6, "{s}");
+        let w = dir.path().join("c/model.safetensors");
+        let v: serde_json::Value = serde_json::from_str(
+            ok(&[
+                "eval",
+                j,
+                "--model",
+                w.to_str().unwrap(),
+                "--device",
+                "cuda",
+                "--json",
+            ])
+            .trim(),
+        )
+        .unwrap();
+        assert!(v["device"].as_str().unwrap().starts_with("cuda:"), "{v}");
+        assert!(
+            (v["accuracy"].as_f64().unwrap() - s["test_accuracy"].as_f64().unwrap()).abs() < 0.01,
+            "{v} vs {s}"
+        );
         return;
     }
     assert_eq!(s["device"], "cpu");
@@ -90,6 +109,17 @@ fn auto_falls_back_to_cpu_and_cuda_fails_fast_without_a_gpu() {
         notices[0].contains("no usable GPU") && notices[0].contains("training on CPU"),
         "{err}"
     );
+    // Evaluation goes where it is told: the CPU, or a clear refusal of a missing GPU.
+    let weights = dir.path().join("a/model.safetensors");
+    let w = weights.to_str().unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(ok(&["eval", j, "--model", w, "--device", "cpu", "--json"]).trim())
+            .unwrap();
+    assert_eq!(v["device"], "cpu", "{v}");
+    assert_eq!(v["accuracy"], s["test_accuracy"], "{v} vs {s}");
+    let err = fails(&["eval", j, "--model", w, "--device", "cuda"]);
+    assert!(err.contains("device cuda requested but"), "{err}");
+
     // Two workers: every rank that falls back says so, not only rank 0.
     let out = dlc()
         .args([

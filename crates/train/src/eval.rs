@@ -9,8 +9,9 @@ use dlc_job::JobSpec;
 use dlc_model::Net;
 use serde::Serialize;
 
-use crate::backend::Cpu;
+use crate::backend::{Cpu, Gpu, GpuDevice};
 use crate::data::{DataInfo, JobData};
+use crate::device::Device;
 use crate::task::{to_tensors, Totals};
 use crate::TrainError;
 
@@ -79,9 +80,31 @@ pub fn evaluate<B: Backend>(
 }
 
 /// Loads `model.safetensors` written by training into the job's model and evaluates
-/// it on the job's test set (CPU), mapping classes and standardising features as
-/// training did when the weights' directory holds the run's `data.json`.
-pub fn evaluate_file(job: &JobSpec, weights: &Path) -> Result<EvalResult, TrainError> {
+/// it on the job's test set on `device` (`auto`: a GPU when one works, with a notice
+/// when it falls back), mapping classes and standardising features as training did
+/// when the weights' directory holds the run's `data.json`. Returns the result and
+/// the device it ran on.
+pub fn evaluate_file(
+    job: &JobSpec,
+    weights: &Path,
+    device: dlc_job::DeviceSpec,
+) -> Result<(EvalResult, Device), TrainError> {
+    let (device, notice) = crate::device::resolve(device, 0)?;
+    if let Some(n) = notice {
+        eprintln!("{n}");
+    }
+    let r = match device {
+        Device::Cpu => evaluate_on::<Cpu>(job, weights, &Default::default())?,
+        Device::Cuda(i) => evaluate_on::<Gpu>(job, weights, &GpuDevice::new(i))?,
+    };
+    Ok((r, device))
+}
+
+fn evaluate_on<B: Backend>(
+    job: &JobSpec,
+    weights: &Path,
+    device: &B::Device,
+) -> Result<EvalResult, TrainError> {
     // The run's class mapping and standardisation, when it saved them (data.json).
     let saved = match weights.parent() {
         Some(dir) => DataInfo::load(dir)?,
@@ -89,14 +112,13 @@ pub fn evaluate_file(job: &JobSpec, weights: &Path) -> Result<EvalResult, TrainE
     };
     let data = JobData::load_as(&job.data, job.train.seed, saved.as_ref())?;
     let plan = data.model_plan(&job.model)?;
-    let device = Default::default();
-    let mut model = Net::<Cpu>::new(&plan, &device);
+    let mut model = Net::<B>::new(&plan, device);
     load_safetensors(&mut model, weights)?;
     evaluate(
         &model,
         data.test.as_ref(),
         data.standardizer.as_ref(),
-        &device,
+        device,
     )
 }
 
