@@ -6,7 +6,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use cudarc::driver::{result, sys, CudaContext};
+use cudarc::driver::{result, sys};
 use dlc_job::DeviceSpec;
 use serde::Serialize;
 
@@ -61,7 +61,7 @@ pub fn probe_cuda() -> Result<CudaReport, Unusable> {
             sys::CUresult::CUDA_SUCCESS => format!("{}.{}", v / 1000, (v % 1000) / 10),
             _ => "unknown".into(),
         };
-        let count = CudaContext::device_count()
+        let count = result::device::get_count()
             .map_err(|e| Unusable(format!("cannot count CUDA devices: {e}")))?;
         if count <= 0 {
             let vis = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into());
@@ -69,15 +69,30 @@ pub fn probe_cuda() -> Result<CudaReport, Unusable> {
                 "the CUDA driver {driver_version} sees no GPU (CUDA_VISIBLE_DEVICES={vis})"
             )));
         }
+        // Device queries only: no context is created (a context per GPU per worker
+        // costs memory, and fails on a GPU in exclusive-process mode that another
+        // worker already holds).
         let mut gpus = Vec::new();
         for index in 0..count as usize {
-            let ctx = CudaContext::new(index)
-                .map_err(|e| Unusable(format!("GPU {index}: cannot create a context: {e}")))?;
+            let dev = result::device::get(index as std::ffi::c_int)
+                .map_err(|e| Unusable(format!("GPU {index}: {e}")))?;
+            let attribute = |a| {
+                // SAFETY: `dev` was returned by cuDeviceGet.
+                unsafe { result::device::get_attribute(dev, a) }.unwrap_or(0)
+            };
             gpus.push(GpuInfo {
                 index,
-                name: ctx.name().unwrap_or_else(|_| "unknown".into()),
-                memory_bytes: ctx.total_mem().unwrap_or(0),
-                compute_capability: ctx.compute_capability().unwrap_or((0, 0)),
+                name: result::device::get_name(dev).unwrap_or_else(|_| "unknown".into()),
+                // SAFETY: `dev` was returned by cuDeviceGet.
+                memory_bytes: unsafe { result::device::total_mem(dev) }.unwrap_or(0),
+                compute_capability: (
+                    attribute(
+                        sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                    ),
+                    attribute(
+                        sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                    ),
+                ),
             });
         }
         Ok(CudaReport {
