@@ -144,6 +144,21 @@ pub fn framework<B: Backend>(
     Ok((rows, skipped))
 }
 
+/// Whether cuBLAS can be loaded (the vendor reference needs it; our GPU rows do not):
+/// `Err` says what is missing.
+pub fn cublas_present() -> Result<(), String> {
+    // SAFETY: only tries to dlopen the cuBLAS library by its usual names.
+    if unsafe { cudarc::cublas::sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(
+            "cuBLAS (libcublas.so) was not found; install the CUDA toolkit's cuBLAS \
+             (e.g. libcublas-12-x) for the vendor reference rows"
+                .into(),
+        )
+    }
+}
+
 /// Times cuBLAS directly on GPU `index` (the vendor reference).
 pub fn cublas(
     index: usize,

@@ -494,10 +494,19 @@ fn matmul_cmd(a: MatmulArgs) -> Result<()> {
                 );
             }
             rows.append(&mut r);
-            if let Some(i) = gpu {
-                let mut r = matmul::cublas(i, dtype, &a.sizes, budget, print)
-                    .map_err(|e| anyhow::anyhow!(e))?;
-                rows.append(&mut r);
+            match (gpu, matmul::cublas_present()) {
+                (Some(i), Ok(())) => {
+                    let mut r = matmul::cublas(i, dtype, &a.sizes, budget, print)
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                    rows.append(&mut r);
+                }
+                (Some(_), Err(why)) => {
+                    eprintln!(
+                        "note: {dev} {}: no cuBLAS reference rows: {why}",
+                        dtype.name()
+                    )
+                }
+                (None, _) => {}
             }
         }
     }
