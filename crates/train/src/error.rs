@@ -36,6 +36,15 @@ pub enum TrainError {
     /// Options contradict each other.
     #[error("{0}")]
     Usage(String),
+    /// The device failed while training (a CUDA error: out of memory, a kernel that
+    /// did not compile, a lost GPU).
+    #[error("training on {device} failed: {message}")]
+    Device {
+        /// The device (`cuda:N`).
+        device: String,
+        /// What the backend said.
+        message: String,
+    },
 }
 
 // Not `#[from]`: that would make the model error this one's source too, and error

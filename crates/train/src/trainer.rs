@@ -167,7 +167,9 @@ pub fn train_distributed(
             }
             let mut summary = match device {
                 Device::Cpu => train_on::<CpuTrain>(job, opts, &Default::default(), &mut sync),
-                Device::Cuda(i) => train_on::<GpuTrain>(job, opts, &GpuDevice::new(i), &mut sync),
+                Device::Cuda(i) => device_errors(device, || {
+                    train_on::<GpuTrain>(job, opts, &GpuDevice::new(i), &mut sync)
+                }),
             }?;
             summary.device = device.to_string();
             Ok(summary)
@@ -178,6 +180,26 @@ pub fn train_distributed(
         sync.fail(&e.to_string());
     }
     result
+}
+
+/// Burn's CUDA backend panics on device errors (out of memory, a kernel nvrtc cannot
+/// compile, a lost GPU); here they become this rank's error naming the device, which
+/// the other ranks are told, instead of a panic.
+fn device_errors<T>(
+    device: Device,
+    f: impl FnOnce() -> Result<T, TrainError>,
+) -> Result<T, TrainError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the backend panicked".into());
+        Err(TrainError::Device {
+            device: device.to_string(),
+            message,
+        })
+    })
 }
 
 /// A default run directory name: `runs/<job>-<UTC timestamp>`.
@@ -829,4 +851,26 @@ fn prepare_run_dir(
 fn write_job(dir: &Path, job: &JobSpec) -> Result<(), TrainError> {
     let path = dir.join("job.toml");
     std::fs::write(&path, job.to_toml()).map_err(TrainError::io(&path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_panic_becomes_an_error_naming_the_device() {
+        let e = device_errors::<()>(Device::Cuda(1), || {
+            panic!("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")")
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("training on cuda:1 failed: ") && e.contains("OUT_OF_MEMORY"),
+            "{e}"
+        );
+        // Errors and results pass through untouched.
+        assert_eq!(device_errors(Device::Cuda(0), || Ok(7)).unwrap(), 7);
+        let e = device_errors::<()>(Device::Cuda(0), || Err(TrainError::Usage("no".into())));
+        assert!(matches!(e, Err(TrainError::Usage(_))));
+    }
 }
