@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what dlcluster needs beyond Rust: Debian packages (the Fashion-MNIST dataset,
-# a TrueType font for PNG plots). With --launchers also Open MPI and Slurm (for
+# a TrueType font for PNG plots; xz-utils and binutils, with which scripts/gpu-check.sh
+# packs the stripped binary for a GPU machine). With --launchers also Open MPI and Slurm (for
 # `mpirun … dlc worker` and a local test cluster: scripts/slurm-local.sh start) and
 # python3-venv (CI checks the Kubernetes manifests with pip's kubernetes-validate), and
 # iproute2 (`ss`, with which the fault-injection tests cut a running job's links; `ip`
@@ -9,7 +10,7 @@
 # Uses sudo only when not root. Safe to run again: installs only what is missing.
 set -euo pipefail
 
-packages=(dataset-fashion-mnist fonts-dejavu-core)
+packages=(dataset-fashion-mnist fonts-dejavu-core xz-utils binutils)
 if [ "${1:-}" = "--launchers" ]; then
   packages+=(openmpi-bin slurm-wlm munge python3-venv iproute2 openjdk-17-jre-headless)
 fi

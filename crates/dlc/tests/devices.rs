@@ -234,3 +234,80 @@ fn bench_matmul_on_cpu_writes_tables_and_valid_plots() {
     let err = fails(&["bench", "matmul", "--dtype", "f8"]);
     assert!(err.contains("unknown dtype"), "{err}");
 }
+
+/// The GPU check's bundle fits what travels to a GPU machine, and the script inside
+/// it runs every step (here small, on the CPU) and records each as a JSON line.
+#[test]
+fn the_gpu_check_bundle_fits_and_runs_every_step_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    let script = repo().join("scripts/gpu-check.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("--bundle")
+        .arg(&bundle)
+        .env("DLC_BIN", env!("CARGO_BIN_EXE_dlc"))
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let bytes: u64 = walk(&bundle);
+    assert!(bytes < 60 << 20, "{bytes} bytes: {said}");
+    assert!(bundle.join("dlc.xz").exists() && !bundle.join("dlc").exists());
+
+    let results = dir.path().join("out");
+    let out = std::process::Command::new(bundle.join("gpu-check.sh"))
+        .args(["--device", "cpu", "--quick", "--out"])
+        .arg(&results)
+        .output()
+        .unwrap();
+    let jsonl = std::fs::read_to_string(results.join("gpu-check.jsonl")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}\n{jsonl}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let step = |name: &str| {
+        lines
+            .iter()
+            .find(|v| v["step"] == name)
+            .unwrap_or_else(|| panic!("no {name} step in\n{jsonl}"))
+    };
+    for name in [
+        "devices",
+        "matmul",
+        "train-mlp",
+        "train-cnn",
+        "two-workers-ring",
+        "two-workers-ps",
+        "resume-second-half",
+        "profile",
+        "plan",
+    ] {
+        assert_eq!(step(name)["rc"], 0, "{name}: {jsonl}");
+    }
+    assert_eq!(step("train-cnn")["result"]["device"], "cpu");
+    assert_eq!(step("resume-compare")["identical"], true, "{jsonl}");
+    assert_eq!(step("profile-json")["result"]["device"], "cpu");
+    assert_eq!(step("summary")["failed"], 0);
+}
+
+fn walk(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                walk(&e.path())
+            } else {
+                m.len()
+            }
+        })
+        .sum()
+}
