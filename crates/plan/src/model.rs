@@ -541,15 +541,20 @@ mod tests {
         network_gbps = 1.0\ngpu_link = \"none\"\ngpu_link_gbps = 0\nprice_per_hour = 3.6\n\
         price_date = \"2026-01\"\nregion = \"r\"\n";
 
-    #[test]
-    fn a_gpu_profile_prices_gpus_from_its_measured_efficiency_and_never_cpus() {
-        let cat = Catalog::parse(GPU_CATALOG, "t").unwrap();
+    /// The GPU catalog, and no latency or start-up, 2 GB/s between processes.
+    fn gpu_catalog() -> (Catalog, Assumptions) {
         let a = Assumptions {
             latency_s: 0.0,
             startup_s: 0.0,
             loopback_gbps: 2.0,
             ..Default::default()
         };
+        (Catalog::parse(GPU_CATALOG, "t").unwrap(), a)
+    }
+
+    #[test]
+    fn a_gpu_profile_prices_gpus_from_its_measured_efficiency_and_never_cpus() {
+        let (cat, a) = gpu_catalog();
         // Measured on a V100 (10 TFLOP/s peak): 1 ms fixed + 1e9 FLOP per sample at
         // 2e12 FLOP/s at the margin = efficiency 0.2.
         let mut p = profile();
@@ -591,13 +596,7 @@ mod tests {
 
     #[test]
     fn a_parameter_server_step_counts_push_pull_and_the_servers_update() {
-        let cat = Catalog::parse(GPU_CATALOG, "t").unwrap();
-        let a = Assumptions {
-            latency_s: 0.0,
-            startup_s: 0.0,
-            loopback_gbps: 2.0,
-            ..Default::default()
-        };
+        let (cat, a) = gpu_catalog();
         let mut p = profile();
         p.step_overhead_s = 4e-3;
         let c = &cat.instances[1];

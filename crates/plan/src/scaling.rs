@@ -401,20 +401,8 @@ where
         .draw()
         .map_err(|x| e(&x))?;
     for (i, (label, measured, predicted)) in lines.iter().enumerate() {
+        dlc_plot::lines::named_line(&mut chart, i, &format!("{label} measured"), measured, true)?;
         let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                measured.iter().copied(),
-                color.stroke_width(2),
-            ))
-            .map_err(|x| e(&x))?
-            .label(format!("{label} measured"))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(measured.iter().map(|&p| Circle::new(p, 3, color.filled())))
-            .map_err(|x| e(&x))?;
         if !predicted.is_empty() {
             chart
                 .draw_series(DashedLineSeries::new(

@@ -17,23 +17,40 @@ where
     X: Ranged<ValueType = f64>,
     Y: Ranged<ValueType = f64>,
 {
-    let e = |x: &dyn std::fmt::Display| x.to_string();
     for (i, &(name, pts)) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-            .map_err(|x| e(&x))?
-            .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-        if pts.len() <= mark_up_to {
-            chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                .map_err(|x| e(&x))?;
-        }
+        named_line(chart, i, name, pts, pts.len() <= mark_up_to)?;
     }
     legend_box(chart, legend)
+}
+
+/// Draws one series as a 2-px line in palette colour `index`, labelled `name` in the
+/// legend, with a circle on every point when `marked`.
+pub fn named_line<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    index: usize,
+    name: &str,
+    pts: &[(f64, f64)],
+    marked: bool,
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    let e = |x: &dyn std::fmt::Display| x.to_string();
+    let color = Palette99::pick(index).to_rgba();
+    chart
+        .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+        .map_err(|x| e(&x))?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    if marked {
+        chart
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(|x| e(&x))?;
+    }
+    Ok(())
 }
 
 /// Draws the legend of the labelled series: white, slightly transparent, black border.

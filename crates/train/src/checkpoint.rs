@@ -361,11 +361,7 @@ fn decode<B: AutodiffBackend>(
     }));
     std::panic::set_hook(hook);
     let loaded = loaded.map_err(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let what = crate::error::panic_message(&*panic).unwrap_or_default();
         let first = what.lines().next().unwrap_or("").trim().to_string();
         mismatch(format!("its layers differ from the job's ({first})"))
     })?;

@@ -101,11 +101,7 @@ pub fn probe_cuda() -> Result<CudaReport, Unusable> {
         })
     }));
     let report = probed.unwrap_or_else(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown failure".into());
+        let msg = crate::error::panic_message(&*p).unwrap_or_else(|| "unknown failure".into());
         Err(Unusable(format!("probing CUDA failed: {msg}")))
     })?;
     // Kernels are compiled at run time with nvrtc.

@@ -47,6 +47,14 @@ pub enum TrainError {
     },
 }
 
+/// The message a caught panic carried (`panic!` with a literal or a formatted string).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> Option<String> {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+}
+
 // Not `#[from]`: that would make the model error this one's source too, and error
 // chains (`{:#}`) would print its message twice.
 impl From<dlc_model::ModelError> for TrainError {

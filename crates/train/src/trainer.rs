@@ -190,11 +190,8 @@ fn device_errors<T>(
     f: impl FnOnce() -> Result<T, TrainError>,
 ) -> Result<T, TrainError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "the backend panicked".into());
+        let message =
+            crate::error::panic_message(&*panic).unwrap_or_else(|| "the backend panicked".into());
         Err(TrainError::Device {
             device: device.to_string(),
             message,
