@@ -105,7 +105,14 @@ impl FusedAdam {
             None => (1, None, None),
         };
         let first = m.is_none();
-        let fresh = || FlexTensor::empty(burn::tensor::Shape::new(shape.dims::<D>()), DType::F32);
+        // Zeros as an f32 `Vec` (burn-flex's `empty` zeroes a byte buffer, then copies it).
+        let n = shape.num_elements();
+        let fresh = || {
+            FlexTensor::from_data(burn::tensor::TensorData::new(
+                vec![0.0f32; n],
+                burn::tensor::Shape::new(shape.dims::<D>()),
+            ))
+        };
         let (mut m, mut v) = (m.unwrap_or_else(fresh), v.unwrap_or_else(fresh));
 
         // The scalars exactly as burn computes them (f32).

@@ -12,7 +12,7 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::{DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
@@ -28,12 +28,13 @@ fn pool(x: &FlexTensor, codes: Option<&mut Vec<u8>>) -> FlexTensor {
     let s = x.shape();
     let (planes, h, w) = dims(&x);
     let (oh, ow) = (h / 2, w / 2);
-    let mut out = FlexTensor::empty(Shape::new([s[0], s[1], oh, ow]), DType::F32);
+    let shape = Shape::new([s[0], s[1], oh, ow]);
     let src: &[f32] = x.as_slice().expect("contiguous f32");
-    let dst: &mut [f32] = out.storage_mut();
+    let mut out = vec![0.0; shape.num_elements()];
+    let dst = &mut out[..];
     let per = oh * ow;
     if per == 0 {
-        return out;
+        return super::f32_tensor(out, shape);
     }
     let work = |(p, o): (usize, &mut [f32]), code: Option<&mut [u8]>| {
         let plane = &src[p * h * w..(p + 1) * h * w];
@@ -55,7 +56,7 @@ fn pool(x: &FlexTensor, codes: Option<&mut Vec<u8>>) -> FlexTensor {
             .with_min_len(4)
             .for_each(|(p, o)| work((p, o), None)),
     }
-    out
+    super::f32_tensor(out, shape)
 }
 
 /// One plane: `out` is `oh × ow`, the input rows are `w` wide.
@@ -109,7 +110,7 @@ fn backward(grad: &FlexTensor, codes: &[u8], input: &Shape) -> FlexTensor {
     let g: &[f32] = grad.as_slice().expect("contiguous f32");
     let (h, w) = (input[2], input[3]);
     let (oh, ow) = (h / 2, w / 2);
-    let mut out = FlexTensor::zeros(input.clone(), DType::F32);
+    let mut out = super::zeros(input.clone());
     let per = oh * ow;
     if per == 0 {
         return out;

@@ -103,6 +103,21 @@ fn on_backend<B: Backend, C: Backend>(
     }
 }
 
+/// A contiguous f32 tensor of `shape` holding `v`, without a copy.
+///
+/// burn-flex's `FlexTensor::empty`/`zeros` build a `Vec<u8>`, which cubecl's `Bytes`
+/// then copies into a 16-byte-aligned allocation (a `u8` buffer reports alignment 1):
+/// a zeroing pass and a copy of every output buffer. A `Vec<f32>` handed over through
+/// `TensorData` is kept as it is.
+fn f32_tensor(v: Vec<f32>, shape: burn::tensor::Shape) -> burn_flex::FlexTensor {
+    burn_flex::FlexTensor::from_data(burn::tensor::TensorData::new(v, shape))
+}
+
+/// A contiguous f32 tensor of `shape` filled with zeros (one pass, no copy).
+fn zeros(shape: burn::tensor::Shape) -> burn_flex::FlexTensor {
+    f32_tensor(vec![0.0; shape.num_elements()], shape)
+}
+
 /// `v` as a `U` when `T` is `U`, else `v` back: how a kernel written for one
 /// backend is chosen inside code generic over the backend.
 pub fn cast<T: 'static, U: 'static>(v: T) -> Result<U, T> {
