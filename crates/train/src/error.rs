@@ -38,10 +38,12 @@ pub enum TrainError {
     Usage(String),
     /// The device failed while training (a CUDA error: out of memory, a kernel that
     /// did not compile, a lost GPU).
-    #[error("training on {device} failed: {message}")]
+    #[error("training on {device} failed {at}: {message}")]
     Device {
         /// The device (`cuda:N`).
         device: String,
+        /// Where the run was: `at step 12 (epoch 2)`, `while setting up`, …
+        at: String,
         /// What the backend said.
         message: String,
     },

@@ -12,6 +12,7 @@ use burn::tensor::ElementConversion;
 use dlc_data::Prefetch;
 use dlc_job::{CheckpointEvery, JobSpec};
 use dlc_model::Net;
+use std::cell::Cell;
 
 use crate::backend::{CpuTrain, GpuDevice, GpuTrain};
 use crate::checkpoint::{self, LoopState, Snapshot};
@@ -167,9 +168,12 @@ pub fn train_distributed(
             }
             let mut summary = match device {
                 Device::Cpu => train_on::<CpuTrain>(job, opts, &Default::default(), &mut sync),
-                Device::Cuda(i) => device_errors(device, || {
-                    train_on::<GpuTrain>(job, opts, &GpuDevice::new(i), &mut sync)
-                }),
+                Device::Cuda(i) => {
+                    let at = Cell::new(At::Setup);
+                    device_errors(device, &at, || {
+                        train_tracked::<GpuTrain>(job, opts, &GpuDevice::new(i), &mut sync, &at)
+                    })
+                }
             }?;
             summary.device = device.to_string();
             Ok(summary)
@@ -182,11 +186,37 @@ pub fn train_distributed(
     result
 }
 
+/// Where a training run is, for an error that interrupts it without a `Result`
+/// (a device's panic): set by the run as it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    /// Loading data, building or restoring the model.
+    Setup,
+    /// Training step `step` (counted over the whole run, from 1) of `epoch` (from 1).
+    Step { step: usize, epoch: usize },
+    /// Evaluating and checkpointing after epoch `epoch` (from 1).
+    EpochEnd { epoch: usize },
+    /// Saving the model and writing the summary.
+    Finish,
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            At::Setup => write!(f, "while setting up"),
+            At::Step { step, epoch } => write!(f, "at step {step} (epoch {epoch})"),
+            At::EpochEnd { epoch } => write!(f, "after epoch {epoch} (evaluation, checkpoint)"),
+            At::Finish => write!(f, "while saving the model"),
+        }
+    }
+}
+
 /// Burn's CUDA backend panics on device errors (out of memory, a kernel nvrtc cannot
-/// compile, a lost GPU); here they become this rank's error naming the device, which
-/// the other ranks are told, instead of a panic.
+/// compile, a lost GPU); here they become this rank's error naming the device and
+/// where the run was (`at`), which the other ranks are told, instead of a panic.
 fn device_errors<T>(
     device: Device,
+    at: &Cell<At>,
     f: impl FnOnce() -> Result<T, TrainError>,
 ) -> Result<T, TrainError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
@@ -194,6 +224,7 @@ fn device_errors<T>(
             crate::error::panic_message(&*panic).unwrap_or_else(|| "the backend panicked".into());
         Err(TrainError::Device {
             device: device.to_string(),
+            at: at.get().to_string(),
             message,
         })
     })
@@ -235,15 +266,31 @@ pub fn train_on<B: AutodiffBackend>(
     device: &B::Device,
     sync: &mut GradSync,
 ) -> Result<TrainSummary, TrainError> {
-    let mut run = Run::<B>::prepare(job, opts, device, sync)?;
+    train_tracked::<B>(job, opts, device, sync, &Cell::new(At::Setup))
+}
+
+/// [`train_on`], telling `at` where the run is as it goes.
+fn train_tracked<B: AutodiffBackend>(
+    job: &JobSpec,
+    opts: &TrainOptions,
+    device: &B::Device,
+    sync: &mut GradSync,
+    at: &Cell<At>,
+) -> Result<TrainSummary, TrainError> {
+    at.set(At::Setup);
+    let mut run = Run::<B>::prepare(job, opts, device, sync, at)?;
     let mut end = End::Done;
     while run.state.epoch < run.spec.epochs {
         end = run.train_epoch(sync)?;
         if end != End::Done {
             break;
         }
+        at.set(At::EpochEnd {
+            epoch: run.state.epoch + 1,
+        });
         run.end_epoch(sync)?;
     }
+    at.set(At::Finish);
     run.finish(sync, end)
 }
 
@@ -261,6 +308,8 @@ enum End {
 /// Everything one training run carries between its phases.
 struct Run<'a, B: AutodiffBackend> {
     opts: &'a TrainOptions,
+    /// Where the run is, for an error that interrupts it without a `Result`.
+    at: &'a Cell<At>,
     device: &'a B::Device,
     spec: dlc_job::TrainSpec,
     rank: usize,
@@ -302,6 +351,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
         opts: &'a TrainOptions,
         device: &'a B::Device,
         sync: &mut GradSync,
+        at: &'a Cell<At>,
     ) -> Result<Self, TrainError> {
         let rank = sync.rank();
         let workers = sync.workers();
@@ -432,6 +482,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
             copy_time: std::time::Duration::ZERO,
         });
         Ok(Self {
+            at,
             opts,
             device,
             spec,
@@ -528,6 +579,10 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
     ) -> Result<(f64, Option<usize>), TrainError> {
         let (local_n, global_n) = (batch.len(), batch.global_len);
         let state = self.state;
+        self.at.set(At::Step {
+            step: state.global_step + 1,
+            epoch: state.epoch + 1,
+        });
         B::seed(
             self.device,
             step_seed(self.spec.seed, state.global_step * self.workers + self.rank),
@@ -860,18 +915,23 @@ mod tests {
 
     #[test]
     fn a_device_panic_becomes_an_error_naming_the_device() {
-        let e = device_errors::<()>(Device::Cuda(1), || {
+        let at = Cell::new(At::Setup);
+        let e = device_errors::<()>(Device::Cuda(1), &at, || {
+            at.set(At::Step { step: 12, epoch: 2 });
             panic!("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")")
         })
         .unwrap_err()
         .to_string();
         assert!(
-            e.starts_with("training on cuda:1 failed: ") && e.contains("OUT_OF_MEMORY"),
+            e.starts_with("training on cuda:1 failed at step 12 (epoch 2): ")
+                && e.contains("OUT_OF_MEMORY"),
             "{e}"
         );
+        let e = device_errors::<()>(Device::Cuda(0), &Cell::new(At::Setup), || panic!("nvrtc"));
+        assert!(e.unwrap_err().to_string().contains("cuda:0 failed while setting up: nvrtc"));
         // Errors and results pass through untouched.
-        assert_eq!(device_errors(Device::Cuda(0), || Ok(7)).unwrap(), 7);
-        let e = device_errors::<()>(Device::Cuda(0), || Err(TrainError::Usage("no".into())));
+        assert_eq!(device_errors(Device::Cuda(0), &at, || Ok(7)).unwrap(), 7);
+        let e = device_errors::<()>(Device::Cuda(0), &at, || Err(TrainError::Usage("no".into())));
         assert!(matches!(e, Err(TrainError::Usage(_))));
     }
 }
