@@ -92,7 +92,13 @@ impl FusedAdam {
     ) -> (Tensor<Flex, D>, AdamState<Flex, D>) {
         let shape = tensor.shape();
         let mut p = contiguous(tensor.into_primitive().tensor());
-        let g = contiguous(grad.into_primitive().tensor());
+        // Read in place: a gradient may be a view into the all-reduced buffer, which
+        // `contiguous` (made for the tensors updated in place) would copy.
+        let g = grad.into_primitive().tensor();
+        let g = match g.as_slice::<f32>() {
+            Some(_) => g,
+            None => g.to_contiguous(),
+        };
         let (time, m, v) = match state {
             Some(s) => {
                 let m = s.momentum;

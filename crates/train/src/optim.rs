@@ -494,7 +494,7 @@ mod tests {
             let mut server = AnyOptim::<B, Shard<B>>::new(&spec)
                 .import(&shard, &state, &dev)
                 .unwrap();
-            let g = flat::grads_to_flat(&model, &grads(&model, 7));
+            let g = flat::grads_to_flat(&model, &grads(&model, 7), 1.0, 0);
             let mut gp = GradientsParams::new();
             gp.register::<<B as AutodiffBackend>::InnerBackend, 1>(
                 shard.values.id,

@@ -928,7 +928,10 @@ mod tests {
             "{e}"
         );
         let e = device_errors::<()>(Device::Cuda(0), &Cell::new(At::Setup), || panic!("nvrtc"));
-        assert!(e.unwrap_err().to_string().contains("cuda:0 failed while setting up: nvrtc"));
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("cuda:0 failed while setting up: nvrtc"));
         // Errors and results pass through untouched.
         assert_eq!(device_errors(Device::Cuda(0), &at, || Ok(7)).unwrap(), 7);
         let e = device_errors::<()>(Device::Cuda(0), &at, || Err(TrainError::Usage("no".into())));

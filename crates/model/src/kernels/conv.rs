@@ -721,9 +721,15 @@ mod tests {
     #[test]
     fn the_lane_sum_adds_every_value_in_a_fixed_order() {
         for n in [0, 1, 7, 15, 16, 17, 64, 100, 576] {
-            let row: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.25).collect();
+            let row: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.25)
+                .collect();
             let exact: f64 = row.iter().map(|&v| v as f64).sum();
-            assert_eq!(row_sum(&row) as f64, exact, "length {n}: small values add exactly");
+            assert_eq!(
+                row_sum(&row) as f64,
+                exact,
+                "length {n}: small values add exactly"
+            );
         }
         // The order is the lanes', not the row's: 1e8 + 1 - 1e8 is 0 in order, but
         // the 1 lies in another lane.

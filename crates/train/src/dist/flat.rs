@@ -4,10 +4,12 @@
 //! parameters are those that require a gradient; the others (batch-norm running
 //! statistics) are "buffers".
 
+use burn::backend::Flex;
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
+use std::any::TypeId;
 
 /// Which float parameters to move.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,18 +136,69 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradFlattener<'_, B> {
     }
 }
 
-/// The gradients of the module's trainable parameters, flattened (zeros for a
-/// parameter without a gradient).
+/// [`GradFlattener`] on burn-flex: each gradient read where it lies and weighted on
+/// its way into the buffer.
+struct HostGradFlattener<'a> {
+    grads: &'a GradientsParams,
+    weight: f32,
+    out: Vec<f32>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for HostGradFlattener<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let t = param.val();
+        if !t.is_require_grad() {
+            return;
+        }
+        let n = t.shape().num_elements();
+        let Some(g) = self.grads.get::<Flex, D>(param.id) else {
+            self.out.resize(self.out.len() + n, 0.0);
+            return;
+        };
+        let g = g.into_primitive().tensor();
+        let g = match g.as_slice::<f32>() {
+            Some(_) => g,
+            None => g.to_contiguous(),
+        };
+        let w = self.weight;
+        let v: &[f32] = g.as_slice().expect("contiguous f32 gradient");
+        self.out.extend(v.iter().map(|x| x * w));
+    }
+}
+
+/// The gradients of the module's trainable parameters, flattened and multiplied by
+/// `weight` (zeros for a parameter without a gradient), in a buffer with room for
+/// `spare` more values.
+///
+/// On the CPU backend that is one pass over the gradients; elsewhere they are
+/// concatenated on the device and copied to the host once. (Before, the CPU path
+/// went through the concatenation too, which inside burn-flex zeroes, copies and
+/// copies again, then a weighting pass and a reallocation for the values that ride
+/// along: five passes over 0.94 MB for the MLP in a 1.3 ms step.)
 pub fn grads_to_flat<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: &M,
     grads: &GradientsParams,
+    weight: f32,
+    spare: usize,
 ) -> Vec<f32> {
+    if TypeId::of::<B::InnerBackend>() == TypeId::of::<Flex>() {
+        let mut v = HostGradFlattener {
+            grads,
+            weight,
+            out: Vec::with_capacity(model.num_params() + spare),
+        };
+        model.visit(&mut v);
+        return v.out;
+    }
     let mut v = GradFlattener::<B> {
         grads,
         parts: Vec::new(),
     };
     model.visit(&mut v);
-    concat(v.parts)
+    let mut flat = concat(v.parts);
+    flat.iter_mut().for_each(|x| *x *= weight);
+    flat.reserve(spare);
+    flat
 }
 
 struct GradWriter<'a, B: AutodiffBackend> {
@@ -221,5 +274,39 @@ mod tests {
             );
             assert_eq!(x, y);
         }
+    }
+
+    #[test]
+    fn gradients_flatten_weighted_in_visiting_order_with_room_to_spare() {
+        use burn::tensor::Distribution;
+        let model = lenet();
+        CpuTrain::seed(&Default::default(), 3);
+        let x = Tensor::<CpuTrain, 4>::random(
+            [3, 1, 28, 28],
+            Distribution::Default,
+            &Default::default(),
+        );
+        let grads =
+            GradientsParams::from_grads(model.forward(x).powi_scalar(2).sum().backward(), &model);
+        // The reference: burn's own concatenation, weighted afterwards.
+        let mut parts = GradFlattener::<CpuTrain> {
+            grads: &grads,
+            parts: Vec::new(),
+        };
+        model.visit(&mut parts);
+        let want: Vec<f32> = concat(parts.parts).iter().map(|x| x * 0.375).collect();
+        let got = grads_to_flat(&model, &grads, 0.375, 3);
+        assert_eq!(got.len(), params_to_flat(&model, Which::Trainable).len());
+        assert_eq!(got, want);
+        assert!(
+            got.capacity() >= got.len() + 3,
+            "the values riding along need no reallocation"
+        );
+        assert!(got.iter().any(|&g| g != 0.0));
+        // A parameter without a gradient (not in the set) is zeros in its place.
+        let empty = GradientsParams::new();
+        let zeros = grads_to_flat(&model, &empty, 0.5, 0);
+        assert_eq!(zeros.len(), got.len());
+        assert!(zeros.iter().all(|&g| g == 0.0));
     }
 }

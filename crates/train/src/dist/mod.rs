@@ -263,13 +263,15 @@ impl GradSync {
             device,
         } = s;
         let weight = local_n as f32 / global_n.max(1) as f32;
+        // Room for the values that ride along with the gradients (loss, stops).
+        const SPARE: usize = 3;
         let flat_grads = |model: &Net<B>, grads: Option<GradientsParams>, w: f32| match grads {
-            Some(g) => {
-                let mut v = flat::grads_to_flat(model, &g);
-                v.iter_mut().for_each(|x| *x *= w);
+            Some(g) => flat::grads_to_flat(model, &g, w, SPARE),
+            None => {
+                let mut v = vec![0.0; flat::params_to_flat(model, Which::Trainable).len()];
+                v.reserve(SPARE);
                 v
             }
-            None => vec![0.0; flat::params_to_flat(model, Which::Trainable).len()],
         };
         let started = std::time::Instant::now();
         match self {
