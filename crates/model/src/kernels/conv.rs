@@ -546,35 +546,10 @@ fn grad_tree(s: &Saved, dy: &[f32], samples: Range<usize>) -> (Vec<f32>, Vec<f32
         };
         matmul([co, k, p], dwt, i > 0, Mat::rows(dy, p), colt);
         for (b, row) in b.iter_mut().zip(dy.chunks_exact(p)) {
-            *b += row_sum(row);
+            *b += row.iter().sum::<f32>();
         }
     }
     (w, b)
-}
-
-/// The sum of `row` in 16 interleaved lanes, then the lanes pairwise: a fixed order
-/// (the same on any machine and thread count) that vectorises, where a plain
-/// `iter().sum()` is one chain of dependent additions (4 % of the CNN step for the
-/// bias gradient).
-fn row_sum(row: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 16];
-    let mut chunks = row.chunks_exact(16);
-    for c in &mut chunks {
-        for (l, v) in lanes.iter_mut().zip(c) {
-            *l += v;
-        }
-    }
-    for (l, v) in lanes.iter_mut().zip(chunks.remainder()) {
-        *l += v;
-    }
-    let mut width = 16;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            lanes[i] += lanes[i + width];
-        }
-    }
-    lanes[0]
 }
 
 /// The input gradient: `Wᵀ · dY_s` per sample, scattered back by `col2im`.
@@ -716,26 +691,5 @@ mod tests {
             assert_eq!(&got[..n], &src[..n], "length {n}");
             assert_eq!(&got[n..], &[-1.0; 3], "length {n}: wrote past the end");
         }
-    }
-
-    #[test]
-    fn the_lane_sum_adds_every_value_in_a_fixed_order() {
-        for n in [0, 1, 7, 15, 16, 17, 64, 100, 576] {
-            let row: Vec<f32> = (0..n)
-                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.25)
-                .collect();
-            let exact: f64 = row.iter().map(|&v| v as f64).sum();
-            assert_eq!(
-                row_sum(&row) as f64,
-                exact,
-                "length {n}: small values add exactly"
-            );
-        }
-        // The order is the lanes', not the row's: 1e8 + 1 - 1e8 is 0 in order, but
-        // the 1 lies in another lane.
-        let mut row = vec![0.0f32; 17];
-        (row[0], row[1], row[16]) = (1e8, 1.0, -1e8);
-        assert_eq!(row.iter().sum::<f32>(), 0.0);
-        assert_eq!(row_sum(&row), 1.0);
     }
 }
