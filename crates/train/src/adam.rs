@@ -94,11 +94,7 @@ impl FusedAdam {
         let mut p = contiguous(tensor.into_primitive().tensor());
         // Read in place: a gradient may be a view into the all-reduced buffer, which
         // `contiguous` (made for the tensors updated in place) would copy.
-        let g = grad.into_primitive().tensor();
-        let g = match g.as_slice::<f32>() {
-            Some(_) => g,
-            None => g.to_contiguous(),
-        };
+        let g = dlc_model::kernels::readable(grad.into_primitive().tensor());
         let (time, m, v) = match state {
             Some(s) => {
                 let m = s.momentum;
@@ -112,13 +108,7 @@ impl FusedAdam {
         };
         let first = m.is_none();
         // Zeros as an f32 `Vec` (burn-flex's `empty` zeroes a byte buffer, then copies it).
-        let n = shape.num_elements();
-        let fresh = || {
-            FlexTensor::from_data(burn::tensor::TensorData::new(
-                vec![0.0f32; n],
-                burn::tensor::Shape::new(shape.dims::<D>()),
-            ))
-        };
+        let fresh = || dlc_model::kernels::zeros(shape.clone());
         let (mut m, mut v) = (m.unwrap_or_else(fresh), v.unwrap_or_else(fresh));
 
         // The scalars exactly as burn computes them (f32).

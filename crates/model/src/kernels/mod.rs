@@ -109,13 +109,22 @@ fn on_backend<B: Backend, C: Backend>(
 /// then copies into a 16-byte-aligned allocation (a `u8` buffer reports alignment 1):
 /// a zeroing pass and a copy of every output buffer. A `Vec<f32>` handed over through
 /// `TensorData` is kept as it is.
-fn f32_tensor(v: Vec<f32>, shape: burn::tensor::Shape) -> burn_flex::FlexTensor {
+pub fn f32_tensor(v: Vec<f32>, shape: burn::tensor::Shape) -> burn_flex::FlexTensor {
     burn_flex::FlexTensor::from_data(burn::tensor::TensorData::new(v, shape))
 }
 
 /// A contiguous f32 tensor of `shape` filled with zeros (one pass, no copy).
-fn zeros(shape: burn::tensor::Shape) -> burn_flex::FlexTensor {
+pub fn zeros(shape: burn::tensor::Shape) -> burn_flex::FlexTensor {
     f32_tensor(vec![0.0; shape.num_elements()], shape)
+}
+
+/// `t` itself when its f32 values can be read as one slice (a view into a larger
+/// buffer included), else a contiguous copy: how a kernel reads an input in place.
+pub fn readable(t: burn_flex::FlexTensor) -> burn_flex::FlexTensor {
+    match t.as_slice::<f32>() {
+        Some(_) => t,
+        None => t.to_contiguous(),
+    }
 }
 
 /// `v` as a `U` when `T` is `U`, else `v` back: how a kernel written for one

@@ -155,11 +155,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for HostGradFlattener<'_> {
             self.out.resize(self.out.len() + n, 0.0);
             return;
         };
-        let g = g.into_primitive().tensor();
-        let g = match g.as_slice::<f32>() {
-            Some(_) => g,
-            None => g.to_contiguous(),
-        };
+        let g = dlc_model::kernels::readable(g.into_primitive().tensor());
         let w = self.weight;
         let v: &[f32] = g.as_slice().expect("contiguous f32 gradient");
         self.out.extend(v.iter().map(|x| x * w));
