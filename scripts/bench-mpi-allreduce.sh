@@ -2,7 +2,8 @@
 # bench-mpi-allreduce.sh — the Open MPI reference for `dlc bench allreduce`:
 # MPI_Allreduce (f32, sum) timed like dlc's benchmark (a barrier before each timed
 # call, median of the iterations, busbw = algbw × 2(n−1)/n), with Open MPI's defaults
-# (shared memory between ranks on one host) and forced onto TCP.
+# (shared memory between ranks on one host) and forced onto TCP. Settle (50 ms of
+# tiny all-reduces) and warm-up (a quarter of the timed count) match dlc's too.
 #
 #   scripts/bench-mpi-allreduce.sh [--ranks 2] [--sizes 4K,1M,16M,64M] [--iters 20]
 #                                  [--transports shm,tcp]
@@ -49,6 +50,12 @@ int main(int argc, char **argv) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &n);
     long iters = atol(argv[1]);
+    /* Settle as dlc's benchmark does: tiny all-reduces until rank 0 has seen 50 ms pass. */
+    double t_settle = MPI_Wtime();
+    for (float flag = 0.0f; flag == 0.0f;) {
+        flag = rank == 0 && MPI_Wtime() - t_settle >= 0.05 ? 1.0f : 0.0f;
+        MPI_Allreduce(MPI_IN_PLACE, &flag, 1, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    }
     for (int a = 3; a < argc; a++) {
         long bytes = atol(argv[a]);
         long count = bytes / 4;
@@ -56,7 +63,7 @@ int main(int argc, char **argv) {
         long it = bytes <= (1 << 20) && iters < 50 ? 50 : iters;
         double *t = malloc(sizeof(double) * it);
         for (long i = 0; i < count; i++) buf[i] = 1.0f;
-        for (int w = 0; w < 3; w++) MPI_Allreduce(MPI_IN_PLACE, buf, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        for (long w = 0; w < (it / 4 > 3 ? it / 4 : 3); w++) MPI_Allreduce(MPI_IN_PLACE, buf, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
         for (long k = 0; k < it; k++) {
             for (long i = 0; i < count; i++) buf[i] = (float)(rank + 1);
             MPI_Barrier(MPI_COMM_WORLD);

@@ -169,11 +169,13 @@ pub fn worker(
     ips.dedup();
     let hosts = ips.len().max(1);
     let transport = link_kinds(&comm);
+    settle(&mut comm, Duration::from_millis(SETTLE_MS))?;
     let mut medians = Vec::with_capacity(sizes.len());
     for &bytes in sizes {
         let mut buf = vec![1.0f32; bytes / 4];
         let n = iterations(bytes, iters);
-        for _ in 0..3.min(n) {
+        // Warm-up: a quarter of the timed count, at least 3.
+        for _ in 0..3.max(n / 4) {
             comm.all_reduce_compressed(&mut buf, ReduceOp::Sum, compression)?;
         }
         let mut times = Vec::with_capacity(n);
@@ -203,6 +205,27 @@ pub fn worker(
         hosts,
         transport,
     })
+}
+
+/// How long the ranks exchange tiny all-reduces before the first size is timed.
+const SETTLE_MS: u64 = 50;
+
+/// Tiny all-reduces until rank 0 has seen `time` pass (it says when, in the sum, so
+/// every rank makes the same calls): freshly started processes run slowly for a
+/// few milliseconds (the scheduler spreading them over the cores, first touches of
+/// the links), which a count of warm-up iterations of a microsecond each does not
+/// cover — the first size measured 5–6 µs at 4 KiB on shared memory, 1.0–1.3 µs
+/// once settled.
+fn settle(comm: &mut Communicator, time: Duration) -> Result<(), BenchError> {
+    let start = Instant::now();
+    loop {
+        let done = comm.rank() == 0 && start.elapsed() >= time;
+        let mut flag = [f32::from(u8::from(done))];
+        comm.all_reduce(&mut flag, ReduceOp::Sum)?;
+        if flag[0] > 0.0 {
+            return Ok(());
+        }
+    }
 }
 
 /// Median single-thread memcpy throughput for `bytes`, GB/s.

@@ -169,7 +169,7 @@ impl Communicator {
         let n = self.world();
         let hdr = self.next_header(Op::AllReduce, T::CODE, 0, buf.len());
         if n > 1 {
-            if n > 2 && std::mem::size_of_val(buf) <= self.cfg.small_message_bytes {
+            if std::mem::size_of_val(buf) <= self.cfg.small_message_bytes {
                 let r = self.direct_sum(buf, hdr);
                 self.check(r)?;
             } else {
@@ -434,7 +434,9 @@ impl Communicator {
     }
 
     /// Direct exchange: every rank sends `buf` to every other and sums all
-    /// contributions in rank order.
+    /// contributions in rank order. One round trip instead of the ring's `2(n−1)`
+    /// steps, so it serves small buffers; nothing is allocated (each peer's message
+    /// lands in a slot of the kept scratch).
     fn direct_sum<T: Element>(
         &mut self,
         buf: &mut [T],
@@ -442,71 +444,85 @@ impl Communicator {
     ) -> Result<(), CommError> {
         let (n, r) = (self.world(), self.rank());
         let bytes_len = std::mem::size_of_val(buf);
-        let mut msg = Vec::with_capacity(HEADER + bytes_len);
-        msg.extend_from_slice(&hdr);
-        msg.extend_from_slice(bytemuck::cast_slice(buf));
-        let mut incoming: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; HEADER + bytes_len]).collect();
-        let mut sent = vec![0usize; n];
-        let mut got = vec![0usize; n];
         let total = HEADER + bytes_len;
-        sent[r] = total;
-        got[r] = total;
-        loop {
-            let mut moved = false;
-            let mut wants = Vec::new();
-            for p in (0..n).filter(|&p| p != r) {
-                let mut want_w = false;
-                while sent[p] < total {
-                    match self.link(p).write_some(&msg[sent[p]..], p)? {
-                        Io::Moved(m) => {
-                            sent[p] += m;
-                            moved = true;
-                        }
-                        Io::Blocked => {
-                            want_w = true;
-                            break;
-                        }
-                    }
-                }
-                let mut want_r = false;
-                while got[p] < total {
-                    match self.link(p).read_some(&mut incoming[p][got[p]..], p)? {
-                        Io::Moved(m) => {
-                            got[p] += m;
-                            moved = true;
-                            if got[p] >= HEADER && got[p] - m < HEADER {
-                                let theirs: [u8; HEADER] =
-                                    incoming[p][..HEADER].try_into().expect("header");
-                                check_header(&hdr, &theirs, p)?;
+        // Slots of whole u64 words keep every slot's values aligned for any `T`.
+        let slot = HEADER + bytes_len.div_ceil(8) * 8;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        if scratch.len() * 8 < n * slot {
+            scratch.resize((n * slot).div_ceil(8), 0);
+        }
+        let result = (|| {
+            let space: &mut [u8] = bytemuck::cast_slice_mut(&mut scratch[..]);
+            let mut sent = vec![0usize; n];
+            let mut got = vec![0usize; n];
+            sent[r] = total;
+            got[r] = total;
+            loop {
+                let mut moved = false;
+                let mut wants = Vec::new();
+                for p in (0..n).filter(|&p| p != r) {
+                    let mut want_w = false;
+                    while sent[p] < total {
+                        let out: &[u8] = if sent[p] < HEADER {
+                            &hdr[sent[p]..]
+                        } else {
+                            &bytemuck::cast_slice::<T, u8>(buf)[sent[p] - HEADER..]
+                        };
+                        match self.link(p).write_some(out, p)? {
+                            Io::Moved(m) => {
+                                sent[p] += m;
+                                moved = true;
+                            }
+                            Io::Blocked => {
+                                want_w = true;
+                                break;
                             }
                         }
-                        Io::Blocked => {
-                            want_r = true;
-                            break;
+                    }
+                    let mut want_r = false;
+                    let mine = &mut space[p * slot..p * slot + total];
+                    while got[p] < total {
+                        match self.link(p).read_some(&mut mine[got[p]..], p)? {
+                            Io::Moved(m) => {
+                                got[p] += m;
+                                moved = true;
+                                if got[p] >= HEADER && got[p] - m < HEADER {
+                                    let theirs: [u8; HEADER] =
+                                        mine[..HEADER].try_into().expect("header");
+                                    check_header(&hdr, &theirs, p)?;
+                                }
+                            }
+                            Io::Blocked => {
+                                want_r = true;
+                                break;
+                            }
                         }
                     }
+                    if want_w || want_r {
+                        wants.push((p, want_w, want_r));
+                    }
                 }
-                if want_w || want_r {
-                    wants.push((p, want_w, want_r));
+                if wants.is_empty() {
+                    break;
+                }
+                if !moved {
+                    self.block_on(&wants, &describe(&hdr))?;
                 }
             }
-            if wants.is_empty() {
-                break;
+            // Sum in rank order so every rank computes the same float operations.
+            if r > 0 {
+                space[r * slot + HEADER..r * slot + total]
+                    .copy_from_slice(bytemuck::cast_slice(buf));
+                buf.copy_from_slice(bytemuck::cast_slice(&space[HEADER..total]));
             }
-            if !moved {
-                self.block_on(&wants, &describe(&hdr))?;
+            for p in 1..n {
+                let src: &[T] = bytemuck::cast_slice(&space[p * slot + HEADER..p * slot + total]);
+                T::add_assign_slice(buf, src);
             }
-        }
-        // Sum in rank order so every rank computes the same float operations.
-        let own = std::mem::take(&mut msg);
-        incoming[r] = own;
-        let mut acc: Vec<T> = bytemuck::pod_collect_to_vec(&incoming[0][HEADER..]);
-        for contribution in incoming.iter().skip(1) {
-            let src: Vec<T> = bytemuck::pod_collect_to_vec(&contribution[HEADER..]);
-            T::add_assign_slice(&mut acc, &src);
-        }
-        buf.copy_from_slice(&acc);
-        Ok(())
+            Ok(())
+        })();
+        self.scratch = scratch;
+        result
     }
 
     /// Broadcast along the chain root → root+1 → … → root−1, forwarding bytes as
