@@ -211,16 +211,38 @@ pub struct Prefetch {
 
 impl Prefetch {
     /// Starts a thread that runs `batches` at most `depth` (≥ 1) batches ahead.
+    ///
+    /// When rayon's global pool has one thread, that thread is the one training
+    /// (dlc-train's `set_cpu_threads` makes the caller the pool's thread), and it
+    /// would run a loader's parallel work (decoding a streamed batch) only when it
+    /// next runs parallel work itself — not while it waits for this batch. The
+    /// loader then runs in a one-thread pool of its own.
     pub fn start(batches: EpochBatches, depth: usize) -> Result<Self, LoadError> {
         let (tx, rx) = sync_channel(depth.max(1));
+        let own_pool = if rayon::current_num_threads() == 1 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(|_| "dlc-loader-pool".into())
+                .build()
+                .map_err(|e| LoadError(format!("cannot start the loader thread: {e}")))?;
+            Some(pool)
+        } else {
+            None
+        };
         let thread = std::thread::Builder::new()
             .name("dlc-loader".into())
             .spawn(move || {
-                for item in batches {
-                    let failed = item.is_err();
-                    if tx.send(item).is_err() || failed {
-                        break;
+                let run = move || {
+                    for item in batches {
+                        let failed = item.is_err();
+                        if tx.send(item).is_err() || failed {
+                            break;
+                        }
                     }
+                };
+                match own_pool {
+                    Some(pool) => pool.install(run),
+                    None => run(),
                 }
             })
             .map_err(|e| LoadError(format!("cannot start the loader thread: {e}")))?;

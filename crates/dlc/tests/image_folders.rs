@@ -382,7 +382,13 @@ fn a_streamed_folder_trains_to_the_in_memory_weights_and_names_a_broken_file() {
     };
     let (mem_s, mem_w) = run(&memory, "mem", &[]);
     let (one_s, one_w) = run(&streamed, "one", &[]);
-    let (_, two_w) = run(&streamed, "two", &["--workers", "2"]);
+    // One thread per worker: the training thread is then the CPU pool's only
+    // thread, and the loader decodes in a pool of its own (else a deadlock).
+    let (_, two_w) = run(
+        &streamed,
+        "two",
+        &["--workers", "2", "--threads-per-worker", "1"],
+    );
     // The same samples in the same order, decoded later: the very same weights.
     assert_eq!(max_abs_diff(&mem_w, &one_w), 0.0);
     assert_eq!(mem_s["test_accuracy"], one_s["test_accuracy"], "{one_s}");
