@@ -26,11 +26,10 @@ pub type GpuDevice = burn::backend::cuda::CudaDevice;
 /// The calling thread is one of the `threads` (rayon's `use_current_thread`): its
 /// parallel operations run on it and `threads − 1` others, instead of being handed
 /// to `threads` pool threads while it sleeps. With one thread that is no hand-off at
-/// all. Measured 2026-12-01, MLP example, 1 thread per worker: 1 worker 79–80k →
-/// 84–87k samples/s, 2 workers 78–90k → 110–119k (the hand-offs had kept four
-/// threads busy on two cores). The cost: with one thread, work another thread hands
-/// to the pool waits until this thread next runs a parallel operation — a loader
-/// must not wait on the pool then ([`dlc_data::Prefetch`] gives itself one).
+/// all (the MLP example, 1 thread: 1.06–1.55× per round; DESIGN.md has figures).
+/// The cost: with one thread, work another thread hands to the pool waits until
+/// this thread next runs a parallel operation — a loader must not wait on the pool
+/// then ([`dlc_data::Prefetch`] gives itself one).
 pub fn set_cpu_threads(threads: Option<usize>) -> usize {
     flush_subnormals();
     let _ = rayon::ThreadPoolBuilder::new()
