@@ -18,7 +18,7 @@ use crate::backend::{CpuTrain, GpuDevice, GpuTrain};
 use crate::checkpoint::{self, LoopState, Snapshot};
 use crate::data::JobData;
 use crate::device::Device;
-use crate::dist::{GradSync, Step};
+use crate::dist::{GradSync, Local, Step};
 use crate::eval::{evaluate, save_safetensors, EvalResult};
 use crate::metrics::{MetricsSink, Record};
 use crate::optim::AnyOptim;
@@ -147,15 +147,15 @@ pub fn peak_rss_mib() -> Option<f64> {
 
 /// Trains `job` as a single worker on the device `[train] device` names.
 pub fn train(job: &JobSpec, opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
-    train_distributed(job, opts, GradSync::Local)
+    train_distributed(job, opts, Local)
 }
 
 /// Trains `job` as one worker of a distributed job, on the device `[train] device`
 /// names (workers on one host are spread over the visible GPUs by local rank).
-pub fn train_distributed(
+pub fn train_distributed<S: GradSync>(
     job: &JobSpec,
     opts: &TrainOptions,
-    mut sync: GradSync,
+    mut sync: S,
 ) -> Result<TrainSummary, TrainError> {
     let result = crate::device::resolve(job.train.device, opts.local_rank.unwrap_or(sync.rank()))
         .and_then(|(device, notice)| {
@@ -167,11 +167,11 @@ pub fn train_distributed(
                 _ => {}
             }
             let mut summary = match device {
-                Device::Cpu => train_on::<CpuTrain>(job, opts, &Default::default(), &mut sync),
+                Device::Cpu => train_on::<CpuTrain, S>(job, opts, &Default::default(), &mut sync),
                 Device::Cuda(i) => {
                     let at = Cell::new(At::Setup);
                     device_errors(device, &at, || {
-                        train_tracked::<GpuTrain>(job, opts, &GpuDevice::new(i), &mut sync, &at)
+                        train_tracked::<GpuTrain, S>(job, opts, &GpuDevice::new(i), &mut sync, &at)
                     })
                 }
             }?;
@@ -260,21 +260,21 @@ fn step_seed(seed: u64, step: usize) -> u64 {
 /// The loop is a few phases of [`Run`]: prepare (data, run directory, model, a
 /// checkpoint to continue from), step, epoch end (buffers, evaluation), checkpoint,
 /// finish; what differs between strategies stays behind [`GradSync`].
-pub fn train_on<B: AutodiffBackend>(
+pub fn train_on<B: AutodiffBackend, S: GradSync>(
     job: &JobSpec,
     opts: &TrainOptions,
     device: &B::Device,
-    sync: &mut GradSync,
+    sync: &mut S,
 ) -> Result<TrainSummary, TrainError> {
-    train_tracked::<B>(job, opts, device, sync, &Cell::new(At::Setup))
+    train_tracked::<B, S>(job, opts, device, sync, &Cell::new(At::Setup))
 }
 
 /// [`train_on`], telling `at` where the run is as it goes.
-fn train_tracked<B: AutodiffBackend>(
+fn train_tracked<B: AutodiffBackend, S: GradSync>(
     job: &JobSpec,
     opts: &TrainOptions,
     device: &B::Device,
-    sync: &mut GradSync,
+    sync: &mut S,
     at: &Cell<At>,
 ) -> Result<TrainSummary, TrainError> {
     at.set(At::Setup);
@@ -346,11 +346,11 @@ struct Checkpoints {
 impl<'a, B: AutodiffBackend> Run<'a, B> {
     /// Loads the data, prepares the run directory, builds the model and optimizer
     /// (from a checkpoint when resuming or restarting) and makes replicas agree.
-    fn prepare(
+    fn prepare<S: GradSync>(
         job: &'a JobSpec,
         opts: &'a TrainOptions,
         device: &'a B::Device,
-        sync: &mut GradSync,
+        sync: &mut S,
         at: &'a Cell<At>,
     ) -> Result<Self, TrainError> {
         let rank = sync.rank();
@@ -509,7 +509,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
     }
 
     /// Trains the rest of the current epoch, or until `--steps` or a stop signal.
-    fn train_epoch(&mut self, sync: &mut GradSync) -> Result<End, TrainError> {
+    fn train_epoch<S: GradSync>(&mut self, sync: &mut S) -> Result<End, TrainError> {
         let steps_per_epoch = self.source.steps_per_epoch();
         self.epoch_start = Instant::now();
         self.epoch_loss = (0.0, 0);
@@ -570,9 +570,9 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
 
     /// One optimizer step on `batch`; returns the (job-wide, where known) loss and
     /// the signal any rank was asked to stop by.
-    fn step(
+    fn step<S: GradSync>(
         &mut self,
-        sync: &mut GradSync,
+        sync: &mut S,
         batch: dlc_data::Batch,
         stopping: Option<usize>,
         window: &mut Window,
@@ -670,7 +670,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
     }
 
     /// Rank 0 starts writing a checkpoint when `checkpoint_every` says one is due.
-    fn checkpoint_if_due(&mut self, sync: &mut GradSync) -> Result<(), TrainError> {
+    fn checkpoint_if_due<S: GradSync>(&mut self, sync: &mut S) -> Result<(), TrainError> {
         // The epoch's end writes one anyway.
         let epoch_end = self.state.step_in_epoch == self.source.steps_per_epoch();
         let due = match &self.checkpoints {
@@ -690,7 +690,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
 
     /// Rank 0 copies the state and hands it to the writer thread (waiting for the
     /// previous write, announced: the other ranks wait for it in their next step).
-    fn checkpoint(&mut self, sync: &mut GradSync) -> Result<(), TrainError> {
+    fn checkpoint<S: GradSync>(&mut self, sync: &mut S) -> Result<(), TrainError> {
         let Some(c) = self.checkpoints.as_mut() else {
             return Ok(());
         };
@@ -711,7 +711,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
     }
 
     /// Averages buffers, and on rank 0 evaluates, reports and checkpoints.
-    fn end_epoch(&mut self, sync: &mut GradSync) -> Result<(), TrainError> {
+    fn end_epoch<S: GradSync>(&mut self, sync: &mut S) -> Result<(), TrainError> {
         self.model = sync.sync_buffers(self.model.clone())?;
         self.state.epoch += 1;
         self.state.step_in_epoch = 0;
@@ -755,7 +755,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
 
     /// Ends training: a checkpoint where it stopped early, every rank's goodbye, the
     /// final evaluation and weights.
-    fn finish(mut self, sync: &mut GradSync, end: End) -> Result<TrainSummary, TrainError> {
+    fn finish<S: GradSync>(mut self, sync: &mut S, end: End) -> Result<TrainSummary, TrainError> {
         self.progress.finish();
         if end != End::Done {
             self.model = sync.sync_buffers(self.model.clone())?;

@@ -9,7 +9,7 @@ use dlc_comm::{CommConfig, Communicator};
 use dlc_job::{JobSpec, Strategy};
 
 use crate::backend::CpuTrain;
-use crate::dist::{ps, GradSync};
+use crate::dist::{ps, Ps, Ring};
 use crate::trainer::{train_distributed, TrainOptions, TrainSummary};
 use crate::TrainError;
 
@@ -75,10 +75,13 @@ pub fn run(job: &JobSpec, opts: &TrainOptions, id: &Identity) -> Result<Outcome,
         Strategy::Ring => Ok(Outcome::Worker(Box::new(train_distributed(
             job,
             opts,
-            GradSync::Ring(comm, wire_compression(d.compression)),
+            Ring {
+                comm,
+                compression: wire_compression(d.compression),
+            },
         )?))),
         Strategy::Ps if id.rank < d.workers => {
-            let sync = GradSync::Ps {
+            let sync = Ps {
                 comm,
                 workers: d.workers,
                 servers: d.ps_servers,

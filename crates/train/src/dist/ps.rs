@@ -1,4 +1,5 @@
-//! Parameter servers.
+//! Parameter servers: the servers ([`serve`]) and the workers' side of the graph
+//! ([`Ps`]).
 //!
 //! Server `s` of `K` owns shard `s` of the flattened trainable parameters (contiguous,
 //! near-equal shards) and runs the job's optimizer on it, with burn's own optimizer
@@ -29,8 +30,12 @@ use burn::tensor::{Tensor, TensorData};
 use dlc_comm::{CommError, Communicator};
 use dlc_job::{JobSpec, PsMode};
 
-use crate::dist::flat::{params_to_flat, Which};
-use crate::optim::{slot_names, AnyOptim, FlatState};
+use dlc_model::Net;
+
+use crate::dist::flat::{params_from_flat, params_to_flat, Which};
+use crate::dist::{agreed_stop, flat_grads, GradSync, Step, Stepped};
+use crate::optim::{slot_names, AnyOptim, FlatState, NetOptim};
+use crate::TrainError;
 
 /// The element range of shard `s` of `k` over `n` parameters.
 pub fn shard(n: usize, s: usize, k: usize) -> Range<usize> {
@@ -426,6 +431,215 @@ impl StalenessGate {
     /// The most pushes any answered worker was ahead of the slowest one.
     pub fn max_lead(&self) -> usize {
         self.max_lead
+    }
+}
+
+/// The worker side of parameter servers: ranks `workers..workers + servers` of
+/// `comm` are the servers.
+pub struct Ps {
+    /// Links to every rank.
+    pub comm: Communicator,
+    /// Number of workers (ranks `0..workers`).
+    pub workers: usize,
+    /// Number of servers.
+    pub servers: usize,
+    /// Sync or async.
+    pub mode: PsMode,
+    /// Trainable parameters (known from [`GradSync::init`] on).
+    pub params: usize,
+}
+
+impl GradSync for Ps {
+    fn workers(&self) -> usize {
+        self.workers
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} workers, {} parameter server(s), {:?} mode",
+            self.workers, self.servers, self.mode
+        )
+    }
+
+    fn comm(&self) -> Option<&Communicator> {
+        Some(&self.comm)
+    }
+
+    fn comm_mut(&mut self) -> Option<&mut Communicator> {
+        Some(&mut self.comm)
+    }
+
+    fn checkpoints(&self) -> Result<(), String> {
+        match self.mode {
+            PsMode::Sync => Ok(()),
+            PsMode::Async => Err(
+                "asynchronous parameter servers apply each worker's gradients as they arrive, \
+                 so there is no step at which the job's state is one consistent whole; use \
+                 ps_mode = \"sync\" or the ring strategy"
+                    .into(),
+            ),
+        }
+    }
+
+    /// The servers' optimizer state (rank 0 gathers it).
+    fn optimizer_state<B: AutodiffBackend>(
+        &mut self,
+        _model: &Net<B>,
+        _optim: &AnyOptim<B, Net<B>>,
+        spec: &dlc_job::TrainSpec,
+        _device: &B::Device,
+    ) -> Result<FlatState, TrainError> {
+        Ok(gather_state(
+            &mut self.comm,
+            self.workers,
+            self.servers,
+            self.params,
+            slot_names(spec).len(),
+        )?)
+    }
+
+    /// Rank 0 sends each server its shard of the parameters and of a checkpoint's
+    /// optimizer state; every worker pulls the servers' copy.
+    fn init<B: AutodiffBackend>(
+        &mut self,
+        model: Net<B>,
+        optim: NetOptim<B>,
+        restored: Option<&FlatState>,
+        spec: &dlc_job::TrainSpec,
+        total_steps: usize,
+        _device: &B::Device,
+    ) -> Result<(Net<B>, NetOptim<B>), TrainError> {
+        let (workers, servers) = (self.workers, self.servers);
+        let comm = &mut self.comm;
+        let values = params_to_flat(&model, Which::Trainable);
+        self.params = values.len();
+        if comm.rank() == 0 {
+            comm.kv_set("ps/params", &values.len().to_string())?;
+            comm.kv_set("ps/steps", &total_steps.to_string())?;
+            let empty = FlatState::default();
+            let state = restored.unwrap_or(&empty);
+            let slots = slot_names(spec).len();
+            let msgs: Vec<Vec<f32>> = (0..servers)
+                .map(|s| init_message(&values, state, slots, s, servers))
+                .collect();
+            let sends: Vec<(usize, &[f32])> = msgs
+                .iter()
+                .enumerate()
+                .map(|(s, m)| (workers + s, &m[..]))
+                .collect();
+            comm.exchange(&sends, &mut [])?;
+        }
+        let (fresh, _) = pull(comm, workers, servers, values.len(), 0)?;
+        Ok((params_from_flat(model, &fresh, Which::Trainable), optim))
+    }
+
+    fn step<B: AutodiffBackend>(&mut self, s: Step<'_, B>) -> Result<Stepped<B>, CommError> {
+        let Step {
+            model,
+            grads,
+            loss,
+            local_n,
+            global_n,
+            lr,
+            stop,
+            ..
+        } = s;
+        let (workers, servers) = (self.workers, self.servers);
+        let started = std::time::Instant::now();
+        // Async servers apply each worker's mean gradient on its own; a worker
+        // without samples asks for the parameters without a step (an Adam step on a
+        // zero gradient would still move them).
+        let (w, lr) = match self.mode {
+            PsMode::Sync => (local_n as f32 / global_n.max(1) as f32, lr as f32),
+            PsMode::Async if local_n == 0 => (1.0, NO_STEP),
+            PsMode::Async => (1.0, lr as f32),
+        };
+        let v = flat_grads(&model, grads, w, 0);
+        let n = v.len();
+        let sync = self.mode == PsMode::Sync;
+        let ctl = match stop {
+            Some(s) if s == libc::SIGUSR1 as usize => Ctl::StepRequeue,
+            Some(_) => Ctl::StepEnd,
+            None => Ctl::Step,
+        };
+        let msgs: Vec<Vec<f32>> = (0..servers)
+            .map(|s| {
+                let mut m = v[shard(n, s, servers)].to_vec();
+                m.push(lr);
+                if sync {
+                    m.push(ctl.word());
+                }
+                m
+            })
+            .collect();
+        let sends: Vec<(usize, &[f32])> = msgs
+            .iter()
+            .enumerate()
+            .map(|(s, m)| (workers + s, &m[..]))
+            .collect();
+        self.comm.exchange(&sends, &mut [])?;
+        // Synchronous servers count the workers asked to stop (requeue, end).
+        let (fresh, counts) = pull(&mut self.comm, workers, servers, n, 2 * usize::from(sync))?;
+        let stop = match counts[..] {
+            [requeueing, ending] => agreed_stop(stop, requeueing, ending),
+            // Asynchronous workers run on their own: they ignore signals.
+            _ => None,
+        };
+        Ok(Stepped {
+            model: params_from_flat(model, &fresh, Which::Trainable),
+            loss,
+            stop,
+            comm_s: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Servers hold trainable parameters only: workers swap their buffers directly
+    /// and average them in rank order (the same result on each).
+    fn sync_buffers<B: AutodiffBackend>(&mut self, model: Net<B>) -> Result<Net<B>, CommError> {
+        let workers = self.workers;
+        let mine = params_to_flat(&model, Which::Buffers);
+        if mine.is_empty() || workers < 2 {
+            return Ok(model);
+        }
+        let me = self.comm.rank();
+        let mut theirs: Vec<Vec<f32>> = (0..workers)
+            .map(|w| {
+                if w == me {
+                    Vec::new()
+                } else {
+                    vec![0.0; mine.len()]
+                }
+            })
+            .collect();
+        let sends: Vec<(usize, &[f32])> = (0..workers)
+            .filter(|&w| w != me)
+            .map(|w| (w, &mine[..]))
+            .collect();
+        let mut recvs: Vec<(usize, &mut [f32])> = theirs
+            .iter_mut()
+            .enumerate()
+            .filter(|(w, _)| *w != me)
+            .map(|(w, b)| (w, &mut b[..]))
+            .collect();
+        self.comm.exchange(&sends, &mut recvs)?;
+        let mut mean = vec![0.0f32; mine.len()];
+        for (w, b) in theirs.iter().enumerate() {
+            let b = if w == me { &mine } else { b };
+            mean.iter_mut().zip(b).for_each(|(m, x)| *m += *x);
+        }
+        let k = workers as f32;
+        mean.iter_mut().for_each(|m| *m /= k);
+        Ok(params_from_flat(model, &mean, Which::Buffers))
+    }
+
+    /// Rank 0 of a synchronous job tells the servers that training ended first.
+    fn finish(&mut self) -> Result<(), CommError> {
+        if self.mode == PsMode::Sync && self.comm.rank() == 0 {
+            finish(&mut self.comm, self.workers, self.servers, self.params)?;
+        }
+        self.comm.named("end of training").barrier()?;
+        self.comm.leave();
+        Ok(())
     }
 }
 
