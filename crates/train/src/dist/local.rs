@@ -4,7 +4,7 @@ use burn::tensor::backend::AutodiffBackend;
 use dlc_comm::{CommError, Communicator};
 use dlc_model::Net;
 
-use super::{GradSync, Step, Stepped};
+use super::{with_restored, GradSync, Step, Stepped};
 use crate::optim::{FlatState, NetOptim};
 use crate::TrainError;
 
@@ -37,10 +37,7 @@ impl GradSync for Local {
         _total_steps: usize,
         device: &B::Device,
     ) -> Result<(Net<B>, NetOptim<B>), TrainError> {
-        let optim = match restored {
-            Some(state) => optim.import(&model, state, device)?,
-            None => optim,
-        };
+        let optim = with_restored(optim, &model, restored, device)?;
         Ok((model, optim))
     }
 

@@ -176,6 +176,20 @@ pub struct Stepped<B: AutodiffBackend> {
     pub comm_s: f64,
 }
 
+/// `optim` with a checkpoint's state (`restored`) put in, when there is one: for the
+/// strategies whose workers run the optimizer.
+fn with_restored<B: AutodiffBackend>(
+    optim: NetOptim<B>,
+    model: &Net<B>,
+    restored: Option<&FlatState>,
+    device: &B::Device,
+) -> Result<NetOptim<B>, TrainError> {
+    match restored {
+        Some(state) => optim.import(model, state, device),
+        None => Ok(optim),
+    }
+}
+
 /// The gradients as one flat buffer, weighted by `weight`, with room for `spare`
 /// more values (zeros for a worker without samples).
 fn flat_grads<B: AutodiffBackend>(

@@ -219,6 +219,11 @@ fn control(
             m
         })
         .collect();
+    to_servers(comm, workers, &msgs)
+}
+
+/// Sends message `s` of `msgs` to server `s` (rank `workers + s`).
+fn to_servers(comm: &mut Communicator, workers: usize, msgs: &[Vec<f32>]) -> Result<(), CommError> {
     let sends: Vec<(usize, &[f32])> = msgs
         .iter()
         .enumerate()
@@ -522,12 +527,7 @@ impl GradSync for Ps {
             let msgs: Vec<Vec<f32>> = (0..servers)
                 .map(|s| init_message(&values, state, slots, s, servers))
                 .collect();
-            let sends: Vec<(usize, &[f32])> = msgs
-                .iter()
-                .enumerate()
-                .map(|(s, m)| (workers + s, &m[..]))
-                .collect();
-            comm.exchange(&sends, &mut [])?;
+            to_servers(comm, workers, &msgs)?;
         }
         let (fresh, _) = pull(comm, workers, servers, values.len(), 0)?;
         Ok((params_from_flat(model, &fresh, Which::Trainable), optim))
@@ -572,12 +572,7 @@ impl GradSync for Ps {
                 m
             })
             .collect();
-        let sends: Vec<(usize, &[f32])> = msgs
-            .iter()
-            .enumerate()
-            .map(|(s, m)| (workers + s, &m[..]))
-            .collect();
-        self.comm.exchange(&sends, &mut [])?;
+        to_servers(&mut self.comm, workers, &msgs)?;
         // Synchronous servers count the workers asked to stop (requeue, end).
         let (fresh, counts) = pull(&mut self.comm, workers, servers, n, 2 * usize::from(sync))?;
         let stop = match counts[..] {

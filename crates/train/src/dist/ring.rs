@@ -6,7 +6,7 @@ use dlc_comm::{CommError, Communicator, Compression, ReduceOp};
 use dlc_model::Net;
 
 use super::flat::{self, Which};
-use super::{agreed_stop, flat_grads, GradSync, Step, Stepped};
+use super::{agreed_stop, flat_grads, with_restored, GradSync, Step, Stepped};
 use crate::optim::{FlatState, NetOptim};
 use crate::TrainError;
 
@@ -51,10 +51,7 @@ impl GradSync for Ring {
         _total_steps: usize,
         device: &B::Device,
     ) -> Result<(Net<B>, NetOptim<B>), TrainError> {
-        let optim = match restored {
-            Some(state) => optim.import(&model, state, device)?,
-            None => optim,
-        };
+        let optim = with_restored(optim, &model, restored, device)?;
         let mut all = flat::params_to_flat(&model, Which::All);
         self.comm.named("parameters").broadcast(&mut all, 0)?;
         Ok((flat::params_from_flat(model, &all, Which::All), optim))
