@@ -34,6 +34,15 @@ fn n_workers_match_one_worker_with_the_same_global_batch() {
             &format!("{name}.toml"),
             &equivalence_job(model, optimizer),
         );
+        // 1 KiB gradient buckets: about one per parameter, summed during backward.
+        let bucketed = common::job(
+            dir.path(),
+            &format!("{name}-buckets.toml"),
+            &format!(
+                "{}[distributed]\nbucket_mib = 0.001\n",
+                equivalence_job(model, optimizer)
+            ),
+        );
         let one = dir.path().join(format!("{name}-1"));
         let s = train_to(&job, &one, &["--threads", "1"]);
         assert_eq!(s["global_step"], 30);
@@ -49,19 +58,23 @@ fn n_workers_match_one_worker_with_the_same_global_batch() {
         for (label, extra) in [
             ("ring x2", vec!["--workers", "2"]),
             ("ring x3", vec!["--workers", "3"]),
+            ("ring x2, buckets", vec!["--workers", "2"]),
+            ("ring x3, buckets", vec!["--workers", "3"]),
             ("ps sync x2", vec!["--workers", "2", "--strategy", "ps"]),
             (
                 "ps sync x2, 2 servers",
                 vec!["--workers", "2", "--strategy", "ps", "--ps-servers", "2"],
             ),
         ] {
-            if name == "residual" && !matches!(label, "ring x3" | "ps sync x2") {
+            if name == "residual" && !matches!(label, "ring x3" | "ring x3, buckets" | "ps sync x2")
+            {
                 continue;
             }
             let out = dir
                 .path()
                 .join(format!("{name}-{}", label.replace([' ', ','], "_")));
-            let s = train_to(&job, &out, &extra);
+            let buckets = label.ends_with("buckets");
+            let s = train_to(if buckets { &bucketed } else { &job }, &out, &extra);
             assert_eq!(s["global_step"], 30, "{name} {label}");
             let diff = max_abs_diff(&reference, &weights(&out.join("model.safetensors")));
             assert!(diff < 1e-4, "{name} {label}: max abs difference {diff}");
@@ -80,6 +93,12 @@ fn n_workers_match_one_worker_with_the_same_global_batch() {
             // Time in communication is measured, not assumed: one worker has none.
             assert!(step["comm_s"].as_f64().unwrap() > 0.0, "{label}: {step}");
             assert!(step["compute_s"].as_f64().unwrap() > 0.0, "{label}: {step}");
+            // Summing that ran during backward is reported apart; only buckets have it.
+            let hidden = step["comm_hidden_s"].as_f64().unwrap();
+            assert!(
+                hidden >= 0.0 && (buckets || hidden == 0.0),
+                "{label}: {step}"
+            );
             assert_eq!(alone["comm_s"].as_f64(), Some(0.0), "1 worker: {alone}");
             let data_s = step["data_s"].as_f64().unwrap();
             assert!((0.0..60.0).contains(&data_s), "{label}: {step}");
@@ -211,12 +230,28 @@ fn uneven_and_empty_local_batches_match_one_worker() {
     let s = train_to(&job, &one, &["--threads", "1"]);
     assert_eq!(s["global_step"], 37);
     let reference = weights(&one.join("model.safetensors"));
+    // Empty shares with gradient buckets too: a worker without samples runs no
+    // backward, and its buckets go out as zeros.
+    let bucketed = common::job(
+        dir.path(),
+        "uneven-buckets.toml",
+        &format!(
+            "{}[distributed]\nbucket_mib = 0.001\n",
+            std::fs::read_to_string(&job).unwrap()
+        ),
+    );
     for (label, extra) in [
         ("ring x3", vec!["--workers", "3"]),
+        ("ring x3 buckets", vec!["--workers", "3"]),
         ("ps sync x3", vec!["--workers", "3", "--strategy", "ps"]),
     ] {
         let out = dir.path().join(label.replace(' ', "_"));
-        let s = train_to(&job, &out, &extra);
+        let j = if label.ends_with("buckets") {
+            &bucketed
+        } else {
+            &job
+        };
+        let s = train_to(j, &out, &extra);
         assert_eq!(s["global_step"], 37, "{label}");
         let diff = max_abs_diff(&reference, &weights(&out.join("model.safetensors")));
         assert!(diff < 1e-4, "{label}: max abs difference {diff}");

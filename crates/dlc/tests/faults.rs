@@ -157,20 +157,33 @@ fn row(fault: &str, outcome: &str, took: Duration) {
     eprintln!("| {fault} | {outcome} | {:.1} s |", took.as_secs_f64());
 }
 
+/// The `[distributed]` settings of the fault tests: gradients summed after backward,
+/// and in 50 KiB buckets by a communication thread while backward runs.
+const SYNCS: [(&str, &str); 2] = [
+    ("", "timeout_s = 20"),
+    (" (buckets)", "timeout_s = 20\nbucket_mib = 0.05"),
+];
+
 #[test]
 fn a_killed_worker_fails_the_job_fast_naming_it() {
     let _one = serial();
-    let job = Running::start(&long_job("timeout_s = 20"));
-    let hit = Instant::now();
-    signal("-9", job.rank(1));
-    let (status, took, err) = job.end(hit, Duration::from_secs(30));
-    row("SIGKILL of rank 1", "error naming rank 1", took);
-    assert!(!status.success());
-    assert!(took < Duration::from_secs(5), "took {took:?}");
-    assert!(
-        err.contains("rank 1 failed") && err.contains("signal 9"),
-        "{err}"
-    );
+    for (label, distributed) in SYNCS {
+        let job = Running::start(&long_job(distributed));
+        let hit = Instant::now();
+        signal("-9", job.rank(1));
+        let (status, took, err) = job.end(hit, Duration::from_secs(30));
+        row(
+            &format!("SIGKILL of rank 1{label}"),
+            "error naming rank 1",
+            took,
+        );
+        assert!(!status.success());
+        assert!(took < Duration::from_secs(5), "{label} took {took:?}");
+        assert!(
+            err.contains("rank 1 failed") && err.contains("signal 9"),
+            "{label}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -178,17 +191,26 @@ fn a_stopped_worker_fails_the_job_within_the_silence_bound_naming_it() {
     // SIGSTOP closes nothing: only the missing heartbeats tell. The collective
     // deadline (20 s) is longer than the bound checked here.
     let _one = serial();
-    let job = Running::start(&long_job("timeout_s = 20"));
-    let hit = Instant::now();
-    signal("-STOP", job.rank(1));
-    let (status, took, err) = job.end(hit, Duration::from_secs(40));
-    row("SIGSTOP of rank 1", "error naming rank 1", took);
-    assert!(!status.success());
-    assert!(took < SILENCE + Duration::from_secs(4), "took {took:?}");
-    assert!(
-        err.contains("rank 1 failed") && err.contains("heartbeat"),
-        "{err}"
-    );
+    for (label, distributed) in SYNCS {
+        let job = Running::start(&long_job(distributed));
+        let hit = Instant::now();
+        signal("-STOP", job.rank(1));
+        let (status, took, err) = job.end(hit, Duration::from_secs(40));
+        row(
+            &format!("SIGSTOP of rank 1{label}"),
+            "error naming rank 1",
+            took,
+        );
+        assert!(!status.success());
+        assert!(
+            took < SILENCE + Duration::from_secs(4),
+            "{label} took {took:?}"
+        );
+        assert!(
+            err.contains("rank 1 failed") && err.contains("heartbeat"),
+            "{label}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -822,6 +822,18 @@ pub struct DistributedSpec {
     /// (half the bytes, rounded).
     #[serde(skip_serializing_if = "Compression::is_none")]
     pub compression: Compression,
+    /// Size of a gradient bucket in MiB (ring only): a model with more gradients
+    /// than one bucket has them summed bucket by bucket while backward still runs.
+    #[serde(skip_serializing_if = "is_default_bucket")]
+    pub bucket_mib: f64,
+}
+
+/// `[distributed] bucket_mib` by default (PyTorch DDP's first bucket is 1 MiB, the
+/// others 25; one size keeps the order simple).
+pub const DEFAULT_BUCKET_MIB: f64 = 4.0;
+
+fn is_default_bucket(v: &f64) -> bool {
+    *v == DEFAULT_BUCKET_MIB
 }
 
 impl DistributedSpec {
@@ -836,6 +848,11 @@ impl DistributedSpec {
     /// How long ranks may take to start and join.
     pub fn join_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.join_timeout_s.unwrap_or(self.timeout_s))
+    }
+
+    /// `bucket_mib` in bytes.
+    pub fn bucket_bytes(&self) -> usize {
+        (self.bucket_mib * 1024.0 * 1024.0) as usize
     }
 
     /// How long a rank waits in one collective without progress.
@@ -859,6 +876,7 @@ impl Default for DistributedSpec {
             min_workers: None,
             transport: Transport::Auto,
             compression: Compression::None,
+            bucket_mib: DEFAULT_BUCKET_MIB,
         }
     }
 }

@@ -467,6 +467,24 @@ fn the_link_transport_is_auto_or_tcp() {
 }
 
 #[test]
+fn gradient_buckets_default_to_4_mib_and_must_be_positive() {
+    let d = format!("{GOOD}[distributed]\nworkers = 2\n");
+    let job = JobSpec::from_toml_str(&d, "t.toml").unwrap();
+    assert_eq!(job.distributed.bucket_bytes(), 4 << 20);
+    assert!(!job.to_toml().contains("bucket_mib"), "default not written");
+    let job = JobSpec::from_toml_str(&format!("{d}bucket_mib = 0.25\n"), "t.toml").unwrap();
+    assert_eq!(job.distributed.bucket_bytes(), 256 << 10);
+    let again = JobSpec::from_toml_str(&job.to_toml(), "t.toml").unwrap();
+    assert_eq!(again.distributed.bucket_bytes(), 256 << 10);
+    for bad in ["0", "-1", "nan"] {
+        let e = JobSpec::from_toml_str(&format!("{d}bucket_mib = {bad}\n"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("distributed.bucket_mib"), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn gradient_compression_is_none_bf16_or_fp16_and_ring_only() {
     let d = format!("{GOOD}[distributed]\nworkers = 2\n");
     let job = JobSpec::from_toml_str(&d, "t.toml").unwrap();

@@ -500,6 +500,12 @@ pub(crate) fn check_distributed(d: &crate::DistributedSpec, batch: usize) -> Res
             "works with strategy = \"ring\" only (parameter servers take f32 gradients)",
         )?;
     }
+    if !(d.bucket_mib.is_finite() && d.bucket_mib >= 1.0 / 1024.0) {
+        bad(
+            "distributed.bucket_mib",
+            format!("is {} but must be at least 1/1024 (1 KiB)", d.bucket_mib),
+        )?;
+    }
     if let Some(m) = d.min_workers {
         if m == 0 || m > d.workers {
             bad(

@@ -15,6 +15,6 @@ mod net;
 mod norm;
 mod shape;
 
-pub use net::{Layer, Net, Op, Residual, Shortcut};
+pub use net::{Layer, LayerHook, Net, Op, Residual, Shortcut};
 pub use norm::BatchNorm;
 pub use shape::{plan, Block, LayerPlan, ModelError, Projection, Shape};

@@ -157,7 +157,55 @@ impl<B: Backend> Net<B> {
     /// (tables) come as `[batch, features, 1, 1]`; element-wise layers and batch norm
     /// treat that like a flat vector, and dense layers flatten it.
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
-        run(&self.layers, Act::Spatial(images)).flat()
+        run(&self.layers, Act::Spatial(images), &mut NoHook).flat()
+    }
+
+    /// [`Net::forward`], with `hook` asked before each layer runs whether to run a
+    /// replacement (the same layer with its parameters swapped) in its place.
+    pub fn forward_hooked<H: LayerHook<B>>(
+        &self,
+        images: Tensor<B, 4>,
+        hook: &mut H,
+    ) -> Tensor<B, 2> {
+        run(&self.layers, Act::Spatial(images), hook).flat()
+    }
+}
+
+/// Asked by [`Net::forward_hooked`] just before each layer runs, with the layer's
+/// input at hand: what data-parallel training uses to tap each parameter's gradient
+/// the moment backward has it (the tap hangs on the input so that backward reaches
+/// it right after the layer, not at the very end).
+pub trait LayerHook<B: Backend> {
+    /// The layer to run on `input` in place of `layer`, or `None` to run `layer`.
+    fn before<M: Module<B>, const D: usize>(
+        &mut self,
+        layer: &M,
+        input: &Tensor<B, D>,
+    ) -> Option<M>;
+}
+
+/// The hook of a plain forward pass: every layer runs as it is.
+struct NoHook;
+
+impl<B: Backend> LayerHook<B> for NoHook {
+    fn before<M: Module<B>, const D: usize>(&mut self, _: &M, _: &Tensor<B, D>) -> Option<M> {
+        None
+    }
+}
+
+/// `hook`'s replacement for `layer` before it runs on `x`.
+fn hooked<B: Backend, M: Module<B>, H: LayerHook<B>>(
+    hook: &mut H,
+    layer: &M,
+    x: &Act<B>,
+) -> Option<M> {
+    if layer.num_params() == 0 {
+        return None;
+    }
+    match x {
+        Act::Spatial(t) => hook.before(layer, t),
+        Act::Flat(t) => hook.before(layer, t),
+        Act::Seq(t) => hook.before(layer, t),
     }
 }
 
@@ -244,7 +292,7 @@ fn op<B: Backend>(lp: &LayerPlan, device: &B::Device) -> Op<B> {
 }
 
 /// Runs `layers` in order on `x`.
-fn run<B: Backend>(layers: &[Layer<B>], mut x: Act<B>) -> Act<B> {
+fn run<B: Backend, H: LayerHook<B>>(layers: &[Layer<B>], mut x: Act<B>, hook: &mut H) -> Act<B> {
     let mut rest = layers;
     while let Some((layer, tail)) = rest.split_first() {
         rest = tail;
@@ -254,15 +302,18 @@ fn run<B: Backend>(layers: &[Layer<B>], mut x: Act<B>) -> Act<B> {
                     Some(Layer::Op(next)) => Some(next),
                     _ => None,
                 };
-                let (y, fused) = apply_fusing(op, next, x);
+                let swapped = hooked(hook, op, &x);
+                let (y, fused) = apply_fusing(swapped.as_ref().unwrap_or(op), next, x);
                 if fused {
                     rest = &tail[1..];
                 }
                 y
             }
             Layer::Residual(r) => {
-                let y = run_ops(&r.layers, x.clone());
-                let skip = match (&r.projection, x) {
+                let swapped = r.projection.as_ref().and_then(|p| hooked(hook, p, &x));
+                let projection = swapped.as_ref().or(r.projection.as_ref());
+                let y = run_ops(&r.layers, x.clone(), hook);
+                let skip = match (projection, x) {
                     (None, x) => x,
                     (Some(Shortcut::Conv(c)), Act::Spatial(t)) => Act::Spatial(conv(c, t, false)),
                     (Some(Shortcut::Dense(l)), x) => Act::Flat(l.forward(x.flat())),
@@ -282,10 +333,11 @@ fn run<B: Backend>(layers: &[Layer<B>], mut x: Act<B>) -> Act<B> {
 }
 
 /// Runs a residual block's operations in order on `x`.
-fn run_ops<B: Backend>(ops: &[Op<B>], mut x: Act<B>) -> Act<B> {
+fn run_ops<B: Backend, H: LayerHook<B>>(ops: &[Op<B>], mut x: Act<B>, hook: &mut H) -> Act<B> {
     let mut rest = ops;
     while let Some((op, tail)) = rest.split_first() {
-        let (y, fused) = apply_fusing(op, tail.first(), x);
+        let swapped = hooked(hook, op, &x);
+        let (y, fused) = apply_fusing(swapped.as_ref().unwrap_or(op), tail.first(), x);
         rest = if fused { &tail[1..] } else { tail };
         x = y;
     }

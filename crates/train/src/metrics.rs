@@ -1,6 +1,6 @@
 //! `metrics.jsonl`: one JSON object per line, appended as training goes.
 //!
-//! Step lines: `{"kind":"step","epoch","step","loss","samples_per_sec","compute_s","comm_s","data_s"}`
+//! Step lines: `{"kind":"step","epoch","step","loss","samples_per_sec","compute_s","comm_s","comm_hidden_s","data_s"}`
 //! (every `log_every` steps; `step` counts from the start of training; the times are
 //! per-step means over the window).
 //! Epoch lines: `{"kind":"epoch","epoch","train_loss","test_loss","test_accuracy","seconds"}`
@@ -17,7 +17,7 @@
 //!
 //! The same values go to a TensorBoard event file next to it (see [`crate::tensorboard`]):
 //! step lines as `train/loss`, `train/samples_per_sec`, `train/compute_s`,
-//! `train/comm_s` and `train/data_s` at the global step; epoch lines as `epoch/train_loss`,
+//! `train/comm_s`, `train/comm_hidden_s` and `train/data_s` at the global step; epoch lines as `epoch/train_loss`,
 //! `epoch/test_loss`, `epoch/test_accuracy` (or `epoch/test_rmse` and
 //! `epoch/test_mae`) and `epoch/seconds` at the epoch number.
 
@@ -46,8 +46,12 @@ pub enum Record {
         samples_per_sec: f64,
         /// Mean seconds per step spent computing (forward, backward, optimizer).
         compute_s: f64,
-        /// Mean seconds per step spent exchanging gradients/parameters (0 for one worker).
+        /// Mean seconds per step spent exchanging gradients/parameters, or waiting for
+        /// the exchange (0 for one worker).
         comm_s: f64,
+        /// Mean seconds per step of gradient summing that ran while backward did
+        /// (not in `comm_s`: hidden behind compute).
+        comm_hidden_s: f64,
         /// Mean seconds per step the loop waited for its batch (the loader fell behind).
         data_s: f64,
     },
@@ -143,6 +147,7 @@ impl MetricsSink {
                 samples_per_sec,
                 compute_s,
                 comm_s,
+                comm_hidden_s,
                 data_s,
                 ..
             } => self.events.scalars(
@@ -152,6 +157,7 @@ impl MetricsSink {
                     ("train/samples_per_sec", samples_per_sec),
                     ("train/compute_s", compute_s),
                     ("train/comm_s", comm_s),
+                    ("train/comm_hidden_s", comm_hidden_s),
                     ("train/data_s", data_s),
                 ],
             ),

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ElementConversion;
 use dlc_data::Prefetch;
 use dlc_job::{CheckpointEvery, JobSpec};
@@ -18,7 +17,7 @@ use crate::backend::{CpuTrain, GpuDevice, GpuTrain};
 use crate::checkpoint::{self, LoopState, Snapshot};
 use crate::data::JobData;
 use crate::device::Device;
-use crate::dist::{GradSync, Local, Step};
+use crate::dist::{GradSync, GradTap, Local, Step};
 use crate::eval::{evaluate, save_safetensors, EvalResult};
 use crate::metrics::{MetricsSink, Record};
 use crate::optim::AnyOptim;
@@ -260,7 +259,7 @@ fn step_seed(seed: u64, step: usize) -> u64 {
 /// The loop is a few phases of [`Run`]: prepare (data, run directory, model, a
 /// checkpoint to continue from), step, epoch end (buffers, evaluation), checkpoint,
 /// finish; what differs between strategies stays behind [`GradSync`].
-pub fn train_on<B: AutodiffBackend, S: GradSync>(
+pub fn train_on<B: GradTap, S: GradSync>(
     job: &JobSpec,
     opts: &TrainOptions,
     device: &B::Device,
@@ -270,7 +269,7 @@ pub fn train_on<B: AutodiffBackend, S: GradSync>(
 }
 
 /// [`train_on`], telling `at` where the run is as it goes.
-fn train_tracked<B: AutodiffBackend, S: GradSync>(
+fn train_tracked<B: GradTap, S: GradSync>(
     job: &JobSpec,
     opts: &TrainOptions,
     device: &B::Device,
@@ -306,7 +305,7 @@ enum End {
 }
 
 /// Everything one training run carries between its phases.
-struct Run<'a, B: AutodiffBackend> {
+struct Run<'a, B: GradTap> {
     opts: &'a TrainOptions,
     /// Where the run is, for an error that interrupts it without a `Result`.
     at: &'a Cell<At>,
@@ -343,7 +342,7 @@ struct Checkpoints {
     copy_time: std::time::Duration,
 }
 
-impl<'a, B: AutodiffBackend> Run<'a, B> {
+impl<'a, B: GradTap> Run<'a, B> {
     /// Loads the data, prepares the run directory, builds the model and optimizer
     /// (from a checkpoint when resuming or restarting) and makes replicas agree.
     fn prepare<S: GradSync>(
@@ -587,9 +586,11 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
             self.device,
             step_seed(self.spec.seed, state.global_step * self.workers + self.rank),
         );
-        let (grads, local_loss) = if batch.is_empty() {
-            (None, 0.0)
-        } else {
+        let weight = local_n as f32 / global_n.max(1) as f32;
+        let ((grads, local_loss), bucketed) = sync.compute(&self.model, weight, |tap| {
+            if batch.is_empty() {
+                return Ok((None, 0.0));
+            }
             self.model.check_tokens(&batch.inputs).map_err(|m| {
                 TrainError::Usage(format!(
                     "step {} of epoch {}: {m}",
@@ -598,7 +599,11 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
                 ))
             })?;
             let (x, y) = to_tensors::<B>(batch, self.source.sample_shape(), self.device);
-            let loss = task::loss(self.model.forward(x), y);
+            let logits = match tap {
+                Some(tap) => self.model.forward_hooked(x, tap),
+                None => self.model.forward(x),
+            };
+            let loss = task::loss(logits, y);
             let loss_value: f64 = loss.clone().into_scalar().elem();
             if !loss_value.is_finite() {
                 return Err(TrainError::Usage(format!(
@@ -606,11 +611,11 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
                     state.global_step
                 )));
             }
-            (
+            Ok((
                 Some(GradientsParams::from_grads(loss.backward(), &self.model)),
                 loss_value,
-            )
-        };
+            ))
+        })?;
         let lr = self.spec.lr_schedule.rate(
             self.spec.learning_rate,
             state.global_step,
@@ -625,6 +630,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
         let stepped = sync.step(Step {
             model,
             grads,
+            bucketed,
             loss: local_loss,
             local_n,
             global_n,
@@ -634,6 +640,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
             device: self.device,
         })?;
         window.comm += stepped.comm_s;
+        window.comm_hidden += stepped.comm_hidden_s;
         self.model = stepped.model;
         self.state.step_in_epoch += 1;
         self.state.global_step += 1;
@@ -657,6 +664,7 @@ impl<'a, B: AutodiffBackend> Run<'a, B> {
                 samples_per_sec: sps,
                 compute_s: (secs - window.comm - window.data).max(0.0) / steps,
                 comm_s: window.comm / steps,
+                comm_hidden_s: window.comm_hidden / steps,
                 data_s: window.data / steps,
             })?;
         }
@@ -830,6 +838,7 @@ struct Window {
     started: Instant,
     samples: usize,
     comm: f64,
+    comm_hidden: f64,
     data: f64,
 }
 
@@ -839,6 +848,7 @@ impl Window {
             started: Instant::now(),
             samples: 0,
             comm: 0.0,
+            comm_hidden: 0.0,
             data: 0.0,
         }
     }

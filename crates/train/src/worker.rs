@@ -75,10 +75,7 @@ pub fn run(job: &JobSpec, opts: &TrainOptions, id: &Identity) -> Result<Outcome,
         Strategy::Ring => Ok(Outcome::Worker(Box::new(train_distributed(
             job,
             opts,
-            Ring {
-                comm,
-                compression: wire_compression(d.compression),
-            },
+            Ring::new(comm, wire_compression(d.compression), d.bucket_bytes()),
         )?))),
         Strategy::Ps if id.rank < d.workers => {
             let sync = Ps {

@@ -198,7 +198,8 @@ pub fn grads_to_flat<B: AutodiffBackend, M: AutodiffModule<B>>(
 }
 
 struct GradWriter<'a, B: AutodiffBackend> {
-    flat: Tensor<B::InnerBackend, 1>,
+    /// Pieces of the flat buffer: where each starts, and its values.
+    parts: Vec<(usize, Tensor<B::InnerBackend, 1>)>,
     offset: usize,
     out: &'a mut GradientsParams,
 }
@@ -211,28 +212,40 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradWriter<'_, B> {
         }
         let shape = t.shape();
         let n = shape.num_elements();
-        let g = self
-            .flat
-            .clone()
-            .slice(self.offset..self.offset + n)
-            .reshape(shape);
+        let (start, part) = self
+            .parts
+            .iter()
+            .rev()
+            .find(|(start, _)| *start <= self.offset)
+            .expect("a piece starts at 0");
+        let at = self.offset - start;
+        let g = part.clone().slice(at..at + n).reshape(shape);
         self.offset += n;
         self.out.register::<B::InnerBackend, D>(param.id, g);
     }
 }
 
-/// Gradients for the module's trainable parameters from a flat buffer (as produced
-/// by [`grads_to_flat`]).
-pub fn grads_from_flat<B: AutodiffBackend, M: AutodiffModule<B>>(
+/// Gradients for the module's trainable parameters from pieces of a flat buffer (as
+/// produced by [`grads_to_flat`]), each given with its offset in the buffer and each
+/// holding whole parameters.
+pub fn grads_from_parts<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: &M,
-    flat: Vec<f32>,
+    mut parts: Vec<(usize, Vec<f32>)>,
     device: &B::Device,
 ) -> GradientsParams {
-    let n = flat.len();
-    let flat = Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(flat, [n]), device);
+    parts.sort_by_key(|(start, _)| *start);
+    let n: usize = parts.iter().map(|(_, v)| v.len()).sum();
+    let parts = parts
+        .into_iter()
+        .map(|(start, v)| {
+            let len = v.len();
+            let t = Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(v, [len]), device);
+            (start, t)
+        })
+        .collect();
     let mut out = GradientsParams::new();
     let mut w = GradWriter::<B> {
-        flat,
+        parts,
         offset: 0,
         out: &mut out,
     };

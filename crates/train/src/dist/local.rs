@@ -56,6 +56,7 @@ impl GradSync for Local {
             loss,
             stop,
             comm_s: 0.0,
+            comm_hidden_s: 0.0,
         })
     }
 }

@@ -6,7 +6,9 @@
 //! * [`ring::Ring`]: gradients are flattened (fixed, rank-independent order),
 //!   weighted by `local samples / global batch`, summed with ring all-reduce and
 //!   written back; every worker applies the same optimizer step. With
-//!   `[distributed] compression` the gradients travel as bf16 or fp16.
+//!   `[distributed] compression` the gradients travel as bf16 or fp16. A model larger
+//!   than `[distributed] bucket_mib` has its gradients summed in buckets while
+//!   backward still runs ([`overlap`]).
 //! * [`ps::Ps`]: workers push weighted gradient shards to parameter servers,
 //!   which run the optimizer ([`ps::serve`]), and pull fresh parameters back.
 //!
@@ -15,6 +17,7 @@
 
 pub mod flat;
 pub mod local;
+pub mod overlap;
 pub mod ps;
 pub mod ring;
 
@@ -27,6 +30,7 @@ use crate::optim::{AnyOptim, FlatState, NetOptim};
 use crate::TrainError;
 
 pub use local::Local;
+pub use overlap::{Bucketed, GradTap, Tapper};
 pub use ps::Ps;
 pub use ring::Ring;
 
@@ -75,6 +79,20 @@ pub trait GradSync {
         total_steps: usize,
         device: &B::Device,
     ) -> Result<(Net<B>, NetOptim<B>), TrainError>;
+
+    /// Runs `work`, this worker's forward and backward pass (handed the hook to run
+    /// the forward pass with, if any), with whatever the strategy overlaps with it;
+    /// `weight` is this worker's share of the step's samples. Bucketed gradients,
+    /// when the strategy sums them during backward, go on to [`GradSync::step`].
+    /// By default `work` runs alone.
+    fn compute<B: GradTap, T>(
+        &mut self,
+        _model: &Net<B>,
+        _weight: f32,
+        work: impl FnOnce(Option<&mut Tapper<B>>) -> Result<T, TrainError>,
+    ) -> Result<(T, Option<Bucketed>), TrainError> {
+        Ok((work(None)?, None))
+    }
 
     /// Combines this worker's gradients (from `local_n` of the step's `global_n`
     /// samples) and updates the model.
@@ -145,8 +163,11 @@ pub trait GradSync {
 pub struct Step<'a, B: AutodiffBackend> {
     /// The model before the step.
     pub model: Net<B>,
-    /// This worker's gradients (`None` when it had no samples).
+    /// This worker's gradients (`None` when it had no samples, or when they were
+    /// summed during backward).
     pub grads: Option<GradientsParams>,
+    /// The gradients summed during backward, from [`GradSync::compute`].
+    pub bucketed: Option<Bucketed>,
     /// This worker's mean loss over its samples.
     pub loss: f64,
     /// This worker's samples in the step.
@@ -172,8 +193,12 @@ pub struct Stepped<B: AutodiffBackend> {
     /// A stop signal some worker was asked to stop by: every worker learns it in the
     /// same step, so all stop together.
     pub stop: Option<usize>,
-    /// Seconds spent exchanging gradients and parameters.
+    /// Seconds the training thread spent exchanging gradients and parameters (or
+    /// waiting for it).
     pub comm_s: f64,
+    /// Seconds of gradient summing that ran while backward did (hidden from the
+    /// step's time).
+    pub comm_hidden_s: f64,
 }
 
 /// `optim` with a checkpoint's state (`restored`) put in, when there is one: for the

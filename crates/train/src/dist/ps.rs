@@ -585,6 +585,7 @@ impl GradSync for Ps {
             loss,
             stop,
             comm_s: started.elapsed().as_secs_f64(),
+            comm_hidden_s: 0.0,
         })
     }
 
