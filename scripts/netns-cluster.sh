@@ -5,6 +5,9 @@
 #
 #   netns-cluster.sh up N [--rate RATE]   N hosts dlc-h0 … dlc-h(N-1) (idempotent;
 #                                          RATE e.g. 200mbit, 1gbit, none = unshaped)
+#   netns-cluster.sh up N --flow-rate RATE each TCP connection capped at RATE instead
+#                                          (as clouds cap one flow), the links not
+#                                          (8×8 classes by bits 1-3 of both ports)
 #   netns-cluster.sh down                 remove everything `up` created (also after
 #                                          an `up` that failed half-way), and stop the
 #                                          processes still running inside the hosts
@@ -41,7 +44,7 @@ SELF="$(readlink -f "$0")"
 
 die() { echo "netns-cluster: $*" >&2; exit 1; }
 
-usage() { sed -n '2,32p' "$SELF" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,35p' "$SELF" | sed 's/^# \{0,1\}//'; }
 
 check_names() {
     [[ "$P" =~ ^[a-z][a-z0-9]{0,5}$ ]] || die "DLC_NETNS_PREFIX=$P: use 1-6 lowercase letters or digits, starting with a letter"
@@ -109,6 +112,25 @@ shape() {
     "${run[@]}" tc qdisc replace dev "$dev" root tbf rate "$rate" burst "$burst" latency 100ms
 }
 
+# Each TCP connection at most `rate` out of `dev`, the way a cloud caps one flow:
+# 64 htb classes of `rate`, a packet's chosen by bits 1-3 of its source and of its
+# destination port (the ephemeral end of a connection is the source port on the
+# host that dialled, the destination on the one that accepted; Linux hands a
+# host's consecutive connections ports 2 apart, so they land in different classes).
+shape_flows() {
+    local dev="$1" rate="$2" netns="$3"
+    local run=(ip netns exec "$netns") s d c
+    "${run[@]}" tc qdisc replace dev "$dev" root handle 1: htb default 1 r2q 1000
+    for s in 0 1 2 3 4 5 6 7; do
+        for d in 0 1 2 3 4 5 6 7; do
+            c=$((s * 8 + d + 1))
+            "${run[@]}" tc class replace dev "$dev" parent 1: classid "1:$c" htb rate "$rate" ceil "$rate" burst 64k
+            "${run[@]}" tc filter add dev "$dev" parent 1: protocol ip prio 1 u32 \
+                match ip sport $((s * 2)) 0x000e match ip dport $((d * 2)) 0x000e flowid "1:$c"
+        done
+    done
+}
+
 rate_bits() {
     local r="${1,,}"
     [[ "$r" =~ ^([0-9]+)(bit|kbit|mbit|gbit)$ ]] || die "rate $1: use e.g. 200mbit, 1gbit or none"
@@ -122,17 +144,21 @@ rate_bits() {
 }
 
 cmd_up() {
-    local n="" rate=none
+    local n="" rate=none flow_rate=none
     while [ $# -gt 0 ]; do
         case "$1" in
         --rate) rate="${2:?--rate needs a value}"; shift 2 ;;
         --rate=*) rate="${1#--rate=}"; shift ;;
+        --flow-rate) flow_rate="${2:?--flow-rate needs a value}"; shift 2 ;;
+        --flow-rate=*) flow_rate="${1#--flow-rate=}"; shift ;;
         -*) die "up: unknown option $1" ;;
         *) n="$1"; shift ;;
         esac
     done
     [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 32 ] || die "up N: N hosts, 1 to 32"
     [ "$rate" = none ] || rate_bits "$rate" >/dev/null
+    [ "$flow_rate" = none ] || rate_bits "$flow_rate" >/dev/null
+    [ "$rate" = none ] || [ "$flow_rate" = none ] || die "up: give --rate or --flow-rate, not both"
     local have
     have=$(recorded_hosts)
     if [ "$have" -gt 0 ] && [ "$have" != "$n" ]; then
@@ -170,6 +196,7 @@ cmd_up() {
         ip netns exec "$h" ip link set eth0 up
         shape "$v" "$rate"
         shape eth0 "$rate" "$h"
+        [ "$flow_rate" = none ] || shape_flows eth0 "$flow_rate" "$h"
         if claim dir "/etc/netns/$h"; then
             mkdir -p "/etc/netns/$h"
         fi
@@ -186,7 +213,11 @@ cmd_up() {
     done
     rm -f "$hosts_file"
     sed -i '/^rate /d' "$STATE"
-    echo "rate $rate" >>"$STATE"
+    if [ "$flow_rate" = none ]; then
+        echo "rate $rate" >>"$STATE"
+    else
+        echo "rate $flow_rate per TCP connection" >>"$STATE"
+    fi
     trap - EXIT
     cmd_status
 }

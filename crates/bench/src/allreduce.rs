@@ -33,7 +33,8 @@ pub struct Row {
     pub memcpy_gbps: f64,
     /// Single-stream TCP loopback between two processes, GB/s.
     pub tcp_gbps: f64,
-    /// What carried rank 0's links: `shm`, `tcp`, or `shm+tcp` (some of each).
+    /// What carried rank 0's links: `shm`, `tcp`, or `shm+tcp` (some of each);
+    /// `tcp*N` for N streams per pair.
     #[serde(default)]
     pub transport: String,
     /// How the f32 buffer travelled: `none` (f32), `bf16` or `fp16` (bytes above are
@@ -128,13 +129,19 @@ pub struct Timings {
     pub transport: String,
 }
 
-/// `shm`, `tcp`, or `shm+tcp`: the transports of a rank's links.
+/// `shm`, `tcp`, or `shm+tcp`: the transports of a rank's links; TCP links of
+/// several streams read `tcp*N`.
 pub fn link_kinds(comm: &Communicator) -> String {
-    let mut kinds: Vec<&str> = comm
+    let mut kinds: Vec<String> = comm
         .transports()
         .iter()
-        .flatten()
-        .map(|t| t.name())
+        .zip(comm.tcp_streams())
+        .filter_map(|(t, n)| {
+            t.map(|t| match n {
+                2.. => format!("{}*{n}", t.name()),
+                _ => t.name().to_string(),
+            })
+        })
         .collect();
     kinds.sort_unstable();
     kinds.dedup();

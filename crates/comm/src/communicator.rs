@@ -37,7 +37,14 @@ pub struct CommConfig {
     /// between hosts (`Auto`), or TCP everywhere. Both ends of a pair must ask for
     /// shared memory to get it.
     pub transport: Transport,
+    /// TCP streams per pair of ranks on TCP links (1 to [`MAX_TCP_STREAMS`]); every
+    /// rank of a job must use the same number. More than one stripes each message
+    /// over them ([`crate::link::striped`]).
+    pub tcp_streams: usize,
 }
+
+/// The most TCP streams a pair of ranks may use.
+pub const MAX_TCP_STREAMS: usize = 16;
 
 impl CommConfig {
     /// Defaults: 30 s timeouts, 16 KiB small-message threshold.
@@ -52,6 +59,7 @@ impl CommConfig {
             small_message_bytes: 16 << 10,
             socket_buffer: transport::SOCKET_BUFFER,
             transport: Transport::Auto,
+            tcp_streams: 1,
         }
     }
 }
@@ -188,7 +196,28 @@ impl Communicator {
         for s in links.iter().flatten() {
             transport::set_buffers(s, cfg.socket_buffer);
         }
-        let links = crate::link::shm::upgrade(links, cfg.rank, cfg.transport, deadline)?;
+        let streams = cfg.tcp_streams.clamp(1, MAX_TCP_STREAMS);
+        // A second handle on each first stream, for the links that stay on TCP.
+        let raw: Vec<Option<TcpStream>> = match streams {
+            1 => Vec::new(),
+            _ => links
+                .iter()
+                .map(|l| l.as_ref().map(TcpStream::try_clone).transpose())
+                .collect::<Result<_, _>>()
+                .map_err(CommError::io("duplicating a link"))?,
+        };
+        let mut links = crate::link::shm::upgrade(links, cfg.rank, cfg.transport, deadline)?;
+        if streams > 1 {
+            let dial = crate::link::striped::Dial {
+                rank: cfg.rank,
+                addrs: &peers,
+                key: &cfg.key,
+                acceptor: &acceptor,
+                socket_buffer: cfg.socket_buffer,
+                deadline,
+            };
+            links = crate::link::striped::add_streams(links, raw, streams, &dial)?;
+        }
         control
             .stream
             .set_nonblocking(true)
@@ -293,6 +322,15 @@ impl Communicator {
         self.links
             .iter()
             .map(|l| l.as_ref().map(|l| l.transport()))
+            .collect()
+    }
+
+    /// How many TCP streams carry the link to each rank, in rank order (0 for this
+    /// rank and for shared-memory links).
+    pub fn tcp_streams(&self) -> Vec<usize> {
+        self.links
+            .iter()
+            .map(|l| l.as_ref().map_or(0, |l| l.tcp_streams()))
             .collect()
     }
 

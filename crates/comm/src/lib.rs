@@ -29,7 +29,7 @@ mod p2p;
 pub mod rendezvous;
 pub mod transport;
 
-pub use communicator::{CommConfig, Communicator, ReduceOp};
+pub use communicator::{CommConfig, Communicator, ReduceOp, MAX_TCP_STREAMS};
 pub use compress::Compression;
 pub use element::Element;
 pub use error::CommError;

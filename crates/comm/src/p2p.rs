@@ -139,17 +139,11 @@ impl Communicator {
         if !ready.is_empty() {
             return Ok(ready);
         }
-        let mut fds: Vec<libc::pollfd> = peers
-            .iter()
-            .map(|&p| {
-                let (fd, events) = self.link(p).pollfd(true, false);
-                libc::pollfd {
-                    fd,
-                    events,
-                    revents: 0,
-                }
-            })
-            .collect();
+        // One entry per peer: a link waiting to read alone polls one descriptor.
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(peers.len() + 1);
+        for &p in peers {
+            self.link(p).pollfds(true, false, &mut fds);
+        }
         fds.push(libc::pollfd {
             fd: std::os::fd::AsRawFd::as_raw_fd(&self.control.stream),
             events: libc::POLLIN,

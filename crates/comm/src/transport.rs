@@ -212,12 +212,7 @@ pub fn wait(
         if !w.link.arm(w.read, w.write) {
             return Ok(Woke::Ready);
         }
-        let (fd, events) = w.link.pollfd(w.read, w.write);
-        fds.push(libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        });
+        w.link.pollfds(w.read, w.write, &mut fds);
     }
     if let Some(c) = control {
         fds.push(libc::pollfd {

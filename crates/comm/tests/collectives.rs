@@ -28,6 +28,17 @@ fn ranks_over<R: Send + 'static>(
     timeout: Duration,
     f: impl Fn(&mut Communicator) -> R + Send + Sync + 'static,
 ) -> Vec<R> {
+    ranks_with(transport, 1, n, timeout, f)
+}
+
+/// [`ranks_over`] with `streams` TCP streams per pair on TCP links.
+fn ranks_with<R: Send + 'static>(
+    transport: Transport,
+    streams: usize,
+    n: usize,
+    timeout: Duration,
+    f: impl Fn(&mut Communicator) -> R + Send + Sync + 'static,
+) -> Vec<R> {
     let coord = Coordinator::start("127.0.0.1:0", key(), n, timeout).unwrap();
     let addr = coord.addr().to_string();
     let f = Arc::new(f);
@@ -38,6 +49,7 @@ fn ranks_over<R: Send + 'static>(
                 let mut cfg = CommConfig::new(addr, key(), r, n);
                 cfg.timeout = timeout;
                 cfg.transport = transport;
+                cfg.tcp_streams = streams;
                 let mut c = Communicator::connect(cfg).unwrap();
                 let out = f(&mut c);
                 c.leave();
@@ -146,7 +158,17 @@ fn shared_memory_and_tcp_links_compute_the_same_bits() {
         };
         let shm = kinds(Transport::Auto);
         let tcp = kinds(Transport::Tcp);
+        // Three streams per pair: every message dealt over them in 128 KiB pieces.
+        let striped = ranks_with(Transport::Tcp, 3, n, Duration::from_secs(30), |c| {
+            (c.tcp_streams(), (c.transports(), workout(c)))
+        });
         for r in 0..n {
+            let want: Vec<usize> = (0..n).map(|p| if p == r { 0 } else { 3 }).collect();
+            assert_eq!(striped[r].0, want, "rank {r} of {n}");
+            assert_eq!(
+                striped[r].1, tcp[r],
+                "rank {r} of {n}: 3 streams and 1 differ"
+            );
             let want = |t| (0..n).map(|p| (p != r).then_some(t)).collect::<Vec<_>>();
             assert_eq!(shm[r].0, want(Transport::Shm), "rank {r} of {n}");
             assert_eq!(tcp[r].0, want(Transport::Tcp), "rank {r} of {n}");
@@ -293,16 +315,20 @@ fn a_mismatch_seen_by_two_ranks_reaches_the_third_with_its_diagnosis() {
 
 #[test]
 fn crashed_rank_makes_every_other_rank_fail_naming_it() {
-    for t in [Transport::Auto, Transport::Tcp] {
-        crashed_rank_over(t);
+    for (t, streams) in [
+        (Transport::Auto, 1),
+        (Transport::Tcp, 1),
+        (Transport::Tcp, 3),
+    ] {
+        crashed_rank_over(t, streams);
     }
 }
 
-fn crashed_rank_over(transport: Transport) {
+fn crashed_rank_over(transport: Transport, streams: usize) {
     let n = 4;
     let timeout = Duration::from_secs(10);
     let gate = Arc::new(Barrier::new(n));
-    let out = ranks_over(transport, n, timeout, move |c| {
+    let out = ranks_with(transport, streams, n, timeout, move |c| {
         let mut buf = vec![1.0f32; 1 << 20];
         c.all_reduce(&mut buf, ReduceOp::Sum).unwrap();
         gate.wait();
@@ -412,8 +438,14 @@ fn strangers_are_refused_and_the_job_continues() {
 
 #[test]
 fn point_to_point_exchange_in_any_order() {
+    for (t, streams) in [(Transport::Auto, 1), (Transport::Tcp, 2)] {
+        point_to_point_over(t, streams);
+    }
+}
+
+fn point_to_point_over(transport: Transport, streams: usize) {
     // Rank 0 plays a server: receives from 1 and 2 and answers both, all at once.
-    let out = ranks(3, Duration::from_secs(10), |c| {
+    let out = ranks_with(transport, streams, 3, Duration::from_secs(10), |c| {
         let r = c.rank();
         let big = 300_000;
         if r == 0 {

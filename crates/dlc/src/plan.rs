@@ -474,9 +474,12 @@ fn validate(a: &PlanArgs, job: &JobSpec) -> Result<()> {
         &[bytes],
         10,
         Duration::from_secs(60),
-        dlc_comm::transport::SOCKET_BUFFER,
-        dlc_comm::Transport::Auto,
-        dlc_train::worker::wire_compression(job.distributed.compression),
+        &crate::bench::Links {
+            socket_buffer: dlc_comm::transport::SOCKET_BUFFER,
+            transport: dlc_comm::Transport::Auto,
+            streams: job.distributed.tcp_streams,
+            compression: dlc_train::worker::wire_compression(job.distributed.compression),
+        },
     )
     .context("measuring the all-reduce")?;
     let comm = rows[0].median_s;

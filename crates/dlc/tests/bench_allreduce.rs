@@ -88,6 +88,25 @@ fn bench_allreduce_runs_processes_and_reports_json() {
         table.contains("busbw") && table.contains("64KiB"),
         "{table}"
     );
+    // Several TCP streams per pair: the sums still check out, and the rows say so.
+    let striped = json_lines(&ok(&[
+        "bench",
+        "allreduce",
+        "--ranks",
+        "2",
+        "--transport",
+        "tcp",
+        "--streams",
+        "3",
+        "--sizes",
+        "1MiB",
+        "--iters",
+        "2",
+        "--json",
+    ]));
+    assert_eq!(striped[0]["transport"], "tcp*3", "{:?}", striped[0]);
+    let err = fails(&["bench", "allreduce", "--streams", "0"]);
+    assert!(err.contains("--streams must be 1 to 16"), "{err}");
     let err = fails(&["bench", "allreduce", "--sizes", "3B"]);
     assert!(err.contains("multiples of 4"), "{err}");
     let err = fails(&["bench", "allreduce", "--sizes", "4XB"]);

@@ -237,6 +237,23 @@ fn the_cluster_comes_up_shaped_and_leaves_nothing_behind() {
     assert!(r.starts_with("10.213.0.0/24 dev eth0"), "{r}");
     // `up` again is idempotent.
     assert!(netns(&["up", "3", "--rate", "1gbit"]).status.success());
+    // Or each TCP connection capped instead of the link, as clouds cap one flow:
+    // 64 classes of the rate on every host, a connection's chosen by its ports.
+    assert!(netns(&["up", "3", "--flow-rate", "200mbit"])
+        .status
+        .success());
+    let st = String::from_utf8_lossy(&netns(&["status"]).stdout).into_owned();
+    assert!(st.contains("200mbit per TCP connection"), "{st}");
+    let classes = Command::new("ip")
+        .args([
+            "netns", "exec", "dlct-h1", "tc", "class", "show", "dev", "eth0",
+        ])
+        .output()
+        .unwrap();
+    let c = String::from_utf8_lossy(&classes.stdout);
+    assert_eq!(c.matches("rate 200Mbit").count(), 64, "{c}");
+    let both = netns(&["up", "3", "--rate", "1gbit", "--flow-rate", "200mbit"]);
+    assert!(!both.status.success());
     drop(cluster);
     assert_eq!(leftovers(), Vec::<String>::new());
 
@@ -295,6 +312,17 @@ fn a_slurm_script_across_three_hosts_trains_like_one_worker() {
     let links = &world.last().unwrap()["links"];
     assert_eq!(links[1], "shm", "{links}");
     assert_eq!(links[5], "tcp", "{links}");
+
+    // The same with 3 TCP streams between hosts: each message crossing hosts is
+    // dealt over them, and the result does not change.
+    let striped_job = common::job(
+        dir.path(),
+        "striped.toml",
+        &format!("{}[distributed]\ntcp_streams = 3\n", equivalence_job()),
+    );
+    let striped = dir.path().join("striped");
+    slurm_across_hosts(dir.path(), &striped_job, &striped, &["--workers", "6"]);
+    assert_same_weights(&one, &striped, "ring, 3 hosts x 2, 3 TCP streams");
 
     // Parameter servers: 4 workers on hosts 0 and 1, the 2 servers on host 2.
     let ps = dir.path().join("ps");

@@ -826,6 +826,14 @@ pub struct DistributedSpec {
     /// than one bucket has them summed bucket by bucket while backward still runs.
     #[serde(skip_serializing_if = "is_default_bucket")]
     pub bucket_mib: f64,
+    /// TCP streams per pair of ranks on TCP links (1 to 16): more than one deals
+    /// each message over them, for networks where one stream is slower than the link.
+    #[serde(skip_serializing_if = "is_one")]
+    pub tcp_streams: usize,
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 /// `[distributed] bucket_mib` by default (PyTorch DDP's first bucket is 1 MiB, the
@@ -877,6 +885,7 @@ impl Default for DistributedSpec {
             transport: Transport::Auto,
             compression: Compression::None,
             bucket_mib: DEFAULT_BUCKET_MIB,
+            tcp_streams: 1,
         }
     }
 }

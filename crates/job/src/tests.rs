@@ -467,6 +467,27 @@ fn the_link_transport_is_auto_or_tcp() {
 }
 
 #[test]
+fn tcp_streams_default_to_one_and_go_up_to_16() {
+    let d = format!("{GOOD}[distributed]\nworkers = 2\n");
+    let job = JobSpec::from_toml_str(&d, "t.toml").unwrap();
+    assert_eq!(job.distributed.tcp_streams, 1);
+    assert!(
+        !job.to_toml().contains("tcp_streams"),
+        "default not written"
+    );
+    let job = JobSpec::from_toml_str(&format!("{d}tcp_streams = 4\n"), "t.toml").unwrap();
+    assert_eq!(job.distributed.tcp_streams, 4);
+    let again = JobSpec::from_toml_str(&job.to_toml(), "t.toml").unwrap();
+    assert_eq!(again.distributed.tcp_streams, 4);
+    for bad in ["0", "17"] {
+        let e = JobSpec::from_toml_str(&format!("{d}tcp_streams = {bad}\n"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("distributed.tcp_streams"), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn gradient_buckets_default_to_4_mib_and_must_be_positive() {
     let d = format!("{GOOD}[distributed]\nworkers = 2\n");
     let job = JobSpec::from_toml_str(&d, "t.toml").unwrap();

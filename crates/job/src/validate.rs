@@ -500,6 +500,12 @@ pub(crate) fn check_distributed(d: &crate::DistributedSpec, batch: usize) -> Res
             "works with strategy = \"ring\" only (parameter servers take f32 gradients)",
         )?;
     }
+    if !(1..=16).contains(&d.tcp_streams) {
+        bad(
+            "distributed.tcp_streams",
+            format!("is {} but must be 1 to 16", d.tcp_streams),
+        )?;
+    }
     if !(d.bucket_mib.is_finite() && d.bucket_mib >= 1.0 / 1024.0) {
         bad(
             "distributed.bucket_mib",

@@ -70,6 +70,7 @@ pub fn run(job: &JobSpec, opts: &TrainOptions, id: &Identity) -> Result<Outcome,
         dlc_job::Transport::Auto => dlc_comm::Transport::Auto,
         dlc_job::Transport::Tcp => dlc_comm::Transport::Tcp,
     };
+    cfg.tcp_streams = d.tcp_streams;
     let mut comm = Communicator::connect(cfg)?;
     match d.strategy {
         Strategy::Ring => Ok(Outcome::Worker(Box::new(train_distributed(

@@ -6,15 +6,16 @@
 //! [`crate::transport::wait`]. One file per transport:
 //!
 //! * [`tcp`]: a TCP stream (ranks on different hosts, or `--transport tcp`).
+//! * [`striped`]: several TCP streams to one peer, a message dealt over them in
+//!   pieces (`tcp_streams` > 1).
 //! * [`shm`]: two ring buffers in a shared mapping for ranks on the same host; the
 //!   pair's TCP stream stays as the doorbell and as the liveness signal (the kernel
 //!   closes a dead process's socket, so a dead peer still wakes and fails a waiter).
 
-use std::os::fd::RawFd;
-
 use crate::CommError;
 
 pub mod shm;
+pub mod striped;
 pub mod tcp;
 
 /// Outcome of a non-blocking transfer attempt.
@@ -98,10 +99,15 @@ pub trait Link: Send {
     fn spins(&self) -> bool {
         false
     }
-    /// What `poll(2)` waits on for that.
-    fn pollfd(&self, read: bool, write: bool) -> (RawFd, i16);
+    /// What `poll(2)` waits on for that, added to `out`: one entry when only
+    /// `read` is asked (callers map entries back to peers), one or two otherwise.
+    fn pollfds(&self, read: bool, write: bool, out: &mut Vec<libc::pollfd>);
     /// Closes the link (both directions), as a crash would.
     fn shutdown(&self);
     /// The transport carrying it.
     fn transport(&self) -> Transport;
+    /// How many TCP streams carry it (0 for shared memory).
+    fn tcp_streams(&self) -> usize {
+        1
+    }
 }

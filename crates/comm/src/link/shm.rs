@@ -16,7 +16,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
@@ -330,8 +330,12 @@ impl Link for ShmLink {
         true
     }
 
-    fn pollfd(&self, _read: bool, _write: bool) -> (RawFd, i16) {
-        (self.bell.as_raw_fd(), libc::POLLIN)
+    fn pollfds(&self, _read: bool, _write: bool, out: &mut Vec<libc::pollfd>) {
+        out.push(libc::pollfd {
+            fd: self.bell.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
     }
 
     fn shutdown(&self) {
@@ -340,6 +344,10 @@ impl Link for ShmLink {
 
     fn transport(&self) -> Transport {
         Transport::Shm
+    }
+
+    fn tcp_streams(&self) -> usize {
+        0
     }
 }
 
@@ -355,7 +363,7 @@ fn setup_error(peer: usize, what: &str, e: impl std::fmt::Display) -> CommError 
     }
 }
 
-fn send(
+pub(super) fn send(
     s: &mut TcpStream,
     msg: &[u8; MSG],
     peer: usize,
@@ -369,7 +377,7 @@ fn send(
         .map_err(|e| setup_error(peer, "send failed", e))
 }
 
-fn receive(
+pub(super) fn receive(
     s: &mut TcpStream,
     kind: &[u8; 4],
     peer: usize,
@@ -398,7 +406,7 @@ fn text(msg: &[u8; MSG]) -> String {
         .to_string()
 }
 
-fn message(kind: &[u8; 4], flag: u8, body: &str) -> [u8; MSG] {
+pub(super) fn message(kind: &[u8; 4], flag: u8, body: &str) -> [u8; MSG] {
     let mut m = [0u8; MSG];
     m[..4].copy_from_slice(kind);
     m[4] = flag;

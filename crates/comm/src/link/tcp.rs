@@ -3,7 +3,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 
 use super::{Io, Link, Transport};
 use crate::CommError;
@@ -51,7 +51,7 @@ impl Link for TcpStream {
         true
     }
 
-    fn pollfd(&self, read: bool, write: bool) -> (RawFd, i16) {
+    fn pollfds(&self, read: bool, write: bool, out: &mut Vec<libc::pollfd>) {
         let mut events = 0;
         if read {
             events |= libc::POLLIN;
@@ -59,7 +59,11 @@ impl Link for TcpStream {
         if write {
             events |= libc::POLLOUT;
         }
-        (self.as_raw_fd(), events)
+        out.push(libc::pollfd {
+            fd: self.as_raw_fd(),
+            events,
+            revents: 0,
+        });
     }
 
     fn shutdown(&self) {

@@ -98,6 +98,10 @@ pub struct AllreduceArgs {
     /// between hosts; what training uses), `tcp` (TCP everywhere) or `shm`.
     #[arg(long, default_value = "auto")]
     transport: dlc_comm::Transport,
+    /// TCP streams per pair of ranks on TCP links (1 to 16; `[distributed]
+    /// tcp_streams`): more than one deals each message over them in 128 KiB pieces.
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
     /// How the f32 buffers travel: `none` (f32), `bf16` or `fp16` (half the bytes;
     /// what `[distributed] compression` does to gradients). Sizes and bandwidths
     /// count the f32 buffer.
@@ -204,6 +208,13 @@ fn allreduce_cmd(a: AllreduceArgs) -> Result<()> {
     if a.ranks == 0 {
         bail!("--ranks must be at least 1");
     }
+    if !(1..=dlc_comm::MAX_TCP_STREAMS).contains(&a.streams) {
+        bail!(
+            "--streams must be 1 to {}, not {}",
+            dlc_comm::MAX_TCP_STREAMS,
+            a.streams
+        );
+    }
     if a.sizes.iter().any(|&s| !s.is_multiple_of(4)) {
         bail!("sizes must be multiples of 4 bytes (f32 elements)");
     }
@@ -221,9 +232,12 @@ fn allreduce_cmd(a: AllreduceArgs) -> Result<()> {
         &a.sizes,
         a.iters.max(1),
         Duration::from_secs(a.timeout),
-        a.buffer(),
-        a.transport,
-        a.compression,
+        &Links {
+            socket_buffer: a.buffer(),
+            transport: a.transport,
+            streams: a.streams,
+            compression: a.compression,
+        },
     )?;
     if let Some(path) = &a.save {
         let medians: Vec<(usize, f64)> = rows.iter().map(|r| (r.bytes, r.median_s)).collect();
@@ -239,6 +253,19 @@ fn allreduce_cmd(a: AllreduceArgs) -> Result<()> {
     Ok(())
 }
 
+/// How the all-reduce benchmark's ranks link and what travels.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Links {
+    /// Socket buffers (`None`: Linux's autotuning).
+    pub socket_buffer: Option<usize>,
+    /// What carries the links.
+    pub transport: dlc_comm::Transport,
+    /// TCP streams per pair on TCP links.
+    pub streams: usize,
+    /// How the f32 buffers travel.
+    pub compression: dlc_comm::Compression,
+}
+
 /// Runs the all-reduce benchmark over `ranks` local processes: the same local launcher
 /// as `dlc train --workers` (its coordinator, die-with-parent children, and a failed
 /// rank named with its last lines), then the ceilings of each size in this process.
@@ -247,10 +274,14 @@ pub(crate) fn allreduce_rows(
     sizes: &[usize],
     iters: usize,
     timeout: Duration,
-    socket_buffer: Option<usize>,
-    transport: dlc_comm::Transport,
-    compression: dlc_comm::Compression,
+    links: &Links,
 ) -> Result<Vec<Row>> {
+    let Links {
+        socket_buffer,
+        transport,
+        streams,
+        compression,
+    } = *links;
     let exe = std::env::current_exe().context("locating the dlc binary")?;
     let size_arg = sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let outcome = dlc_launch::local::run(&dlc_launch::local::LocalJob {
@@ -269,6 +300,8 @@ pub(crate) fn allreduce_rows(
             socket_buffer.map_or("auto".into(), |b| b.to_string()),
             "--transport".into(),
             transport.to_string(),
+            "--streams".into(),
+            streams.to_string(),
             "--compression".into(),
             compression.to_string(),
         ],
@@ -358,6 +391,7 @@ fn bench_worker(a: &AllreduceArgs) -> Result<()> {
     cfg.join_timeout = cfg.timeout;
     cfg.socket_buffer = a.buffer();
     cfg.transport = a.transport;
+    cfg.tcp_streams = a.streams;
     let t = allreduce::worker(cfg, &a.sizes, a.iters.max(1), a.compression)?;
     if let Some(c) = coordinator {
         c.shutdown(timeout);
