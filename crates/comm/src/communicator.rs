@@ -206,7 +206,8 @@ impl Communicator {
                 .collect::<Result<_, _>>()
                 .map_err(CommError::io("duplicating a link"))?,
         };
-        let mut links = crate::link::shm::upgrade(links, cfg.rank, cfg.transport, deadline)?;
+        let mut links =
+            crate::link::shm::upgrade(links, cfg.rank, cfg.transport, streams, deadline)?;
         if streams > 1 {
             let dial = crate::link::striped::Dial {
                 rank: cfg.rank,
@@ -215,6 +216,7 @@ impl Communicator {
                 acceptor: &acceptor,
                 socket_buffer: cfg.socket_buffer,
                 deadline,
+                timeout: cfg.timeout,
             };
             links = crate::link::striped::add_streams(links, raw, streams, &dial)?;
         }

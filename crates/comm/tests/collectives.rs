@@ -210,6 +210,34 @@ fn a_rank_that_asks_for_tcp_gets_tcp_from_every_peer() {
 }
 
 #[test]
+fn ranks_that_disagree_on_tcp_streams_fail_at_once_saying_so() {
+    let coord = Coordinator::start("127.0.0.1:0", key(), 2, Duration::from_secs(10)).unwrap();
+    let addr = coord.addr().to_string();
+    let handles: Vec<_> = [1, 2]
+        .into_iter()
+        .enumerate()
+        .map(|(r, streams)| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut cfg = CommConfig::new(addr, key(), r, 2);
+                cfg.transport = Transport::Tcp;
+                cfg.tcp_streams = streams;
+                let start = Instant::now();
+                let e = Communicator::connect(cfg).err().map(|e| e.to_string());
+                (e, start.elapsed())
+            })
+        })
+        .collect();
+    for (r, h) in handles.into_iter().enumerate() {
+        let (e, took) = h.join().unwrap();
+        let e = e.unwrap_or_else(|| panic!("rank {r} connected"));
+        assert!(e.contains("`tcp_streams`"), "rank {r}: {e}");
+        assert!(took < Duration::from_secs(5), "rank {r} took {took:?}");
+    }
+    coord.shutdown(Duration::from_secs(2));
+}
+
+#[test]
 fn all_reduce_64_mib() {
     let len = 16 << 20; // 64 MiB of f32
     for n in [2, 3] {

@@ -822,8 +822,9 @@ pub struct DistributedSpec {
     /// (half the bytes, rounded).
     #[serde(skip_serializing_if = "Compression::is_none")]
     pub compression: Compression,
-    /// Size of a gradient bucket in MiB (ring only): a model with more gradients
-    /// than one bucket has them summed bucket by bucket while backward still runs.
+    /// Size of a gradient bucket in MiB of f32 (ring only): a model whose gradients
+    /// (all but the first parameter's) fill a bucket has them summed bucket by
+    /// bucket while backward still runs.
     #[serde(skip_serializing_if = "is_default_bucket")]
     pub bucket_mib: f64,
     /// TCP streams per pair of ranks on TCP links (1 to 16): more than one deals

@@ -520,21 +520,26 @@ fn open(name: &str) -> std::io::Result<Mapping> {
 
 /// Turns the links to peers on this host into shared-memory links when both ends
 /// ask for it (`want` is not [`Transport::Tcp`]). Every rank calls it on its freshly
-/// authenticated, blocking links, with the same deadline: it exchanges a hello (host
-/// and wish) with every peer, then the higher rank of each same-host pair creates
-/// the segment and sends its name, the lower maps it and says so, and the creator
-/// unlinks it. A pair where shared memory cannot be had stays on TCP.
+/// authenticated, blocking links, with the same deadline: it exchanges a hello (host,
+/// wish, and the TCP streams per pair, which must match) with every peer, then the
+/// higher rank of each same-host pair creates the segment and sends its name, the
+/// lower maps it and says so, and the creator unlinks it. A pair where shared memory
+/// cannot be had stays on TCP.
 pub(crate) fn upgrade(
     links: Vec<Option<TcpStream>>,
     rank: usize,
     want: Transport,
+    tcp_streams: usize,
     deadline: Instant,
 ) -> Result<Vec<Option<Box<dyn Link>>>, CommError> {
     let host = host_id();
     // The hello carries at most MSG - 5 bytes of it; a longer one would never match.
     let ours = want != Transport::Tcp && !host.is_empty() && host.len() <= MSG - 5;
     let mut links = links;
-    let hello = message(HELLO, u8::from(ours), &host);
+    // The flag: bit 0 the wish for shared memory, the bits above the TCP streams
+    // per pair, which every rank must agree on.
+    let streams = tcp_streams.min(crate::MAX_TCP_STREAMS);
+    let hello = message(HELLO, u8::from(ours) | (streams as u8) << 1, &host);
     for (p, s) in links.iter_mut().enumerate() {
         if let Some(s) = s {
             send(s, &hello, p, deadline)?;
@@ -544,7 +549,14 @@ pub(crate) fn upgrade(
     for (p, s) in links.iter_mut().enumerate() {
         if let Some(s) = s {
             let theirs = receive(s, HELLO, p, deadline)?;
-            pair[p] = ours && theirs[4] == 1 && text(&theirs) == host;
+            let their_streams = usize::from(theirs[4] >> 1);
+            if their_streams != streams {
+                return Err(CommError::Usage(format!(
+                    "rank {p} uses {their_streams} TCP stream(s) per pair and rank {rank} \
+                     {streams}: every rank of a job needs the same `tcp_streams`"
+                )));
+            }
+            pair[p] = ours && theirs[4] & 1 == 1 && text(&theirs) == host;
         }
     }
     // The higher rank of a pair creates the segment (an empty name: stay on TCP).

@@ -8,7 +8,8 @@
 //! streams: piece `k` travels on stream `k mod n`. Both ends count the bytes they
 //! moved, so each knows which stream carries the next byte; a piece is written (and
 //! read) whole before the next stream is used, which keeps the order of one stream.
-//! A message shorter than a piece uses one stream, so latency is unchanged.
+//! A message shorter than a piece crosses at most two streams (pieces run on from
+//! one message to the next), so small messages keep one stream's latency.
 
 use std::cell::Cell;
 use std::net::TcpStream;
@@ -109,6 +110,8 @@ pub(crate) struct Dial<'a> {
     pub socket_buffer: Option<usize>,
     /// Every stream is up by then.
     pub deadline: Instant,
+    /// The wait that deadline stands for (for the error).
+    pub timeout: std::time::Duration,
 }
 
 /// Makes each TCP link in `links` one of `streams` streams: the higher rank of each
@@ -152,11 +155,22 @@ pub(crate) fn add_streams(
                 .unwrap_or(dial.rank);
             return Err(CommError::Timeout {
                 rank: p,
-                timeout: left,
-                during: format!("waiting for rank {p}'s {streams} TCP streams"),
+                timeout: dial.timeout,
+                during: format!("waiting for rank {p}'s {} more TCP stream(s)", streams - 1),
             });
         };
-        let k = receive(&mut s, STREAM, p, dial.deadline)?[4] as usize;
+        // A connection that does not introduce itself (one its dialler gave up on)
+        // is dropped; the stream it stood for still has until the deadline.
+        let k = match receive(&mut s, STREAM, p, dial.deadline) {
+            Ok(m) => m[4] as usize,
+            Err(e) => {
+                tracing::warn!(
+                    "rank {}: dropping a connection from rank {p}: {e}",
+                    dial.rank
+                );
+                continue;
+            }
+        };
         match extra.get_mut(p).and_then(|e| e.get_mut(k.wrapping_sub(1))) {
             Some(slot @ None) if p > dial.rank && tcp[p] => {
                 *slot = Some(s);
@@ -174,7 +188,6 @@ pub(crate) fn add_streams(
         };
         let mut all = vec![first];
         for s in extra[p].drain(..).flatten() {
-            crate::transport::set_buffers(&s, dial.socket_buffer);
             crate::transport::tune(&s, dial.socket_buffer)?;
             all.push(s);
         }

@@ -155,10 +155,33 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for HostGradFlattener<'_> {
             self.out.resize(self.out.len() + n, 0.0);
             return;
         };
-        let g = dlc_model::kernels::readable(g.into_primitive().tensor());
-        let w = self.weight;
-        let v: &[f32] = g.as_slice().expect("contiguous f32 gradient");
-        self.out.extend(v.iter().map(|x| x * w));
+        let (w, out) = (self.weight, &mut self.out);
+        read_f32::<Flex>(g.into_primitive().tensor(), n, |v| {
+            out.extend(v.iter().map(|x| x * w))
+        });
+    }
+}
+
+/// Calls `f` with the `n` f32 values of a gradient: read where they lie on the CPU
+/// backend, copied to the host elsewhere.
+pub(crate) fn read_f32<B: Backend>(
+    grad: B::FloatTensorPrimitive,
+    n: usize,
+    f: impl FnOnce(&[f32]),
+) {
+    match dlc_model::kernels::cast::<_, burn_flex::FlexTensor>(grad) {
+        Ok(t) => {
+            let t = dlc_model::kernels::readable(t);
+            f(t.as_slice::<f32>()
+                .expect("a readable tensor is contiguous"));
+        }
+        Err(grad) => {
+            let flat = B::float_reshape(grad, burn::tensor::Shape::new([n]));
+            let data = Tensor::<B, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(flat))
+                .into_data()
+                .convert::<f32>();
+            f(data.as_slice::<f32>().expect("converted to f32"));
+        }
     }
 }
 

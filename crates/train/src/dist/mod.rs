@@ -163,8 +163,8 @@ pub trait GradSync {
 pub struct Step<'a, B: AutodiffBackend> {
     /// The model before the step.
     pub model: Net<B>,
-    /// This worker's gradients (`None` when it had no samples, or when they were
-    /// summed during backward).
+    /// This worker's gradients (`None` when it had no samples; none in it when they
+    /// went to buckets during backward).
     pub grads: Option<GradientsParams>,
     /// The gradients summed during backward, from [`GradSync::compute`].
     pub bucketed: Option<Bucketed>,

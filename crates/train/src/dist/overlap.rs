@@ -25,7 +25,7 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::Autodiff;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Shape, Tensor, TensorPrimitive};
+use burn::tensor::{Tensor, TensorPrimitive};
 use dlc_comm::{CommError, Communicator, Compression, ReduceOp};
 use dlc_model::{LayerHook, Net};
 
@@ -93,6 +93,8 @@ impl<B: Backend> Backward<B, 2> for Tap<B> {
 pub struct Layout {
     /// Trainable parameters in visiting order: id, offset in the flat buffer, length.
     params: Vec<(ParamId, usize, usize)>,
+    /// Parameter id → index in `params`.
+    index: std::collections::HashMap<ParamId, usize>,
     /// Parameter index → bucket.
     bucket_of: Vec<usize>,
     /// Each bucket's range in the flat buffer. Bucket 0 holds the last parameters
@@ -133,8 +135,14 @@ impl Layout {
                 end = start;
             }
         }
+        let index = params
+            .iter()
+            .enumerate()
+            .map(|(i, &(id, _, _))| (id, i))
+            .collect();
         Self {
             params,
+            index,
             bucket_of,
             ranges,
         }
@@ -146,7 +154,7 @@ impl Layout {
     }
 
     fn index_of(&self, id: ParamId) -> Option<usize> {
-        self.params.iter().position(|&(p, _, _)| p == id)
+        self.index.get(&id).copied()
     }
 }
 
@@ -222,11 +230,17 @@ impl<B: Backend> Buckets<B> {
         let fill = &mut *guard;
         let first = !fill.have[index];
         let Some(buf) = fill.bufs[b].as_mut() else {
+            // Only a second gradient for a parameter whose bucket already left (a
+            // parameter used twice) lands here; the model's layers use each once.
+            debug_assert!(
+                false,
+                "a gradient for parameter {index} after its bucket left"
+            );
             return;
         };
         let dst = &mut buf[at..at + n];
         let w = self.weight;
-        read_values::<B>(grad, n, |src| {
+        super::flat::read_f32::<B>(grad, n, |src| {
             if first {
                 dst.iter_mut().zip(src).for_each(|(d, s)| *d = s * w);
             } else {
@@ -255,29 +269,29 @@ impl<B: Backend> Buckets<B> {
     }
 }
 
+impl<B: Backend> Buckets<B> {
+    /// Closes the channel: the communication thread ends once it has what was sent.
+    fn close(&self) {
+        self.fill.lock().unwrap_or_else(|e| e.into_inner()).to_comm = None;
+    }
+}
+
+/// Closes the buckets' channel when dropped during a panic.
+struct CloseOnPanic<'a, B: Backend>(&'a Buckets<B>);
+
+impl<B: Backend> Drop for CloseOnPanic<'_, B> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.close();
+        }
+    }
+}
+
 fn send(fill: &mut Fill, b: usize) {
     if let (Some(buf), Some(tx)) = (fill.bufs[b].take(), fill.to_comm.as_ref()) {
         // A closed channel means the communication thread has failed; its error
         // is what the step reports.
         let _ = tx.send((b, buf));
-    }
-}
-
-/// Calls `f` with the `n` f32 values of `grad`: read in place on the CPU backend,
-/// copied to the host elsewhere.
-fn read_values<B: Backend>(grad: B::FloatTensorPrimitive, n: usize, f: impl FnOnce(&[f32])) {
-    match dlc_model::kernels::cast::<_, burn_flex::FlexTensor>(grad) {
-        Ok(t) => {
-            let t = dlc_model::kernels::readable(t);
-            f(t.as_slice::<f32>().expect("contiguous f32 gradient"));
-        }
-        Err(grad) => {
-            let flat = B::float_reshape(grad, Shape::new([n]));
-            let data = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(flat))
-                .into_data()
-                .convert::<f32>();
-            f(data.as_slice::<f32>().expect("converted to f32"));
-        }
     }
 }
 
@@ -349,7 +363,7 @@ impl Bucketed {
 /// Runs `work` (this worker's forward and backward pass, given the hook to run the
 /// forward pass with) while a communication thread sums the buckets it fills,
 /// in bucket order, over `comm`. Returns what `work` returned and the buckets.
-pub fn run_overlapped<B: GradTap, T>(
+pub(crate) fn run_overlapped<B: GradTap, T>(
     comm: &mut Communicator,
     compression: Compression,
     layout: &Arc<Layout>,
@@ -375,17 +389,18 @@ pub fn run_overlapped<B: GradTap, T>(
         let mut tapper = Tapper {
             buckets: Arc::clone(&buckets),
         };
-        let out = work(Some(&mut tapper));
+        let out = {
+            // A panic in `work` (a CUDA error turned panic) must not leave the thread
+            // waiting for buckets: the graph's taps keep the sender alive.
+            let _close = CloseOnPanic(&buckets);
+            work(Some(&mut tapper))
+        };
         drop(tapper);
         // Sent even when `work` failed: the thread then ends on the closed channel.
         let last = match &out {
             Ok(_) => buckets.finish(),
             Err(_) => {
-                buckets
-                    .fill
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .to_comm = None;
+                buckets.close();
                 Vec::new()
             }
         };
@@ -487,12 +502,9 @@ mod tests {
                 assert!(r.len() * 4 >= bytes, "{bytes}: {r:?}");
             }
         }
-        assert_eq!(Layout::new(&model, 4).buckets(), l_params(&model));
+        // 4 bytes: a bucket per trainable parameter (LeNet: 4 layers × weight, bias).
+        assert_eq!(Layout::new(&model, 4).buckets(), 8);
         assert_eq!(Layout::new(&model, 1 << 30).buckets(), 1);
-    }
-
-    fn l_params(model: &Net<CpuTrain>) -> usize {
-        Layout::new(model, 4).params.len()
     }
 
     #[test]
@@ -532,6 +544,47 @@ mod tests {
             got[layout.ranges[b].clone()].copy_from_slice(&v);
         }
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_panic_during_the_pass_ends_the_step_instead_of_hanging() {
+        // The graph's taps keep the buckets' sender alive after a panic; the thread
+        // summing buckets must still learn that no more will come.
+        let key = dlc_comm::auth::JobKey::new("j", "t");
+        let coord = dlc_comm::Coordinator::start(
+            "127.0.0.1:0",
+            key.clone(),
+            1,
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
+        let cfg = dlc_comm::CommConfig::new(coord.addr().to_string(), key, 0, 1);
+        let mut comm = Communicator::connect(cfg).unwrap();
+        let model = lenet();
+        let layout = Arc::new(Layout::new(&model, 4));
+        let (done, ended) = mpsc::channel();
+        std::thread::spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_overlapped::<CpuTrain, ()>(
+                    &mut comm,
+                    Compression::None,
+                    &layout,
+                    1.0,
+                    0,
+                    |tap| {
+                        let x = Tensor::<CpuTrain, 4>::zeros([1, 1, 28, 28], &Default::default());
+                        let _ = model.forward_hooked(x, tap.expect("several buckets"));
+                        panic!("the device was lost");
+                    },
+                )
+            }));
+            let _ = done.send(r.is_err());
+        });
+        assert_eq!(
+            ended.recv_timeout(std::time::Duration::from_secs(20)),
+            Ok(true),
+            "the panic reached the caller"
+        );
     }
 
     /// Sends a marker down a bucket channel when backward reaches it.

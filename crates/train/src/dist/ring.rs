@@ -153,6 +153,11 @@ impl GradSync for Ring {
         ];
         let (parts, waited_s, hidden_s) = match bucketed {
             Some(b) => {
+                // Tapped parameters hand their gradients to the buckets only.
+                debug_assert!(
+                    grads.as_ref().is_none_or(|g| g.is_empty()),
+                    "a parameter escaped the taps"
+                );
                 let (waited_s, summing_s) = (b.waited_s, b.comm_s);
                 let mut parts = b.into_parts();
                 if let Some((_, last)) = parts.last_mut() {
