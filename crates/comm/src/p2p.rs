@@ -198,10 +198,12 @@ impl Communicator {
         during: &str,
     ) -> Result<(), CommError> {
         // A peer on shared memory usually answers within microseconds: spin a
-        // little before the system calls of sleeping and being woken.
+        // little before the system calls of sleeping and being woken, yielding the
+        // core at every look — the peer may be waiting for it (more ranks than
+        // cores, or the scheduler put both on one). Yielding every 64 looks instead
+        // made a 2-rank 4 KiB all-reduce 4.5–38 µs instead of 1.0–1.2 (2026-12-02).
         if wants.iter().any(|&(p, _, _)| self.link(p).spins()) {
             let start = Instant::now();
-            let mut spins = 0u32;
             loop {
                 if wants
                     .iter()
@@ -209,14 +211,10 @@ impl Communicator {
                 {
                     return Ok(());
                 }
-                spins += 1;
-                if spins.is_multiple_of(64) {
-                    if start.elapsed() >= SPIN {
-                        break;
-                    }
-                    std::thread::yield_now();
+                if start.elapsed() >= SPIN {
+                    break;
                 }
-                std::hint::spin_loop();
+                std::thread::yield_now();
             }
         }
         let mut stall = Stall::new();
