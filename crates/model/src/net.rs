@@ -199,9 +199,6 @@ fn hooked<B: Backend, M: Module<B>, H: LayerHook<B>>(
     layer: &M,
     x: &Act<B>,
 ) -> Option<M> {
-    if layer.num_params() == 0 {
-        return None;
-    }
     match x {
         Act::Spatial(t) => hook.before(layer, t),
         Act::Flat(t) => hook.before(layer, t),

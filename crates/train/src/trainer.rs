@@ -586,7 +586,7 @@ impl<'a, B: GradTap> Run<'a, B> {
             self.device,
             step_seed(self.spec.seed, state.global_step * self.workers + self.rank),
         );
-        let weight = local_n as f32 / global_n.max(1) as f32;
+        let weight = crate::dist::share(local_n, global_n);
         let ((grads, local_loss), bucketed) = sync.compute(&self.model, weight, |tap| {
             if batch.is_empty() {
                 return Ok((None, 0.0));

@@ -201,6 +201,12 @@ pub struct Stepped<B: AutodiffBackend> {
     pub comm_hidden_s: f64,
 }
 
+/// A worker's share of a step's samples: the weight of its gradients (and loss) in
+/// the job-wide mean. An empty step weighs nothing (no 0/0).
+pub fn share(local_n: usize, global_n: usize) -> f32 {
+    local_n as f32 / global_n.max(1) as f32
+}
+
 /// `optim` with a checkpoint's state (`restored`) put in, when there is one: for the
 /// strategies whose workers run the optimizer.
 fn with_restored<B: AutodiffBackend>(

@@ -320,6 +320,9 @@ impl<B: GradTap> LayerHook<B> for Tapper<B> {
         layer: &M,
         input: &Tensor<B, D>,
     ) -> Option<M> {
+        if layer.num_params() == 0 {
+            return None;
+        }
         Some(layer.clone().map(&mut TapMapper {
             anchor: input,
             buckets: &self.buckets,

@@ -550,7 +550,7 @@ impl GradSync for Ps {
         // without samples asks for the parameters without a step (an Adam step on a
         // zero gradient would still move them).
         let (w, lr) = match self.mode {
-            PsMode::Sync => (local_n as f32 / global_n.max(1) as f32, lr as f32),
+            PsMode::Sync => (super::share(local_n, global_n), lr as f32),
             PsMode::Async if local_n == 0 => (1.0, NO_STEP),
             PsMode::Async => (1.0, lr as f32),
         };

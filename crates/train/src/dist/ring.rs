@@ -10,7 +10,7 @@ use dlc_model::Net;
 
 use super::flat::{self, Which};
 use super::overlap::{self, Bucketed, GradTap, Layout, Tapper};
-use super::{agreed_stop, flat_grads, with_restored, GradSync, Step, Stepped};
+use super::{agreed_stop, flat_grads, share, with_restored, GradSync, Step, Stepped};
 use crate::optim::{FlatState, NetOptim};
 use crate::TrainError;
 
@@ -153,7 +153,7 @@ impl GradSync for Ring {
             device,
         } = s;
         let started = Instant::now();
-        let weight = local_n as f32 / global_n.max(1) as f32;
+        let weight = share(local_n, global_n);
         let mut extra = [
             loss as f32 * weight,
             f32::from(u8::from(stop == Some(libc::SIGUSR1 as usize))),
